@@ -2,8 +2,8 @@
 
 
 class ConfigError(ValueError):
-  """A bad config value or bad input data, found before anything compiles.
+    """A bad config value or bad input data, found before anything compiles.
 
-  The message is one line that names the offending key and, where there is a closed set,
-  the allowed values, e.g. ``config.optimizer='adamw' is unknown; allowed: adagrad, adam``.
-  """
+    The message is one line that names the offending key and, where there is a closed set,
+    the allowed values, e.g. ``config.optimizer='adamw' is unknown; allowed: adagrad, adam``.
+    """
