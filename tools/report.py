@@ -1,0 +1,37 @@
+"""Regenerate the plots and report.md of a study's workdir.
+
+Usage: python tools/report.py WORKDIR [--x learning_rate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _import_report():
+    """hpjax.report, from the checkout this tool lives in when hpjax is not installed."""
+    try:
+        from hpjax import report
+    except ImportError:  # run from a checkout without `pip install -e .`
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from hpjax import report
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, rewrite the workdir's plots and report, print the report path."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", help="a study's workdir (metrics.jsonl, summary.csv, ...)")
+    parser.add_argument("--x", default="learning_rate",
+                        help="hyperparameter for the x axis of the result plot")
+    args = parser.parse_args(argv)
+    if not os.path.exists(os.path.join(args.workdir, "summary.csv")):
+        parser.error(f"{args.workdir}: no summary.csv; is this a study's workdir?")
+    print(_import_report().default_report(args.workdir, x_hparam=args.x))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
