@@ -91,8 +91,9 @@ def _finite(v: Any) -> bool:
 
 def _series(curve: Sequence[Mapping], key: str) -> list[tuple[int, float]]:
     """(step, value) of the finite values of ``key`` along the curve."""
-    return [(int(p.get("step", i)), float(p[key])) for i, p in enumerate(curve)
-            if _finite(p.get(key))]
+    return [
+        (int(p.get("step", i)), float(p[key])) for i, p in enumerate(curve) if _finite(p.get(key))
+    ]
 
 
 def _g(v: float) -> str:
@@ -117,20 +118,27 @@ def _diverged(trial: int, curve: Sequence[Mapping], status: str | None) -> Diagn
     numbers: dict[str, Any] = {"status": status}
     if first_bad is not None:
         step, key, last, last_step = first_bad
-        numbers.update(first_nonfinite_step=step, loss=key, last_finite_loss=last,
-                       last_finite_step=last_step)
-        what = (f"its {key.replace('_', ' ')} became non-finite at step {step} "
-                f"(last finite value {_g(last)} at step {last_step})")
+        numbers.update(
+            first_nonfinite_step=step, loss=key, last_finite_loss=last, last_finite_step=last_step
+        )
+        what = (
+            f"its {key.replace('_', ' ')} became non-finite at step {step} "
+            f"(last finite value {_g(last)} at step {last_step})"
+        )
     else:
         what = "the engine stopped it as diverged"
     return Diagnostic(
-        "diverged", trial,
+        "diverged",
+        trial,
         f"Trial {trial} diverged: {what}; lower its learning rate, or use a decaying rate or "
-        "an adaptive optimizer (Adam, Adagrad).", numbers)
+        "an adaptive optimizer (Adam, Adagrad).",
+        numbers,
+    )
 
 
-def _not_learning(trial: int, curve: Sequence[Mapping], num_classes: int | None,
-                  th: Thresholds) -> Diagnostic | None:
+def _not_learning(
+    trial: int, curve: Sequence[Mapping], num_classes: int | None, th: Thresholds
+) -> Diagnostic | None:
     if num_classes is None or num_classes < 2:
         return None
     key = "train_loss"
@@ -144,13 +152,23 @@ def _not_learning(trial: int, curve: Sequence[Mapping], num_classes: int | None,
     limit = th.not_learning_frac * chance
     if best <= limit:
         return None
-    numbers = {"loss": key, "best_loss": best, "best_step": step, "final_loss": values[-1][1],
-               "chance_loss": chance, "threshold": limit, "num_classes": num_classes}
+    numbers = {
+        "loss": key,
+        "best_loss": best,
+        "best_step": step,
+        "final_loss": values[-1][1],
+        "chance_loss": chance,
+        "threshold": limit,
+        "num_classes": num_classes,
+    }
     return Diagnostic(
-        "not_learning", trial,
+        "not_learning",
+        trial,
         f"Trial {trial} is not learning: its best {key.replace('_', ' ')} {_g(best)} "
         f"(step {step}) stays above {th.not_learning_frac:g} x ln({num_classes}) = {_g(limit)}, "
-        "near chance; add hidden units or raise the learning rate.", numbers)
+        "near chance; add hidden units or raise the learning rate.",
+        numbers,
+    )
 
 
 def _oscillation(values: list[float], th: Thresholds) -> dict | None:
@@ -158,7 +176,7 @@ def _oscillation(values: list[float], th: Thresholds) -> dict | None:
     n = len(values)
     if n < max(th.osc_min_points, 4):
         return None
-    tail = values[n // 2:]
+    tail = values[n // 2 :]
     diffs = [b - a for a, b in zip(tail[:-1], tail[1:], strict=True)]
     pairs = [(a, b) for a, b in zip(diffs[:-1], diffs[1:], strict=True) if a != 0 and b != 0]
     if not pairs:
@@ -169,13 +187,17 @@ def _oscillation(values: list[float], th: Thresholds) -> dict | None:
         return None
     amplitude = sum(abs(d) for d in diffs) / len(diffs) / level
     first_half_min = min(values[: n // 2])
-    last_quarter_min = min(values[n - max(n // 4, 1):])
+    last_quarter_min = min(values[n - max(n // 4, 1) :])
     settled = last_quarter_min < first_half_min * (1 - th.osc_settle_margin)
     if sign_frac <= th.osc_sign_change_frac or amplitude <= th.osc_rel_amplitude or settled:
         return None
-    return {"sign_change_frac": sign_frac, "rel_amplitude": amplitude,
-            "first_half_min": first_half_min, "last_quarter_min": last_quarter_min,
-            "num_points": n}
+    return {
+        "sign_change_frac": sign_frac,
+        "rel_amplitude": amplitude,
+        "first_half_min": first_half_min,
+        "last_quarter_min": last_quarter_min,
+        "num_points": n,
+    }
 
 
 def _oscillating(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagnostic | None:
@@ -186,20 +208,25 @@ def _oscillating(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagno
             continue
         numbers = {"loss": key, **numbers}
         return Diagnostic(
-            "oscillating", trial,
+            "oscillating",
+            trial,
             f"Trial {trial} oscillates: over the last half of its curve the "
             f"{key.replace('_', ' ')} changes direction at {numbers['sign_change_frac']:.0%} of "
             f"evaluations by {numbers['rel_amplitude']:.1%} of its level on average, and its "
             f"last-quarter minimum {_g(numbers['last_quarter_min'])} is not below its "
             f"first-half minimum {_g(numbers['first_half_min'])}; use a decaying learning rate "
-            "(linear or exponential) or an adaptive optimizer (Adam, Adagrad).", numbers)
+            "(linear or exponential) or an adaptive optimizer (Adam, Adagrad).",
+            numbers,
+        )
     return None
 
 
 def _overfitting(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagnostic | None:
-    points = [(int(p.get("step", i)), float(p["train_loss"]), float(p["val_loss"]))
-              for i, p in enumerate(curve)
-              if _finite(p.get("train_loss")) and _finite(p.get("val_loss"))]
+    points = [
+        (int(p.get("step", i)), float(p["train_loss"]), float(p["val_loss"]))
+        for i, p in enumerate(curve)
+        if _finite(p.get("train_loss")) and _finite(p.get("val_loss"))
+    ]
     if len(points) < th.min_points:
         return None
     best = min(range(len(points)), key=lambda i: points[i][2])
@@ -209,25 +236,42 @@ def _overfitting(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagno
     if best < len(points) - 1 and best_val > 0:
         rise = final_val / best_val - 1
         if rise > th.overfit_rise and final_train < train_at_best:
-            numbers = {"reason": "val_rising", "best_step": best_step, "best_val_loss": best_val,
-                       "final_step": final_step, "final_val_loss": final_val,
-                       "val_rise": rise, "train_loss_at_best": train_at_best,
-                       "final_train_loss": final_train}
+            numbers = {
+                "reason": "val_rising",
+                "best_step": best_step,
+                "best_val_loss": best_val,
+                "final_step": final_step,
+                "final_val_loss": final_val,
+                "val_rise": rise,
+                "train_loss_at_best": train_at_best,
+                "final_train_loss": final_train,
+            }
             return Diagnostic(
-                "overfitting", trial,
+                "overfitting",
+                trial,
                 f"Trial {trial} overfits: its validation loss rose {rise:.0%} from its minimum "
                 f"{_g(best_val)} (step {best_step}) to {_g(final_val)} (step {final_step}) while "
-                f"its training loss fell from {_g(train_at_best)} to {_g(final_train)}; "
-                + advice, numbers)
+                f"its training loss fell from {_g(train_at_best)} to {_g(final_train)}; " + advice,
+                numbers,
+            )
     gap = final_val - final_train
     if final_val > 0 and gap > th.overfit_gap_frac * final_val and gap > th.overfit_gap_abs:
-        numbers = {"reason": "gap", "final_step": final_step, "final_val_loss": final_val,
-                   "final_train_loss": final_train, "gap": gap, "gap_frac": gap / final_val}
+        numbers = {
+            "reason": "gap",
+            "final_step": final_step,
+            "final_val_loss": final_val,
+            "final_train_loss": final_train,
+            "gap": gap,
+            "gap_frac": gap / final_val,
+        }
         return Diagnostic(
-            "overfitting", trial,
+            "overfitting",
+            trial,
             f"Trial {trial} overfits: at step {final_step} its validation loss {_g(final_val)} "
             f"is {_g(gap)} above its training loss {_g(final_train)} ({gap / final_val:.0%} of "
-            "the validation loss); " + advice, numbers)
+            "the validation loss); " + advice,
+            numbers,
+        )
     return None
 
 
@@ -238,15 +282,24 @@ def _too_few_units(trial: int, hidden_units: Any, input_dim: int | None) -> Diag
     fewest = min(units)
     numbers = {"hidden_units": fewest if len(units) == 1 else list(units), "input_dim": input_dim}
     return Diagnostic(
-        "too_few_units", trial,
+        "too_few_units",
+        trial,
         f"Trial {trial} has {fewest} hidden units per layer, fewer than its {input_dim} inputs; "
-        "the guide says to use more hidden units than inputs.", numbers)
+        "the guide says to use more hidden units than inputs.",
+        numbers,
+    )
 
 
-def diagnose_trial(trial: int, curve: list[dict], *, num_classes: int | None,
-                   status: str | None = None, hidden_units: int | Sequence[int] | None = None,
-                   input_dim: int | None = None,
-                   thresholds: Thresholds = Thresholds()) -> list[Diagnostic]:
+def diagnose_trial(
+    trial: int,
+    curve: list[dict],
+    *,
+    num_classes: int | None,
+    status: str | None = None,
+    hidden_units: int | Sequence[int] | None = None,
+    input_dim: int | None = None,
+    thresholds: Thresholds = Thresholds(),
+) -> list[Diagnostic]:
     """The diagnostics that fire for one trial's curve (its ``metrics.jsonl`` records)."""
     curve = sorted(curve, key=lambda p: p.get("step", 0) or 0)
     out: list[Diagnostic | None] = []
@@ -254,9 +307,11 @@ def diagnose_trial(trial: int, curve: list[dict], *, num_classes: int | None,
     if diverged is not None:
         out.append(diverged)
     else:
-        out += [_not_learning(trial, curve, num_classes, thresholds),
-                _oscillating(trial, curve, thresholds),
-                _overfitting(trial, curve, thresholds)]
+        out += [
+            _not_learning(trial, curve, num_classes, thresholds),
+            _oscillating(trial, curve, thresholds),
+            _overfitting(trial, curve, thresholds),
+        ]
     out.append(_too_few_units(trial, hidden_units, input_dim))
     return [d for d in out if d is not None]
 
@@ -294,8 +349,9 @@ def _dataset_name(config: Mapping) -> str | None:
     return str(ds).lower() if ds is not None else None
 
 
-def diagnose_workdir(workdir: str | os.PathLike,
-                     thresholds: Thresholds = Thresholds()) -> list[Diagnostic]:
+def diagnose_workdir(
+    workdir: str | os.PathLike, thresholds: Thresholds = Thresholds()
+) -> list[Diagnostic]:
     """Diagnostics of every trial in a workdir (metrics.jsonl, summary.csv, config.json).
 
     The number of classes, the input dimension and the hidden units come from the trial's row in
@@ -305,10 +361,14 @@ def diagnose_workdir(workdir: str | os.PathLike,
     from hpjax import report  # report imports this module; import here to avoid a cycle
 
     workdir = os.fspath(workdir)
-    metrics = report.read_metrics(workdir) if os.path.exists(
-        os.path.join(workdir, "metrics.jsonl")) else []
-    summary = report.read_summary(workdir) if os.path.exists(
-        os.path.join(workdir, "summary.csv")) else []
+    metrics = (
+        report.read_metrics(workdir)
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+        else []
+    )
+    summary = (
+        report.read_summary(workdir) if os.path.exists(os.path.join(workdir, "summary.csv")) else []
+    )
     config: dict = {}
     if os.path.exists(os.path.join(workdir, "config.json")):
         with open(os.path.join(workdir, "config.json")) as f:
@@ -328,8 +388,12 @@ def diagnose_workdir(workdir: str | os.PathLike,
         if any(name in str(model or "").lower() for name in _NOT_DENSE) or row.get("cell"):
             hidden = None
         out += diagnose_trial(
-            trial, curves.get(trial, []),
+            trial,
+            curves.get(trial, []),
             num_classes=int(num_classes) if _finite(num_classes) else None,
-            status=row.get("status"), hidden_units=hidden,
-            input_dim=int(input_dim) if _finite(input_dim) else None, thresholds=thresholds)
+            status=row.get("status"),
+            hidden_units=hidden,
+            input_dim=int(input_dim) if _finite(input_dim) else None,
+            thresholds=thresholds,
+        )
     return out

@@ -31,15 +31,37 @@ PathLike = str | os.PathLike
 
 # Summary columns that are results or bookkeeping; every other column is a hyperparameter.
 RESULT_COLUMNS = (
-    "trial", "population", "num_params", "status", "best_val_loss", "best_val_accuracy",
-    "best_step", "best_epoch", "test_loss", "test_accuracy", "train_loss_at_best",
-    "final_train_loss", "final_val_loss", "steps", "epochs", "input_dim", "num_classes",
+    "trial",
+    "population",
+    "num_params",
+    "status",
+    "best_val_loss",
+    "best_val_accuracy",
+    "best_step",
+    "best_epoch",
+    "test_loss",
+    "test_accuracy",
+    "train_loss_at_best",
+    "final_train_loss",
+    "final_val_loss",
+    "steps",
+    "epochs",
+    "input_dim",
+    "num_classes",
 )
 # Short names for legend labels, in the order labels list them.
 SHORT_NAMES = {
-    "model": "", "optimizer": "", "schedule": "", "cell": "", "num_layers": "layers",
-    "hidden_units": "units", "channels": "ch", "learning_rate": "lr", "batch_size": "bs",
-    "weight_decay": "wd", "seed": "seed",
+    "model": "",
+    "optimizer": "",
+    "schedule": "",
+    "cell": "",
+    "num_layers": "layers",
+    "hidden_units": "units",
+    "channels": "ch",
+    "learning_rate": "lr",
+    "batch_size": "bs",
+    "weight_decay": "wd",
+    "seed": "seed",
 }
 _PNG_DPI = 120
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -133,8 +155,7 @@ def hparam_columns(summary: Sequence[Mapping]) -> list[str]:
 
 def varying_hparams(summary: Sequence[Mapping]) -> list[str]:
     """The hyperparameter columns whose value differs between trials."""
-    return [k for k in hparam_columns(summary)
-            if len({repr(r.get(k)) for r in summary}) > 1]
+    return [k for k in hparam_columns(summary) if len({repr(r.get(k)) for r in summary}) > 1]
 
 
 def trial_label(row: Mapping, keys: Sequence[str]) -> str:
@@ -182,9 +203,14 @@ def _x_of_step(curve: Sequence[Mapping], x: str, step: float) -> float | None:
     return float(np.interp(step, steps, xs))
 
 
-def plot_learning_curves(metrics: Sequence[Mapping], summary: Sequence[Mapping],
-                         path: PathLike, x: str = "step", title: str | None = None,
-                         max_legend: int = 12) -> str:
+def plot_learning_curves(
+    metrics: Sequence[Mapping],
+    summary: Sequence[Mapping],
+    path: PathLike,
+    x: str = "step",
+    title: str | None = None,
+    max_legend: int = 12,
+) -> str:
     """Train (dashed) and validation (solid) loss of every trial against ``x``, PNG at ``path``.
 
     Each trial's early-stop point (``best_step``, ``best_val_loss`` of its summary row) is
@@ -204,8 +230,9 @@ def plot_learning_curves(metrics: Sequence[Mapping], summary: Sequence[Mapping],
 
     colour_key = None
     if len(trials) > max_legend:
-        numeric = [k for k in varying
-                   if all(_is_num(rows.get(t, {}).get(k)) for t in trials if t in rows)]
+        numeric = [
+            k for k in varying if all(_is_num(rows.get(t, {}).get(k)) for t in trials if t in rows)
+        ]
         prefer = ["learning_rate", "batch_size", "hidden_units", "num_layers", "weight_decay"]
         colour_key = next((k for k in prefer + numeric if k in numeric), None)
     if colour_key is not None:
@@ -245,8 +272,16 @@ def plot_learning_curves(metrics: Sequence[Mapping], summary: Sequence[Mapping],
             else:
                 bx = _x_of_step(curve, x, row["best_step"])
             if bx is not None:
-                ax.plot([bx], [row["best_val_loss"]], "*", color=colour[t], ms=11 if few else 7,
-                        mec="black", mew=0.6, zorder=5)
+                ax.plot(
+                    [bx],
+                    [row["best_val_loss"]],
+                    "*",
+                    color=colour[t],
+                    ms=11 if few else 7,
+                    mec="black",
+                    mew=0.6,
+                    zorder=5,
+                )
                 all_y.append(row["best_val_loss"])
 
     clipped = False
@@ -259,8 +294,9 @@ def plot_learning_curves(metrics: Sequence[Mapping], summary: Sequence[Mapping],
         if clipped:
             ax.set_ylim(top=top)
     else:
-        ax.text(0.5, 0.5, "no finite losses recorded", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no finite losses recorded", ha="center", va="center", transform=ax.transAxes
+        )
 
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel("loss" + (" (cut at 5x the starting loss)" if clipped else ""))
@@ -269,13 +305,26 @@ def plot_learning_curves(metrics: Sequence[Mapping], summary: Sequence[Mapping],
     style_handles = [
         Line2D([], [], color="grey", ls="-", label="validation"),
         Line2D([], [], color="grey", ls="--", label="train"),
-        Line2D([], [], color="grey", ls="", marker="*", ms=10, mec="black",
-               label="early stop (best val)"),
+        Line2D(
+            [],
+            [],
+            color="grey",
+            ls="",
+            marker="*",
+            ms=10,
+            mec="black",
+            label="early stop (best val)",
+        ),
     ]
     if len(trials) <= max_legend:
         handles, _ = ax.get_legend_handles_labels()
-        ax.legend(handles=handles + style_handles, fontsize="small", loc="upper left",
-                  bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        ax.legend(
+            handles=handles + style_handles,
+            fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+        )
     else:
         ax.legend(handles=style_handles, fontsize="small", loc="upper right")
         mappable = ScalarMappable(norm=norm, cmap=cmap)
@@ -291,9 +340,16 @@ def _x_positions(values: Sequence[Any]) -> tuple[dict[Any, float], list[Any] | N
     return {v: float(cats.index(str(v))) for v in values}, cats
 
 
-def plot_hparam(summary: Sequence[Mapping], x: str, y: str, path: PathLike,
-                group_by: str | None = None, logx: bool = True, logy: bool = False,
-                title: str | None = None) -> str:
+def plot_hparam(
+    summary: Sequence[Mapping],
+    x: str,
+    y: str,
+    path: PathLike,
+    group_by: str | None = None,
+    logx: bool = True,
+    logy: bool = False,
+    title: str | None = None,
+) -> str:
     """``y`` (e.g. best_val_loss) against hyperparameter ``x``, one line per ``group_by`` value.
 
     Repeated x within a group (seeds) are drawn as points joined through their mean. Diverged
@@ -330,11 +386,28 @@ def plot_hparam(summary: Sequence[Mapping], x: str, y: str, path: PathLike,
             if best is None or (r[y] > best[1] if higher_better else r[y] < best[1]):
                 best = (pos[r[x]], r[y])
     if best is not None:
-        ax.plot([best[0]], [best[1]], "*", color="gold", mec="black", ms=14, zorder=5,
-                label=f"best ({best[1]:.4g})")
+        ax.plot(
+            [best[0]],
+            [best[1]],
+            "*",
+            color="gold",
+            mec="black",
+            ms=14,
+            zorder=5,
+            label=f"best ({best[1]:.4g})",
+        )
     if failed_x:
-        ax.plot(failed_x, [0.97] * len(failed_x), "x", color="red", ms=9, mew=2,
-                transform=ax.get_xaxis_transform(), clip_on=False, label="diverged / no value")
+        ax.plot(
+            failed_x,
+            [0.97] * len(failed_x),
+            "x",
+            color="red",
+            ms=9,
+            mew=2,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+            label="diverged / no value",
+        )
     if cats is not None:
         ax.set_xticks(range(len(cats)), cats)
     elif logx and rows and all(v > 0 for v in pos.values()):
@@ -355,25 +428,28 @@ def plot_hparam(summary: Sequence[Mapping], x: str, y: str, path: PathLike,
 # ----------------------------------------------------------------------------------- report
 
 
-def markdown_table(rows: Sequence[Mapping], columns: Sequence[str],
-                   floatfmt: str = ".4g") -> str:
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str], floatfmt: str = ".4g") -> str:
     """A GitHub markdown table; numeric columns right-aligned, None as an empty cell."""
 
     def cell(v: Any) -> str:
         return _fmt(v, floatfmt).replace("|", "\\|").replace("\n", " ")
 
-    numeric = [all(_is_num(r.get(c)) for r in rows if r.get(c) is not None)
-               and any(r.get(c) is not None for r in rows) for c in columns]
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    numeric = [
+        all(_is_num(r.get(c)) for r in rows if r.get(c) is not None)
+        and any(r.get(c) is not None for r in rows)
+        for c in columns
+    ]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+    ]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def best_trial(summary: Sequence[Mapping]) -> Mapping | None:
     """The non-diverged trial with the lowest finite best_val_loss, or None."""
-    ok = [r for r in summary
-          if r.get("status") != "diverged" and _is_num(r.get("best_val_loss"))]
+    ok = [r for r in summary if r.get("status") != "diverged" and _is_num(r.get("best_val_loss"))]
     return min(ok, key=lambda r: r["best_val_loss"]) if ok else None
 
 
@@ -387,8 +463,11 @@ def _best_line(summary: Sequence[Mapping]) -> str:
         if _is_num(row.get("best_epoch")):
             at += f" (epoch {row['best_epoch']:.3g})"
         parts[0] += " " + at
-    for key, name in (("best_val_accuracy", "validation accuracy"), ("test_loss", "test loss"),
-                      ("test_accuracy", "test accuracy")):
+    for key, name in (
+        ("best_val_accuracy", "validation accuracy"),
+        ("test_loss", "test loss"),
+        ("test_accuracy", "test accuracy"),
+    ):
         if _is_num(row.get(key)):
             parts.append(f"{name} {row[key]:.4g}")
     label = trial_label(row, varying_hparams(summary) or ["learning_rate", "batch_size"])
@@ -396,24 +475,33 @@ def _best_line(summary: Sequence[Mapping]) -> str:
 
 
 _KIND_TITLES = {
-    "diverged": "Diverged", "not_learning": "Not learning", "oscillating": "Oscillating",
-    "overfitting": "Overfitting", "too_few_units": "Too few hidden units",
+    "diverged": "Diverged",
+    "not_learning": "Not learning",
+    "oscillating": "Oscillating",
+    "overfitting": "Overfitting",
+    "too_few_units": "Too few hidden units",
 }
 
 
 def _diagnostics_md(diagnostics: Sequence[Diagnostic], max_per_kind: int = 10) -> list[str]:
     lines = ["## Diagnostics", ""]
     if not diagnostics:
-        return lines + ["None fired: no trial diverged, stalled near chance, oscillated, "
-                        "overfitted or had fewer hidden units than inputs.", ""]
+        return lines + [
+            "None fired: no trial diverged, stalled near chance, oscillated, "
+            "overfitted or had fewer hidden units than inputs.",
+            "",
+        ]
     kinds = list(_KIND_TITLES) + sorted({d.kind for d in diagnostics} - set(_KIND_TITLES))
     for kind in kinds:
         group = [d for d in diagnostics if d.kind == kind]
         if not group:
             continue
         trials = ", ".join(str(d.trial) for d in group)
-        lines += [f"### {_KIND_TITLES.get(kind, kind)} (`{kind}`): "
-                  f"{len(group)} trial{'s' if len(group) > 1 else ''} ({trials})", ""]
+        lines += [
+            f"### {_KIND_TITLES.get(kind, kind)} (`{kind}`): "
+            f"{len(group)} trial{'s' if len(group) > 1 else ''} ({trials})",
+            "",
+        ]
         lines += [f"- {d.message}" for d in group[:max_per_kind]]
         if len(group) > max_per_kind:
             rest = ", ".join(str(d.trial) for d in group[max_per_kind:])
@@ -422,10 +510,16 @@ def _diagnostics_md(diagnostics: Sequence[Diagnostic], max_per_kind: int = 10) -
     return lines
 
 
-def write_report(workdir: PathLike, title: str, intro_lines: Sequence[str],
-                 tables: Sequence[tuple[str, Sequence[Mapping], Sequence[str]]],
-                 plots: Sequence[str], diagnostics: Sequence[Diagnostic], *,
-                 summary: Sequence[Mapping] | None = None) -> str:
+def write_report(
+    workdir: PathLike,
+    title: str,
+    intro_lines: Sequence[str],
+    tables: Sequence[tuple[str, Sequence[Mapping], Sequence[str]]],
+    plots: Sequence[str],
+    diagnostics: Sequence[Diagnostic],
+    *,
+    summary: Sequence[Mapping] | None = None,
+) -> str:
     """Write ``workdir/report.md`` and return its path.
 
     The report has the title, the intro as one paragraph, the best trial (from ``summary``, read
@@ -466,8 +560,9 @@ def _distinct(summary: Sequence[Mapping], key: str) -> str | None:
     return "/".join(values) if values else None
 
 
-def _intro(config: Mapping, summary: Sequence[Mapping],
-           fallback_name: str) -> tuple[str, list[str]]:
+def _intro(
+    config: Mapping, summary: Sequence[Mapping], fallback_name: str
+) -> tuple[str, list[str]]:
     study = config.get("study")
     name = _name(study) or fallback_name
     lines = []
@@ -501,15 +596,28 @@ def _intro(config: Mapping, summary: Sequence[Mapping],
     for r in summary:
         counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
     if counts:
-        lines.append("Outcome: " + ", ".join(f"{c} {s.replace('_', ' ')}"
-                                              for s, c in sorted(counts.items())) + ".")
+        lines.append(
+            "Outcome: "
+            + ", ".join(f"{c} {s.replace('_', ' ')}" for s, c in sorted(counts.items()))
+            + "."
+        )
     return name, lines
 
 
 def _group_key(summary: Sequence[Mapping], x: str) -> str | None:
     varying = [k for k in varying_hparams(summary) if k not in (x, "seed")]
-    prefer = ["batch_size", "num_layers", "hidden_units", "cell", "optimizer", "schedule",
-              "model", "channels", "weight_decay", "learning_rate"]
+    prefer = [
+        "batch_size",
+        "num_layers",
+        "hidden_units",
+        "cell",
+        "optimizer",
+        "schedule",
+        "model",
+        "channels",
+        "weight_decay",
+        "learning_rate",
+    ]
     return next((k for k in prefer + varying if k in varying), None)
 
 
@@ -531,16 +639,23 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     name, intro = _intro(config, summary, os.path.basename(os.path.abspath(workdir)))
 
     plots = [os.path.join("plots", "learning_curves.png")]
-    plot_learning_curves(metrics, summary, os.path.join(workdir, plots[0]),
-                         title=f"{name}: learning curves")
+    plot_learning_curves(
+        metrics, summary, os.path.join(workdir, plots[0]), title=f"{name}: learning curves"
+    )
     xs = [r[x_hparam] for r in summary if r.get(x_hparam) is not None]
     if xs:
         rel = os.path.join("plots", f"{x_hparam}_vs_best_val_loss.png")
         numeric = all(_is_num(v) for v in xs)
         logx = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
-        plot_hparam(summary, x_hparam, "best_val_loss", os.path.join(workdir, rel),
-                    group_by=_group_key(summary, x_hparam), logx=logx,
-                    title=f"{name}: best validation loss against {x_hparam}")
+        plot_hparam(
+            summary,
+            x_hparam,
+            "best_val_loss",
+            os.path.join(workdir, rel),
+            group_by=_group_key(summary, x_hparam),
+            logx=logx,
+            title=f"{name}: best validation loss against {x_hparam}",
+        )
         plots.append(rel)
 
     def sort_key(r: Mapping) -> tuple[bool, float]:
@@ -548,11 +663,26 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
         return (not _is_num(v) or r.get("status") == "diverged", v if _is_num(v) else 0.0)
 
     present = {k for r in summary for k in r}
-    hparams = varying_hparams(summary) or [k for k in ("learning_rate", "batch_size")
-                                           if k in present]
-    results = ["status", "best_val_loss", "best_val_accuracy", "best_step", "best_epoch",
-               "test_loss", "test_accuracy"]
+    hparams = varying_hparams(summary) or [
+        k for k in ("learning_rate", "batch_size") if k in present
+    ]
+    results = [
+        "status",
+        "best_val_loss",
+        "best_val_accuracy",
+        "best_step",
+        "best_epoch",
+        "test_loss",
+        "test_accuracy",
+    ]
     columns = ["trial"] + hparams + [k for k in results if k in present]
     tables = [("Trials, best validation loss first", sorted(summary, key=sort_key), columns)]
-    return write_report(workdir, f"hpjax study `{name}`", intro, tables if summary else [], plots,
-                        diagnose_workdir(workdir), summary=summary)
+    return write_report(
+        workdir,
+        f"hpjax study `{name}`",
+        intro,
+        tables if summary else [],
+        plots,
+        diagnose_workdir(workdir),
+        summary=summary,
+    )

@@ -14,10 +14,21 @@ LN10 = math.log(10)
 def curve(train, val, steps=None):
     """metrics.jsonl records of one trial from train and val loss lists."""
     steps = steps or [100 * (i + 1) for i in range(len(val))]
-    return [{"trial": 0, "step": s, "epoch": s / 100, "examples_seen": 32 * s,
-             "learning_rate": 0.01, "train_loss": t, "train_accuracy": None, "val_loss": v,
-             "val_accuracy": None, "elapsed_s": 0.1 * s}
-            for s, t, v in zip(steps, train, val, strict=True)]
+    return [
+        {
+            "trial": 0,
+            "step": s,
+            "epoch": s / 100,
+            "examples_seen": 32 * s,
+            "learning_rate": 0.01,
+            "train_loss": t,
+            "train_accuracy": None,
+            "val_loss": v,
+            "val_accuracy": None,
+            "elapsed_s": 0.1 * s,
+        }
+        for s, t, v in zip(steps, train, val, strict=True)
+    ]
 
 
 def clean(n=20, gap=0.05):
@@ -37,8 +48,12 @@ def kinds(diags):
 
 
 def test_clean_curve_fires_nothing():
-    assert diagnose_trial(0, clean(), num_classes=10, status="early_stopped", hidden_units=64,
-                          input_dim=40) == []
+    assert (
+        diagnose_trial(
+            0, clean(), num_classes=10, status="early_stopped", hidden_units=64, input_dim=40
+        )
+        == []
+    )
 
 
 def test_clean_curve_with_small_evaluation_noise_fires_nothing():
@@ -72,8 +87,9 @@ def test_oscillating_on_train_loss_when_validation_is_missing():
 
 def test_noisy_but_still_improving_curve_is_not_oscillating():
     val = [1.5 * math.exp(-i / 8) + 0.1 * (-1) ** i + 0.3 for i in range(24)]
-    assert "oscillating" not in kinds(diagnose_trial(0, curve([v - 0.05 for v in val], val),
-                                                     num_classes=10))
+    assert "oscillating" not in kinds(
+        diagnose_trial(0, curve([v - 0.05 for v in val], val), num_classes=10)
+    )
 
 
 def test_oscillation_threshold_is_used():
@@ -183,12 +199,30 @@ def test_null_before_any_finite_value_is_not_divergence():
 
 def write_workdir(path, trials):
     """trials: list of (summary overrides, curve)."""
-    base = {"population": 0, "model": "mlp", "optimizer": "sgd", "schedule": "constant",
-            "learning_rate": 0.01, "batch_size": 32, "seed": 0, "weight_decay": "",
-            "num_params": 1000, "status": "early_stopped", "best_val_loss": 0.5,
-            "best_val_accuracy": 0.8, "best_step": 100, "best_epoch": 1.0, "test_loss": 0.5,
-            "test_accuracy": 0.8, "train_loss_at_best": 0.4, "final_train_loss": 0.3,
-            "final_val_loss": 0.6, "steps": 100, "epochs": 1.0, "hidden_units": 64}
+    base = {
+        "population": 0,
+        "model": "mlp",
+        "optimizer": "sgd",
+        "schedule": "constant",
+        "learning_rate": 0.01,
+        "batch_size": 32,
+        "seed": 0,
+        "weight_decay": "",
+        "num_params": 1000,
+        "status": "early_stopped",
+        "best_val_loss": 0.5,
+        "best_val_accuracy": 0.8,
+        "best_step": 100,
+        "best_epoch": 1.0,
+        "test_loss": 0.5,
+        "test_accuracy": 0.8,
+        "train_loss_at_best": 0.4,
+        "final_train_loss": 0.3,
+        "final_val_loss": 0.6,
+        "steps": 100,
+        "epochs": 1.0,
+        "hidden_units": 64,
+    }
     rows = []
     with open(path / "metrics.jsonl", "w") as f:
         for t, (over, c) in enumerate(trials):
@@ -199,19 +233,28 @@ def write_workdir(path, trials):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    config = {"dataset": {"name": "mnist1d"}, "model": {"name": "mlp", "hidden_units": 64},
-              "optimizer": "sgd", "schedule": "constant", "patience": 5, "study": "lr_sweep"}
+    config = {
+        "dataset": {"name": "mnist1d"},
+        "model": {"name": "mlp", "hidden_units": 64},
+        "optimizer": "sgd",
+        "schedule": "constant",
+        "patience": 5,
+        "study": "lr_sweep",
+    }
     (path / "config.json").write_text(json.dumps(config))
 
 
 def test_diagnose_workdir(tmp_path):
-    write_workdir(tmp_path, [
-        ({}, clean()),
-        ({}, oscillating()),
-        ({"status": "diverged", "best_val_loss": ""}, clean(n=4)),
-        ({"hidden_units": 16}, clean()),
-        ({"model": "cnn", "hidden_units": 16}, clean()),  # the units rule is for dense models
-    ])
+    write_workdir(
+        tmp_path,
+        [
+            ({}, clean()),
+            ({}, oscillating()),
+            ({"status": "diverged", "best_val_loss": ""}, clean(n=4)),
+            ({"hidden_units": 16}, clean()),
+            ({"model": "cnn", "hidden_units": 16}, clean()),  # the units rule is for dense models
+        ],
+    )
     got = [(d.trial, d.kind) for d in diagnose_workdir(tmp_path)]
     assert got == [(1, "oscillating"), (2, "diverged"), (3, "too_few_units")]
 

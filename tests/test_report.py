@@ -14,11 +14,31 @@ from hpjax.diagnostics import Diagnostic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-COLUMNS = ["trial", "population", "model", "optimizer", "schedule", "learning_rate",
-           "batch_size", "seed", "weight_decay", "num_params", "status", "best_val_loss",
-           "best_val_accuracy", "best_step", "best_epoch", "test_loss", "test_accuracy",
-           "train_loss_at_best", "final_train_loss", "final_val_loss", "steps", "epochs",
-           "hidden_units"]
+COLUMNS = [
+    "trial",
+    "population",
+    "model",
+    "optimizer",
+    "schedule",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "weight_decay",
+    "num_params",
+    "status",
+    "best_val_loss",
+    "best_val_accuracy",
+    "best_step",
+    "best_epoch",
+    "test_loss",
+    "test_accuracy",
+    "train_loss_at_best",
+    "final_train_loss",
+    "final_val_loss",
+    "steps",
+    "epochs",
+    "hidden_units",
+]
 
 
 def make_workdir(path, n_trials=4, diverged=(2,), evals=10):
@@ -38,27 +58,62 @@ def make_workdir(path, n_trials=4, diverged=(2,), evals=10):
                     train = val = None
                 if val is not None and (best is None or val < best[1]):
                     best = (step, val)
-                f.write(json.dumps({
-                    "trial": t, "step": step, "epoch": step / 125, "examples_seen": step * bs,
-                    "learning_rate": lr, "train_loss": train, "train_accuracy": None,
-                    "val_loss": val, "val_accuracy": 0.5, "elapsed_s": 0.01 * step}) + "\n")
-            rows.append({
-                "trial": t, "population": 0, "model": "mlp", "optimizer": "sgd",
-                "schedule": "constant", "learning_rate": lr, "batch_size": bs, "seed": 0,
-                "weight_decay": "", "num_params": 1234,
-                "status": "diverged" if t in diverged else "early_stopped",
-                "best_val_loss": best[1], "best_val_accuracy": 0.5, "best_step": best[0],
-                "best_epoch": best[0] / 125, "test_loss": "" if t in diverged else best[1],
-                "test_accuracy": "" if t in diverged else 0.75, "train_loss_at_best": best[1],
-                "final_train_loss": "", "final_val_loss": "", "steps": 50 * evals,
-                "epochs": 50 * evals / 125, "hidden_units": 64})
+                f.write(
+                    json.dumps(
+                        {
+                            "trial": t,
+                            "step": step,
+                            "epoch": step / 125,
+                            "examples_seen": step * bs,
+                            "learning_rate": lr,
+                            "train_loss": train,
+                            "train_accuracy": None,
+                            "val_loss": val,
+                            "val_accuracy": 0.5,
+                            "elapsed_s": 0.01 * step,
+                        }
+                    )
+                    + "\n"
+                )
+            rows.append(
+                {
+                    "trial": t,
+                    "population": 0,
+                    "model": "mlp",
+                    "optimizer": "sgd",
+                    "schedule": "constant",
+                    "learning_rate": lr,
+                    "batch_size": bs,
+                    "seed": 0,
+                    "weight_decay": "",
+                    "num_params": 1234,
+                    "status": "diverged" if t in diverged else "early_stopped",
+                    "best_val_loss": best[1],
+                    "best_val_accuracy": 0.5,
+                    "best_step": best[0],
+                    "best_epoch": best[0] / 125,
+                    "test_loss": "" if t in diverged else best[1],
+                    "test_accuracy": "" if t in diverged else 0.75,
+                    "train_loss_at_best": best[1],
+                    "final_train_loss": "",
+                    "final_val_loss": "",
+                    "steps": 50 * evals,
+                    "epochs": 50 * evals / 125,
+                    "hidden_units": 64,
+                }
+            )
     with open(path / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    config = {"dataset": {"name": "mnist1d"}, "model": {"name": "mlp", "hidden_units": 64},
-              "optimizer": {"name": "sgd"}, "schedule": "constant", "patience": 5,
-              "study": {"name": "lr_sweep", "description": "Learning rate against loss"}}
+    config = {
+        "dataset": {"name": "mnist1d"},
+        "model": {"name": "mlp", "hidden_units": 64},
+        "optimizer": {"name": "sgd"},
+        "schedule": "constant",
+        "patience": 5,
+        "study": {"name": "lr_sweep", "description": "Learning rate against loss"},
+    }
     (path / "config.json").write_text(json.dumps(config))
     return path
 
@@ -83,25 +138,33 @@ def test_read_summary_parses_types_and_empty_cells(tmp_path):
 
 def test_read_summary_nonfinite_and_scientific(tmp_path):
     (tmp_path / "summary.csv").write_text("trial,lr,loss,cell\n7,1e-3,nan,lstm\n")
-    assert report.read_summary(tmp_path) == [{"trial": 7, "lr": 0.001, "loss": None,
-                                              "cell": "lstm"}]
+    assert report.read_summary(tmp_path) == [
+        {"trial": 7, "lr": 0.001, "loss": None, "cell": "lstm"}
+    ]
 
 
 def test_read_metrics_nulls_nan_and_truncated_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(
         '{"trial": 0, "step": 1, "val_loss": null}\n'
         '{"trial": 0, "step": 2, "val_loss": NaN}\n\n'
-        '{"trial": 0, "step": 3, "val_l')
-    assert report.read_metrics(tmp_path) == [{"trial": 0, "step": 1, "val_loss": None},
-                                             {"trial": 0, "step": 2, "val_loss": None}]
+        '{"trial": 0, "step": 3, "val_l'
+    )
+    assert report.read_metrics(tmp_path) == [
+        {"trial": 0, "step": 1, "val_loss": None},
+        {"trial": 0, "step": 2, "val_loss": None},
+    ]
     (tmp_path / "metrics.jsonl").write_text('{"trial": 0\n{"trial": 1, "step": 1}\n')
     with pytest.raises(ValueError, match="metrics.jsonl:1"):
         report.read_metrics(tmp_path)
 
 
 def test_curves_by_trial_groups_and_sorts_by_step():
-    metrics = [{"trial": 1, "step": 20}, {"trial": 0, "step": 30}, {"trial": 1, "step": 10},
-               {"trial": 0, "step": 10}]
+    metrics = [
+        {"trial": 1, "step": 20},
+        {"trial": 0, "step": 30},
+        {"trial": 1, "step": 10},
+        {"trial": 0, "step": 10},
+    ]
     curves = report.curves_by_trial(metrics)
     assert list(curves) == [0, 1]
     assert [p["step"] for p in curves[0]] == [10, 30]
@@ -109,13 +172,10 @@ def test_curves_by_trial_groups_and_sorts_by_step():
 
 
 def test_markdown_table_exact():
-    rows = [{"trial": 0, "lr": 0.012345, "status": "ok"},
-            {"trial": 1, "lr": None, "status": "a|b"}]
+    rows = [{"trial": 0, "lr": 0.012345, "status": "ok"}, {"trial": 1, "lr": None, "status": "a|b"}]
     assert report.markdown_table(rows, ["trial", "lr", "status"], floatfmt=".3g") == (
-        "| trial | lr | status |\n"
-        "|---:|---:|---|\n"
-        "| 0 | 0.0123 | ok |\n"
-        "| 1 |  | a\\|b |\n")
+        "| trial | lr | status |\n|---:|---:|---|\n| 0 | 0.0123 | ok |\n| 1 |  | a\\|b |\n"
+    )
 
 
 def test_trial_label_names_varying_hyperparameters(tmp_path):
@@ -138,8 +198,7 @@ def test_plot_learning_curves_with_nulls(tmp_path):
 def test_plot_learning_curves_with_70_trials(tmp_path):
     make_workdir(tmp_path, n_trials=70, diverged=(2, 33))
     path = tmp_path / "plots" / "many.png"
-    report.plot_learning_curves(report.read_metrics(tmp_path), report.read_summary(tmp_path),
-                                path)
+    report.plot_learning_curves(report.read_metrics(tmp_path), report.read_summary(tmp_path), path)
     assert_png(path)
 
 
@@ -149,27 +208,40 @@ def test_plot_learning_curves_without_data(tmp_path):
 
 def test_plot_hparam_grouped_with_diverged(tmp_path):
     summary = report.read_summary(make_workdir(tmp_path, n_trials=8, diverged=(3, 7)))
-    path = report.plot_hparam(summary, "learning_rate", "best_val_loss", tmp_path / "h.png",
-                              group_by="batch_size")
+    path = report.plot_hparam(
+        summary, "learning_rate", "best_val_loss", tmp_path / "h.png", group_by="batch_size"
+    )
     assert_png(path)
 
 
 def test_plot_hparam_categorical_x(tmp_path):
-    summary = [{"trial": 0, "cell": "lstm", "num_layers": 1, "best_val_loss": 0.5},
-               {"trial": 1, "cell": "gru", "num_layers": 1, "best_val_loss": None},
-               {"trial": 2, "cell": "gru", "num_layers": 2, "best_val_loss": 0.4}]
-    assert_png(report.plot_hparam(summary, "cell", "best_val_loss", tmp_path / "c.png",
-                                  group_by="num_layers"))
+    summary = [
+        {"trial": 0, "cell": "lstm", "num_layers": 1, "best_val_loss": 0.5},
+        {"trial": 1, "cell": "gru", "num_layers": 1, "best_val_loss": None},
+        {"trial": 2, "cell": "gru", "num_layers": 2, "best_val_loss": 0.4},
+    ]
+    assert_png(
+        report.plot_hparam(
+            summary, "cell", "best_val_loss", tmp_path / "c.png", group_by="num_layers"
+        )
+    )
 
 
 def test_write_report_contains_tables_plots_and_diagnostics(tmp_path):
     make_workdir(tmp_path)
     rows = [{"trial": 0, "lr": 0.01}, {"trial": 1, "lr": 0.1}]
-    diags = [Diagnostic("oscillating", 1, "Trial 1 oscillates: 40% zig-zag.", {}),
-             Diagnostic("diverged", 2, "Trial 2 diverged at step 200.", {})]
-    path = report.write_report(tmp_path, "My study", ["First line.", "Second line."],
-                               [("Trials", rows, ["trial", "lr"])],
-                               ["plots/learning_curves.png"], diags)
+    diags = [
+        Diagnostic("oscillating", 1, "Trial 1 oscillates: 40% zig-zag.", {}),
+        Diagnostic("diverged", 2, "Trial 2 diverged at step 200.", {}),
+    ]
+    path = report.write_report(
+        tmp_path,
+        "My study",
+        ["First line.", "Second line."],
+        [("Trials", rows, ["trial", "lr"])],
+        ["plots/learning_curves.png"],
+        diags,
+    )
     assert path == os.path.join(tmp_path, "report.md")
     text = open(path).read()
     assert text.startswith("# My study\n\nFirst line. Second line.\n")
@@ -203,7 +275,7 @@ def test_default_report(tmp_path):
     assert "(plots/learning_rate_vs_best_val_loss.png)" in text
     assert "Learning rate against loss." in text and "`lr_sweep`" in text
     # Table sorted by best validation loss, the diverged trial last.
-    table = text[text.index("| trial |"):].split("\n\n")[0].splitlines()[2:]
+    table = text[text.index("| trial |") :].split("\n\n")[0].splitlines()[2:]
     order = [int(line.split("|")[1]) for line in table]
     summary = {r["trial"]: r for r in report.read_summary(tmp_path)}
     losses = [summary[t]["best_val_loss"] for t in order[:-1]]
@@ -214,9 +286,20 @@ def test_default_report(tmp_path):
 def test_tool_regenerates_report(tmp_path):
     make_workdir(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "report.py"),
-                           str(tmp_path), "--x", "batch_size"], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "report.py"),
+            str(tmp_path),
+            "--x",
+            "batch_size",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == os.path.join(str(tmp_path), "report.md")
     assert (tmp_path / "report.md").exists()
@@ -224,7 +307,11 @@ def test_tool_regenerates_report(tmp_path):
 
 
 def test_tool_rejects_a_directory_without_summary(tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "report.py"),
-                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "report.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "summary.csv" in done.stderr
     assert not (tmp_path / "report.md").exists()

@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line, rewrite the workdir's plots and report, print the report path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", help="a study's workdir (metrics.jsonl, summary.csv, ...)")
-    parser.add_argument("--x", default="learning_rate",
-                        help="hyperparameter for the x axis of the result plot")
+    parser.add_argument(
+        "--x", default="learning_rate", help="hyperparameter for the x axis of the result plot"
+    )
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.workdir, "summary.csv")):
         parser.error(f"{args.workdir}: no summary.csv; is this a study's workdir?")

@@ -1,0 +1,66 @@
+"""Learning-rate sweep: 8 rates log-spaced around 0.01, Adam, an MLP on MNIST-1D.
+
+Run (about a minute on 2 CPU cores):
+  python experiments/lr_sweep.py --workdir runs/lr_sweep
+
+The MNIST-1D reference recipe (MLP 40-256-256-10, Adam, batch 100, 8000 steps, 8 rates):
+  python experiments/lr_sweep.py --workdir runs/lr_reference \
+    --config.num_steps=8000 --config.patience=0
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Data.
+    config.dataset = "mnist1d"  # mnist1d | digits | npz
+    config.npz_path = ""  # with dataset='npz': x_train, y_train, [x_val, y_val], x_test, y_test
+    config.val_fraction = 0.1  # carved out of the training set when it has no validation split
+    config.train_subset = 0  # > 0: train on a random subset of this many examples
+    config.data_seed = 0
+    config.train_eval_examples = 2048  # training examples used to measure the training loss
+
+    # Model.
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mlp"
+    config.model.hidden_units = 256
+    config.model.num_layers = 2
+    config.model.activation = "relu"
+
+    # Optimizer and schedule; the peak learning rate is per trial.
+    config.optimizer = "adam"  # adagrad | adam | momentum | rmsprop | sgd
+    config.momentum = 0.9  # with optimizer='momentum'
+    config.schedule = "constant"  # constant | linear | exponential | cosine
+    config.warmup_steps = 0
+    config.decay_rate = 0.1  # exponential: factor reached at the end of the budget
+    config.end_factor = 0.0  # linear, cosine: final fraction of the peak rate
+
+    # The sweep: the Cartesian product of these axes.
+    config.learning_rates = (0.0003, 0.0006, 0.0012, 0.0025, 0.005, 0.01, 0.02, 0.04)
+    config.lr_sampling = "grid"  # grid | log_uniform | quasi_random (then lr_range, num_lr_samples)
+    config.lr_range = (1e-4, 1e-1)
+    config.num_lr_samples = 0
+    config.sampling_seed = 0
+    config.seeds = (0,)
+    config.batch_size = 100
+    config.batch_sizes = ()  # several batch sizes, trained in one population
+    config.batch_axis = "vmap"  # vmap: all batch sizes in one program; split: one per size
+    config.weight_decays = (0.0,)
+
+    # Budget, evaluation and early stopping.
+    config.num_steps = 3000  # optimizer updates per trial
+    config.num_epochs = 0.0  # > 0: the budget in epochs instead (overrides num_steps)
+    config.eval_every = 50  # steps between evaluations
+    config.patience = 10  # evaluations without improvement before a trial stops; 0 = never
+    config.min_delta = 0.0
+    config.min_steps = 0
+    config.checkpoint_every = 20  # evaluations between checkpoints of the study state
+    config.divergence_factor = 100.0  # a batch loss above this x ln(classes) is divergence
+
+    # Running and reporting.
+    config.overwrite = False  # replace a workdir that holds a different study
+    config.log_every_s = 5.0
+    config.make_report = True
+    config.report_x = "learning_rate"
+    return config

@@ -1,0 +1,178 @@
+"""Orbax checkpoints: each trial at its early-stop point, and the study state for resuming.
+
+``checkpoints/trial_NNNN/<best_step>/`` holds one trial's parameters at its best validation loss
+with metadata that identifies it (hyperparameters, step, epoch, validation loss and accuracy, the
+model config and input shape). :func:`restore_best` turns it back into a ready Flax module.
+
+``state/population_N/<tick>/`` holds a whole population (parameters, optimizer states, early
+stopping, data keys, position in the data) taken right after an evaluation, with the number of
+``metrics.jsonl`` lines written by then, so a killed study resumes where it left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from hpjax.errors import ConfigError
+
+
+def _quiet_orbax(record) -> bool:
+    """Drops Orbax's many INFO lines per save; its warnings and errors still show."""
+    return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
+logging.get_absl_logger().addFilter(_quiet_orbax)
+
+
+def best_dir(workdir: str, trial: int) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints", f"trial_{trial:04d}")
+
+
+def state_dir(workdir: str, population: int) -> str:
+    return os.path.join(os.path.abspath(workdir), "state", f"population_{population}")
+
+
+def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_names=("params", "metadata"),
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_best(workdir: str, best_params: Any, rows: list[dict], extra: dict) -> None:
+    """Saves each trial's best parameters (``[K, ...]`` leaves) with its summary row.
+
+    ``extra`` is metadata shared by the trials (the model config, input shape, classes).
+    """
+    host_params = jax.device_get(best_params)
+    managers = []
+    for j, row in enumerate(rows):
+        params = jax.tree.map(lambda leaf, j=j: np.asarray(leaf[j]), host_params)
+        metadata = {k: _plain(v) for k, v in row.items()} | extra
+        manager = _manager(best_dir(workdir, row["trial"]), max_to_keep=1)
+        manager.save(
+            int(row["best_step"]),
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)
+            ),
+            force=True,
+        )
+        managers.append(manager)
+    for manager in managers:
+        manager.wait_until_finished()
+        manager.close()
+
+
+@dataclasses.dataclass
+class RestoredTrial:
+    """A trial's best model, ready to call: ``restored.module(x)`` gives logits."""
+
+    module: nnx.Module
+    params: dict
+    metadata: dict
+
+
+def restore_best(workdir: str, trial: int) -> RestoredTrial:
+    """Loads trial ``trial``'s parameters at its early-stop point as a Flax module."""
+    import ml_collections  # noqa: PLC0415
+
+    from hpjax.models import build_model  # noqa: PLC0415 (models import nothing from here)
+
+    directory = best_dir(workdir, trial)
+    if not os.path.isdir(directory):
+        raise ConfigError(f"trial {trial} has no best checkpoint under {directory!r}")
+    manager = _manager(directory, max_to_keep=1)
+    step = manager.latest_step()
+    if step is None:
+        raise ConfigError(f"trial {trial}: no finished checkpoint in {directory!r}")
+    metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+        "metadata"
+    ]
+    model = build_model(
+        ml_collections.ConfigDict(metadata["model_config"]),
+        tuple(metadata["input_shape"]),
+        int(metadata["num_classes"]),
+    )
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    params = manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+    )["params"]
+    manager.close()
+    return RestoredTrial(module=model.module(params), params=params, metadata=metadata)
+
+
+class StateCheckpoints:
+    """Periodic checkpoints of one population's whole state, for resuming a killed study."""
+
+    def __init__(self, workdir: str, population: int):
+        self.directory = state_dir(workdir, population)
+        self.manager = _manager(self.directory, max_to_keep=2)
+
+    def save(self, tick: int, state: Any, host: dict) -> None:
+        """Saves asynchronously; ``host`` is JSON metadata (metrics lines, finished flag)."""
+        self.manager.save(
+            tick,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(host)
+            ),
+            force=True,
+        )
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+        """The newest checkpoint that restores, falling back to older ones with a warning.
+
+        Returns None when there is none at all; raises ConfigError when some exist and none
+        restores (a corrupt directory is never replaced by a silent restart from scratch).
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        errors = []
+        for step in steps:
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        params=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()
+                    ),
+                )
+                if errors:
+                    logging.warning(
+                        "resumed from the older checkpoint %d; newer ones failed: %s",
+                        step,
+                        "; ".join(errors),
+                    )
+                return restored["params"], restored["metadata"]
+            except Exception as error:  # noqa: BLE001 (Orbax raises many kinds on corrupt files)
+                errors.append(f"step {step}: {type(error).__name__}: {str(error)[:200]}")
+        raise ConfigError(
+            f"cannot resume: every checkpoint in {self.directory!r} is corrupt ("
+            + "; ".join(errors)
+            + "); pass --config.overwrite=True to start the study afresh"
+        )
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)

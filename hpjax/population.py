@@ -1,0 +1,301 @@
+"""A population of trials that share static structure, trained as one compiled program.
+
+Static structure (the model, the optimizer family, the schedule family, the micro-batch size) is
+a frozen :class:`PopulationSpec`, hashed into the compiled functions. Everything that differs
+between trials is an array with a leading trial axis: the hyperparameters in
+:class:`TrialHParams`, the training state in :class:`TrialState`. One tick of the compiled loop
+gives every trial one micro-batch of ``m`` examples; a trial with batch size ``b`` (a multiple of
+``m``) sums the gradients of ``b / m`` micro-batches and then applies one optimizer update, so its
+update uses exactly the gradient of its own batch of ``b`` examples. Trials that have stopped
+(early stopping, divergence, spent budget) are frozen by masks: their parameters and optimizer
+state no longer change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from hpjax import early_stopping, optim, stream
+from hpjax.models import Model
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationSpec:
+    """What is compiled once for a population: shared by all of its trials."""
+
+    model: Model
+    optimizer: str
+    schedule: str
+    microbatch: int
+    num_train: int
+    optimizer_options: tuple[tuple[str, Any], ...] = ()
+    patience: int = 0
+    min_delta: float = 0.0
+    min_steps: int = 0
+    eval_batch_size: int = 1024
+    divergence_loss: float = float("inf")  # a batch loss above this (or non-finite): divergence
+
+    def direction(self) -> optax.GradientTransformation:
+        return optim.direction(self.optimizer, **dict(self.optimizer_options))
+
+
+@struct.dataclass
+class TrialHParams:
+    """Per-trial hyperparameters, each an array ``[K]``."""
+
+    learning_rate: jax.Array  # peak rate; the schedule multiplies it
+    batch_size: jax.Array  # a multiple of the population's micro-batch
+    seed: jax.Array  # initialisation and data order
+    weight_decay: jax.Array  # decoupled
+    warmup_steps: jax.Array
+    decay_rate: jax.Array
+    end_factor: jax.Array
+    max_steps: jax.Array  # optimizer updates in the budget, also the schedule's horizon
+
+    @property
+    def num_trials(self) -> int:
+        return self.learning_rate.shape[0]
+
+
+@struct.dataclass
+class TrialState:
+    """What one optimizer trajectory carries; leading axis ``[K]`` in a population."""
+
+    params: Params
+    opt_state: Any
+    grad_sum: Params  # gradients summed over the micro-batches of the current batch
+    loss_sum: jax.Array  # their mean losses, summed likewise
+    micro_count: jax.Array  # micro-batches summed into grad_sum
+    step: jax.Array  # optimizer updates applied
+    data_key: jax.Array
+    diverged: jax.Array  # a non-finite loss or update was met; frozen at the last finite state
+
+
+@struct.dataclass
+class PopulationState:
+    """The whole population: trials, their best points, and the shared position in the data."""
+
+    trials: TrialState
+    best_params: Params  # each trial's parameters at its best validation loss
+    early_stop: early_stopping.EarlyStopState
+    tick: jax.Array  # micro-batches consumed by every trial (a scalar shared by all)
+
+
+def make_hparams(**columns) -> TrialHParams:
+    """Builds :class:`TrialHParams` from equal-length sequences, with the right dtypes."""
+    ints = {"batch_size", "seed", "warmup_steps", "max_steps"}
+    return TrialHParams(
+        **{
+            name: jnp.asarray(values, jnp.int32 if name in ints else jnp.float32)
+            for name, values in columns.items()
+        }
+    )
+
+
+def is_active(
+    trials: TrialState, early_stop: early_stopping.EarlyStopState, hparams: TrialHParams
+) -> jax.Array:
+    """Trials still training: not diverged, not stopped early, budget not spent."""
+    return ~trials.diverged & ~early_stop.stopped & (trials.step < hparams.max_steps)
+
+
+def _select(mask: jax.Array, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(mask, a, b), new, old)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all()
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy over a batch with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationState:
+    """Fresh parameters and optimizer states for every trial, from each trial's seed."""
+
+    def init_trial(seed):
+        init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+        params = spec.model.init(init_key)
+        return TrialState(
+            params=params,
+            opt_state=spec.direction().init(params),
+            grad_sum=jax.tree.map(jnp.zeros_like, params),
+            loss_sum=jnp.zeros((), jnp.float32),
+            micro_count=jnp.zeros((), jnp.int32),
+            step=jnp.zeros((), jnp.int32),
+            data_key=data_key,
+            diverged=jnp.zeros((), bool),
+        )
+
+    @jax.jit
+    def init(seeds):
+        trials = jax.vmap(init_trial)(seeds)
+        return PopulationState(
+            trials=trials,
+            best_params=trials.params,
+            early_stop=early_stopping.init(seeds.shape[0]),
+            tick=jnp.zeros((), jnp.int32),
+        )
+
+    return init(hparams.seed)
+
+
+def micro_step(
+    spec: PopulationSpec,
+    hparams: TrialHParams,
+    trial: TrialState,
+    stopped_early: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+) -> TrialState:
+    """One tick of one trial: add the gradient of a micro-batch, update when the batch is full.
+
+    A batch whose loss is non-finite or above ``spec.divergence_loss``, or whose update would make
+    a parameter non-finite, marks the trial diverged; it keeps its last parameters.
+    """
+    loss, grads = jax.value_and_grad(lambda params: cross_entropy(spec.model.apply(params, x), y))(
+        trial.params
+    )
+    grad_sum = jax.tree.map(jnp.add, trial.grad_sum, grads)
+    loss_sum = trial.loss_sum + loss
+    micro_count = trial.micro_count + 1
+    micro_per_batch = hparams.batch_size // spec.microbatch
+    batch_done = micro_count >= micro_per_batch
+
+    lr = optim.learning_rate(
+        spec.schedule,
+        trial.step,
+        hparams.learning_rate,
+        hparams.max_steps,
+        warmup_steps=hparams.warmup_steps,
+        decay_rate=hparams.decay_rate,
+        end_factor=hparams.end_factor,
+    )
+    mean_grad = jax.tree.map(lambda g: g / micro_per_batch, grad_sum)
+    updates, new_opt_state = spec.direction().update(mean_grad, trial.opt_state, trial.params)
+    new_params = optim.apply_update(trial.params, updates, lr, hparams.weight_decay)
+
+    active = ~trial.diverged & ~stopped_early & (trial.step < hparams.max_steps)
+    apply = batch_done & active
+    batch_loss = loss_sum / micro_per_batch
+    finite = (
+        jnp.isfinite(batch_loss) & (batch_loss < spec.divergence_loss) & _all_finite(new_params)
+    )
+    accept = apply & finite
+    return TrialState(
+        params=_select(accept, new_params, trial.params),
+        opt_state=_select(accept, new_opt_state, trial.opt_state),
+        grad_sum=_select(batch_done, jax.tree.map(jnp.zeros_like, grad_sum), grad_sum),
+        loss_sum=jnp.where(batch_done, 0.0, loss_sum),
+        micro_count=jnp.where(batch_done, 0, micro_count),
+        step=trial.step + accept.astype(jnp.int32),
+        data_key=trial.data_key,
+        diverged=trial.diverged | (apply & ~finite),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def train_ticks(
+    spec: PopulationSpec,
+    state: PopulationState,
+    hparams: TrialHParams,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    num_ticks: jax.Array,
+) -> PopulationState:
+    """Runs ``num_ticks`` ticks of the whole population in one compiled loop.
+
+    ``num_ticks`` is traced, so chunks of any length share one compilation.
+    """
+    m, n = spec.microbatch, spec.num_train
+    step_all = jax.vmap(functools.partial(micro_step, spec))
+
+    def body(_, carry):
+        state, perms = carry
+        idx = stream.microbatch_indices(perms, state.tick, m, n)
+        trials = step_all(
+            hparams, state.trials, state.early_stop.stopped, x_train[idx], y_train[idx]
+        )
+        perms = stream.advance_permutations(perms, trials.data_key, state.tick, m, n)
+        return state.replace(trials=trials, tick=state.tick + 1), perms
+
+    perms = stream.permutations_at(state.trials.data_key, state.tick, m, n)
+    state, _ = jax.lax.fori_loop(0, num_ticks, body, (state, perms))
+    return state
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def evaluate(
+    spec: PopulationSpec, params: Params, x: jax.Array, y: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Mean loss and accuracy ``[K]`` of every trial's ``params`` on the set ``(x, y)``.
+
+    The set is shared by all trials and walked in batches of ``spec.eval_batch_size``.
+    """
+    num = x.shape[0]
+    batch = min(spec.eval_batch_size, num)
+    num_batches = -(-num // batch)
+    pad = num_batches * batch - num
+    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
+        (num_batches, batch) + x.shape[1:]
+    )
+    ys = jnp.pad(y, (0, pad)).reshape(num_batches, batch)
+    weights = (jnp.arange(num_batches * batch) < num).reshape(num_batches, batch)
+
+    def one_trial(p):
+        def one_batch(totals, batch_data):
+            xb, yb, wb = batch_data
+            logits = spec.model.apply(p, xb)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            correct = jnp.argmax(logits, -1) == yb
+            return (totals[0] + jnp.sum(losses * wb), totals[1] + jnp.sum(correct * wb)), None
+
+        (loss_sum, correct_sum), _ = jax.lax.scan(one_batch, (0.0, 0.0), (xs, ys, weights))
+        return loss_sum / num, correct_sum / num
+
+    return jax.vmap(one_trial)(params)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def record_evaluation(
+    spec: PopulationSpec,
+    state: PopulationState,
+    val_loss: jax.Array,
+    val_accuracy: jax.Array,
+    evaluated: jax.Array,
+) -> tuple[PopulationState, jax.Array]:
+    """Feeds a validation result to early stopping and keeps each improved trial's parameters."""
+    early_stop, improved = early_stopping.update(
+        state.early_stop,
+        val_loss,
+        val_accuracy,
+        state.trials.step,
+        evaluated,
+        patience=spec.patience,
+        min_delta=spec.min_delta,
+        min_steps=spec.min_steps,
+    )
+    best_params = jax.tree.map(
+        lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+        state.trials.params,
+        state.best_params,
+    )
+    return state.replace(early_stop=early_stop, best_params=best_params), improved
+
+
+@jax.jit
+def active_mask(state: PopulationState, hparams: TrialHParams) -> jax.Array:
+    """Which trials are still training, ``[K]`` bool."""
+    return is_active(state.trials, state.early_stop, hparams)

@@ -1,0 +1,200 @@
+"""From a config to trials and populations: the study's grid, its budget, and its checks.
+
+A study is the Cartesian product of its per-trial axes (learning rates x batch sizes x seeds x
+weight decays); the learning rates may instead be sampled log-uniformly or quasi-randomly. Trials
+that share static structure form one population, compiled once. Every check here runs before
+anything compiles or touches the workdir, and raises :class:`ConfigError` with one line that
+names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hpjax import optim
+from hpjax.errors import ConfigError
+
+LR_SAMPLINGS = ("grid", "log_uniform", "quasi_random")
+BATCH_AXES = ("vmap", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One trial's hyperparameters; ``index`` is its row in the summary."""
+
+    index: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    weight_decay: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationPlan:
+    """Trials that train together in one compiled program, and the plan of their loop."""
+
+    index: int
+    trials: tuple[Trial, ...]
+    microbatch: int
+    max_steps: tuple[int, ...]  # per trial: optimizer updates in its budget
+    total_ticks: int
+    eval_ticks: int
+
+
+def _fail(key: str, value: Any, why: str) -> None:
+    raise ConfigError(f"config.{key}={value!r} {why}")
+
+
+def _as_tuple(value) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        return (value,)
+    return tuple(value)
+
+
+def _halton(count: int, base: int = 2) -> np.ndarray:
+    """The first ``count`` points of the van der Corput sequence in ``base``, skipping 0."""
+    points = np.zeros(count)
+    for i in range(count):
+        f, n, x = 1.0, i + 1, 0.0
+        while n > 0:
+            f /= base
+            x += f * (n % base)
+            n //= base
+        points[i] = x
+    return points
+
+
+def learning_rates(config) -> tuple[float, ...]:
+    """The study's learning rates: the listed grid, or samples in ``lr_range`` (log scale)."""
+    sampling = config.get("lr_sampling", "grid")
+    if sampling not in LR_SAMPLINGS:
+        _fail("lr_sampling", sampling, f"is unknown; allowed: {', '.join(LR_SAMPLINGS)}")
+    if sampling == "grid":
+        rates = _as_tuple(config.learning_rates)
+        if not rates:
+            _fail("learning_rates", rates, "is empty; list at least one learning rate")
+    else:
+        count = int(config.get("num_lr_samples", 0))
+        if count <= 0:
+            _fail("num_lr_samples", count, f"must be positive with lr_sampling={sampling!r}")
+        low, high = (float(v) for v in _as_tuple(config.lr_range))
+        if not (0 < low < high and math.isfinite(high)):
+            _fail("lr_range", (low, high), "must be (low, high) with 0 < low < high")
+        if sampling == "log_uniform":
+            unit = np.random.default_rng(int(config.get("sampling_seed", 0))).random(count)
+        else:
+            unit = _halton(count)
+        rates = tuple(float(low * (high / low) ** u) for u in unit)
+    for rate in rates:
+        if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+            _fail("learning_rates", rates, "must hold positive finite numbers")
+    return tuple(float(r) for r in rates)
+
+
+def batch_sizes(config) -> tuple[int, ...]:
+    """``config.batch_sizes`` when given, else ``(config.batch_size,)``."""
+    sizes = _as_tuple(config.get("batch_sizes", ()))
+    key = "batch_sizes"
+    if not sizes:
+        sizes, key = (config.batch_size,), "batch_size"
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
+            _fail(key, config[key], "must hold positive integers")
+    return tuple(int(s) for s in sizes)
+
+
+def build_trials(config) -> tuple[Trial, ...]:
+    """The Cartesian product of learning rates x batch sizes x seeds x weight decays."""
+    seeds = _as_tuple(config.seeds)
+    if not seeds:
+        _fail("seeds", seeds, "is empty; list at least one seed")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            _fail("seeds", seeds, "must hold non-negative integers")
+    decays = _as_tuple(config.get("weight_decays", (0.0,))) or (0.0,)
+    grid = itertools.product(learning_rates(config), batch_sizes(config), seeds, decays)
+    return tuple(
+        Trial(index=i, learning_rate=lr, batch_size=b, seed=int(s), weight_decay=float(wd))
+        for i, (lr, b, s, wd) in enumerate(grid)
+    )
+
+
+def _max_steps(config, batch_size: int, num_train: int) -> int:
+    epochs = float(config.get("num_epochs", 0) or 0)
+    if epochs > 0:
+        return max(1, int(epochs * num_train // batch_size))
+    return int(config.num_steps)
+
+
+def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[PopulationPlan]:
+    """Groups trials into populations and plans each one's loop in ticks of its micro-batch.
+
+    With ``batch_axis='vmap'`` all batch sizes share one population whose micro-batch is their
+    greatest common divisor; with ``'split'`` each batch size is its own population.
+    """
+    axis = config.get("batch_axis", "vmap")
+    if axis not in BATCH_AXES:
+        _fail("batch_axis", axis, f"is unknown; allowed: {', '.join(BATCH_AXES)}")
+    if axis == "vmap":
+        groups = [tuple(trials)]
+    else:
+        by_size: dict[int, list[Trial]] = {}
+        for trial in trials:
+            by_size.setdefault(trial.batch_size, []).append(trial)
+        groups = [tuple(group) for group in by_size.values()]
+    eval_every = int(config.eval_every)
+    plans = []
+    for index, group in enumerate(groups):
+        microbatch = math.gcd(*(t.batch_size for t in group))
+        max_steps = tuple(_max_steps(config, t.batch_size, num_train) for t in group)
+        total_ticks = max(
+            s * t.batch_size // microbatch for s, t in zip(max_steps, group, strict=True)
+        )
+        largest = max(t.batch_size for t in group)
+        plans.append(
+            PopulationPlan(
+                index=index,
+                trials=group,
+                microbatch=microbatch,
+                max_steps=max_steps,
+                total_ticks=total_ticks,
+                eval_ticks=max(1, eval_every * largest // microbatch),
+            )
+        )
+    return plans
+
+
+def validate_config(config, num_train: int | None = None) -> None:
+    """Every check that needs no compilation; ``num_train`` enables the data-dependent ones."""
+    optim.validate_optim_config(config)
+    steps = int(config.get("num_steps", 0) or 0)
+    epochs = float(config.get("num_epochs", 0) or 0)
+    if not math.isfinite(epochs) or epochs < 0:
+        _fail("num_epochs", epochs, "must be a finite number >= 0")
+    if steps <= 0 and epochs <= 0:
+        _fail("num_steps", steps, "must be positive (or set config.num_epochs > 0)")
+    if int(config.eval_every) <= 0:
+        _fail("eval_every", config.eval_every, "must be a positive number of steps")
+    patience = int(config.get("patience", 0))
+    if patience < 0:
+        _fail("patience", patience, "must be >= 0 evaluations (0 turns early stopping off)")
+    min_delta = float(config.get("min_delta", 0.0))
+    if not math.isfinite(min_delta) or min_delta < 0:
+        _fail("min_delta", min_delta, "must be a finite number >= 0")
+    trials = build_trials(config)
+    if num_train is not None:
+        for size in {t.batch_size for t in trials}:
+            if size > num_train:
+                _fail(
+                    "batch_size" if not config.get("batch_sizes") else "batch_sizes",
+                    size,
+                    f"is larger than the training set ({num_train} examples)",
+                )

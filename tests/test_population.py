@@ -1,0 +1,188 @@
+"""The core property: a trial inside a vmapped population follows the trajectory it follows alone.
+
+"Alone" is a population of one trial with that trial's own micro-batch (its batch size), so it
+takes one optimizer update per tick; inside a population it may share ticks with other batch
+sizes, other learning rates, seeds, schedule parameters and weight decays.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from hpjax import population
+from hpjax.models import build_model
+
+NUM_TRAIN = 48
+RTOL, ATOL = 2e-5, 2e-6
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(NUM_TRAIN, 6)).astype(np.float32)
+    y = np.argmax(x[:, :3] @ rng.normal(size=(3, 3)), axis=1).astype(np.int32)
+    cfg = ml_collections.ConfigDict(
+        {"name": "mlp", "hidden_units": 16, "num_layers": 1, "activation": "tanh"}
+    )
+    model = build_model(cfg, (6,), 3)
+    return model, jnp.asarray(x), jnp.asarray(y)
+
+
+DEFAULTS = dict(
+    learning_rate=0.05,
+    batch_size=8,
+    seed=0,
+    weight_decay=0.0,
+    warmup_steps=0,
+    decay_rate=0.1,
+    end_factor=0.0,
+    max_steps=1000,
+)
+
+
+def make_spec(model, microbatch, optimizer="adam", schedule="constant", **kwargs):
+    return population.PopulationSpec(
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        microbatch=microbatch,
+        num_train=NUM_TRAIN,
+        **kwargs,
+    )
+
+
+def train(problem, trials, ticks, microbatch, **spec_kwargs):
+    """Trains ``trials`` (a list of hyperparameter dicts) for ``ticks`` ticks; returns the state."""
+    model, x, y = problem
+    columns = {k: [t.get(k, v) for t in trials] for k, v in DEFAULTS.items()}
+    hparams = population.make_hparams(**columns)
+    spec = make_spec(model, microbatch, **spec_kwargs)
+    state = population.init_population(spec, hparams)
+    return population.train_ticks(spec, state, hparams, x, y, jnp.int32(ticks))
+
+
+def trial_slice(tree, j):
+    return jax.tree.map(lambda a: np.asarray(a[j]), tree)
+
+
+def assert_same_trajectory(state, j, solo, rtol=RTOL, atol=ATOL):
+    np.testing.assert_array_equal(state.trials.step[j], solo.trials.step[0])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol),
+        trial_slice(state.trials.params, j),
+        trial_slice(solo.trials.params, 0),
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol),
+        trial_slice(state.trials.opt_state, j),
+        trial_slice(solo.trials.opt_state, 0),
+    )
+
+
+@pytest.mark.parametrize(
+    "axis,values",
+    [
+        ("learning_rate", [0.003, 0.03, 0.3]),
+        ("seed", [0, 1, 7]),
+        ("weight_decay", [0.0, 0.01, 0.1]),
+        ("decay_rate", [0.01, 0.3, 1.0]),
+        ("warmup_steps", [0, 5, 20]),
+    ],
+)
+def test_population_matches_each_trial_alone(problem, axis, values):
+    schedule = "exponential" if axis in ("decay_rate", "warmup_steps") else "constant"
+    trials = [{axis: v, "max_steps": 30} for v in values]
+    together = train(problem, trials, 30, 8, schedule=schedule)
+    for j, trial in enumerate(trials):
+        alone = train(problem, [trial], 30, 8, schedule=schedule)
+        assert_same_trajectory(together, j, alone)
+    # The axis matters: trials did not all end in the same place.
+    w = np.asarray(
+        together.trials.params["layers"][0]["kernel"]
+        if "layers" in together.trials.params
+        else jax.tree.leaves(together.trials.params)[0]
+    )
+    assert not np.allclose(w[0], w[-1])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "exponential", "cosine"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adagrad", "rmsprop"])
+def test_every_optimizer_and_schedule_matches_solo(problem, optimizer, schedule):
+    trials = [{"learning_rate": lr, "max_steps": 12, "end_factor": 0.1} for lr in (0.01, 0.1)]
+    together = train(problem, trials, 12, 8, optimizer=optimizer, schedule=schedule)
+    alone = train(problem, trials[1:], 12, 8, optimizer=optimizer, schedule=schedule)
+    assert_same_trajectory(together, 1, alone)
+
+
+@pytest.mark.parametrize("sizes", [(2, 4, 8, 16), (3, 6, 12), (5, 10, 15), (1, 3, 7)])
+def test_batch_size_axis_matches_solo_at_that_batch_size(problem, sizes):
+    """Micro-batch accumulation gives each trial the exact gradient of its own batch size."""
+    microbatch = int(np.gcd.reduce(sizes))
+    examples = 2 * NUM_TRAIN + 2 * max(sizes)  # crosses epoch boundaries mid-batch
+    trials = [{"batch_size": b, "max_steps": examples // b} for b in sizes]
+    together = train(problem, trials, examples // microbatch, microbatch)
+    for j, trial in enumerate(trials):
+        alone = train(problem, [trial], examples // trial["batch_size"], trial["batch_size"])
+        assert int(together.trials.step[j]) == examples // trial["batch_size"]
+        assert_same_trajectory(together, j, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_budget_freezes_a_trial_at_max_steps(problem):
+    trials = [{"max_steps": 5}, {"max_steps": 20}]
+    state = train(problem, trials, 20, 8)
+    assert state.trials.step.tolist() == [5, 20]
+    alone = train(problem, [{"max_steps": 5}], 5, 8)
+    assert_same_trajectory(state, 0, alone)
+
+
+def test_diverging_trial_is_flagged_frozen_and_harmless(problem):
+    good = [{"learning_rate": 0.01}, {"learning_rate": 0.1}]
+    bad = {"learning_rate": 100.0}
+    chance = float(np.log(3))  # the loss of a uniform guess over 3 classes
+    spec = dict(optimizer="adam", divergence_loss=100 * chance)
+    with_bad = train(problem, [good[0], bad, good[1]], 25, 8, **spec)
+    without = train(problem, good, 25, 8, **spec)
+    assert with_bad.trials.diverged.tolist() == [False, True, False]
+    assert without.trials.diverged.tolist() == [False, False]
+    for leaf in jax.tree.leaves(trial_slice(with_bad.trials.params, 1)):
+        assert np.all(np.isfinite(leaf))
+    for j, k in ((0, 0), (2, 1)):
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            trial_slice(with_bad.trials.params, j),
+            trial_slice(without.trials.params, k),
+        )
+
+
+def test_chunks_of_any_length_give_the_same_state(problem):
+    """Resuming the loop at any tick (as after an evaluation) changes nothing."""
+    model, x, y = problem
+    trials = [
+        {"learning_rate": 0.02, "batch_size": 6, "max_steps": 40},
+        {"learning_rate": 0.05, "batch_size": 12, "max_steps": 20},
+    ]
+    columns = {k: [t.get(k, v) for t in trials] for k, v in DEFAULTS.items()}
+    hparams = population.make_hparams(**columns)
+    spec = make_spec(model, 6)
+    once = population.train_ticks(
+        spec, population.init_population(spec, hparams), hparams, x, y, jnp.int32(40)
+    )
+    pieces = population.init_population(spec, hparams)
+    for n in (7, 1, 13, 19):
+        pieces = population.train_ticks(spec, pieces, hparams, x, y, jnp.int32(n))
+    jax.tree.map(np.testing.assert_array_equal, once.trials, pieces.trials)
+
+
+def test_evaluate_matches_direct_computation(problem):
+    model, x, y = problem
+    hparams = population.make_hparams(**{k: [v, v] for k, v in DEFAULTS.items()} | {"seed": [0, 1]})
+    spec = make_spec(model, 8, eval_batch_size=10)  # 48 = 4 full batches + one of 8
+    state = population.init_population(spec, hparams)
+    loss, acc = population.evaluate(spec, state.trials.params, x, y)
+    for j in range(2):
+        logits = model.apply(trial_slice(state.trials.params, j), x)
+        expected = float(population.cross_entropy(logits, y))
+        np.testing.assert_allclose(loss[j], expected, rtol=1e-5)
+        np.testing.assert_allclose(acc[j], float(np.mean(np.argmax(logits, -1) == y)))
