@@ -22,6 +22,7 @@ from hpjax.errors import ConfigError
 
 LR_SAMPLINGS = ("grid", "log_uniform", "quasi_random")
 BATCH_AXES = ("vmap", "split")
+LR_SCALINGS = ("fixed", "linear", "sqrt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +30,16 @@ class Trial:
     """One trial's hyperparameters; ``index`` is its row in the summary."""
 
     index: int
-    learning_rate: float
+    learning_rate: float  # after the batch-size scaling rule
     batch_size: int
     seed: int
     weight_decay: float
+    base_learning_rate: float  # the rate of the grid, before scaling
+    architecture: tuple[tuple[str, Any], ...] = ()  # model keys that differ from config.model
+
+    @property
+    def architecture_dict(self) -> dict:
+        return dict(self.architecture)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +50,13 @@ class PopulationPlan:
     trials: tuple[Trial, ...]
     microbatch: int
     max_steps: tuple[int, ...]  # per trial: optimizer updates in its budget
+    warmup_steps: tuple[int, ...]  # per trial
     total_ticks: int
     eval_ticks: int
+
+    @property
+    def architecture(self) -> dict:
+        return self.trials[0].architecture_dict
 
 
 def _fail(key: str, value: Any, why: str) -> None:
@@ -111,8 +123,51 @@ def batch_sizes(config) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
+def scaled_learning_rate(config, learning_rate: float, batch_size: int) -> float:
+    """The rate for ``batch_size`` under ``config.lr_scaling`` (Goyal et al. 2017 for linear).
+
+    fixed: the same rate for every batch size; linear: ``lr * B / B0``; sqrt: ``lr * sqrt(B/B0)``,
+    with ``B0 = config.base_batch_size``.
+    """
+    rule = config.get("lr_scaling", "fixed")
+    if rule not in LR_SCALINGS:
+        _fail("lr_scaling", rule, f"is unknown; allowed: {', '.join(LR_SCALINGS)}")
+    if rule == "fixed":
+        return learning_rate
+    base = config.get("base_batch_size", 0)
+    if isinstance(base, bool) or not isinstance(base, int) or base <= 0:
+        _fail("base_batch_size", base, f"must be a positive integer with lr_scaling={rule!r}")
+    ratio = batch_size / base
+    return learning_rate * (ratio if rule == "linear" else math.sqrt(ratio))
+
+
+def architectures(config) -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """The Cartesian product of ``config.model_grid`` (model key -> values); ``((),)`` if none."""
+    grid = config.get("model_grid", None)
+    if not grid:
+        return ((),)
+    grid = grid.to_dict() if hasattr(grid, "to_dict") else dict(grid)
+    keys = sorted(grid)
+    for key in keys:
+        if key == "name" or not _as_tuple(grid[key]):
+            _fail(f"model_grid.{key}", grid[key], "must be a non-empty list of model values")
+    return tuple(
+        tuple(zip(keys, values, strict=True))
+        for values in itertools.product(*(_as_tuple(grid[k]) for k in keys))
+    )
+
+
+def model_config(config, architecture: tuple[tuple[str, Any], ...]):
+    """``config.model`` with one architecture's values put in."""
+    model = config.model.copy_and_resolve_references()
+    with model.unlocked():
+        for key, value in architecture:
+            model[key] = value
+    return model
+
+
 def build_trials(config) -> tuple[Trial, ...]:
-    """The Cartesian product of learning rates x batch sizes x seeds x weight decays."""
+    """Architectures x learning rates x batch sizes x seeds x weight decays."""
     seeds = _as_tuple(config.seeds)
     if not seeds:
         _fail("seeds", seeds, "is empty; list at least one seed")
@@ -120,10 +175,20 @@ def build_trials(config) -> tuple[Trial, ...]:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             _fail("seeds", seeds, "must hold non-negative integers")
     decays = _as_tuple(config.get("weight_decays", (0.0,))) or (0.0,)
-    grid = itertools.product(learning_rates(config), batch_sizes(config), seeds, decays)
+    grid = itertools.product(
+        architectures(config), learning_rates(config), batch_sizes(config), seeds, decays
+    )
     return tuple(
-        Trial(index=i, learning_rate=lr, batch_size=b, seed=int(s), weight_decay=float(wd))
-        for i, (lr, b, s, wd) in enumerate(grid)
+        Trial(
+            index=i,
+            learning_rate=scaled_learning_rate(config, lr, b),
+            batch_size=b,
+            seed=int(s),
+            weight_decay=float(wd),
+            base_learning_rate=lr,
+            architecture=arch,
+        )
+        for i, (arch, lr, b, s, wd) in enumerate(grid)
     )
 
 
@@ -143,28 +208,31 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
     axis = config.get("batch_axis", "vmap")
     if axis not in BATCH_AXES:
         _fail("batch_axis", axis, f"is unknown; allowed: {', '.join(BATCH_AXES)}")
-    if axis == "vmap":
-        groups = [tuple(trials)]
-    else:
-        by_size: dict[int, list[Trial]] = {}
-        for trial in trials:
-            by_size.setdefault(trial.batch_size, []).append(trial)
-        groups = [tuple(group) for group in by_size.values()]
+    groups: dict[tuple, list[Trial]] = {}
+    for trial in trials:
+        key = (trial.architecture, trial.batch_size if axis == "split" else None)
+        groups.setdefault(key, []).append(trial)
     eval_every = int(config.eval_every)
+    warmup_epochs = float(config.get("warmup_epochs", 0.0) or 0.0)
     plans = []
-    for index, group in enumerate(groups):
+    for index, group in enumerate(groups.values()):
         microbatch = math.gcd(*(t.batch_size for t in group))
         max_steps = tuple(_max_steps(config, t.batch_size, num_train) for t in group)
         total_ticks = max(
             s * t.batch_size // microbatch for s, t in zip(max_steps, group, strict=True)
         )
+        if warmup_epochs > 0:
+            warmup = tuple(int(warmup_epochs * num_train // t.batch_size) for t in group)
+        else:
+            warmup = (int(config.get("warmup_steps", 0)),) * len(group)
         largest = max(t.batch_size for t in group)
         plans.append(
             PopulationPlan(
                 index=index,
-                trials=group,
+                trials=tuple(group),
                 microbatch=microbatch,
                 max_steps=max_steps,
+                warmup_steps=warmup,
                 total_ticks=total_ticks,
                 eval_ticks=max(1, eval_every * largest // microbatch),
             )

@@ -148,7 +148,7 @@ def _hparams(config, plan: study.PopulationPlan) -> population.TrialHParams:
         batch_size=[t.batch_size for t in plan.trials],
         seed=[t.seed for t in plan.trials],
         weight_decay=[t.weight_decay for t in plan.trials],
-        warmup_steps=[int(config.get("warmup_steps", 0))] * k,
+        warmup_steps=list(plan.warmup_steps),
         decay_rate=[float(config.get("decay_rate", 0.1))] * k,
         end_factor=[float(config.get("end_factor", 0.0))] * k,
         max_steps=list(plan.max_steps),
@@ -205,17 +205,20 @@ class PopulationRun:
         self,
         config,
         plan: study.PopulationPlan,
-        model: Model,
+        models: dict[tuple, Model],
         data: StudyData,
         workdir: str,
         num_populations: int,
     ):
         self.config = config
         self.plan = plan
-        self.model = model
+        self.model_config = study.model_config(config, plan.trials[0].architecture)
+        self.model = models[plan.trials[0].architecture]
         self.data = data
         self.workdir = workdir
-        self.spec = make_spec(config, model, plan, data.dataset.num_train, data.dataset.num_classes)
+        self.spec = make_spec(
+            config, self.model, plan, data.dataset.num_train, data.dataset.num_classes
+        )
         self.hparams = _hparams(config, plan)
         self.batch = np.array([t.batch_size for t in plan.trials])
         self.history: dict[int, list[dict]] = {t.index: [] for t in plan.trials}
@@ -387,14 +390,17 @@ class PopulationRun:
                 "steps": int(steps[j]),
                 "epochs": float(steps[j] * trial.batch_size / d.dataset.num_train),
             }
-            row.update(model_columns(self.config))
+            row.update(model_columns(self.model_config))
+            row["base_learning_rate"] = trial.base_learning_rate
+            row["input_dim"] = int(np.prod(d.dataset.input_shape))
+            row["num_classes"] = int(d.dataset.num_classes)
             rows.append(row)
         checkpoint.save_best(
             self.workdir,
             state.best_params,
             rows,
             {
-                "model_config": config_to_dict(self.config.model),
+                "model_config": config_to_dict(self.model_config),
                 "input_shape": list(d.dataset.input_shape),
                 "num_classes": int(d.dataset.num_classes),
             },
@@ -402,9 +408,9 @@ class PopulationRun:
         return rows
 
 
-def model_columns(config) -> dict:
+def model_columns(model_config) -> dict:
     """The model's size hyperparameters, as summary columns."""
-    return {k: v for k, v in config_to_dict(config.model).items() if k != "name"}
+    return {k: v for k, v in config_to_dict(model_config).items() if k != "name"}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -417,7 +423,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     study.validate_config(config, dataset.num_train)
     trials = study.build_trials(config)
     plans = study.plan_populations(config, trials, dataset.num_train)
-    model = build_model(config.model, dataset.input_shape, dataset.num_classes)
+    models = {  # builds and validates every architecture before anything compiles
+        arch: build_model(
+            study.model_config(config, arch), dataset.input_shape, dataset.num_classes
+        )
+        for arch in study.architectures(config)
+    }
     config_dict = config_to_dict(config)
     prepare_workdir(workdir, config_dict)
 
@@ -434,7 +445,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     rows: list[dict] = []
     lines = 0
     for plan in plans:
-        plan_rows, lines = PopulationRun(config, plan, model, data, workdir, len(plans)).run(lines)
+        plan_rows, lines = PopulationRun(config, plan, models, data, workdir, len(plans)).run(lines)
         rows.extend(plan_rows)
     rows.sort(key=lambda r: r["trial"])
     extra = [k for k in rows[0] if k not in SUMMARY_COLUMNS]

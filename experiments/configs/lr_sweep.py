@@ -47,6 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_sizes = ()  # several batch sizes, trained in one population
     config.batch_axis = "vmap"  # vmap: all batch sizes in one program; split: one per size
     config.weight_decays = (0.0,)
+    config.lr_scaling = (
+        "fixed"  # fixed | linear | sqrt: the rate per batch size, from base_batch_size
+    )
+    config.base_batch_size = 100
+    config.warmup_epochs = 0.0  # > 0: warmup length in epochs (per batch size) instead of steps
+    # Architectures: model key -> values, one population each (e.g. hidden_units, num_layers).
+    config.model_grid = ml_collections.ConfigDict()
 
     # Budget, evaluation and early stopping.
     config.num_steps = 3000  # optimizer updates per trial
