@@ -49,6 +49,13 @@ def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
     )
 
 
+def _clear_step(manager: ocp.CheckpointManager, step: int) -> None:
+    """Removes a finished checkpoint at ``step`` so that a new save there can replace it."""
+    manager.wait_until_finished()
+    if step in manager.all_steps():
+        manager.delete(step)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -66,6 +73,7 @@ def save_best(workdir: str, best_params: Any, rows: list[dict], extra: dict) -> 
         params = jax.tree.map(lambda leaf, j=j: np.asarray(leaf[j]), host_params)
         metadata = {k: _plain(v) for k, v in row.items()} | extra
         manager = _manager(best_dir(workdir, row["trial"]), max_to_keep=1)
+        _clear_step(manager, int(row["best_step"]))
         manager.save(
             int(row["best_step"]),
             args=ocp.args.Composite(
@@ -125,7 +133,12 @@ class StateCheckpoints:
         self.manager = _manager(self.directory, max_to_keep=2)
 
     def save(self, tick: int, state: Any, host: dict) -> None:
-        """Saves asynchronously; ``host`` is JSON metadata (metrics lines, finished flag)."""
+        """Saves asynchronously; ``host`` is JSON metadata (metrics lines, finished flag).
+
+        A checkpoint already at ``tick`` (the last periodic one, when the study ends right
+        after it) is replaced.
+        """
+        _clear_step(self.manager, tick)
         self.manager.save(
             tick,
             args=ocp.args.Composite(

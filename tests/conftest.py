@@ -1,0 +1,59 @@
+"""Shared test fixtures: a tiny data set on disk and the experiment configs."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str):
+    """``get_config()`` of ``experiments/configs/<name>.py``."""
+    path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def write_tiny_npz(path: str, num_train: int = 240, seed: int = 0) -> str:
+    """A separable 4-class problem with 8 features, with validation and test splits."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(8, 4))
+
+    def split(n):
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        return x, np.argmax(x @ w + 0.3 * rng.normal(size=(n, 4)), axis=1).astype(np.int32)
+
+    x_train, y_train = split(num_train)
+    x_val, y_val = split(80)
+    x_test, y_test = split(100)
+    np.savez(path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test,
+             y_test=y_test)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> str:
+    return write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"))
+
+
+@pytest.fixture
+def tiny_config(tiny_npz):
+    """The learning-rate sweep's config, shrunk to a few seconds on the tiny data set."""
+    config = load_config("lr_sweep")
+    config.dataset = "npz"
+    config.npz_path = tiny_npz
+    config.model.hidden_units = 16
+    config.model.num_layers = 1
+    config.learning_rates = (0.003, 0.03, 0.3)
+    config.batch_size = 16
+    config.num_steps = 120
+    config.eval_every = 10
+    config.patience = 3
+    config.checkpoint_every = 2
+    config.make_report = False
+    config.log_every_s = 0.0
+    return config

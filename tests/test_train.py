@@ -1,0 +1,230 @@
+"""End to end: a study writes what a user reads, stops trials early, checkpoints, and resumes."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hpjax import checkpoint, early_stopping, population
+from hpjax.errors import ConfigError
+from hpjax.train import SUMMARY_COLUMNS, StudyData, train_and_evaluate
+from tests.conftest import ROOT
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_study_writes_config_summary_metrics_and_checkpoints(tiny_config, tmp_path):
+    workdir = str(tmp_path / "study")
+    rows = train_and_evaluate(tiny_config, workdir)
+    summary = read_csv(os.path.join(workdir, "summary.csv"))
+    assert [int(r["trial"]) for r in summary] == [0, 1, 2]
+    assert set(SUMMARY_COLUMNS) <= set(summary[0])
+    assert [float(r["learning_rate"]) for r in summary] == [0.003, 0.03, 0.3]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["learning_rates"] == [0.003, 0.03, 0.3]
+    metrics = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    for trial, row in enumerate(rows):
+        curve = [m for m in metrics if m["trial"] == trial]
+        steps = [m["step"] for m in curve]
+        assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == row["steps"]
+        assert all(s % 10 == 0 for s in steps)
+        best = min(curve, key=lambda m: m["val_loss"])
+        assert row["best_step"] == best["step"]
+        assert row["best_val_loss"] == pytest.approx(best["val_loss"])
+        assert row["train_loss_at_best"] == pytest.approx(best["train_loss"])
+        assert curve[-1]["examples_seen"] == row["steps"] * 16
+        assert row["status"] in ("early_stopped", "budget_exhausted")
+        if row["status"] == "early_stopped":  # stopped after `patience` evaluations, no more
+            assert steps[-1] - row["best_step"] == 3 * 10
+        assert os.path.isdir(checkpoint.best_dir(workdir, trial))
+
+
+def test_restored_best_checkpoint_evaluates_to_recorded_val_loss(tiny_config, tmp_path):
+    workdir = str(tmp_path / "study")
+    rows = train_and_evaluate(tiny_config, workdir)
+    data = StudyData.put(__import__("hpjax.data").data.load_dataset(tiny_config), 100)
+    for row in rows:
+        restored = checkpoint.restore_best(workdir, row["trial"])
+        assert restored.metadata["best_step"] == row["best_step"]
+        logits = restored.module(data.x_val)
+        loss = float(population.cross_entropy(logits, data.y_val))
+        assert loss == pytest.approx(row["best_val_loss"], rel=1e-5)
+        accuracy = float(np.mean(np.argmax(logits, -1) == np.asarray(data.y_val)))
+        assert accuracy == pytest.approx(row["best_val_accuracy"], abs=1e-6)
+
+
+def test_early_stopped_trial_in_population_equals_trial_alone(tiny_config, tmp_path):
+    tiny_config.patience = 2
+    together = train_and_evaluate(tiny_config, str(tmp_path / "together"))
+    assert any(r["status"] == "early_stopped" for r in together)
+    for row in together[1:]:
+        tiny_config.learning_rates = (row["learning_rate"],)
+        (alone,) = train_and_evaluate(tiny_config, str(tmp_path / f"alone{row['trial']}"))
+        assert (alone["status"], alone["best_step"], alone["steps"]) == (
+            row["status"], row["best_step"], row["steps"])
+        assert alone["best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-5)
+        a = checkpoint.restore_best(str(tmp_path / f"alone{row['trial']}"), 0).params
+        b = checkpoint.restore_best(str(tmp_path / "together"), row["trial"]).params
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+
+
+def test_a_single_bump_does_not_stop_a_patient_trial():
+    curve = [1.0, 0.8, 0.6, 0.7, 0.5, 0.45, 0.47, 0.48, 0.49]  # one bump, then a plateau
+    state = early_stopping.init(2)
+    stopped_at = [None, None]
+    for i, loss in enumerate(curve):
+        state, _ = early_stopping.update(
+            state, np.full(2, loss, np.float32), np.zeros(2, np.float32), np.full(2, i * 10),
+            ~np.asarray(state.stopped), patience=np.array([2, 3]), min_delta=0.0, min_steps=0)
+        for j in range(2):
+            if stopped_at[j] is None and bool(state.stopped[j]):
+                stopped_at[j] = i
+    # patience 2 rides out the bump at index 3 and stops after two evaluations without
+    # improvement on the plateau; patience 3 stops one evaluation later.
+    assert stopped_at == [7, 8]
+    assert state.best_step.tolist() == [50, 50]
+    assert state.best_val_loss.tolist() == pytest.approx([0.45, 0.45])
+
+
+def test_min_delta_and_min_steps():
+    state = early_stopping.init(1)
+    for i, loss in enumerate([1.0, 0.99, 0.98, 0.97]):
+        state, improved = early_stopping.update(
+            state, np.array([loss]), np.zeros(1), np.array([i]), np.array([True]),
+            patience=2, min_delta=0.05, min_steps=3)
+        if i == 2:  # two evaluations without an improvement > 0.05, but step 2 < min_steps
+            assert not bool(state.stopped[0])
+    assert bool(state.stopped[0]) and state.best_step.tolist() == [0]
+
+
+def test_diverging_trial_is_marked_and_leaves_others_unchanged(tiny_config, tmp_path):
+    tiny_config.learning_rates = (0.01, 100.0, 0.03)
+    with_bad = train_and_evaluate(tiny_config, str(tmp_path / "with"))
+    tiny_config.learning_rates = (0.01, 0.03)
+    without = train_and_evaluate(tiny_config, str(tmp_path / "without"))
+    assert [r["status"] for r in with_bad][1] == "diverged"
+    # Same numbers up to float rounding (a population of 3 batches its matmuls differently).
+    for a, b in zip([with_bad[0], with_bad[2]], without, strict=True):
+        for key in ("best_step", "steps", "status"):
+            assert a[key] == b[key], key
+        for key in ("best_val_loss", "test_loss", "test_accuracy", "final_train_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+def test_every_trial_diverging_ends_with_a_summary_not_a_crash(tiny_config, tmp_path, caplog):
+    tiny_config.learning_rates = (100.0, 1000.0)
+    rows = train_and_evaluate(tiny_config, str(tmp_path / "all"))
+    assert [r["status"] for r in rows] == ["diverged", "diverged"]
+    assert os.path.exists(tmp_path / "all" / "summary.csv")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("patience", -1, "config.patience=-1"),
+    ("min_delta", -0.1, "config.min_delta=-0.1"),
+    ("optimizer", "adamw", "allowed: adagrad, adam, momentum, rmsprop, sgd"),
+    ("schedule", "step", "config.schedule='step'"),
+    ("learning_rates", (0.1, -1.0), "config.learning_rates"),
+    ("learning_rates", (), "config.learning_rates=() is empty"),
+    ("batch_size", 10_000, "larger than the training set (240 examples)"),
+    ("dataset", "cifar", "allowed: digits, mnist1d, npz"),
+    ("npz_path", "/nonexistent.npz", "config.npz_path"),
+])
+def test_bad_config_fails_before_anything_is_written(tiny_config, tmp_path, key, value, message):
+    if key == "learning_rates":
+        tiny_config.learning_rates = value
+    else:
+        tiny_config[key] = value
+    workdir = tmp_path / "study"
+    with pytest.raises(ConfigError, match=None) as error:
+        train_and_evaluate(tiny_config, str(workdir))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not workdir.exists()
+
+
+def test_workdir_with_a_different_study_is_refused_unless_overwrite(tiny_config, tmp_path):
+    workdir = str(tmp_path / "study")
+    train_and_evaluate(tiny_config, workdir)
+    before = open(os.path.join(workdir, "summary.csv")).read()
+    tiny_config.learning_rates = (0.01,)
+    with pytest.raises(ConfigError, match="holds a different study .*learning_rates"):
+        train_and_evaluate(tiny_config, workdir)
+    assert open(os.path.join(workdir, "summary.csv")).read() == before
+    tiny_config.overwrite = True
+    rows = train_and_evaluate(tiny_config, workdir)
+    assert len(rows) == 1 and len(read_csv(os.path.join(workdir, "summary.csv"))) == 1
+
+
+def _binary(workdir, npz, extra=()):
+    return [sys.executable, os.path.join(ROOT, "experiments", "lr_sweep.py"),
+            f"--workdir={workdir}", "--config.dataset=npz", f"--config.npz_path={npz}",
+            "--config.model.hidden_units=16", "--config.model.num_layers=1",
+            "--config.learning_rates=(0.003,0.03,0.3)", "--config.batch_size=16",
+            "--config.eval_every=10", "--config.checkpoint_every=2", "--config.patience=0",
+            "--config.make_report=False", *extra]
+
+
+def test_killed_study_resumes_to_the_same_summary(tiny_npz, tiny_config, tmp_path):
+    steps = ["--config.num_steps=1500", "--config.checkpoint_every=5"]
+    reference = tmp_path / "reference"
+    config = tiny_config
+    config.num_steps, config.patience, config.checkpoint_every = 1500, 0, 5
+    train_and_evaluate(config, str(reference))
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(_binary(resumed, tiny_npz, steps), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    metrics = resumed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a few state checkpoints have been written
+        if metrics.exists() and sum(1 for _ in open(metrics)) > 3 * 60:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "summary.csv").exists(), "the study finished before it was killed"
+    done = subprocess.run(_binary(resumed, tiny_npz, steps), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming at tick" in done.stderr
+    assert read_csv(resumed / "summary.csv") == read_csv(reference / "summary.csv")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+    assert strip(read_jsonl(resumed / "metrics.jsonl")) == strip(
+        read_jsonl(reference / "metrics.jsonl"))
+
+
+def test_corrupt_checkpoint_falls_back_or_fails_clearly(tiny_config, tmp_path):
+    workdir = tmp_path / "study"
+    tiny_config.patience = 0
+    train_and_evaluate(tiny_config, str(workdir))
+    state_root = workdir / "state" / "population_0"
+    steps = sorted(int(p.name) for p in state_root.iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    # Break the newest checkpoint: the study resumes from the older one with a warning.
+    os.remove(workdir / "summary.csv")
+    newest = state_root / str(steps[-1]) / "params"
+    for path in newest.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    rows = train_and_evaluate(tiny_config, str(workdir))
+    assert len(rows) == 3
+    # Break every checkpoint: a clear error, and the results on disk stay.
+    for path in state_root.rglob("*"):
+        if path.is_file() and "params" in str(path):
+            path.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="cannot resume: every checkpoint .* is corrupt"):
+        train_and_evaluate(tiny_config, str(workdir))
+    assert (workdir / "metrics.jsonl").exists()
