@@ -27,6 +27,7 @@ from hpjax import checkpoint, metrics, optim, population, report, study
 from hpjax import data as data_lib
 from hpjax.errors import ConfigError
 from hpjax.models import Model, build_model
+from hpjax.sharding import TrialSharding
 
 # Keys that change how a study is run or shown, not what it computes.
 NON_STUDY_KEYS = ("overwrite", "log_every_s", "checkpoint_every_s", "make_report")
@@ -80,9 +81,14 @@ class StudyData:
     y_test: jax.Array
 
     @classmethod
-    def put(cls, dataset: data_lib.Dataset, train_eval_examples: int) -> StudyData:
+    def put(
+        cls,
+        dataset: data_lib.Dataset,
+        train_eval_examples: int,
+        sharding: TrialSharding | None = None,
+    ) -> StudyData:
         n = min(train_eval_examples, dataset.num_train)
-        put = jnp.asarray
+        put = sharding.replicate if sharding else jnp.asarray
         return cls(
             dataset,
             put(dataset.x_train),
@@ -198,8 +204,28 @@ def _current_rates(schedule: str, steps: jax.Array, hparams: population.TrialHPa
     )
 
 
+def _take(tree, rows: np.ndarray):
+    """The rows ``rows`` of every leaf's leading axis."""
+    idx = np.asarray(rows)
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+def _take_state(state: population.PopulationState, rows) -> population.PopulationState:
+    return state.replace(
+        trials=_take(state.trials, rows),
+        best_params=_take(state.best_params, rows),
+        early_stop=_take(state.early_stop, rows),
+    )
+
+
 class PopulationRun:
-    """Trains one population to the end of its budget, writing metrics as it goes."""
+    """Trains one population to the end of its budget, writing metrics as it goes.
+
+    The compiled program holds *rows*; ``self.positions[r]`` is the plan position of the trial
+    in row ``r``, or -1 for a padding row (a frozen copy that makes the row count a multiple of
+    the device count). When at most ``config.compact_fraction`` of the rows are still training,
+    the stopped trials are retired to the host and the rest continue in a smaller program.
+    """
 
     def __init__(
         self,
@@ -209,6 +235,7 @@ class PopulationRun:
         data: StudyData,
         workdir: str,
         num_populations: int,
+        sharding: TrialSharding,
     ):
         self.config = config
         self.plan = plan
@@ -216,18 +243,78 @@ class PopulationRun:
         self.model = models[plan.trials[0].architecture]
         self.data = data
         self.workdir = workdir
+        self.sharding = sharding
         self.spec = make_spec(
             config, self.model, plan, data.dataset.num_train, data.dataset.num_classes
         )
-        self.hparams = _hparams(config, plan)
+        self.full_hparams = _hparams(config, plan)
         self.batch = np.array([t.batch_size for t in plan.trials])
         self.history: dict[int, list[dict]] = {t.index: [] for t in plan.trials}
         self.label = f"population {plan.index + 1}/{num_populations} ({len(plan.trials)} trials)"
         self.writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
         self.start_time = time.perf_counter()
+        self.retired: dict[int, Any] = {}  # plan position -> host slice of its final state
+        self.positions = np.arange(len(plan.trials))
+        self.hparams = self.full_hparams
+
+    # Rows: which trials the compiled program holds.
+
+    def _place(self, full_state: population.PopulationState, alive: np.ndarray):
+        """The program's state for the trials ``alive`` (plan positions), padded and sharded."""
+        alive = np.asarray(alive, int)
+        pad = self.sharding.padded_size(len(alive)) - len(alive)
+        rows = np.concatenate([alive, np.full(pad, alive[0])])
+        self.positions = np.concatenate([alive, np.full(pad, -1)])
+        hparams = _take(self.full_hparams, rows)
+        if pad:  # padding rows have no budget: frozen from the start
+            hparams = hparams.replace(
+                max_steps=jnp.where(jnp.asarray(self.positions) < 0, 0, hparams.max_steps)
+            )
+        self.hparams = self.sharding.put_rows(hparams)
+        state = _take_state(full_state, rows)
+        return self.sharding.put_rows(state.replace(tick=jnp.asarray(full_state.tick)))
+
+    def full_state(self, state: population.PopulationState) -> population.PopulationState:
+        """All the plan's trials in plan order, on the host: live rows and retired ones."""
+        host = self.sharding.to_host(state)
+        slices = dict(self.retired)
+        for r, pos in enumerate(self.positions):
+            if pos >= 0:
+                slices[pos] = _take_state(host, [r])
+        parts = [slices[p] for p in range(len(self.plan.trials))]
+        concat = lambda *xs: np.concatenate(xs)  # noqa: E731
+        return population.PopulationState(
+            trials=jax.tree.map(concat, *[p.trials for p in parts]),
+            best_params=jax.tree.map(concat, *[p.best_params for p in parts]),
+            early_stop=jax.tree.map(concat, *[p.early_stop for p in parts]),
+            tick=np.asarray(host.tick),
+        )
+
+    def compact(self, state: population.PopulationState, active: np.ndarray):
+        """Retires the rows that stopped and continues with the others, if that pays."""
+        real = self.positions >= 0
+        live = int((active & real).sum())
+        fraction = float(self.config.get("compact_fraction", 0.5))
+        if live == 0 or live > fraction * len(self.positions):
+            return state
+        if self.sharding.padded_size(live) >= len(self.positions):
+            return state
+        full = self.full_state(state)
+        for r, pos in enumerate(self.positions):
+            if pos >= 0 and not active[r]:
+                self.retired[pos] = _take_state(full, [pos])
+        logging.info(
+            "%s: %d of %d rows still training; continuing with a smaller program",
+            self.label,
+            live,
+            len(self.positions),
+        )
+        return self._place(full, self.positions[active & real])
+
+    # Evaluation and metrics.
 
     def evaluate(self, state: population.PopulationState, evaluated: np.ndarray):
-        """Evaluates every trial, records it, and returns the updated state."""
+        """Evaluates every row, records the trials ``evaluated``, and returns the new state."""
         d = self.data
         train_loss, train_acc = population.evaluate(
             self.spec, state.trials.params, d.x_train_eval, d.y_train_eval
@@ -236,7 +323,7 @@ class PopulationRun:
         state, _ = population.record_evaluation(
             self.spec, state, val_loss, val_acc, jnp.asarray(evaluated)
         )
-        steps, rates, *host = jax.device_get(
+        steps, rates, *host = self.sharding.to_host(
             (
                 state.trials.step,
                 _current_rates(self.spec.schedule, state.trials.step, self.hparams),
@@ -248,42 +335,48 @@ class PopulationRun:
         )
         rows = []
         elapsed = time.perf_counter() - self.start_time
-        for j, trial in enumerate(self.plan.trials):
-            if not evaluated[j]:
+        for r, pos in enumerate(self.positions):
+            if pos < 0 or not evaluated[r]:
                 continue
+            trial = self.plan.trials[pos]
             row = {
                 "trial": trial.index,
-                "step": int(steps[j]),
-                "epoch": float(steps[j] * self.batch[j] / self.data.dataset.num_train),
-                "examples_seen": int(steps[j] * self.batch[j]),
-                "learning_rate": float(rates[j]),
-                "train_loss": float(host[0][j]),
-                "train_accuracy": float(host[1][j]),
-                "val_loss": float(host[2][j]),
-                "val_accuracy": float(host[3][j]),
+                "step": int(steps[r]),
+                "epoch": float(steps[r] * trial.batch_size / d.dataset.num_train),
+                "examples_seen": int(steps[r] * trial.batch_size),
+                "learning_rate": float(rates[r]),
+                "train_loss": float(host[0][r]),
+                "train_accuracy": float(host[1][r]),
+                "val_loss": float(host[2][r]),
+                "val_accuracy": float(host[3][r]),
                 "elapsed_s": round(elapsed, 3),
             }
             rows.append(row)
             self.history[trial.index].append(row)
-        self.writer.write(rows)
+        if self.sharding.is_writer:
+            self.writer.write(rows)
         return state
 
     def run(self, metrics_lines_before: int) -> tuple[list[dict], int]:
         """Trains (or resumes) the population; returns its summary rows and metrics line count."""
         plan, spec = self.plan, self.spec
-        state = population.init_population(spec, self.hparams)
+        fresh = population.init_population(spec, self.full_hparams)
         checkpoints = checkpoint.StateCheckpoints(self.workdir, plan.index)
-        restored = checkpoints.restore_latest(state)
+        restored = checkpoints.restore_latest(jax.device_get(fresh))
         if restored is not None:
-            state, host = restored
+            full, host = restored
             self.writer.truncate_to(host["metrics_lines"])
             self._reload_history()
             if host.get("finished"):
                 logging.info("%s: already finished, taking its saved results", self.label)
                 checkpoints.close()
                 return host["rows"], host["metrics_lines"]
+            alive = np.asarray(host["alive"], int)
+            for pos in set(range(len(plan.trials))) - set(alive.tolist()):
+                self.retired[pos] = _take_state(full, [pos])
+            state = self._place(full, alive)
             logging.info(
-                "%s: resuming at tick %d of %d", self.label, int(state.tick), plan.total_ticks
+                "%s: resuming at tick %d of %d", self.label, int(full.tick), plan.total_ticks
             )
         else:
             dropped = self.writer.count_lines() - metrics_lines_before
@@ -295,7 +388,8 @@ class PopulationRun:
                     dropped,
                 )
             self.writer.truncate_to(metrics_lines_before)
-            state = self.evaluate(state, np.ones(len(plan.trials), bool))
+            state = self._place(jax.device_get(fresh), np.arange(len(plan.trials)))
+            state = self.evaluate(state, self.positions >= 0)
         progress = metrics.Progress(
             self.label,
             plan.total_ticks,
@@ -306,31 +400,46 @@ class PopulationRun:
         tick = int(state.tick)
         progress.update(tick)
         evaluations = 0
+        x_train, y_train = self.data.x_train, self.data.y_train
         while tick < plan.total_ticks:
-            active = np.asarray(population.active_mask(state, self.hparams))
+            active = self._active(state)
             if not active.any():
                 break
+            state = self.compact(state, active)
+            active = self._active(state)
             num_ticks = min(plan.eval_ticks, plan.total_ticks - tick)
             state = population.train_ticks(
-                spec,
-                state,
-                self.hparams,
-                self.data.x_train,
-                self.data.y_train,
-                jnp.asarray(num_ticks, jnp.int32),
+                spec, state, self.hparams, x_train, y_train, jnp.asarray(num_ticks, jnp.int32)
             )
             state = self.evaluate(state, active)
             tick = int(state.tick)
             progress.update(tick, self._best_message(state))
             evaluations += 1
             if every > 0 and evaluations % every == 0:
-                checkpoints.save(tick, state, {"metrics_lines": self.writer.count_lines()})
+                self._save(checkpoints, state, {})
         progress.update(tick, self._best_message(state), force=True)
-        rows = self.summarise(state)
-        lines = self.writer.count_lines()
-        checkpoints.save(tick, state, {"metrics_lines": lines, "finished": True, "rows": rows})
+        full = self.full_state(state)
+        rows = self.summarise(full)
+        lines = self._save(checkpoints, state, {"finished": True, "rows": rows})
         checkpoints.close()
         return rows, lines
+
+    def _active(self, state: population.PopulationState) -> np.ndarray:
+        return np.asarray(self.sharding.to_host(population.active_mask(state, self.hparams)))
+
+    def _save(self, checkpoints, state, extra: dict) -> int:
+        lines = self.writer.count_lines()
+        alive = [int(p) for p in self.positions if p >= 0]
+        if self.sharding.is_writer:
+            checkpoints.save(
+                int(state.tick),
+                self.full_state(state),
+                {"metrics_lines": lines, "alive": alive} | extra,
+            )
+        return lines
+
+    def _shardable(self, full: population.PopulationState) -> bool:
+        return len(self.plan.trials) % self.sharding.num_devices == 0
 
     def _reload_history(self) -> None:
         for row in report.read_metrics(self.workdir):
@@ -338,23 +447,30 @@ class PopulationRun:
                 self.history[row["trial"]].append(row)
 
     def _best_message(self, state: population.PopulationState) -> str:
-        best = np.asarray(state.early_stop.best_val_loss)
-        active = np.asarray(population.active_mask(state, self.hparams))
-        j = int(np.argmin(best))
+        active = self._active(state) & (self.positions >= 0)
+        current = self.sharding.to_host(state.early_stop.best_val_loss)
+        best = {pos: float(v) for pos, v in zip(self.positions, current, strict=True) if pos >= 0}
+        best |= {pos: float(s.early_stop.best_val_loss[0]) for pos, s in self.retired.items()}
+        pos = min(best, key=best.get)
         return (
-            f"{int(active.sum())} active, best val loss {best[j]:.4f} "
-            f"(trial {self.plan.trials[j].index})"
+            f"{int(active.sum())} active, best val loss {best[pos]:.4f} "
+            f"(trial {self.plan.trials[pos].index})"
         )
 
-    def summarise(self, state: population.PopulationState) -> list[dict]:
+    def summarise(self, full: population.PopulationState) -> list[dict]:
         """One summary row per trial, with the test metrics of its best parameters."""
         d = self.data
-        test_loss, test_acc = jax.device_get(
-            population.evaluate(self.spec, state.best_params, d.x_test, d.y_test)
+        best_params = (
+            self.sharding.put_rows(full.best_params)
+            if self._shardable(full)
+            else (self.sharding.replicate(full.best_params))
         )
-        es = jax.device_get(state.early_stop)
-        steps = np.asarray(state.trials.step)
-        diverged = np.asarray(state.trials.diverged)
+        test_loss, test_acc = self.sharding.to_host(
+            population.evaluate(self.spec, best_params, d.x_test, d.y_test)
+        )
+        es = full.early_stop
+        steps = np.asarray(full.trials.step)
+        diverged = np.asarray(full.trials.diverged)
         rows = []
         for j, trial in enumerate(self.plan.trials):
             history = self.history[trial.index]
@@ -395,16 +511,17 @@ class PopulationRun:
             row["input_dim"] = int(np.prod(d.dataset.input_shape))
             row["num_classes"] = int(d.dataset.num_classes)
             rows.append(row)
-        checkpoint.save_best(
-            self.workdir,
-            state.best_params,
-            rows,
-            {
-                "model_config": config_to_dict(self.model_config),
-                "input_shape": list(d.dataset.input_shape),
-                "num_classes": int(d.dataset.num_classes),
-            },
-        )
+        if self.sharding.is_writer:
+            checkpoint.save_best(
+                self.workdir,
+                full.best_params,
+                rows,
+                {
+                    "model_config": config_to_dict(self.model_config),
+                    "input_shape": list(d.dataset.input_shape),
+                    "num_classes": int(d.dataset.num_classes),
+                },
+            )
         return rows
 
 
@@ -429,26 +546,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         )
         for arch in study.architectures(config)
     }
+    sharding = TrialSharding(int(config.get("num_devices", 0)))
     config_dict = config_to_dict(config)
-    prepare_workdir(workdir, config_dict)
+    if sharding.is_writer:
+        prepare_workdir(workdir, config_dict)
 
     logging.info(
-        "study: %d trials in %d population(s); data %s: %d train, %d val, %d test",
+        "study: %d trials in %d population(s) on %d %s device(s); data %s: %d train, %d val, "
+        "%d test",
         len(trials),
         len(plans),
+        sharding.num_devices,
+        jax.default_backend(),
         dataset.name,
         dataset.num_train,
         len(dataset.y_val),
         len(dataset.y_test),
     )
-    data = StudyData.put(dataset, int(config.get("train_eval_examples", 2048)))
+    data = StudyData.put(dataset, int(config.get("train_eval_examples", 2048)), sharding)
     rows: list[dict] = []
     lines = 0
     for plan in plans:
-        plan_rows, lines = PopulationRun(config, plan, models, data, workdir, len(plans)).run(lines)
+        run = PopulationRun(config, plan, models, data, workdir, len(plans), sharding)
+        plan_rows, lines = run.run(lines)
         rows.extend(plan_rows)
     rows.sort(key=lambda r: r["trial"])
     extra = [k for k in rows[0] if k not in SUMMARY_COLUMNS]
+    if not sharding.is_writer:
+        return rows
     metrics.write_csv(os.path.join(workdir, "summary.csv"), rows, SUMMARY_COLUMNS + tuple(extra))
     if all(r["status"] == "diverged" for r in rows):
         logging.error(

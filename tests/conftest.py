@@ -30,8 +30,15 @@ def write_tiny_npz(path: str, num_train: int = 240, seed: int = 0) -> str:
     x_train, y_train = split(num_train)
     x_val, y_val = split(80)
     x_test, y_test = split(100)
-    np.savez(path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test,
-             y_test=y_test)
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+    )
     return path
 
 

@@ -76,7 +76,10 @@ def test_early_stopped_trial_in_population_equals_trial_alone(tiny_config, tmp_p
         tiny_config.learning_rates = (row["learning_rate"],)
         (alone,) = train_and_evaluate(tiny_config, str(tmp_path / f"alone{row['trial']}"))
         assert (alone["status"], alone["best_step"], alone["steps"]) == (
-            row["status"], row["best_step"], row["steps"])
+            row["status"],
+            row["best_step"],
+            row["steps"],
+        )
         assert alone["best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-5)
         a = checkpoint.restore_best(str(tmp_path / f"alone{row['trial']}"), 0).params
         b = checkpoint.restore_best(str(tmp_path / "together"), row["trial"]).params
@@ -89,8 +92,15 @@ def test_a_single_bump_does_not_stop_a_patient_trial():
     stopped_at = [None, None]
     for i, loss in enumerate(curve):
         state, _ = early_stopping.update(
-            state, np.full(2, loss, np.float32), np.zeros(2, np.float32), np.full(2, i * 10),
-            ~np.asarray(state.stopped), patience=np.array([2, 3]), min_delta=0.0, min_steps=0)
+            state,
+            np.full(2, loss, np.float32),
+            np.zeros(2, np.float32),
+            np.full(2, i * 10),
+            ~np.asarray(state.stopped),
+            patience=np.array([2, 3]),
+            min_delta=0.0,
+            min_steps=0,
+        )
         for j in range(2):
             if stopped_at[j] is None and bool(state.stopped[j]):
                 stopped_at[j] = i
@@ -105,8 +115,15 @@ def test_min_delta_and_min_steps():
     state = early_stopping.init(1)
     for i, loss in enumerate([1.0, 0.99, 0.98, 0.97]):
         state, improved = early_stopping.update(
-            state, np.array([loss]), np.zeros(1), np.array([i]), np.array([True]),
-            patience=2, min_delta=0.05, min_steps=3)
+            state,
+            np.array([loss]),
+            np.zeros(1),
+            np.array([i]),
+            np.array([True]),
+            patience=2,
+            min_delta=0.05,
+            min_steps=3,
+        )
         if i == 2:  # two evaluations without an improvement > 0.05, but step 2 < min_steps
             assert not bool(state.stopped[0])
     assert bool(state.stopped[0]) and state.best_step.tolist() == [0]
@@ -133,17 +150,20 @@ def test_every_trial_diverging_ends_with_a_summary_not_a_crash(tiny_config, tmp_
     assert os.path.exists(tmp_path / "all" / "summary.csv")
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("patience", -1, "config.patience=-1"),
-    ("min_delta", -0.1, "config.min_delta=-0.1"),
-    ("optimizer", "adamw", "allowed: adagrad, adam, momentum, rmsprop, sgd"),
-    ("schedule", "step", "config.schedule='step'"),
-    ("learning_rates", (0.1, -1.0), "config.learning_rates"),
-    ("learning_rates", (), "config.learning_rates=() is empty"),
-    ("batch_size", 10_000, "larger than the training set (240 examples)"),
-    ("dataset", "cifar", "allowed: digits, mnist1d, npz"),
-    ("npz_path", "/nonexistent.npz", "config.npz_path"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("patience", -1, "config.patience=-1"),
+        ("min_delta", -0.1, "config.min_delta=-0.1"),
+        ("optimizer", "adamw", "allowed: adagrad, adam, momentum, rmsprop, sgd"),
+        ("schedule", "step", "config.schedule='step'"),
+        ("learning_rates", (0.1, -1.0), "config.learning_rates"),
+        ("learning_rates", (), "config.learning_rates=() is empty"),
+        ("batch_size", 10_000, "larger than the training set (240 examples)"),
+        ("dataset", "cifar", "allowed: digits, mnist1d, npz"),
+        ("npz_path", "/nonexistent.npz", "config.npz_path"),
+    ],
+)
 def test_bad_config_fails_before_anything_is_written(tiny_config, tmp_path, key, value, message):
     if key == "learning_rates":
         tiny_config.learning_rates = value
@@ -171,12 +191,22 @@ def test_workdir_with_a_different_study_is_refused_unless_overwrite(tiny_config,
 
 
 def _binary(workdir, npz, extra=()):
-    return [sys.executable, os.path.join(ROOT, "experiments", "lr_sweep.py"),
-            f"--workdir={workdir}", "--config.dataset=npz", f"--config.npz_path={npz}",
-            "--config.model.hidden_units=16", "--config.model.num_layers=1",
-            "--config.learning_rates=(0.003,0.03,0.3)", "--config.batch_size=16",
-            "--config.eval_every=10", "--config.checkpoint_every=2", "--config.patience=0",
-            "--config.make_report=False", *extra]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "experiments", "lr_sweep.py"),
+        f"--workdir={workdir}",
+        "--config.dataset=npz",
+        f"--config.npz_path={npz}",
+        "--config.model.hidden_units=16",
+        "--config.model.num_layers=1",
+        "--config.learning_rates=(0.003,0.03,0.3)",
+        "--config.batch_size=16",
+        "--config.eval_every=10",
+        "--config.checkpoint_every=2",
+        "--config.patience=0",
+        "--config.make_report=False",
+        *extra,
+    ]
 
 
 def test_killed_study_resumes_to_the_same_summary(tiny_npz, tiny_config, tmp_path):
@@ -186,8 +216,9 @@ def test_killed_study_resumes_to_the_same_summary(tiny_npz, tiny_config, tmp_pat
     config.num_steps, config.patience, config.checkpoint_every = 1500, 0, 5
     train_and_evaluate(config, str(reference))
     resumed = tmp_path / "resumed"
-    process = subprocess.Popen(_binary(resumed, tiny_npz, steps), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _binary(resumed, tiny_npz, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     metrics = resumed / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once a few state checkpoints have been written
@@ -203,7 +234,8 @@ def test_killed_study_resumes_to_the_same_summary(tiny_npz, tiny_config, tmp_pat
     assert read_csv(resumed / "summary.csv") == read_csv(reference / "summary.csv")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
     assert strip(read_jsonl(resumed / "metrics.jsonl")) == strip(
-        read_jsonl(reference / "metrics.jsonl"))
+        read_jsonl(reference / "metrics.jsonl")
+    )
 
 
 def test_corrupt_checkpoint_falls_back_or_fails_clearly(tiny_config, tmp_path):
