@@ -266,3 +266,19 @@ def validate_config(config, num_train: int | None = None) -> None:
                     size,
                     f"is larger than the training set ({num_train} examples)",
                 )
+
+
+def take_trials(plan: PopulationPlan, positions) -> PopulationPlan:
+    """The plan of a chunk of ``plan``'s trials (same micro-batch and evaluation interval)."""
+    positions = list(positions)
+    trials = tuple(plan.trials[i] for i in positions)
+    max_steps = tuple(plan.max_steps[i] for i in positions)
+    return dataclasses.replace(
+        plan,
+        trials=trials,
+        max_steps=max_steps,
+        warmup_steps=tuple(plan.warmup_steps[i] for i in positions),
+        total_ticks=max(
+            s * t.batch_size // plan.microbatch for s, t in zip(max_steps, trials, strict=True)
+        ),
+    )

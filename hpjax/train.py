@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hpjax import checkpoint, metrics, optim, population, report, study
+from hpjax import checkpoint, memory, metrics, optim, population, report, study
 from hpjax import data as data_lib
 from hpjax.errors import ConfigError
 from hpjax.models import Model, build_model
@@ -35,6 +35,7 @@ OUTPUTS = (
     "config.json",
     "metrics.jsonl",
     "summary.csv",
+    "populations.csv",
     "report.md",
     "plots",
     "checkpoints",
@@ -564,17 +565,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         len(dataset.y_test),
     )
     data = StudyData.put(dataset, int(config.get("train_eval_examples", 2048)), sharding)
+    specs = [
+        make_spec(
+            config, models[p.trials[0].architecture], p, dataset.num_train, dataset.num_classes
+        )
+        for p in plans
+    ]
+    plans, estimates = memory.fit_plans(
+        plans,
+        specs,
+        dataset.input_shape,
+        num_devices=sharding.num_devices,
+        memory_fraction=float(config.get("memory_fraction", 0.8)),
+        max_population=int(config.get("max_population", 0)),
+    )
     rows: list[dict] = []
+    populations: list[dict] = []
     lines = 0
-    for plan in plans:
+    for plan, estimate in zip(plans, estimates, strict=True):
+        start = time.perf_counter()
         run = PopulationRun(config, plan, models, data, workdir, len(plans), sharding)
         plan_rows, lines = run.run(lines)
+        peak, source = memory.peak_memory_bytes()
+        for row in plan_rows:
+            row["memory_estimate_mb"] = round(estimate, 3)
+            row["peak_memory_mb"] = round(peak / 2**20, 1)  # a measurement, not a result
+        populations.append(
+            {
+                "population": plan.index,
+                "trials": len(plan.trials),
+                "microbatch": plan.microbatch,
+                "architecture": json.dumps(plan.architecture),
+                "memory_estimate_mb": estimate,
+                "peak_memory_mb": peak / 2**20,
+                "peak_memory_source": source,
+                "wall_s": round(time.perf_counter() - start, 2),
+            }
+        )
         rows.extend(plan_rows)
     rows.sort(key=lambda r: r["trial"])
     extra = [k for k in rows[0] if k not in SUMMARY_COLUMNS]
     if not sharding.is_writer:
         return rows
     metrics.write_csv(os.path.join(workdir, "summary.csv"), rows, SUMMARY_COLUMNS + tuple(extra))
+    metrics.write_csv(os.path.join(workdir, "populations.csv"), populations, list(populations[0]))
     if all(r["status"] == "diverged" for r in rows):
         logging.error(
             "every trial diverged (learning rates %s); lower the learning rates",

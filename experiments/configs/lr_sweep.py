@@ -65,6 +65,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 20  # evaluations between checkpoints of the study state
     config.divergence_factor = 100.0  # a batch loss above this x ln(classes) is divergence
 
+    # Where it runs.
+    config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present
+    config.compact_fraction = 0.5  # retire stopped trials once at most this fraction trains
+    config.max_population = 0  # > 0: at most this many trials per compiled program
+    config.memory_fraction = 0.8  # populations larger than this share of device memory split
+
     # Running and reporting.
     config.overwrite = False  # replace a workdir that holds a different study
     config.log_every_s = 5.0

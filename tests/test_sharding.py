@@ -1,0 +1,86 @@
+"""The trial axis sharded over several devices (4 CPU devices made by XLA in a subprocess)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hpjax.errors import ConfigError
+from hpjax.sharding import TrialSharding
+from tests.conftest import ROOT
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from tests.conftest import load_config
+    from hpjax.train import train_and_evaluate
+    import jax
+    assert jax.device_count() == 4, jax.devices()
+    from hpjax.sharding import TrialSharding
+    import numpy as np
+    placed = TrialSharding(4).put_rows(np.zeros((8, 3)))
+    assert len(placed.sharding.device_set) == 4
+    assert placed.addressable_shards[0].data.shape == (2, 3)
+    results = {{}}
+    for name, devices, rates in [("one", 1, {rates}), ("four", 4, {rates})]:
+        config = load_config("lr_sweep")
+        config.dataset, config.npz_path = "npz", {npz!r}
+        config.model.hidden_units, config.model.num_layers = 16, 1
+        config.learning_rates = rates
+        config.batch_size, config.num_steps, config.eval_every = 16, 60, 10
+        config.patience, config.make_report, config.num_devices = 3, False, devices
+        config.compact_fraction = {compact}
+        rows = train_and_evaluate(config, {workdir!r} + "/" + name)
+        results[name] = rows
+    print("RESULT" + json.dumps(results))
+""")
+
+
+def run_on_four_devices(npz, workdir, rates, compact=0.5):
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    code = SCRIPT.format(root=ROOT, npz=npz, workdir=str(workdir), rates=rates, compact=compact)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :]), done.stderr
+
+
+def test_six_trials_on_four_devices_equal_one_device_and_report_six(tiny_npz, tmp_path):
+    rates = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+    results, log = run_on_four_devices(tiny_npz, tmp_path, rates)
+    one, four = results["one"], results["four"]
+    assert [r["trial"] for r in four] == list(range(6))  # padded to 8 rows, 6 reported
+    with open(tmp_path / "four" / "summary.csv") as f:
+        assert len(f.readlines()) == 1 + 6
+    for a, b in zip(one, four, strict=True):
+        assert (a["status"], a["best_step"], a["steps"]) == (
+            b["status"],
+            b["best_step"],
+            b["steps"],
+        )
+        for key in ("best_val_loss", "test_loss", "final_train_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    with open(tmp_path / "four" / "metrics.jsonl") as f:
+        trials = {json.loads(line)["trial"] for line in f}
+    assert trials == set(range(6))
+
+
+def test_more_devices_than_present_is_refused():
+    with pytest.raises(ConfigError, match=r"config.num_devices=99 is more than the 1 cpu"):
+        TrialSharding(99)
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        TrialSharding(-1)
+
+
+def test_rows_are_padded_to_a_multiple_of_the_devices():
+    sharding = TrialSharding(1)
+    assert [sharding.padded_size(n) for n in (1, 6, 7)] == [1, 6, 7]
+    sharding.num_devices = 4  # the arithmetic alone
+    assert [sharding.padded_size(n) for n in (1, 4, 6, 9)] == [4, 4, 8, 12]
