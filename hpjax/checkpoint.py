@@ -42,11 +42,15 @@ def state_dir(workdir: str, population: int) -> str:
 
 
 def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_names=("params", "metadata"),
-    )
+    """A manager that process 0 alone uses (in a multi-host study only process 0 writes)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    if jax.process_count() > 1:
+        os.makedirs(directory, exist_ok=True)
+        options.create = False
+        options.multiprocessing_options = ocp.options.MultiprocessingOptions(
+            primary_host=0, active_processes={0}
+        )
+    return ocp.CheckpointManager(directory, options=options, item_names=("params", "metadata"))
 
 
 def _clear_step(manager: ocp.CheckpointManager, step: int) -> None:

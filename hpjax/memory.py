@@ -2,8 +2,8 @@
 
 Per trial a population holds its parameters, their best-point copy, the summed micro-batch
 gradients, the optimizer state, and one more copy of parameters and optimizer state for the
-candidate update; the activations of one micro-batch come from XLA's own memory analysis of a
-one-trial step. A population whose estimate exceeds ``memory_fraction`` of the devices' memory
+candidate update; the activations of one micro-batch are the intermediate values of its traced
+gradient (no compilation). A population whose estimate exceeds ``memory_fraction`` of the devices' memory
 (or holds more than ``max_population`` trials) is split into chunks that run in turn.
 """
 
@@ -31,7 +31,7 @@ class TrialMemory:
     """Estimated bytes of one trial in a population."""
 
     state_bytes: int  # parameters, best copy, gradient sum, optimizer state, update candidate
-    activation_bytes: int  # XLA's temporary buffers of one micro-batch step
+    activation_bytes: int  # intermediate values of one micro-batch gradient
 
     @property
     def total(self) -> int:
@@ -49,32 +49,36 @@ def estimate_trial(spec: population.PopulationSpec, input_shape: tuple[int, ...]
 
 @functools.lru_cache(maxsize=32)
 def _activation_bytes(spec: population.PopulationSpec, input_shape: tuple[int, ...]) -> int:
-    hparams = population.make_hparams(
-        learning_rate=[0.1],
-        batch_size=[spec.microbatch],
-        seed=[0],
-        weight_decay=[0.0],
-        warmup_steps=[0],
-        decay_rate=[0.1],
-        end_factor=[0.0],
-        max_steps=[1],
-    )
-    state = jax.eval_shape(lambda: population.init_population(spec, hparams))
-    x = jax.ShapeDtypeStruct((1, spec.microbatch, *input_shape), jnp.float32)
-    y = jax.ShapeDtypeStruct((1, spec.microbatch), jnp.int32)
+    """Bytes of every intermediate value of one trial's micro-batch gradient (traced, not
+    compiled): an upper bound, since XLA reuses buffers."""
+    params = jax.eval_shape(spec.model.init, jax.random.PRNGKey(0))
+    x = jax.ShapeDtypeStruct((spec.microbatch, *input_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((spec.microbatch,), jnp.int32)
 
-    def one_tick(state, hparams, x, y):
-        step = jax.vmap(functools.partial(population.micro_step, spec))
-        return step(hparams, state.trials, state.early_stop.stopped, x, y)
+    def loss(params, x, y):
+        return population.cross_entropy(spec.model.apply(params, x), y)
 
-    compiled = jax.jit(one_tick).lower(state, hparams, x, y).compile()
-    analysis = compiled.memory_analysis()
-    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params, x, y)
+    return _jaxpr_bytes(jaxpr.jaxpr)
+
+
+def _jaxpr_bytes(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            aval = var.aval
+            if hasattr(aval, "shape"):
+                total += int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+        for param in eqn.params.values():  # nested programs (pjit, scan, custom_vjp)
+            inner = getattr(param, "jaxpr", None)
+            if inner is not None:
+                total += _jaxpr_bytes(getattr(inner, "jaxpr", inner))
+    return total
 
 
 def device_memory_bytes() -> int:
     """Memory of one device: the accelerator's limit, or the host's RAM on CPU."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -82,7 +86,7 @@ def device_memory_bytes() -> int:
 
 def peak_memory_bytes() -> tuple[int, str]:
     """The measured peak so far: the device's own counter, or this process's peak RSS."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "device peak"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"

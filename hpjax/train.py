@@ -362,15 +362,19 @@ class PopulationRun:
         """Trains (or resumes) the population; returns its summary rows and metrics line count."""
         plan, spec = self.plan, self.spec
         fresh = population.init_population(spec, self.full_hparams)
-        checkpoints = checkpoint.StateCheckpoints(self.workdir, plan.index)
-        restored = checkpoints.restore_latest(jax.device_get(fresh))
+        if jax.process_count() == 1:
+            checkpoints = checkpoint.StateCheckpoints(self.workdir, plan.index)
+            restored = checkpoints.restore_latest(jax.device_get(fresh))
+        else:  # each host would need the restored state: resuming is single-host for now
+            checkpoints, restored = None, None
         if restored is not None:
             full, host = restored
             self.writer.truncate_to(host["metrics_lines"])
             self._reload_history()
             if host.get("finished"):
                 logging.info("%s: already finished, taking its saved results", self.label)
-                checkpoints.close()
+                if checkpoints:
+                    checkpoints.close()
                 return host["rows"], host["metrics_lines"]
             alive = np.asarray(host["alive"], int)
             for pos in set(range(len(plan.trials))) - set(alive.tolist()):
@@ -422,7 +426,8 @@ class PopulationRun:
         full = self.full_state(state)
         rows = self.summarise(full)
         lines = self._save(checkpoints, state, {"finished": True, "rows": rows})
-        checkpoints.close()
+        if checkpoints:
+            checkpoints.close()
         return rows, lines
 
     def _active(self, state: population.PopulationState) -> np.ndarray:
@@ -431,7 +436,7 @@ class PopulationRun:
     def _save(self, checkpoints, state, extra: dict) -> int:
         lines = self.writer.count_lines()
         alive = [int(p) for p in self.positions if p >= 0]
-        if self.sharding.is_writer:
+        if checkpoints is not None:
             checkpoints.save(
                 int(state.tick),
                 self.full_state(state),

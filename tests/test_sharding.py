@@ -84,3 +84,56 @@ def test_rows_are_padded_to_a_multiple_of_the_devices():
     assert [sharding.padded_size(n) for n in (1, 6, 7)] == [1, 6, 7]
     sharding.num_devices = 4  # the arithmetic alone
     assert [sharding.padded_size(n) for n in (1, 4, 6, 9)] == [4, 4, 8, 12]
+
+
+def test_two_processes_with_jax_distributed_equal_one_process(tiny_npz, tiny_config, tmp_path):
+    """Multi-host on one machine: 2 processes x 2 CPU devices; only process 0 writes."""
+    import socket
+
+    from hpjax.train import train_and_evaluate
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    flags = [
+        f"--workdir={tmp_path / 'multi'}",
+        "--config.dataset=npz",
+        f"--config.npz_path={tiny_npz}",
+        "--config.model.hidden_units=16",
+        "--config.model.num_layers=1",
+        "--config.learning_rates=(0.003,0.03,0.3)",
+        "--config.batch_size=16",
+        "--config.num_steps=60",
+        "--config.eval_every=10",
+        "--config.patience=3",
+        "--config.make_report=False",
+        "--config.distributed=True",
+        f"--config.coordinator_address=localhost:{port}",
+        "--config.num_processes=2",
+    ]
+    binary = os.path.join(ROOT, "experiments", "lr_sweep.py")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, binary, *flags, f"--config.process_id={i}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (_, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "best trial" in outputs[0][0] and "best trial" not in outputs[1][0]
+    with open(tmp_path / "multi" / "summary.csv") as f:
+        multi = list(__import__("csv").DictReader(f))
+    tiny_config.num_steps = 60
+    single = train_and_evaluate(tiny_config, str(tmp_path / "single"))
+    assert len(multi) == 3
+    for a, b in zip(single, multi, strict=True):
+        assert (a["status"], str(a["best_step"])) == (b["status"], b["best_step"])
+        assert float(b["best_val_loss"]) == pytest.approx(a["best_val_loss"], rel=1e-4)

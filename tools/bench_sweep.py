@@ -135,7 +135,7 @@ class Bench:
         jax.block_until_ready(state)
         run_s = time.perf_counter() - start
         peak = None
-        stats = jax.devices()[0].memory_stats() or {}
+        stats = jax.local_devices()[0].memory_stats() or {}
         if "peak_bytes_in_use" in stats:
             peak = stats["peak_bytes_in_use"]
         elif memory is not None:

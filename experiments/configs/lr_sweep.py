@@ -70,6 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.compact_fraction = 0.5  # retire stopped trials once at most this fraction trains
     config.max_population = 0  # > 0: at most this many trials per compiled program
     config.memory_fraction = 0.8  # populations larger than this share of device memory split
+    config.distributed = False  # one process per host: jax.distributed.initialize()
+    config.coordinator_address = ""  # host:port of process 0 ("" = found by JAX)
+    config.num_processes = 0
+    config.process_id = -1
 
     # Running and reporting.
     config.overwrite = False  # replace a workdir that holds a different study
