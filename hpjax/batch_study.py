@@ -25,6 +25,8 @@ holds the finished run of the same config is reused, not trained again.
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
 import time
@@ -103,6 +105,7 @@ NOISE_COLUMNS = (
     "grad_sq_exact",
     "trace_exact",
     "b_simple_exact",
+    "b_simple_exact_ema",
 )
 COMPUTE_COLUMNS = (
     "batch_size",
@@ -193,6 +196,9 @@ def validate_config(config, num_train: int | None = None) -> None:
     names = set(_studies(config))
     if "noise_scale" in names:
         names.add("steps_to_target")
+    compute = config.get("compute", None)
+    if compute is not None and _tuple(compute.get("batch_sizes", ())):
+        check_batch_sizes(compute.batch_sizes, "compute.batch_sizes", num_train)
     if "fixed_epochs" in names:
         s, key = config.fixed_epochs, "fixed_epochs"
         check_batch_sizes(s.batch_sizes, f"{key}.batch_sizes", num_train)
@@ -212,15 +218,19 @@ def validate_config(config, num_train: int | None = None) -> None:
             _fail(f"{key}.metric", s.metric, f"is unknown; allowed: {', '.join(TARGET_METRICS)}")
         if not (_is_real(s.target) and math.isfinite(s.target)):
             _fail(f"{key}.target", s.target, "must be a finite number")
-        for name in ("budget_epochs",):
-            _check_positive(s, name, key)
+        _check_positive(s, "budget_epochs", key)
         for name in ("min_budget_steps", "max_budget_steps", "evals_per_trial", "base_batch_size"):
             _check_positive(s, name, key, integer=True)
         if s.min_budget_steps > s.max_budget_steps:
             _fail(f"{key}.min_budget_steps", s.min_budget_steps, "exceeds max_budget_steps")
     if "noise_scale" in names:
         s, key = config.noise_scale, "noise_scale"
-        check_batch_sizes((s.batch_size,), f"{key}.batch_size", num_train)
+        if not _is_int(s.batch_size) or s.batch_size <= 0:
+            _fail(f"{key}.batch_size", s.batch_size, "must be a positive integer")
+        if num_train is not None and s.batch_size > num_train:
+            _fail(
+                f"{key}.batch_size", s.batch_size, f"is larger than the training set ({num_train})"
+            )
         small, big = s.small_batch, s.big_batch
         if not (_is_int(small) and _is_int(big) and 0 < small < big):
             _fail(f"{key}.small_batch", (small, big), "and big_batch must be 0 < small < big")
@@ -317,6 +327,27 @@ def steps_to_target_configs(config, num_train: int) -> dict[int, ml_collections.
     return runs
 
 
+def noise_config(config, base_learning_rate: float, num_train: int) -> ml_collections.ConfigDict:
+    """The engine config of the noise-scale trial: ``noise_scale.batch_size`` at the base rate
+    (scaled like steps to target), its steps-to-target budget unless ``noise_scale.num_steps``
+    is set, evaluated (and measured) ``noise_scale.num_measurements`` times, the first seed."""
+    s, stt = config.noise_scale, config.steps_to_target
+    b = int(s.batch_size)
+    steps = int(s.num_steps) if s.get("num_steps", 0) else budget_steps(stt, b, num_train)
+    return train_config(
+        config,
+        "noise_scale",
+        batch_sizes=(b,),
+        learning_rates=(float(base_learning_rate),),
+        lr_scaling=stt.lr_scaling,
+        base_batch_size=int(stt.base_batch_size),
+        warmup_epochs=float(stt.warmup_epochs),
+        num_steps=steps,
+        eval_every=max(1, steps // int(s.num_measurements)),
+        seeds=(int(_tuple(config.seeds)[0]),),
+    )
+
+
 def _check_engine_config(cfg, dataset: data_lib.Dataset) -> None:
     study.validate_config(cfg, dataset.num_train)
     for arch in study.architectures(cfg):
@@ -331,6 +362,9 @@ def engine_configs(config, dataset: data_lib.Dataset) -> dict[str, Any]:
         out["fixed_epochs"] = fixed_epochs_configs(config)
     if names & {"steps_to_target", "noise_scale"}:
         out["steps_to_target"] = steps_to_target_configs(config, dataset.num_train)
+    if "noise_scale" in names:  # its rate comes from steps to target; any positive one checks
+        rate = config.noise_scale.learning_rate or 1.0
+        out["noise_scale"] = {"noise_scale": noise_config(config, rate, dataset.num_train)}
     for runs in out.values():
         for cfg in runs.values():
             _check_engine_config(cfg, dataset)
@@ -363,19 +397,35 @@ def run_engine(cfg, directory: str) -> tuple[list[dict], list[dict]]:
 
 
 def profile_batch_sizes(
-    config, dataset: data_lib.Dataset, batch_sizes: Sequence[int], examples: int = 20000
+    config,
+    dataset: data_lib.Dataset,
+    batch_sizes: Sequence[int],
+    examples: int = 20000,
+    repeats: int = 3,
 ) -> list[dict]:
     """Per batch size, the compiled memory and the speed of one trial trained at that size.
 
     The population's training loop (one trial, micro-batch = batch size, so one update per tick)
     is compiled ahead of time; XLA's memory analysis gives its temporary bytes (activations,
-    gradients) and peak bytes (arguments + outputs + temporaries - aliased), and a timed run of
-    about ``examples`` examples (at least 3 steps) gives examples and steps per second.
+    gradients) and peak bytes (arguments + outputs + temporaries - aliased), and the fastest of
+    ``repeats`` timed runs of about ``examples`` examples (at least 3 steps) gives examples and
+    steps per second.
     """
     cfg = train_config(config, "compute", batch_sizes=tuple(batch_sizes), learning_rates=(1e-3,))
     model = build_model(study.model_config(cfg, ()), dataset.input_shape, dataset.num_classes)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     options = train.optimizer_options(cfg)
+    hparams = population.make_hparams(
+        learning_rate=[1e-3],
+        batch_size=[1],
+        seed=[0],
+        weight_decay=[0.0],
+        warmup_steps=[0],
+        decay_rate=[0.1],
+        end_factor=[0.0],
+        max_steps=[2**30],
+    )
+    initial = None  # the state does not depend on the batch size: initialise it once
     rows = []
     for b in batch_sizes:
         spec = population.PopulationSpec(
@@ -386,17 +436,10 @@ def profile_batch_sizes(
             num_train=dataset.num_train,
             optimizer_options=options,
         )
-        hparams = population.make_hparams(
-            learning_rate=[1e-3],
-            batch_size=[b],
-            seed=[0],
-            weight_decay=[0.0],
-            warmup_steps=[0],
-            decay_rate=[0.1],
-            end_factor=[0.0],
-            max_steps=[2**30],
-        )
-        state = population.init_population(spec, hparams)
+        hparams = hparams.replace(batch_size=jnp.asarray([b], jnp.int32))
+        if initial is None:
+            initial = jax.device_get(population.init_population(spec, hparams))
+        state = jax.tree.map(jnp.asarray, initial)  # a fresh copy: the loop donates its state
         start = time.perf_counter()
         compiled = population.train_ticks.lower(spec, state, hparams, x, y, jnp.int32(1)).compile()
         compile_s = time.perf_counter() - start
@@ -404,10 +447,12 @@ def profile_batch_sizes(
         state = compiled(state, hparams, x, y, jnp.int32(1))  # warm up
         jax.block_until_ready(state)
         ticks = max(3, math.ceil(examples / b))
-        start = time.perf_counter()
-        state = compiled(state, hparams, x, y, jnp.int32(ticks))
-        jax.block_until_ready(state)
-        seconds = time.perf_counter() - start
+        seconds = math.inf
+        for _ in range(repeats):  # the fastest repeat: the least disturbed by other processes
+            start = time.perf_counter()
+            state = compiled(state, hparams, x, y, jnp.int32(ticks))
+            jax.block_until_ready(state)
+            seconds = min(seconds, time.perf_counter() - start)
 
         def field(name, mem=mem):
             return int(getattr(mem, name, 0) or 0) if mem is not None else None
@@ -438,10 +483,33 @@ def profile_batch_sizes(
 
 
 def _compute_rows(config, dataset, sizes, directory: str) -> list[dict]:
+    """The profile of ``sizes``, reused from ``compute.json`` when measured for the same setup."""
     section = config.get("compute", None)
     if section is None or not section.get("enabled", True):
         return []
-    rows = profile_batch_sizes(config, dataset, sizes, int(section.get("examples", 20000)))
+    chosen = _tuple(section.get("batch_sizes", ()))
+    sizes = [b for b in sizes if b in chosen] if chosen else list(sizes)
+    if not sizes:
+        return []
+    engine = train_config(config, "compute", batch_sizes=tuple(sizes), learning_rates=(1e-3,))
+    setup = {
+        "model": train.config_to_dict(engine.model),
+        "optimizer": [engine.optimizer, list(map(list, train.optimizer_options(engine)))],
+        "schedule": engine.schedule,
+        "data": [dataset.name, dataset.num_train, list(dataset.input_shape)],
+        "batch_sizes": list(sizes),
+        "examples": int(section.get("examples", 20000)),
+        "device": str(jax.devices()[0].device_kind),
+    }
+    cache = os.path.join(directory, "compute.json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("setup") == train.config_to_dict(setup):
+            logging.info("compute: reusing the profile in %s", cache)
+            return saved["rows"]
+    rows = profile_batch_sizes(config, dataset, sizes, setup["examples"])
+    metrics.write_json(cache, {"setup": setup, "rows": rows})
     metrics.write_csv(os.path.join(directory, "compute.csv"), rows, COMPUTE_COLUMNS)
     return rows
 
@@ -608,11 +676,22 @@ def plot_fixed_epochs(rows: Sequence[Mapping], y: str, test_y: str, path: str, t
         group = sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["batch_size"])
         ok = [r for r in group if r.get("status") != "diverged" and _finite(r.get(y))]
         if ok:
-            ax.plot([r["batch_size"] for r in ok], [r[y] for r in ok], "-o", color=colour, ms=4,
-                    label=rule)
+            ax.plot(
+                [r["batch_size"] for r in ok],
+                [r[y] for r in ok],
+                "-o",
+                color=colour,
+                ms=4,
+                label=rule,
+            )
             tests = [r for r in ok if _finite(r.get(test_y))]
-            ax.plot([r["batch_size"] for r in tests], [r[test_y] for r in tests], ":",
-                    color=colour, alpha=0.8)
+            ax.plot(
+                [r["batch_size"] for r in tests],
+                [r[test_y] for r in tests],
+                ":",
+                color=colour,
+                alpha=0.8,
+            )
         failed = [r["batch_size"] for r in group if r not in ok]
         _mark_failed(ax, failed, colour, f"{rule}: diverged" if failed else None)
     ax.set_xscale("log", base=2)
@@ -634,11 +713,14 @@ def plot_grid_heatmap(grid_rows: Sequence[Mapping], value: str, path: str, title
             table[rates.index(r["learning_rate"]), sizes.index(r["batch_size"])] = r[value]
     fig = report._new_figure((max(6.0, 0.7 * len(sizes) + 2), max(4.0, 0.5 * len(rates) + 2)))
     ax = fig.add_subplot()
-    image = ax.imshow(table, origin="lower", aspect="auto", cmap="viridis")
+    cmap = report.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(table), origin="lower", aspect="auto", cmap=cmap)
     for i in range(len(rates)):
         for j in range(len(sizes)):
-            text = "div" if np.isnan(table[i, j]) else f"{table[i, j]:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white")
+            nan = np.isnan(table[i, j])
+            text = "diverged" if nan else f"{table[i, j]:.2f}"
+            colour = "black" if nan else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     ax.set_xticks(range(len(sizes)), [str(b) for b in sizes])
     ax.set_yticks(range(len(rates)), [f"{r:.3g}" for r in rates])
     ax.set_xlabel("batch size")
@@ -658,10 +740,21 @@ def plot_compute(rows: Sequence[Mapping], path: str) -> str:
     left.set_yscale("log")
     left.set_title("speed of one trial")
     mem = [r for r in rows if r.get("temp_bytes") is not None]
-    right.plot([r["batch_size"] for r in mem], [r["temp_bytes"] / 2**20 for r in mem], "-o", ms=4,
-               label="temporaries")
-    right.plot([r["batch_size"] for r in mem], [r["peak_bytes"] / 2**20 for r in mem], "-s", ms=4,
-               label="peak (args + out + temp)")
+    right.plot(
+        [r["batch_size"] for r in mem],
+        [r["temp_bytes"] / 2**20 for r in mem],
+        "-o",
+        ms=4,
+        label="temporaries",
+    )
+    right.plot(
+        [r["batch_size"] for r in mem],
+        [r["peak_bytes"] / 2**20 for r in mem],
+        "-s",
+        ms=4,
+        label="peak (args + out + temp)",
+    )
+    right.set_yscale("log")
     right.set_ylabel("MiB (XLA memory analysis)")
     right.set_title("compiled memory of the training step")
     for ax in (left, right):
@@ -689,33 +782,59 @@ def plot_steps_to_target(
     fig = report._new_figure()
     ax = fig.add_subplot()
     hits = [r for r in per_trial if r["reached"] and r["steps"]]
-    ax.plot([r["batch_size"] for r in hits], [r["steps"] for r in hits], ".", color="grey",
-            alpha=0.5, label="each learning rate")
+    ax.plot(
+        [r["batch_size"] for r in hits],
+        [r["steps"] for r in hits],
+        ".",
+        color="grey",
+        alpha=0.5,
+        label="each learning rate",
+    )
     reached = [r for r in per_size if r["reached"] and r["steps"]]
     sizes = [r["batch_size"] for r in reached]
     if reached:
         ax.plot(sizes, [r["steps"] for r in reached], "-o", color="C0", label="fastest rate")
         all_sizes = np.array([r["batch_size"] for r in per_size], float)
         b0, s0 = reached[0]["batch_size"], reached[0]["steps"]
-        ax.plot(all_sizes, s0 * b0 / all_sizes, "--", color="black", alpha=0.6,
-                label="perfect scaling (steps x B = const)")
+        ax.plot(
+            all_sizes,
+            s0 * b0 / all_sizes,
+            "--",
+            color="black",
+            alpha=0.6,
+            label="perfect scaling (steps x B = const)",
+        )
     if fit is not None:
         grid = np.logspace(np.log10(min(sizes)), np.log10(max(sizes)), 100)
-        ax.plot(grid, fit["s_min"] * (1 + fit["b_crit"] / grid), "-", color="C2", alpha=0.7,
-                label=f"fit S_min(1 + B_crit/B), B_crit={fit['b_crit']:.3g}")
+        ax.plot(
+            grid,
+            fit["s_min"] * (1 + fit["b_crit"] / grid),
+            "-",
+            color="C2",
+            alpha=0.7,
+            label=f"fit S_min(1 + B_crit/B), B_crit={fit['b_crit']:.3g}",
+        )
     failed = [r["batch_size"] for r in per_size if not r["reached"]]
     _mark_failed(ax, failed, "red", "target not reached" if failed else None)
     if noise:
-        for key, style, name in (("b_simple", "-.", "B_simple (estimate)"),
-                                 ("b_simple_exact", ":", "B_simple (exact)")):
+        for key, style, name in (
+            ("b_simple", "-.", "B_simple (estimate)"),
+            ("b_simple_exact", ":", "B_simple (exact)"),
+        ):
             if _finite(noise.get(key)):
                 ax.axvline(noise[key], color="C3", ls=style, label=f"{name} = {noise[key]:.3g}")
     ax.set_xscale("log", base=2)
     if reached:
         ax.set_yscale("log")
     else:
-        ax.text(0.5, 0.5, "no batch size reached the target", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no batch size reached the target",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("batch size")
     ax.set_ylabel("optimizer steps to target")
     ax.set_title(title)
@@ -724,15 +843,18 @@ def plot_steps_to_target(
     return report._save(fig, path)
 
 
-def plot_noise_along_training(rows: Sequence[Mapping], metric: str, target: float, path: str,
-                              at_target: Mapping | None) -> str:
+def plot_noise_along_training(
+    rows: Sequence[Mapping], metric: str, target: float, path: str, at_target: Mapping | None
+) -> str:
     """B_simple (per measurement, moving average, exact) and the target metric along training."""
     fig = report._new_figure()
     ax = fig.add_subplot()
     steps = [r["step"] for r in rows]
-    for key, style, label in (("b_simple", "o", "estimate (each measurement)"),
-                              ("b_simple_ema", "-", "estimate (moving average)"),
-                              ("b_simple_exact", "--", "exact (all per-example gradients)")):
+    for key, style, label in (
+        ("b_simple", "o", "estimate (each measurement)"),
+        ("b_simple_ema", "-", "estimate (moving average)"),
+        ("b_simple_exact", "--", "exact (all per-example gradients)"),
+    ):
         pts = [(r["step"], r[key]) for r in rows if _finite(r.get(key)) and r[key] > 0]
         if pts:
             ax.plot(*zip(*pts, strict=True), style, ms=3, label=label)
@@ -753,8 +875,9 @@ def plot_noise_along_training(rows: Sequence[Mapping], metric: str, target: floa
 # -------------------------------------------------------------------------------- reports
 
 
-def _write_report(directory: str, title: str, sections: Sequence[tuple[str, Sequence[str]]],
-                  plots: Sequence[str]) -> str:
+def _write_report(
+    directory: str, title: str, sections: Sequence[tuple[str, Sequence[str]]], plots: Sequence[str]
+) -> str:
     lines = [f"# {title}", ""]
     for heading, body in sections:
         lines += [f"## {heading}", "", *body, ""]
@@ -769,7 +892,7 @@ def _write_report(directory: str, title: str, sections: Sequence[tuple[str, Sequ
 
 def _compute_section(rows: Sequence[Mapping]) -> list[str]:
     if not rows:
-        return ["Not measured (config.compute.enabled=False)."]
+        return ["Not measured (config.compute.enabled=False, or no batch size chosen)."]
     table = [
         {
             "batch_size": r["batch_size"],
@@ -797,6 +920,30 @@ def _compute_section(rows: Sequence[Mapping]) -> list[str]:
             if last.get("temp_bytes") is not None and first.get("temp_bytes") is not None
             else "(not reported on this backend)."
         ),
+    ]
+
+
+def _engine_section(workdir: str, names: Sequence[str]) -> list[str]:
+    """The engine runs' programs (``populations.csv``): trials, micro-batch, memory, wall time."""
+    rows = []
+    for name in names:
+        path = os.path.join(workdir, name, "populations.csv")
+        if not os.path.exists(path):
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                parsed = {k: report._parse_cell(v or "") for k, v in row.items()}
+                rows.append({"run": name, **parsed})
+    if not rows:
+        return []
+    columns = ["run", "trials", "microbatch", "memory_estimate_mb", "peak_memory_mb", "wall_s"]
+    return [
+        "",
+        "The compiled programs of the engine runs (from each run's `populations.csv`; the "
+        "memory estimate is the engine's, made before compiling; wall time includes "
+        "compilation, evaluations and checkpoints):",
+        "",
+        report.markdown_table(rows, [c for c in columns if any(c in r for r in rows)], ".4g"),
     ]
 
 
@@ -831,6 +978,7 @@ def _result_row(rule: str, run: str, row: Mapping, final: Mapping | None) -> dic
         "best_val_loss": row.get("best_val_loss"),
         "test_accuracy": row.get("test_accuracy"),
         "test_loss": row.get("test_loss"),
+        "num_classes": row.get("num_classes"),
     }
 
 
@@ -869,6 +1017,16 @@ def fixed_epochs_rows(
     return rows, grid_rows
 
 
+def _chance(row: Mapping) -> bool:
+    """At chance level: final validation accuracy at most 1.5 / classes."""
+    classes = row.get("num_classes")
+    return (
+        _finite(classes)
+        and _finite(row.get("final_val_accuracy"))
+        and (row["final_val_accuracy"] <= 1.5 / classes)
+    )
+
+
 def describe_fixed_epochs(rows: Sequence[Mapping], learning_rate: float, base: int) -> list[str]:
     """Sentences comparing the measured shape with Mishkin et al. (2016)."""
     out = []
@@ -880,20 +1038,35 @@ def describe_fixed_epochs(rows: Sequence[Mapping], learning_rate: float, base: i
     if len(fixed) >= 2:
         sizes = [r["batch_size"] for r in fixed]
         accs = [r["final_val_accuracy"] for r in fixed]
-        rho = spearman(sizes, accs)
-        falls = accs[-1] < accs[0] - 0.02 and (rho is None or rho < -0.5)
-        out.append(
-            f"- **Fixed rate {learning_rate:g}.** Final validation accuracy goes from "
-            f"{accs[0]:.3f} at B={sizes[0]} to {accs[-1]:.3f} at B={sizes[-1]}"
-            + (f" (Spearman rank correlation with B: {rho:+.2f})" if rho is not None else "")
-            + (
-                ". It falls with the batch size, as Mishkin et al. found: at equal epochs a "
-                "larger batch takes fewer steps of the same size."
-                if falls
-                else ". It does not fall steadily with the batch size: this differs from "
-                "Mishkin et al."
+        peak = int(np.argmax(accs))
+        tail_rho = spearman(sizes[peak:], accs[peak:])
+        falls = accs[-1] < accs[peak] - 0.03 and (tail_rho is None or tail_rho < -0.5)
+        text = f"- **Fixed rate {learning_rate:g}.** Final validation accuracy "
+        if peak > 0:
+            text += (
+                f"rises from {accs[0]:.3f} at B={sizes[0]} to its peak {accs[peak]:.3f} at "
+                f"B={sizes[peak]}, then goes to {accs[-1]:.3f} at B={sizes[-1]}"
             )
-        )
+        else:
+            text += f"goes from {accs[0]:.3f} at B={sizes[0]} to {accs[-1]:.3f} at B={sizes[-1]}"
+        if tail_rho is not None:
+            text += f" (rank correlation with B from the peak on: {tail_rho:+.2f})"
+        if falls:
+            text += (
+                ". Above the peak it falls with the batch size, as Mishkin et al. found: at "
+                "equal epochs a larger batch takes fewer steps of the same size."
+            )
+        else:
+            text += (
+                ". It does not fall steadily with the batch size: this differs from Mishkin et al."
+            )
+        if peak > 0:
+            text += (
+                f" Below B={sizes[peak]} the rate is too large for the noisier small batches "
+                "(the tuned rate there is smaller); the published study starts at B=32 and does "
+                "not show this side."
+            )
+        out.append(text)
     diverged_fixed = [r["batch_size"] for r in series("fixed") if r.get("status") == "diverged"]
     if diverged_fixed:
         out.append(f"  The fixed rate diverged at B={diverged_fixed}.")
@@ -912,50 +1085,53 @@ def describe_fixed_epochs(rows: Sequence[Mapping], learning_rate: float, base: i
             elif r["batch_size"] > reference["batch_size"]:
                 broke = r
                 break
+        last = held[-1]
         text = (
             f"- **{rule.capitalize()} scaling** (rate {learning_rate:g} x "
-            f"{'B' if rule == 'linear' else 'sqrt(B)'}/{base}"
-            + (f"{'' if rule == 'linear' else ''}") + "): accuracy stays within 0.03 of its "
+            f"{'B' if rule == 'linear' else 'sqrt(B)'}/{base}): accuracy stays within 0.03 of its "
             f"B={reference['batch_size']} value ({reference['final_val_accuracy']:.3f}) up to "
-            f"B={held[-1]['batch_size']} (rate {held[-1]['learning_rate']:.3g})"
+            f"B={last['batch_size']} (rate {last['learning_rate']:.3g})"
         )
         if broke is None:
             text += ", the largest batch size tried: no instability in this range."
-        elif broke.get("status") == "diverged":
+        elif broke.get("status") == "diverged" or _chance(broke):
             text += (
                 f"; at B={broke['batch_size']} the scaled rate {broke['learning_rate']:.3g} "
-                "diverged (the rule holds until the rate becomes unstable, as Goyal et al. and "
-                "Mishkin et al. report)."
+                + (
+                    "diverged"
+                    if broke.get("status") == "diverged"
+                    else f"is unstable (accuracy {broke['final_val_accuracy']:.3f}, chance level)"
+                )
+                + ": the rule holds until the scaled rate becomes unstable (Goyal et al. 2017 "
+                "report the same limit)."
             )
         else:
             text += (
                 f"; at B={broke['batch_size']} (rate {broke['learning_rate']:.3g}) it drops to "
                 f"{broke['final_val_accuracy']:.3f}."
             )
-        fixed_last = next((r for r in reversed(series("fixed")) if _usable(r)), None)
-        rule_last = next((r for r in reversed(group) if _usable(r)), None)
-        if fixed_last and rule_last and fixed_last["batch_size"] == rule_last["batch_size"]:
+        same_b = next((r for r in fixed if r["batch_size"] == last["batch_size"]), None)
+        if same_b is not None and last["batch_size"] != reference["batch_size"]:
+            gain = last["final_val_accuracy"] - same_b["final_val_accuracy"]
             text += (
-                f" At B={rule_last['batch_size']}: {rule_last['final_val_accuracy']:.3f} "
-                f"against {fixed_last['final_val_accuracy']:.3f} with the fixed rate"
-                + (" (scaling helps)." if rule_last["final_val_accuracy"]
-                   > fixed_last["final_val_accuracy"] + 0.01 else " (no gain).")
+                f" At B={last['batch_size']} it reaches {last['final_val_accuracy']:.3f} against "
+                f"{same_b['final_val_accuracy']:.3f} with the fixed rate"
+                + (" (scaling holds accuracy up)." if gain > 0.01 else " (no gain).")
             )
         out.append(text)
     tuned = series("tuned")
     if len(tuned) >= 2:
         slope = log_slope([r["batch_size"] for r in tuned], [r["learning_rate"] for r in tuned])
         accs = [r["final_val_accuracy"] for r in tuned]
+        best = max(range(len(accs)), key=accs.__getitem__)
+        near = [r for r in tuned if r["final_val_accuracy"] >= accs[best] - 0.05]
         out.append(
             f"- **Tuned per batch size.** The best rate of the grid grows as B^{slope:.2f} "
-            "(linear scaling predicts 1, square-root 0.5; a grid edge caps it); the tuned "
-            f"accuracy goes from {accs[0]:.3f} at B={tuned[0]['batch_size']} to {accs[-1]:.3f} "
-            f"at B={tuned[-1]['batch_size']}, so what tuning cannot recover is the cost of "
-            "fewer steps."
+            "(linear scaling predicts 1, square root 0.5; the grid's edges cap it). Tuned "
+            f"accuracy peaks at {accs[best]:.3f} (B={tuned[best]['batch_size']}), stays within "
+            f"0.05 of it for B={near[0]['batch_size']}..{near[-1]['batch_size']} and is "
+            f"{accs[-1]:.3f} at B={tuned[-1]['batch_size']} ({tuned[-1]['steps']} steps)."
         )
-        edge = [r["batch_size"] for r in tuned if r["learning_rate"] in (
-            min(g["learning_rate"] for g in rows if g["rule"] == "tuned"),)]
-        del edge
     return out
 
 
@@ -975,20 +1151,40 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
     metrics.write_csv(os.path.join(workdir, "fixed_epochs.csv"), rows, columns)
     title = f"at {s.num_epochs:g} epochs"
     plots = [
-        plot_fixed_epochs(rows, "final_val_accuracy", "test_accuracy",
-                          os.path.join(workdir, "plots", "accuracy_vs_batch_size.png"),
-                          f"accuracy against batch size {title}"),
-        plot_fixed_epochs(rows, "final_val_loss", "test_loss",
-                          os.path.join(workdir, "plots", "loss_vs_batch_size.png"),
-                          f"loss against batch size {title}"),
-        plot_grid_heatmap(grid_rows, "final_val_accuracy",
-                          os.path.join(workdir, "plots", "lr_grid_accuracy.png"),
-                          f"final validation accuracy {title}, learning rate x batch size"),
+        plot_fixed_epochs(
+            rows,
+            "final_val_accuracy",
+            "test_accuracy",
+            os.path.join(workdir, "plots", "accuracy_vs_batch_size.png"),
+            f"accuracy against batch size {title}",
+        ),
+        plot_fixed_epochs(
+            rows,
+            "final_val_loss",
+            "test_loss",
+            os.path.join(workdir, "plots", "loss_vs_batch_size.png"),
+            f"loss against batch size {title}",
+        ),
+        plot_grid_heatmap(
+            grid_rows,
+            "final_val_accuracy",
+            os.path.join(workdir, "plots", "lr_grid_accuracy.png"),
+            f"final validation accuracy {title}, learning rate x batch size",
+        ),
     ]
     if compute_rows:
         plots.append(plot_compute(compute_rows, os.path.join(workdir, "plots", "compute.png")))
-    table_cols = ["rule", "batch_size", "learning_rate", "status", "steps", "epochs",
-                  "final_val_accuracy", "final_val_loss", "test_accuracy"]
+    table_cols = [
+        "rule",
+        "batch_size",
+        "learning_rate",
+        "status",
+        "steps",
+        "epochs",
+        "final_val_accuracy",
+        "final_val_loss",
+        "test_accuracy",
+    ]
     intro = [
         f"Every batch size trained for {s.num_epochs:g} epochs ({config.optimizer}, "
         f"`{config.model.name}` on `{config.dataset}`): `fixed` uses the rate "
@@ -1006,10 +1202,15 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
         "Batch size at equal epochs (Mishkin et al. 2016)",
         [
             ("Setup", intro),
-            ("Measured against the published shape", describe_fixed_epochs(
-                rows, float(s.learning_rate), int(s.base_batch_size))),
+            (
+                "Measured against the published shape",
+                describe_fixed_epochs(rows, float(s.learning_rate), int(s.base_batch_size)),
+            ),
             ("Results", [report.markdown_table(rows, table_cols)]),
-            ("Memory and speed per batch size", _compute_section(compute_rows)),
+            (
+                "Memory and speed per batch size",
+                _compute_section(compute_rows) + _engine_section(workdir, list(runs)),
+            ),
         ],
         [os.path.relpath(p, workdir) for p in plots],
     )
@@ -1019,13 +1220,39 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
 # ------------------------------------------------------------------------ steps to target
 
 
-def describe_steps(per_size: Sequence[Mapping], fit: Mapping | None, metric: str,
-                   target: float) -> list[str]:
+def _perfect_scaling_end(reached: Sequence[Mapping], tolerance: float = 1.25) -> int:
+    """The index of the last reached batch size up to which steps x B stays within
+    ``tolerance`` of the smallest batch size's."""
+    within = 0
+    while within + 1 < len(reached) and (
+        reached[within + 1]["steps"] <= tolerance * reached[within + 1]["perfect_scaling_steps"]
+    ):
+        within += 1
+    return within
+
+
+def describe_steps(
+    per_size: Sequence[Mapping],
+    fit: Mapping | None,
+    metric: str,
+    target: float,
+    per_trial: Sequence[Mapping] = (),
+) -> list[str]:
     """Sentences comparing the steps-to-target curve with Shallue et al. (2018)."""
     op = ">=" if higher_is_better(metric) else "<="
     reached = [r for r in per_size if r["reached"]]
     missed = [r for r in per_size if not r["reached"]]
     out = []
+    edges = []
+    for r in reached:
+        rates = [t["base_learning_rate"] for t in per_trial if t["batch_size"] == r["batch_size"]]
+        if len(rates) > 1 and r["base_learning_rate"] in (min(rates), max(rates)):
+            edges.append(r["batch_size"])
+    if edges:
+        out.append(
+            f"- The fastest rate lies at an edge of the grid for B={edges}: a rate beyond it "
+            "might reach the target in fewer steps."
+        )
     if missed:
         out.append(
             f"- **Not reached** ({metric} {op} {target:g}) within the budget: "
@@ -1038,16 +1265,34 @@ def describe_steps(per_size: Sequence[Mapping], fit: Mapping | None, metric: str
     sizes = [r["batch_size"] for r in reached]
     steps = [r["steps"] for r in reached]
     out.append(
-        "- Steps to target: " + ", ".join(f"B={b}: {s}" for b, s in zip(sizes, steps, strict=True))
+        "- Steps to target: "
+        + ", ".join(f"B={b}: {s}" for b, s in zip(sizes, steps, strict=True))
         + "."
     )
+    within = _perfect_scaling_end(reached)
+    perfect = [r["perfect_scaling_steps"] for r in reached]
+    if within + 1 < len(reached):
+        out.append(
+            f"- Perfect scaling (steps x B constant, within 25%) holds from B={sizes[0]} up to "
+            f"B={sizes[within]}; at B={sizes[within + 1]} the target takes {steps[within + 1]} "
+            f"steps where perfect scaling predicts {perfect[within + 1]:.3g}: the knee of the "
+            "curve, where diminishing returns begin."
+        )
+    else:
+        out.append(
+            f"- Perfect scaling (steps x B constant, within 25%) holds over the whole range "
+            f"B={sizes[0]}..{sizes[-1]}: no knee seen."
+        )
     k = min(3, len(reached))
     small = log_slope(sizes[:k], steps[:k])
     large = log_slope(sizes[-k:], steps[-k:])
     out.append(
         f"- **Small batches** (B={sizes[0]}..{sizes[k - 1]}): log-log slope {small:.2f}; "
-        + ("close to -1, perfect scaling as Shallue et al. found."
-           if small <= -0.7 else "shallower than the -1 of perfect scaling: this differs.")
+        + (
+            "close to -1, perfect scaling as Shallue et al. found."
+            if small <= -0.7
+            else "shallower than the -1 of perfect scaling: this differs."
+        )
     )
     if len(reached) > k:
         if large > -0.15:
@@ -1073,10 +1318,11 @@ def describe_steps(per_size: Sequence[Mapping], fit: Mapping | None, metric: str
     return out
 
 
-def run_steps_to_target(
+def collect_steps_to_target(
     config, workdir: str, dataset: data_lib.Dataset
 ) -> tuple[list[dict], list[dict], dict | None]:
-    """The steps-to-target study into ``workdir``; returns ``(per_size, per_trial, fit)``."""
+    """Runs (or reuses) the engine run of every batch size; returns ``(per_size, per_trial,
+    fit)``."""
     s = config.steps_to_target
     os.makedirs(workdir, exist_ok=True)
     summary: list[dict] = []
@@ -1091,6 +1337,15 @@ def run_steps_to_target(
     per_size, per_trial = steps_to_target(summary, metrics_rows, s.metric, float(s.target))
     reached = [r for r in per_size if r["reached"]]
     fit = fit_critical_batch([r["batch_size"] for r in reached], [r["steps"] for r in reached])
+    return per_size, per_trial, fit
+
+
+def run_steps_to_target(
+    config, workdir: str, dataset: data_lib.Dataset
+) -> tuple[list[dict], list[dict], dict | None]:
+    """The steps-to-target study into ``workdir``; returns ``(per_size, per_trial, fit)``."""
+    s = config.steps_to_target
+    per_size, per_trial, fit = collect_steps_to_target(config, workdir, dataset)
     sizes = check_batch_sizes(s.batch_sizes, "steps_to_target.batch_sizes")
     compute_rows = _compute_rows(config, dataset, sizes, workdir)
     _merge_compute(per_size, compute_rows)
@@ -1101,9 +1356,13 @@ def run_steps_to_target(
     )
     op = ">=" if higher_is_better(s.metric) else "<="
     plots = [
-        plot_steps_to_target(per_size, per_trial, fit,
-                             os.path.join(workdir, "plots", "steps_to_target.png"),
-                             f"steps to {s.metric} {op} {s.target:g}"),
+        plot_steps_to_target(
+            per_size,
+            per_trial,
+            fit,
+            os.path.join(workdir, "plots", "steps_to_target.png"),
+            f"steps to {s.metric} {op} {s.target:g}",
+        ),
     ]
     if compute_rows:
         plots.append(plot_compute(compute_rows, os.path.join(workdir, "plots", "compute.png")))
@@ -1117,17 +1376,33 @@ def run_steps_to_target(
         "evaluation interval). A batch size whose rates all miss the target within the budget "
         "is reported as not reached.",
     ]
-    table_cols = ["batch_size", "reached", "steps", "epochs", "examples", "learning_rate",
-                  "lrs_reached", "lrs_tried", "budget_steps", "perfect_scaling_steps"]
+    table_cols = [
+        "batch_size",
+        "reached",
+        "steps",
+        "epochs",
+        "examples",
+        "learning_rate",
+        "lrs_reached",
+        "lrs_tried",
+        "budget_steps",
+        "perfect_scaling_steps",
+    ]
     _write_report(
         workdir,
         "Steps to target against batch size (Shallue et al. 2018)",
         [
             ("Setup", intro),
-            ("Measured against the published shape", describe_steps(per_size, fit, s.metric,
-                                                                   float(s.target))),
+            (
+                "Measured against the published shape",
+                describe_steps(per_size, fit, s.metric, float(s.target), per_trial),
+            ),
             ("Results", [report.markdown_table(per_size, table_cols)]),
-            ("Memory and speed per batch size", _compute_section(compute_rows)),
+            (
+                "Memory and speed per batch size",
+                _compute_section(compute_rows)
+                + _engine_section(workdir, [f"bs_{b:04d}" for b in sizes]),
+            ),
         ],
         [os.path.relpath(p, workdir) for p in plots],
     )
@@ -1150,9 +1425,7 @@ def _noise_trial(config, per_size: Sequence[Mapping], per_trial: Sequence[Mappin
     return float(pick(at_b, key=lambda r: r["best_metric"])["base_learning_rate"])
 
 
-def measure_noise_scale(
-    cfg, dataset: data_lib.Dataset, section, seed: int = 0
-) -> list[dict]:
+def measure_noise_scale(cfg, dataset: data_lib.Dataset, section, seed: int = 0) -> list[dict]:
     """Trains the engine config ``cfg`` (one population) and measures B_simple at every
     evaluation: ``section.num_draws`` two-batch measurements per trial (batch sizes
     ``section.small_batch`` and ``section.big_batch``) and, with ``section.exact``, the exact
@@ -1184,8 +1457,14 @@ def measure_noise_scale(
         params = state.trials.params
         key, sub = jax.random.split(key)
         small_sq, big_sq = noise_scale.measure_population(
-            model.apply, params, data.x_train, data.y_train, jax.random.split(sub, k),
-            small, big, draws,
+            model.apply,
+            params,
+            data.x_train,
+            data.y_train,
+            jax.random.split(sub, k),
+            small,
+            big,
+            draws,
         )
         train_loss, _ = population.evaluate(spec, params, data.x_train_eval, data.y_train_eval)
         val_loss, val_acc = population.evaluate(spec, params, data.x_val, data.y_val)
@@ -1232,22 +1511,53 @@ def measure_noise_scale(
         )
         for r, value in zip(series, ema.b_simple, strict=True):
             r["b_simple_ema"] = float(value)
+        if section.get("exact", True):
+            ema = noise_scale.ema_noise_scale(
+                [r["grad_sq_exact"] for r in series],
+                [r["trace_exact"] for r in series],
+                float(section.ema_decay),
+            )
+            for r, value in zip(series, ema.b_simple, strict=True):
+                r["b_simple_exact_ema"] = float(value)
     return rows
 
 
-def describe_noise(at_target: Mapping | None, rows: Sequence[Mapping], fit: Mapping | None,
-                   per_size: Sequence[Mapping], metric: str, target: float) -> list[str]:
+def _swing(rows: Sequence[Mapping]) -> float:
+    key = "b_simple_exact" if all(_finite(r.get("b_simple_exact")) for r in rows) else "b_simple"
+    values = [r[key] for r in rows if _finite(r.get(key)) and r[key] > 0]
+    pairs = [max(a, b) / min(a, b) for a, b in zip(values, values[1:], strict=False)]
+    return max(pairs) if pairs else 1.0
+
+
+def describe_noise(
+    at_target: Mapping | None,
+    rows: Sequence[Mapping],
+    fit: Mapping | None,
+    per_size: Sequence[Mapping],
+    metric: str,
+    target: float,
+) -> list[str]:
     """Sentences comparing B_simple with the steps-to-target curve (McCandlish et al. 2018)."""
     out = []
-    finite = [r for r in rows if _finite(r.get("b_simple")) and r["b_simple"] > 0]
-    if finite:
-        first, last = finite[0], finite[-1]
-        grows = last["b_simple"] > first["b_simple"]
+    if len(rows) >= 4:
+        quarter = max(1, len(rows) // 4)
+
+        def pooled(part):  # numerator and denominator averaged apart, then divided
+            return np.mean([r["trace"] for r in part]) / np.mean([r["grad_sq"] for r in part])
+
+        early, late = pooled(rows[:quarter]), pooled(rows[-quarter:])
+        grows = late > early
         out.append(
-            f"- Along training B_simple goes from {first['b_simple']:.3g} (step {first['step']}) "
-            f"to {last['b_simple']:.3g} (step {last['step']})"
-            + (", growing as the loss falls, as McCandlish et al. observed."
-               if grows else ", not growing as the loss falls: this differs from McCandlish et al.")
+            f"- Along training B_simple (pooled over the first and the last quarter of the "
+            f"measurements) goes from {early:.3g} to {late:.3g} as the validation loss goes "
+            f"from {rows[0]['val_loss']:.3g} to {rows[-1]['val_loss']:.3g}"
+            + (
+                ": it grows as the loss falls, as McCandlish et al. observed."
+                if grows
+                else ": it does not grow as the loss falls; this differs from McCandlish et al."
+            )
+            + " Between neighbouring measurements it swings by up to a factor "
+            f"{_swing(rows):.2g} (the exact value too): one measurement says little."
         )
     exact = [r for r in rows if _finite(r.get("b_simple_exact")) and r["b_simple_exact"] > 0]
     if exact:
@@ -1259,34 +1569,55 @@ def describe_noise(at_target: Mapping | None, rows: Sequence[Mapping], fit: Mapp
                 f"{min(ratios):.3g}..{max(ratios):.3g} over {len(ratios)} measurements."
             )
     if at_target is None:
-        out.append(f"- The measured trial never reached {metric} {target:g}, so B_simple at the "
-                   "target is not available.")
+        out.append(
+            f"- The measured trial never reached {metric} {target:g}, so B_simple at the "
+            "target is not available."
+        )
         return out
     out.append(
         f"- At the target (step {at_target['step']}): B_simple estimate "
         f"{at_target['b_simple']:.3g}, moving average {at_target['b_simple_ema']:.3g}"
-        + (f", exact {at_target['b_simple_exact']:.3g}" if _finite(
-            at_target.get("b_simple_exact")) else "")
+        + (
+            f"; exact {at_target['b_simple_exact']:.3g}, moving average "
+            f"{at_target['b_simple_exact_ema']:.3g}"
+            if _finite(at_target.get("b_simple_exact_ema"))
+            else ""
+        )
         + "."
     )
     reached = [r for r in per_size if r["reached"]]
+    end = _perfect_scaling_end(reached) if reached else 0
+    if 0 < end + 1 < len(reached):
+        low, high = reached[end]["batch_size"], reached[end + 1]["batch_size"]
+        value = at_target["b_simple_ema"]
+        where = "between them" if low <= value <= high else ("below" if value < low else "above")
+        out.append(
+            f"- Steps to target leave perfect scaling between B={low} and B={high}; B_simple at "
+            f"the target ({value:.3g}, moving average) lies {where}"
+            + (" that knee." if where != "between them" else ".")
+        )
     if fit is not None and not fit["at_bound"]:
         ratio = at_target["b_simple_ema"] / fit["b_crit"]
         same = 1 / 3 <= ratio <= 3
         out.append(
             f"- Critical batch size from the steps-to-target fit: B_crit={fit['b_crit']:.3g}; "
             f"B_simple / B_crit = {ratio:.2g}: "
-            + ("the same order, as McCandlish et al. predict (B_simple ~ B_crit)."
-               if same else "not of the same order (beyond a factor 3): this differs.")
+            + (
+                "the same order, as McCandlish et al. predict (B_simple ~ B_crit)."
+                if same
+                else "not of the same order (beyond a factor 3): this differs."
+            )
         )
     elif reached:
         out.append(
             "- The steps-to-target curve shows no fitted knee within "
             f"B={reached[0]['batch_size']}..{reached[-1]['batch_size']}; B_simple "
             f"{at_target['b_simple_ema']:.3g} "
-            + ("lies beyond that range, consistent with no flattening seen."
-               if at_target["b_simple_ema"] > reached[-1]["batch_size"]
-               else "lies inside it, where no flattening is seen: this differs.")
+            + (
+                "lies beyond that range, consistent with no flattening seen."
+                if at_target["b_simple_ema"] > reached[-1]["batch_size"]
+                else "lies inside it, where no flattening is seen: this differs."
+            )
         )
     return out
 
@@ -1294,41 +1625,48 @@ def describe_noise(at_target: Mapping | None, rows: Sequence[Mapping], fit: Mapp
 def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dict]:
     """The noise-scale study into ``workdir`` (runs or reuses steps to target beside it)."""
     s, stt = config.noise_scale, config.steps_to_target
-    per_size, per_trial, fit = run_steps_to_target(
-        config, os.path.join(os.path.dirname(workdir), "steps_to_target"), dataset
+    steps_dir = os.path.join(os.path.dirname(workdir), "steps_to_target")
+    done = os.path.exists(os.path.join(steps_dir, "steps_to_target.csv")) and all(
+        _same_run(cfg, os.path.join(steps_dir, f"bs_{b:04d}"))
+        for b, cfg in steps_to_target_configs(config, dataset.num_train).items()
     )
-    base_lr = _noise_trial(config, per_size, per_trial)
-    b = int(s.batch_size)
-    steps = int(s.num_steps) if s.get("num_steps", 0) else budget_steps(stt, b, dataset.num_train)
-    cfg = train_config(
-        config,
-        "noise_scale",
-        batch_sizes=(b,),
-        learning_rates=(base_lr,),
-        lr_scaling=stt.lr_scaling,
-        base_batch_size=int(stt.base_batch_size),
-        warmup_epochs=float(stt.warmup_epochs),
-        num_steps=steps,
-        eval_every=max(1, steps // int(s.num_measurements)),
-        seeds=(int(_tuple(config.seeds)[0]),),
-    )
+    if done:
+        per_size, per_trial, fit = collect_steps_to_target(config, steps_dir, dataset)
+    else:  # the whole steps-to-target study, with its own outputs and report
+        per_size, per_trial, fit = run_steps_to_target(config, steps_dir, dataset)
+    cfg = noise_config(config, _noise_trial(config, per_size, per_trial), dataset.num_train)
     _check_engine_config(cfg, dataset)
+    b, steps = int(s.batch_size), int(cfg.num_steps)
     os.makedirs(workdir, exist_ok=True)
     metrics.write_json(os.path.join(workdir, "config.json"), train.config_to_dict(cfg))
     rows = measure_noise_scale(cfg, dataset, s)
-    metrics.write_csv(os.path.join(workdir, "noise_scale.csv"), rows,
-                      ("learning_rate", "batch_size") + NOISE_COLUMNS)
+    metrics.write_csv(
+        os.path.join(workdir, "noise_scale.csv"),
+        rows,
+        ("learning_rate", "batch_size") + NOISE_COLUMNS,
+    )
     at_target = first_reaching(rows, stt.metric, float(stt.target))
-    noise = at_target and {"b_simple": at_target["b_simple_ema"],
-                           "b_simple_exact": at_target.get("b_simple_exact")}
+    noise = at_target and {
+        "b_simple": at_target["b_simple_ema"],
+        "b_simple_exact": at_target.get("b_simple_exact"),
+    }
     op = ">=" if higher_is_better(stt.metric) else "<="
     plots = [
-        plot_steps_to_target(per_size, per_trial, fit,
-                             os.path.join(workdir, "plots", "steps_to_target_and_noise.png"),
-                             f"steps to {stt.metric} {op} {stt.target:g}, and B_simple at it",
-                             noise=noise or None),
-        plot_noise_along_training(rows, stt.metric, float(stt.target),
-                                  os.path.join(workdir, "plots", "noise_scale.png"), at_target),
+        plot_steps_to_target(
+            per_size,
+            per_trial,
+            fit,
+            os.path.join(workdir, "plots", "steps_to_target_and_noise.png"),
+            f"steps to {stt.metric} {op} {stt.target:g}, and B_simple at it",
+            noise=noise or None,
+        ),
+        plot_noise_along_training(
+            rows,
+            stt.metric,
+            float(stt.target),
+            os.path.join(workdir, "plots", "noise_scale.png"),
+            at_target,
+        ),
     ]
     rate = rows[0]["learning_rate"]
     intro = [
@@ -1339,23 +1677,38 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
         "with replacement from the training set) give |G_small|^2 and |G_big|^2; the unbiased "
         "estimates of |G|^2 and tr(Sigma) are averaged over the pairs (and, for the moving "
         f"average, over measurements with decay {s.ema_decay:g}) before dividing. "
-        + ("The exact value uses every per-example gradient of the training set."
-           if s.get("exact", True) else ""),
+        + (
+            "The exact value uses every per-example gradient of the training set."
+            if s.get("exact", True)
+            else ""
+        ),
     ]
     shown = rows[:: max(1, len(rows) // 12)]
     if rows[-1] not in shown:
         shown.append(rows[-1])
-    cols = ["step", "epoch", "val_loss", "val_accuracy", "b_simple", "b_simple_ema",
-            "b_simple_exact"]
+    cols = [
+        "step",
+        "epoch",
+        "val_loss",
+        "val_accuracy",
+        "b_simple",
+        "b_simple_ema",
+        "b_simple_exact",
+        "b_simple_exact_ema",
+    ]
     _write_report(
         workdir,
         "Gradient noise scale and the critical batch size (McCandlish et al. 2018)",
         [
             ("Setup", intro),
-            ("Measured against the published shape",
-             describe_noise(at_target, rows, fit, per_size, stt.metric, float(stt.target))),
-            ("Along training (a sample of the measurements)",
-             [report.markdown_table(shown, [c for c in cols if c in shown[0]])]),
+            (
+                "Measured against the published shape",
+                describe_noise(at_target, rows, fit, per_size, stt.metric, float(stt.target)),
+            ),
+            (
+                "Along training (a sample of the measurements)",
+                [report.markdown_table(shown, [c for c in cols if c in shown[0]])],
+            ),
         ],
         [os.path.relpath(p, workdir) for p in plots],
     )

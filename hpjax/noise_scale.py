@@ -112,7 +112,9 @@ def unbiased_estimates(small_sq, big_sq, small: int, big: int) -> tuple[Any, Any
     return grad_sq, trace
 
 
-def simple_noise_scale(small_sq, big_sq, small: int, big: int, axis: int | None = None) -> NoiseScale:
+def simple_noise_scale(
+    small_sq, big_sq, small: int, big: int, axis: int | None = None
+) -> NoiseScale:
     """``B_simple`` from many measurements: estimates averaged over ``axis``, then divided.
 
     ``axis=None`` averages over every measurement given. A non-positive averaged ``|G|^2`` (the

@@ -122,6 +122,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationState:
     """Fresh parameters and optimizer states for every trial, from each trial's seed."""
 
@@ -139,17 +140,13 @@ def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationSt
             diverged=jnp.zeros((), bool),
         )
 
-    @jax.jit
-    def init(seeds):
-        trials = jax.vmap(init_trial)(seeds)
-        return PopulationState(
-            trials=trials,
-            best_params=trials.params,
-            early_stop=early_stopping.init(seeds.shape[0]),
-            tick=jnp.zeros((), jnp.int32),
-        )
-
-    return init(hparams.seed)
+    trials = jax.vmap(init_trial)(hparams.seed)
+    return PopulationState(
+        trials=trials,
+        best_params=trials.params,
+        early_stop=early_stopping.init(hparams.seed.shape[0]),
+        tick=jnp.zeros((), jnp.int32),
+    )
 
 
 def micro_step(

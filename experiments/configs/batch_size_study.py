@@ -3,16 +3,16 @@
 The argument after the colon picks the study (``config.study``) and, with ``quick``, a variant
 that runs in seconds (for tests and a first look). Outputs go to ``<workdir>/<study>/``.
 
-Fixed epochs (Mishkin et al. 2016; about 2-4 minutes on 2 CPU cores):
+Fixed epochs (Mishkin et al. 2016; about 3 minutes on 2 busy CPU cores):
   python experiments/batch_size_study.py --workdir runs/bs \
     --config=experiments/configs/batch_size_study.py:fixed_epochs
 
-Steps to target (Shallue et al. 2018; about 3-5 minutes on 2 CPU cores):
+Steps to target (Shallue et al. 2018; about 6 minutes on 2 busy CPU cores):
   python experiments/batch_size_study.py --workdir runs/bs \
     --config=experiments/configs/batch_size_study.py:steps_to_target
 
-Gradient noise scale next to steps to target (McCandlish et al. 2018; reuses the
-steps-to-target runs of the same workdir, else runs them first):
+Gradient noise scale next to steps to target (McCandlish et al. 2018; under a minute when the
+workdir holds the steps-to-target runs, which it otherwise runs first):
   python experiments/batch_size_study.py --workdir runs/bs \
     --config=experiments/configs/batch_size_study.py:noise_scale
 
@@ -36,8 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
     unknown = [p for p in parts if p not in STUDIES + ("quick",)]
     if unknown:
-        raise ValueError(f"unknown config argument(s) {unknown}; use <study>[,quick] with "
-                         f"study in {STUDIES}")
+        raise ValueError(
+            f"unknown config argument(s) {unknown}; use <study>[,quick] with study in {STUDIES}"
+        )
     studies = [p for p in parts if p in STUDIES]
 
     config = ml_collections.ConfigDict()
@@ -122,7 +123,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Memory (XLA's analysis) and speed of one trial per batch size.
     config.compute = ml_collections.ConfigDict()
     config.compute.enabled = True
-    config.compute.examples = 20000  # examples per timed run
+    config.compute.examples = 20000  # examples per timed run (the fastest of 3 counts)
+    config.compute.batch_sizes = ()  # () = every batch size of the study; else only these
 
     if "quick" in parts:
         config.train_subset = 512

@@ -1,0 +1,378 @@
+"""The batch-size study: steps-to-target logic, budgets, scaling rules, bad input, the binary."""
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hpjax import batch_study, study
+from hpjax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_PATH = os.path.join(ROOT, "experiments", "configs", "batch_size_study.py")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_config(arg: str = ""):
+    spec = importlib.util.spec_from_file_location("batch_size_study_config", CONFIG_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def npz_path(tmp_path_factory):
+    """96 training examples of a 3-class problem with 6 features, and val and test splits."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(6, 3))
+
+    def split(n):
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        return x, np.argmax(x @ w, axis=1).astype(np.int32)
+
+    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
+    (xt, yt), (xv, yv), (xs, ys) = split(96), split(40), split(40)
+    np.savez(path, x_train=xt, y_train=yt, x_val=xv, y_val=yv, x_test=xs, y_test=ys)
+    return path
+
+
+@pytest.fixture
+def quick(npz_path):
+    config = load_config("fixed_epochs,quick")
+    config.dataset = "npz"
+    config.npz_path = npz_path
+    config.train_subset = 0
+    config.fixed_epochs.batch_sizes = (8, 32)
+    return config
+
+
+# ----------------------------------------------------------------------- steps to target
+
+
+def record(trial, step, acc, loss=1.0, batch=8):
+    return {
+        "trial": trial,
+        "step": step,
+        "epoch": step * batch / 100,
+        "val_accuracy": acc,
+        "val_loss": loss,
+    }
+
+
+def summary_row(trial, batch, lr, steps, status="budget_exhausted"):
+    return {
+        "trial": trial,
+        "batch_size": batch,
+        "learning_rate": lr,
+        "base_learning_rate": lr,
+        "status": status,
+        "steps": steps,
+    }
+
+
+def test_steps_to_target_first_step_and_minimum_over_rates():
+    summary = [
+        summary_row(0, 8, 0.01, 40),
+        summary_row(1, 8, 0.1, 40, status="diverged"),
+        summary_row(2, 32, 0.01, 40),
+        summary_row(3, 32, 0.1, 40),
+        summary_row(4, 128, 0.1, 40),
+    ]
+    metrics = (
+        # trial 0 reaches 0.5 at step 30 (then dips: the FIRST step counts)
+        [record(0, s, a) for s, a in ((0, 0.1), (10, 0.3), (20, 0.45), (30, 0.5), (40, 0.4))]
+        # trial 1 reaches at step 20 before diverging; a null after divergence is skipped
+        + [record(1, s, a) for s, a in ((0, 0.1), (10, 0.2), (20, 0.6), (30, None))]
+        + [record(2, s, a, batch=32) for s, a in ((0, 0.1), (10, 0.55), (20, 0.7))]
+        + [record(3, s, a, batch=32) for s, a in ((20, 0.9), (0, 0.1), (10, 0.4))]  # unsorted
+        # batch 128 never reaches the target: reported, not a crash
+        + [record(4, s, a, batch=128) for s, a in ((0, 0.1), (40, 0.49))]
+    )
+    per_size, per_trial = batch_study.steps_to_target(summary, metrics, "val_accuracy", 0.5)
+    by_trial = {r["trial"]: r for r in per_trial}
+    assert [by_trial[t]["steps"] for t in range(5)] == [30, 20, 10, 20, None]
+    assert by_trial[0]["epochs"] == pytest.approx(30 * 8 / 100)
+    assert [r["batch_size"] for r in per_size] == [8, 32, 128]
+    b8, b32, b128 = per_size
+    assert (b8["steps"], b8["learning_rate"], b8["lrs_reached"]) == (20, 0.1, 2)
+    assert (b32["steps"], b32["learning_rate"], b32["examples"]) == (10, 0.01, 320)
+    assert not b128["reached"] and b128["steps"] is None and b128["budget_steps"] == 40
+    assert b128["lrs_reached"] == 0 and b128["lrs_tried"] == 1
+    # Perfect scaling from the smallest batch size that reached the target.
+    assert [r["perfect_scaling_steps"] for r in per_size] == [20, 5, 1.25]
+
+
+def test_steps_to_target_for_a_loss_counts_values_at_or_below():
+    summary = [summary_row(0, 16, 0.1, 30)]
+    metrics = [record(0, s, 0.0, loss=v) for s, v in ((0, 2.3), (10, 1.2), (20, 1.0), (30, 0.9))]
+    per_size, _ = batch_study.steps_to_target(summary, metrics, "val_loss", 1.0)
+    assert per_size[0]["steps"] == 20
+    per_size, _ = batch_study.steps_to_target(summary, metrics, "val_loss", 0.5)
+    assert not per_size[0]["reached"]
+
+
+def test_no_batch_size_reaching_the_target_is_a_report_not_a_crash(tmp_path):
+    summary = [summary_row(0, 8, 0.1, 10), summary_row(1, 64, 0.1, 10)]
+    metrics = [record(0, 0, 0.1), record(0, 10, 0.2), record(1, 0, 0.1), record(1, 10, 0.3)]
+    per_size, per_trial = batch_study.steps_to_target(summary, metrics, "val_accuracy", 0.99)
+    assert not any(r["reached"] for r in per_size)
+    assert batch_study.fit_critical_batch([], []) is None
+    lines = batch_study.describe_steps(per_size, None, "val_accuracy", 0.99)
+    assert "Not reached" in lines[0] and "B=8 (10 steps)" in lines[0]
+    path = batch_study.plot_steps_to_target(
+        per_size, per_trial, None, str(tmp_path / "s.png"), "none"
+    )
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+
+
+def test_fit_recovers_the_critical_batch_size():
+    sizes = [2**i for i in range(12)]
+    steps = [5000 * (1 + 300 / b) for b in sizes]
+    fit = batch_study.fit_critical_batch(sizes, steps)
+    assert fit["b_crit"] == pytest.approx(300, rel=0.02)
+    assert fit["s_min"] == pytest.approx(5000, rel=0.02)
+    assert not fit["at_bound"]
+    perfect = batch_study.fit_critical_batch(sizes[:5], [1000 / b for b in sizes[:5]])
+    assert perfect["at_bound"]  # no knee in the range
+    assert batch_study.log_slope(sizes[:3], [1000 / b for b in sizes[:3]]) == pytest.approx(-1)
+
+
+# ------------------------------------------------------------- budgets and learning rates
+
+
+def test_learning_rate_scaling_rules_and_warmup_per_batch_size(quick):
+    quick.fixed_epochs.batch_sizes = (8, 32, 96)
+    quick.fixed_epochs.learning_rate = 0.04
+    quick.fixed_epochs.base_batch_size = 32
+    quick.fixed_epochs.scalings = ("linear", "sqrt")
+    quick.fixed_epochs.warmup_epochs = 0.5
+    runs = batch_study.fixed_epochs_configs(quick)
+    assert set(runs) == {"grid", "linear", "sqrt"}
+    expected = {
+        "linear": [0.01, 0.04, 0.12],
+        "sqrt": [0.02, 0.04, 0.04 * math.sqrt(3)],
+    }
+    for rule, rates in expected.items():
+        trials = study.build_trials(runs[rule])
+        assert [t.batch_size for t in trials] == [8, 32, 96]
+        np.testing.assert_allclose([t.learning_rate for t in trials], rates, rtol=1e-12)
+        assert all(t.base_learning_rate == 0.04 for t in trials)
+        (plan,) = study.plan_populations(runs[rule], trials, 96)
+        assert plan.warmup_steps == (6, 1, 0)  # 0.5 epochs of 96 examples at each batch size
+        assert plan.max_steps == (24, 6, 2)  # 2 epochs
+    grid = study.build_trials(runs["grid"])
+    # The grid holds the fixed rate and is not scaled.
+    assert sorted({t.learning_rate for t in grid}) == [0.01, 0.04, 0.1]
+    assert study.scaled_learning_rate(runs["grid"], 0.1, 8) == 0.1
+    # Steps to target: the budget is budget_epochs of data, clipped.
+    s = quick.steps_to_target
+    s.budget_epochs, s.min_budget_steps, s.max_budget_steps = 2.0, 5, 100
+    assert [batch_study.budget_steps(s, b, 96) for b in (1, 8, 32, 96)] == [100, 24, 6, 5]
+
+
+def test_fixed_epochs_sentences_from_hand_made_rows():
+    def row(rule, b, lr, acc, status="budget_exhausted"):
+        return {
+            "rule": rule,
+            "batch_size": b,
+            "learning_rate": lr,
+            "status": status,
+            "steps": 960 // b,
+            "final_val_accuracy": acc,
+            "final_val_loss": 1.0,
+            "num_classes": 10,
+        }
+
+    sizes = [8, 32, 128, 512]
+    rows = [row("fixed", b, 0.1, a) for b, a in zip(sizes, [0.5, 0.7, 0.6, 0.4], strict=True)]
+    rows += [
+        row("linear", b, 0.1 * b / 32, a)
+        for b, a in zip(sizes, [0.68, 0.7, 0.69, 0.12], strict=True)
+    ]
+    rows += [row("tuned", b, 0.1 * b / 32, 0.7) for b in sizes]
+    text = "\n".join(batch_study.describe_fixed_epochs(rows, 0.1, 32))
+    assert "rises from 0.500 at B=8 to its peak 0.700 at B=32, then goes to 0.400 at B=512" in text
+    assert "Above the peak it falls with the batch size" in text
+    assert "up to B=128 (rate 0.4); at B=512 the scaled rate 1.6 is unstable" in text
+    assert "At B=128 it reaches 0.690 against 0.600 with the fixed rate" in text
+    assert "grows as B^1.00" in text
+    flat = [row("fixed", b, 0.1, 0.7) for b in sizes]
+    assert "does not fall steadily" in batch_study.describe_fixed_epochs(flat, 0.1, 32)[0]
+
+
+# -------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "sizes,match",
+    [
+        ((8, 0), r"config\.fixed_epochs\.batch_sizes=\(8, 0\) must hold positive integers"),
+        ((-8,), r"config\.fixed_epochs\.batch_sizes=\(-8,\) must hold positive integers"),
+        ((), r"config\.fixed_epochs\.batch_sizes=\(\) is empty"),
+        ((8, 128), r"config\.fixed_epochs\.batch_sizes=\(8, 128\) holds 128, larger than the "),
+        ((8, 8), r"holds a batch size twice"),
+    ],
+)
+def test_bad_batch_sizes_are_refused_before_anything_runs(quick, tmp_path, sizes, match):
+    quick.fixed_epochs.batch_sizes = sizes
+    workdir = tmp_path / "never"
+    with pytest.raises(ConfigError, match=match):
+        batch_study.run(quick, str(workdir))
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("study", "everything", r"config\.study='everything' is unknown"),
+        ("steps_to_target.batch_sizes", (), r"config\.steps_to_target\.batch_sizes=\(\) is empty"),
+        ("steps_to_target.metric", "accuracy", r"config\.steps_to_target\.metric='accuracy'"),
+        ("noise_scale.big_batch", 8, r"config\.noise_scale\.small_batch=\(8, 8\)"),
+        (
+            "noise_scale.batch_size",
+            97,
+            r"config\.noise_scale\.batch_size=97 is larger than the training set \(96\)",
+        ),
+        ("noise_scale.batch_size", 48, r"config\.noise_scale\.batch_size=48 is not in steps_to_"),
+    ],
+)
+def test_bad_study_keys_name_the_key(quick, tmp_path, key, value, match):
+    quick.study = "noise_scale"
+    if value == 97:  # a batch size outside steps to target needs its own rate
+        quick.noise_scale.learning_rate = 0.1
+    section, _, name = key.rpartition(".")
+    (quick[section] if section else quick)[name] = value
+    with pytest.raises(ConfigError, match=match):
+        batch_study.run(quick, str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+
+
+def test_bad_engine_key_is_refused_before_compiling(quick, tmp_path):
+    quick.optimizer = "adamw"
+    with pytest.raises(ConfigError, match=r"config\.optimizer='adamw' is unknown"):
+        batch_study.run(quick, str(tmp_path / "never"))
+
+
+# ---------------------------------------------------------------------------- the binary
+
+
+def run_binary(workdir, *flags):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "batch_size_study.py"),
+            f"--workdir={workdir}",
+            *flags,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_binary_runs_the_quick_study_end_to_end(npz_path, tmp_path):
+    """Batch sizes 3, 8, 12 and 96 (n = 96) in one population at 2.5 epochs: each trial counts
+    its own optimizer steps, floor(2.5 * 96 / b), and epochs. One engine run (the scaling rules'
+    runs are the same engine; their rates are checked above) and one profiled batch size keep
+    the subprocess short."""
+    workdir = tmp_path / "bs"
+    result = run_binary(
+        workdir,
+        f"--config={CONFIG_PATH}:fixed_epochs,quick",
+        "--config.dataset=npz",
+        f"--config.npz_path={npz_path}",
+        "--config.train_subset=0",
+        "--config.fixed_epochs.batch_sizes=(3,8,12,96)",
+        "--config.fixed_epochs.num_epochs=2.5",
+        "--config.fixed_epochs.scalings=()",
+        "--config.compute.batch_sizes=(8,)",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = workdir / "fixed_epochs"
+    assert f"fixed_epochs: report {out / 'study_report.md'}" in result.stdout
+    with open(out / "fixed_epochs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["rule"] for r in rows} == {"fixed", "tuned"}
+    expected = {3: 80, 8: 30, 12: 20, 96: 2}
+    fixed = {int(r["batch_size"]): r for r in rows if r["rule"] == "fixed"}
+    for b, steps in expected.items():
+        assert int(fixed[b]["steps"]) == steps == math.floor(2.5 * 96 / b)
+        assert float(fixed[b]["epochs"]) == pytest.approx(steps * b / 96, rel=1e-5)
+    assert float(fixed[8]["examples_per_s"]) > 0 and int(fixed[8]["temp_bytes"]) > 0
+    assert fixed[3]["examples_per_s"] == ""  # not profiled
+    # The engine's own outputs: one population, and its metrics agree with the summary.
+    summary = list(csv.DictReader(open(out / "grid" / "summary.csv")))
+    assert len(summary) == 12 and len({r["population"] for r in summary}) == 1  # 3 rates x 4
+    with open(out / "grid" / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    for row in summary:
+        last = [r for r in records if r["trial"] == int(row["trial"])][-1]
+        assert last["step"] == int(row["steps"]) == expected[int(row["batch_size"])]
+        assert last["examples_seen"] == last["step"] * int(row["batch_size"])
+        assert last["epoch"] == pytest.approx(float(row["epochs"]), rel=1e-5)
+    with open(out / "compute.csv") as f:
+        assert [int(r["batch_size"]) for r in csv.DictReader(f)] == [8]
+    for name in ("accuracy_vs_batch_size", "loss_vs_batch_size", "lr_grid_accuracy", "compute"):
+        with open(out / "plots" / f"{name}.png", "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
+    text = (out / "study_report.md").read_text()
+    for heading in ("## Measured against the published shape", "## Results", "## Memory"):
+        assert heading in text
+    assert "**Fixed rate 0.03.**" in text and "**Tuned per batch size.**" in text
+
+
+def test_binary_turns_a_bad_config_into_one_line_and_status_2(tmp_path):
+    result = run_binary(
+        tmp_path / "bs",
+        f"--config={CONFIG_PATH}:fixed_epochs,quick",
+        "--config.fixed_epochs.batch_sizes=(0,8)",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.fixed_epochs.batch_sizes=(0, 8) must hold positive integers; 0 is not one"
+    )
+    assert not (tmp_path / "bs").exists()
+
+
+def test_knee_and_noise_scale_sentences_from_hand_made_rows():
+    sizes = [8, 16, 32, 64, 128]
+    steps = [800, 400, 210, 160, 150]  # perfect scaling up to 32, then flattening
+    per_size = [
+        {"batch_size": b, "reached": True, "steps": s, "perfect_scaling_steps": 800 * 8 / b}
+        for b, s in zip(sizes, steps, strict=True)
+    ]
+    assert batch_study._perfect_scaling_end(per_size) == 2
+    rows = [
+        {
+            "step": 10 * i,
+            "val_loss": 2.0 - 0.1 * i,
+            "grad_sq": 1.0,
+            "trace": 20.0 + 10 * i,
+            "b_simple": 20.0 + 10 * i,
+            "b_simple_ema": 20.0 + 10 * i,
+            "val_accuracy": 0.1 * i,
+        }
+        for i in range(8)
+    ]
+    at_target = rows[4]  # B_simple 60 at the target, between the knee's 32 and 64
+    lines = batch_study.describe_noise(at_target, rows, None, per_size, "val_accuracy", 0.4)
+    text = "\n".join(lines)
+    assert "grows as the loss falls" in text
+    assert "leave perfect scaling between B=32 and B=64" in text and "between them" in text
+    fit = batch_study.fit_critical_batch(sizes, steps)
+    text = "\n".join(
+        batch_study.describe_noise(at_target, rows, fit, per_size, "val_accuracy", 0.4)
+    )
+    assert f"B_crit={fit['b_crit']:.3g}" in text
+    missed = batch_study.describe_noise(None, rows, fit, per_size, "val_accuracy", 0.99)
+    assert "never reached val_accuracy 0.99" in missed[-1]
