@@ -21,7 +21,7 @@ from hpjax import optim
 from hpjax.errors import ConfigError
 
 LR_SAMPLINGS = ("grid", "log_uniform", "quasi_random")
-BATCH_AXES = ("vmap", "split")
+BATCH_AXES = ("auto", "split", "vmap")
 LR_SCALINGS = ("fixed", "linear", "sqrt")
 
 
@@ -199,19 +199,40 @@ def _max_steps(config, batch_size: int, num_train: int) -> int:
     return int(config.num_steps)
 
 
+def batch_groups(sizes: Sequence[int], axis: str, max_accumulation: int) -> dict[int, int]:
+    """Which population group each batch size joins.
+
+    vmap: all in one (micro-batch = their gcd); split: one each; auto: consecutive sizes share a
+    population while the largest is at most ``max_accumulation`` micro-batches of their gcd, so
+    that no trial sums many tiny micro-batches (e.g. 1..2048 -> {1..8}, {16..128}, {256..2048}).
+    """
+    if axis == "vmap":
+        return dict.fromkeys(sizes, 0)
+    if axis == "split":
+        return {size: i for i, size in enumerate(sizes)}
+    group_of, group, members = {}, 0, []
+    for size in sizes:
+        if members and size > max_accumulation * math.gcd(*members, size):
+            group, members = group + 1, []
+        members.append(size)
+        group_of[size] = group
+    return group_of
+
+
 def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[PopulationPlan]:
     """Groups trials into populations and plans each one's loop in ticks of its micro-batch.
 
-    With ``batch_axis='vmap'`` all batch sizes share one population whose micro-batch is their
-    greatest common divisor; with ``'split'`` each batch size is its own population.
+    Each architecture is its own population; batch sizes are grouped by :func:`batch_groups`.
     """
     axis = config.get("batch_axis", "vmap")
     if axis not in BATCH_AXES:
         _fail("batch_axis", axis, f"is unknown; allowed: {', '.join(BATCH_AXES)}")
+    group_of = batch_groups(
+        sorted({t.batch_size for t in trials}), axis, int(config.get("max_accumulation", 8))
+    )
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
-        key = (trial.architecture, trial.batch_size if axis == "split" else None)
-        groups.setdefault(key, []).append(trial)
+        groups.setdefault((trial.architecture, group_of[trial.batch_size]), []).append(trial)
     eval_every = int(config.eval_every)
     warmup_epochs = float(config.get("warmup_epochs", 0.0) or 0.0)
     plans = []
@@ -257,6 +278,11 @@ def validate_config(config, num_train: int | None = None) -> None:
     min_delta = float(config.get("min_delta", 0.0))
     if not math.isfinite(min_delta) or min_delta < 0:
         _fail("min_delta", min_delta, "must be a finite number >= 0")
+    axis = config.get("batch_axis", "vmap")
+    if axis not in BATCH_AXES:
+        _fail("batch_axis", axis, f"is unknown; allowed: {', '.join(BATCH_AXES)}")
+    if int(config.get("max_accumulation", 8)) < 1:
+        _fail("max_accumulation", config.max_accumulation, "must be >= 1 micro-batch")
     trials = build_trials(config)
     if num_train is not None:
         for size in {t.batch_size for t in trials}:

@@ -45,7 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.seeds = (0,)
     config.batch_size = 100
     config.batch_sizes = ()  # several batch sizes, trained in one population
-    config.batch_axis = "vmap"  # vmap: all batch sizes in one program; split: one per size
+    # Batch sizes: vmap = all in one program (micro-batch = their gcd); split = one program each;
+    # auto = neighbouring sizes share a program while the largest is <= max_accumulation x gcd.
+    config.batch_axis = "auto"
+    config.max_accumulation = 8
     config.weight_decays = (0.0,)
     config.lr_scaling = (
         "fixed"  # fixed | linear | sqrt: the rate per batch size, from base_batch_size

@@ -1,0 +1,124 @@
+"""The study grid: axes, sampling, scaling rules, populations and their budgets."""
+
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+
+from hpjax import study
+from hpjax.errors import ConfigError
+from tests.conftest import load_config
+
+
+@pytest.fixture
+def config():
+    config = load_config("lr_sweep")
+    config.learning_rates = (0.01, 0.1)
+    config.seeds = (0, 1)
+    config.num_steps = 100
+    return config
+
+
+def test_grid_is_the_cartesian_product_in_order(config):
+    config.batch_sizes = (16, 32)
+    trials = study.build_trials(config)
+    assert len(trials) == 2 * 2 * 2
+    assert [(t.learning_rate, t.batch_size, t.seed) for t in trials[:4]] == [
+        (0.01, 16, 0),
+        (0.01, 16, 1),
+        (0.01, 32, 0),
+        (0.01, 32, 1),
+    ]
+    assert [t.index for t in trials] == list(range(8))
+
+
+def test_log_uniform_and_quasi_random_rates_lie_in_range_and_are_reproducible(config):
+    config.lr_range = (1e-4, 1e-1)
+    config.num_lr_samples = 64
+    for sampling in ("log_uniform", "quasi_random"):
+        config.lr_sampling = sampling
+        rates = study.learning_rates(config)
+        assert rates == study.learning_rates(config) and len(rates) == 64
+        logs = np.log10(rates)
+        assert logs.min() >= -4 and logs.max() <= -1
+        # both cover the log range: every decade holds about a third of the samples
+        counts = np.histogram(logs, bins=3, range=(-4, -1))[0]
+        assert counts.min() >= 10, counts
+    config.lr_sampling = "quasi_random"
+    first = study.learning_rates(config)[:4]  # van der Corput: 1/2, 1/4, 3/4, 1/8
+    np.testing.assert_allclose(np.log10(first), [-2.5, -3.25, -1.75, -3.625])
+
+
+def test_scaling_rules(config):
+    config.base_batch_size = 32
+    for rule, factor in (("fixed", 1.0), ("linear", 4.0), ("sqrt", 2.0)):
+        config.lr_scaling = rule
+        assert study.scaled_learning_rate(config, 0.01, 128) == pytest.approx(0.01 * factor)
+    config.lr_scaling = "cubic"
+    with pytest.raises(ConfigError, match="allowed: fixed, linear, sqrt"):
+        study.scaled_learning_rate(config, 0.01, 128)
+
+
+def test_model_grid_gives_one_population_per_architecture(config):
+    config.model_grid = ml_collections.ConfigDict({"hidden_units": (8, 16), "num_layers": (1, 2)})
+    trials = study.build_trials(config)
+    plans = study.plan_populations(config, trials, 1000)
+    assert len(trials) == 4 * 4 and len(plans) == 4
+    assert {tuple(sorted(p.architecture.items())) for p in plans} == {
+        (("hidden_units", u), ("num_layers", n)) for u in (8, 16) for n in (1, 2)
+    }
+    assert study.model_config(config, trials[-1].architecture).hidden_units == 16
+
+
+def test_batch_groups():
+    powers = [2**i for i in range(12)]
+    assert study.batch_groups(powers, "vmap", 8) == dict.fromkeys(powers, 0)
+    assert len(set(study.batch_groups(powers, "split", 8).values())) == 12
+    auto = study.batch_groups(powers, "auto", 8)
+    assert [auto[b] for b in powers] == [0] * 4 + [1] * 4 + [2] * 4
+    assert study.batch_groups([3, 32, 96], "auto", 8) == {3: 0, 32: 1, 96: 1}
+
+
+def test_budget_in_epochs_and_steps_per_batch_size(config):
+    config.batch_sizes = (10, 30)
+    config.batch_axis = "vmap"
+    config.seeds = (0,)
+    config.learning_rates = (0.1,)
+    config.num_epochs = 2.5
+    (plan,) = study.plan_populations(config, study.build_trials(config), 1000)
+    assert plan.microbatch == 10
+    assert plan.max_steps == (250, 83)  # floor(2.5 * 1000 / b)
+    assert plan.total_ticks == 250
+    config.num_epochs = 0.0
+    config.eval_every = 5
+    (plan,) = study.plan_populations(config, study.build_trials(config), 1000)
+    assert plan.max_steps == (100, 100) and plan.total_ticks == 300
+    assert plan.eval_ticks == 5 * 30 // 10  # eval_every counts steps of the largest batch
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("seeds", (), "config.seeds=() is empty"),
+        ("seeds", (-1,), "non-negative integers"),
+        ("batch_size", 0, "config.batch_size=0 must hold positive integers"),
+        ("batch_sizes", (32, -2), "config.batch_sizes=(32, -2) must hold positive integers"),
+        ("lr_sampling", "sobol", "allowed: grid, log_uniform, quasi_random"),
+        ("batch_axis", "pmap", "allowed: auto, split, vmap"),
+        ("num_steps", 0, "config.num_steps=0 must be positive"),
+        ("eval_every", 0, "config.eval_every=0"),
+    ],
+)
+def test_bad_values_name_the_key(config, key, value, message):
+    config[key] = value
+    with pytest.raises(ConfigError) as error:
+        study.validate_config(config, num_train=1000)
+    assert message in str(error.value)
+
+
+def test_batch_size_above_the_training_set(config):
+    config.batch_sizes = (64, 2048)
+    with pytest.raises(ConfigError, match="2048 is larger than the training set"):
+        study.validate_config(config, num_train=1000)
+    assert math.isfinite(study.learning_rates(config)[0])
