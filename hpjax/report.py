@@ -154,8 +154,14 @@ def hparam_columns(summary: Sequence[Mapping]) -> list[str]:
 
 
 def varying_hparams(summary: Sequence[Mapping]) -> list[str]:
-    """The hyperparameter columns whose value differs between trials."""
-    return [k for k in hparam_columns(summary) if len({repr(r.get(k)) for r in summary}) > 1]
+    """The hyperparameter columns whose value differs between trials.
+
+    ``base_learning_rate`` counts only where a scaling rule made it differ from the rate.
+    """
+    varying = [k for k in hparam_columns(summary) if len({repr(r.get(k)) for r in summary}) > 1]
+    if all(r.get("base_learning_rate") == r.get("learning_rate") for r in summary):
+        varying = [k for k in varying if k != "base_learning_rate"]
+    return varying
 
 
 def trial_label(row: Mapping, keys: Sequence[str]) -> str:
