@@ -42,6 +42,7 @@ class PopulationSpec:
     min_delta: float = 0.0
     min_steps: int = 0
     eval_batch_size: int = 1024
+    accumulates: bool = True  # False when every batch size equals the micro-batch: no summing
     divergence_loss: float = float("inf")  # a batch loss above this (or non-finite): divergence
 
     def direction(self) -> optax.GradientTransformation:
@@ -165,11 +166,17 @@ def micro_step(
     loss, grads = jax.value_and_grad(lambda params: cross_entropy(spec.model.apply(params, x), y))(
         trial.params
     )
-    grad_sum = jax.tree.map(jnp.add, trial.grad_sum, grads)
-    loss_sum = trial.loss_sum + loss
-    micro_count = trial.micro_count + 1
-    micro_per_batch = hparams.batch_size // spec.microbatch
-    batch_done = micro_count >= micro_per_batch
+    if spec.accumulates:
+        grad_sum = jax.tree.map(jnp.add, trial.grad_sum, grads)
+        loss_sum = trial.loss_sum + loss
+        micro_count = trial.micro_count + 1
+        micro_per_batch = hparams.batch_size // spec.microbatch
+        batch_done = micro_count >= micro_per_batch
+        mean_grad = jax.tree.map(lambda g: g / micro_per_batch, grad_sum)
+        batch_loss = loss_sum / micro_per_batch
+    else:  # every tick is a whole batch
+        grad_sum, loss_sum, micro_count = trial.grad_sum, trial.loss_sum, trial.micro_count
+        batch_done, mean_grad, batch_loss = jnp.ones((), bool), grads, loss
 
     lr = optim.learning_rate(
         spec.schedule,
@@ -180,13 +187,11 @@ def micro_step(
         decay_rate=hparams.decay_rate,
         end_factor=hparams.end_factor,
     )
-    mean_grad = jax.tree.map(lambda g: g / micro_per_batch, grad_sum)
     updates, new_opt_state = spec.direction().update(mean_grad, trial.opt_state, trial.params)
     new_params = optim.apply_update(trial.params, updates, lr, hparams.weight_decay)
 
     active = ~trial.diverged & ~stopped_early & (trial.step < hparams.max_steps)
     apply = batch_done & active
-    batch_loss = loss_sum / micro_per_batch
     finite = (
         jnp.isfinite(batch_loss) & (batch_loss < spec.divergence_loss) & _all_finite(new_params)
     )
@@ -194,7 +199,9 @@ def micro_step(
     return TrialState(
         params=_select(accept, new_params, trial.params),
         opt_state=_select(accept, new_opt_state, trial.opt_state),
-        grad_sum=_select(batch_done, jax.tree.map(jnp.zeros_like, grad_sum), grad_sum),
+        grad_sum=_select(batch_done, jax.tree.map(jnp.zeros_like, grad_sum), grad_sum)
+        if spec.accumulates
+        else grad_sum,
         loss_sum=jnp.where(batch_done, 0.0, loss_sum),
         micro_count=jnp.where(batch_done, 0, micro_count),
         step=trial.step + accept.astype(jnp.int32),

@@ -181,6 +181,7 @@ def make_spec(
         optimizer=config.optimizer,
         schedule=config.schedule,
         microbatch=plan.microbatch,
+        accumulates=any(t.batch_size != plan.microbatch for t in plan.trials),
         num_train=num_train,
         optimizer_options=optimizer_options(config),
         patience=int(config.get("patience", 0)),

@@ -186,3 +186,13 @@ def test_evaluate_matches_direct_computation(problem):
         expected = float(population.cross_entropy(logits, y))
         np.testing.assert_allclose(loss[j], expected, rtol=1e-5)
         np.testing.assert_allclose(acc[j], float(np.mean(np.argmax(logits, -1) == y)))
+
+
+def test_single_batch_size_fast_path_equals_the_accumulating_path(problem):
+    trials = [{"learning_rate": lr, "max_steps": 25} for lr in (0.01, 0.1, 100.0)]
+    general = train(problem, trials, 25, 8, divergence_loss=50.0)
+    fast = train(problem, trials, 25, 8, divergence_loss=50.0, accumulates=False)
+    assert fast.trials.diverged.tolist() == general.trials.diverged.tolist() == [False, False, True]
+    for j in range(3):
+        one = general.replace(trials=jax.tree.map(lambda a, j=j: a[j : j + 1], general.trials))
+        assert_same_trajectory(fast, j, one)
