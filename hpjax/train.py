@@ -148,7 +148,7 @@ def prepare_workdir(workdir: str, config_dict: dict) -> bool:
     return False
 
 
-def _hparams(config, plan: study.PopulationPlan) -> population.TrialHParams:
+def trial_hparams(config, plan: study.PopulationPlan) -> population.TrialHParams:
     k = len(plan.trials)
     return population.make_hparams(
         learning_rate=[t.learning_rate for t in plan.trials],
@@ -249,7 +249,7 @@ class PopulationRun:
         self.spec = make_spec(
             config, self.model, plan, data.dataset.num_train, data.dataset.num_classes
         )
-        self.full_hparams = _hparams(config, plan)
+        self.full_hparams = trial_hparams(config, plan)
         self.batch = np.array([t.batch_size for t in plan.trials])
         self.history: dict[int, list[dict]] = {t.index: [] for t in plan.trials}
         self.label = f"population {plan.index + 1}/{num_populations} ({len(plan.trials)} trials)"

@@ -55,6 +55,8 @@ def tiny_config(tiny_npz):
     config.npz_path = tiny_npz
     config.model.hidden_units = 16
     config.model.num_layers = 1
+    config.schedule = "constant"
+    config.weight_decays = (0.0,)
     config.learning_rates = (0.003, 0.03, 0.3)
     config.batch_size = 16
     config.num_steps = 120
