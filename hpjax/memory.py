@@ -3,8 +3,9 @@
 Per trial a population holds its parameters, their best-point copy, the summed micro-batch
 gradients, the optimizer state, and one more copy of parameters and optimizer state for the
 candidate update; the activations of one micro-batch are the intermediate values of its traced
-gradient (no compilation). A population whose estimate exceeds ``memory_fraction`` of the devices' memory
-(or holds more than ``max_population`` trials) is split into chunks that run in turn.
+gradient (no compilation). A population whose estimate exceeds ``memory_fraction`` of the
+devices' memory (or holds more than ``max_population`` trials) is split into chunks that run in
+turn.
 """
 
 from __future__ import annotations
