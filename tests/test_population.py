@@ -116,7 +116,7 @@ def test_every_optimizer_and_schedule_matches_solo(problem, optimizer, schedule)
     assert_same_trajectory(together, 1, alone)
 
 
-@pytest.mark.parametrize("sizes", [(2, 4, 8, 16), (3, 6, 12), (5, 10, 15), (1, 3, 7)])
+@pytest.mark.parametrize("sizes", [(2, 4, 8, 16), (1, 3, 7)])
 def test_batch_size_axis_matches_solo_at_that_batch_size(problem, sizes):
     """Micro-batch accumulation gives each trial the exact gradient of its own batch size."""
     microbatch = int(np.gcd.reduce(sizes))

@@ -267,28 +267,29 @@ def test_corrupt_checkpoint_falls_back_or_fails_clearly(tiny_config, tmp_path):
     assert (workdir / "metrics.jsonl").exists()
 
 
-def test_compacted_and_chunked_populations_match_the_plain_one(tiny_config, tmp_path):
+def test_compacted_and_chunked_populations_match_the_plain_one(tiny_config, tmp_path, caplog):
+    caplog.set_level("INFO", logger="absl")
     tiny_config.learning_rates = (0.001, 0.01, 0.1, 0.3)
     tiny_config.patience = 2
     tiny_config.compact_fraction = 0.0  # never compact
     plain = train_and_evaluate(tiny_config, str(tmp_path / "plain"))
     assert len({r["steps"] for r in plain}) > 1, "trials must stop at different steps"
-    tiny_config.compact_fraction = 0.75
-    compacted = train_and_evaluate(tiny_config, str(tmp_path / "compacted"))
-    tiny_config.compact_fraction, tiny_config.max_population = 0.0, 3
-    chunked = train_and_evaluate(tiny_config, str(tmp_path / "chunked"))
-    assert sorted({r["population"] for r in chunked}) == [0, 1]
-    assert len(read_csv(tmp_path / "chunked" / "populations.csv")) == 2
-    for other in (compacted, chunked):
-        for a, b in zip(plain, other, strict=True):
-            assert (a["trial"], a["status"], a["best_step"], a["steps"]) == (
-                b["trial"],
-                b["status"],
-                b["best_step"],
-                b["steps"],
-            )
-            for key in ("best_val_loss", "test_loss", "final_train_loss"):
-                assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    # Chunks of at most 3 trials (3 + 1); the chunk of 3 compacts once one has stopped.
+    tiny_config.compact_fraction, tiny_config.max_population = 0.7, 3
+    other = train_and_evaluate(tiny_config, str(tmp_path / "other"))
+    assert "split into 2 chunks of at most 3 trials" in caplog.text
+    assert "continuing with a smaller program" in caplog.text
+    assert sorted({r["population"] for r in other}) == [0, 1]
+    assert len(read_csv(tmp_path / "other" / "populations.csv")) == 2
+    for a, b in zip(plain, other, strict=True):
+        assert (a["trial"], a["status"], a["best_step"], a["steps"]) == (
+            b["trial"],
+            b["status"],
+            b["best_step"],
+            b["steps"],
+        )
+        for key in ("best_val_loss", "test_loss", "final_train_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
 
 
 def test_memory_estimate_counts_state_and_activations(tiny_config):
