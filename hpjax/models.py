@@ -22,6 +22,7 @@ naming the key, raised by :func:`validate_model_config` before anything is built
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -112,6 +113,37 @@ def cnn_spatial_sizes(
     return sizes
 
 
+def conv_as_matmul(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``conv(x)`` for a SAME-padded, undilated ``nnx.Conv``, computed as patches @ kernel.
+
+    XLA:CPU runs a convolution inside a loop (the engine's ``fori_loop`` over ticks) an order of
+    magnitude slower than the same convolution outside one (jax issue 12868; measured here: 50 ms
+    against 3.5 ms per step of the default MNIST-1D CNN). Gathering the k (or kh x kw) shifted
+    copies of the input and multiplying by the flattened kernel computes the same
+    cross-correlation with one matmul, which stays fast inside loops and under ``vmap``.
+    """
+    kernel, stride = conv.kernel[...], conv.strides
+    rank = kernel.ndim - 2
+    strides = (stride,) * rank if isinstance(stride, int) else tuple(stride)
+    pads, outs = [], []
+    for n, k, s in zip(x.shape[1 : 1 + rank], kernel.shape[:rank], strides, strict=True):
+        out = -(-n // s)  # SAME padding: ceil(n / s), padded as lax.conv pads it
+        total = max((out - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+        outs.append(out)
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    shifted = []
+    for offsets in itertools.product(*(range(k) for k in kernel.shape[:rank])):
+        index = tuple(
+            slice(o, o + (n - 1) * s + 1, s) for o, n, s in zip(offsets, outs, strides, strict=True)
+        )
+        shifted.append(x[(slice(None), *index)])
+    patches = jnp.stack(shifted, axis=-2)  # [B, *out, prod(kernel spatial), C_in]
+    patches = patches.reshape(*patches.shape[:-2], -1)
+    y = patches @ kernel.reshape(-1, kernel.shape[-1])
+    return y + conv.bias[...] if conv.bias is not None else y
+
+
 class CNN(nnx.Module):
     """Convolutional classifier: ``num_layers`` x (conv, activation, pool), optional dense, logits.
 
@@ -169,8 +201,9 @@ class CNN(nnx.Module):
         if len(self.input_shape) < 3:
             x = x[..., None]  # add the single input channel
         act = ACTIVATIONS[self.activation]
+        as_matmul = jax.default_backend() == "cpu"
         for conv in self.convs:
-            x = act(conv(x))
+            x = act(conv_as_matmul(conv, x) if as_matmul else conv(x))
             if self.pool == "max":
                 x = nnx.max_pool(x, self.pool_window, strides=self.pool_window, padding="VALID")
             elif self.pool == "avg":

@@ -296,7 +296,7 @@ class PopulationRun:
         """Retires the rows that stopped and continues with the others, if that pays."""
         real = self.positions >= 0
         live = int((active & real).sum())
-        fraction = float(self.config.get("compact_fraction", 0.5))
+        fraction = float(self.config.get("compact_fraction", 0.0))
         if live == 0 or live > fraction * len(self.positions):
             return state
         if self.sharding.padded_size(live) >= len(self.positions):

@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Where it runs.
     config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present
-    config.compact_fraction = 0.5  # retire stopped trials once at most this fraction trains
+    config.compact_fraction = 0.0  # > 0: retire stopped trials once at most this fraction trains
     config.max_population = 0  # > 0: at most this many trials per compiled program
     config.memory_fraction = 0.8  # populations larger than this share of device memory split
     config.distributed = False  # one process per host: jax.distributed.initialize()
