@@ -26,24 +26,9 @@ from absl import logging  # noqa: E402
 
 from hpjax import checkpoint, population, study  # noqa: E402
 from hpjax import data as data_lib
+from hpjax.config import default_config  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
 from hpjax.train import make_spec, train_and_evaluate, trial_hparams  # noqa: E402
-
-CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "experiments",
-    "configs",
-    "lr_sweep.py",
-)
-
-
-def default_config():
-    import importlib.util  # noqa: PLC0415
-
-    spec = importlib.util.spec_from_file_location("lr_sweep_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def checkpoint_costs(repeats: int) -> None:

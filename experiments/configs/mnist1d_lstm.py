@@ -11,23 +11,13 @@ Run:
 Quick variant for tests (seconds): --config experiments/configs/mnist1d_lstm.py:quick
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _lr_sweep_config() -> ml_collections.ConfigDict:
-    """The engine's full default config (experiments/configs/lr_sweep.py), to override."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lr_sweep.py")
-    spec = importlib.util.spec_from_file_location("hpjax_configs_lr_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from hpjax.config import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = _lr_sweep_config()
+    config = default_config()
     config.description = "MNIST-1D LSTM recipe"
     config.model = ml_collections.ConfigDict(
         {

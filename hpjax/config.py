@@ -1,0 +1,83 @@
+"""The full default study config: every key the engine reads, documented where it is set.
+
+Experiment config files (``experiments/configs/*.py``) start from :func:`default_config` and
+override what their study changes.
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a study reads, with the learning-rate sweep's defaults; recipes override it."""
+    config = ml_collections.ConfigDict()
+    # Data.
+    config.dataset = "mnist1d"  # mnist1d | digits | npz
+    config.npz_path = ""  # with dataset='npz': x_train, y_train, [x_val, y_val], x_test, y_test
+    config.val_fraction = 0.1  # carved out of the training set when it has no validation split
+    config.train_subset = 0  # > 0: train on a random subset of this many examples
+    config.data_seed = 0
+    config.train_eval_examples = 2048  # training examples used to measure the training loss
+
+    # Model.
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mlp"
+    config.model.hidden_units = 256
+    config.model.num_layers = 3
+    config.model.activation = "relu"
+
+    # Optimizer and schedule; the peak learning rate is per trial.
+    config.optimizer = "adam"  # adagrad | adam | momentum | rmsprop | sgd
+    config.momentum = 0.9  # with optimizer='momentum'
+    config.schedule = "cosine"  # constant | linear | exponential | cosine
+    config.warmup_steps = 0
+    config.decay_rate = 0.1  # exponential: factor reached at the end of the budget
+    config.end_factor = 0.0  # linear, cosine: final fraction of the peak rate
+
+    # The sweep: the Cartesian product of these axes.
+    config.learning_rates = (0.0003, 0.0006, 0.0012, 0.0025, 0.005, 0.01, 0.02, 0.04)
+    config.lr_sampling = "grid"  # grid | log_uniform | quasi_random (then lr_range, num_lr_samples)
+    config.lr_range = (1e-4, 1e-1)
+    config.num_lr_samples = 0
+    config.sampling_seed = 0
+    config.seeds = (0,)
+    config.batch_size = 100
+    config.batch_sizes = ()  # several batch sizes, trained in one population
+    # Batch sizes: vmap = all in one program (micro-batch = their gcd); split = one program each;
+    # auto = neighbouring sizes share a program while the largest is <= max_accumulation x gcd.
+    config.batch_axis = "auto"
+    config.max_accumulation = 8
+    config.weight_decays = (1.0,)  # decoupled: each step shrinks weights by lr x weight decay
+    config.lr_scaling = (
+        "fixed"  # fixed | linear | sqrt: the rate per batch size, from base_batch_size
+    )
+    config.base_batch_size = 100
+    config.warmup_epochs = 0.0  # > 0: warmup length in epochs (per batch size) instead of steps
+    # Architectures: model key -> values, one population each (e.g. hidden_units, num_layers).
+    config.model_grid = ml_collections.ConfigDict()
+
+    # Budget, evaluation and early stopping.
+    config.num_steps = 3000  # optimizer updates per trial
+    config.num_epochs = 0.0  # > 0: the budget in epochs instead (overrides num_steps)
+    config.eval_every = 50  # steps between evaluations
+    config.patience = 10  # evaluations without improvement before a trial stops; 0 = never
+    config.min_delta = 0.0
+    config.min_steps = 0
+    config.checkpoint_every = 20  # evaluations between checkpoints of the study state
+    config.divergence_factor = 100.0  # a batch loss above this x ln(classes) is divergence
+
+    # Where it runs.
+    config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present
+    config.compact_fraction = 0.0  # > 0: retire stopped trials once at most this fraction trains
+    config.max_population = 0  # > 0: at most this many trials per compiled program
+    config.memory_fraction = 0.8  # populations larger than this share of device memory split
+    config.distributed = False  # one process per host: jax.distributed.initialize()
+    config.coordinator_address = ""  # host:port of process 0 ("" = found by JAX)
+    config.num_processes = 0
+    config.process_id = -1
+
+    # Running and reporting.
+    config.overwrite = False  # replace a workdir that holds a different study
+    config.log_every_s = 5.0
+    config.make_report = True
+    config.report_x = "learning_rate"
+    return config
