@@ -48,6 +48,8 @@ RESULT_COLUMNS = (
     "epochs",
     "input_dim",
     "num_classes",
+    "memory_estimate_mb",
+    "peak_memory_mb",
 )
 # Short names for legend labels, in the order labels list them.
 SHORT_NAMES = {
