@@ -36,6 +36,7 @@ def _devices_flag(argv: list[str]) -> int:
 
 
 if _devices_flag(sys.argv) > 1:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # host devices; other backends can hang here
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "")
         + f" --xla_force_host_platform_device_count={_devices_flag(sys.argv)}"
