@@ -15,6 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hpjax import cli
 from hpjax.capacity import run_capacity_study
 from hpjax.errors import ConfigError
 
@@ -30,13 +31,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the study's outpu
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.initialize_distributed(_CONFIG.value)
     try:
         paths = run_capacity_study(_CONFIG.value, _WORKDIR.value)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    logging.info("capacity outputs: %s", paths)
-    print(f"capacity table: {paths['csv']}, report: {paths['report']}, plot: {paths['plot']}")
+    if paths:  # process 0
+        logging.info("capacity outputs: %s", paths)
+        print(f"capacity table: {paths['csv']}, report: {paths['report']}, plot: {paths['plot']}")
 
 
 if __name__ == "__main__":

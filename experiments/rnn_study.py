@@ -14,8 +14,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hpjax import cli
 from hpjax.errors import ConfigError
-from hpjax.rnn_study import run_rnn_study
+from hpjax.rnn_study import NothingToRetrainError, run_rnn_study
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -29,17 +30,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the study's outpu
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.initialize_distributed(_CONFIG.value)
     try:
         result = run_rnn_study(_CONFIG.value, _WORKDIR.value)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except RuntimeError as error:  # e.g. every subset trial diverged
+    except NothingToRetrainError as error:  # every subset trial diverged
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    logging.info("rnn study outputs: %s", result)
-    selected = ", ".join(f"{k}={v}" for k, v in result["selected"].items())
-    print(f"selected: {selected}; table: {result['csv']}, report: {result['report']}")
+    if "report" in result:  # process 0
+        logging.info("rnn study outputs: %s", result)
+        selected = ", ".join(f"{k}={v}" for k, v in result["selected"].items())
+        print(f"selected: {selected}; table: {result['csv']}, report: {result['report']}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -605,7 +606,12 @@ def validate_capacity_config(config: Any) -> None:
 
 
 def run_capacity_study(config: Any, workdir: str) -> dict[str, str]:
-    """Trains the sweep (``train_and_evaluate``) and writes the capacity outputs."""
+    """Trains the sweep (``train_and_evaluate``) and writes the capacity outputs.
+
+    Returns the paths written ({} on processes other than 0 of a multi-host run).
+    """
     validate_capacity_config(config)
     train_and_evaluate(config, workdir)
+    if jax.process_index() != 0:  # only process 0 writes the workdir
+        return {}
     return write_capacity_outputs(workdir, config_to_dict(config))

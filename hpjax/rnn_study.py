@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,6 +37,10 @@ STAGES = ("subset", "full")
 # Keys of the study config that only the RNN study reads.
 STUDY_KEYS = ("full_lr_factors", "full_num_steps")
 CSV_COLUMNS = ("stage", "selected") + capacity.TABLE_COLUMNS
+
+
+class NothingToRetrainError(RuntimeError):
+    """Every subset trial diverged: there is no architecture to retrain on the full data."""
 
 
 def _num(v: Any) -> bool:
@@ -60,11 +65,11 @@ def select_best(table: Sequence[Mapping], keys: Sequence[str] = DEFAULT_KEYS) ->
     """The architecture to retrain: lowest seed-mean validation loss at its best learning rate.
 
     Ties go to the one with fewer parameters, then to the first in table order. Raises
-    RuntimeError when no architecture reached a finite validation loss.
+    :class:`NothingToRetrainError` when no architecture reached a finite validation loss.
     """
     ok = [(i, r) for i, r in enumerate(table) if _num(r.get("mean_val_loss")) and r.get("seeds")]
     if not ok:
-        raise RuntimeError(
+        raise NothingToRetrainError(
             "no architecture reached a finite validation loss on the subset (every trial "
             "diverged); lower config.learning_rates"
         )
@@ -435,11 +440,15 @@ def _diag_counts(diagnostics: Sequence[Any]) -> str:
 
 
 def run_rnn_study(config: Any, workdir: str) -> dict[str, Any]:
-    """Both stages and the outputs; returns the selected architecture and the paths written."""
+    """Both stages and the outputs; returns the selected architecture and the paths written.
+
+    Every process of a multi-host run trains and selects alike; only process 0 writes.
+    """
     validate_rnn_study(config)
     keys = arch_keys(config)
     sub_rows = train_and_evaluate(config, os.path.join(workdir, "subset"))
     best = select_best(compare(sub_rows, keys), keys)
     train_and_evaluate(full_config(config, best, keys), os.path.join(workdir, "full"))
-    paths = write_rnn_outputs(workdir, config, keys)
-    return {"selected": best, **paths}
+    if jax.process_index() != 0:  # only process 0 writes the workdir
+        return {"selected": best}
+    return {"selected": best, **write_rnn_outputs(workdir, config, keys)}

@@ -226,18 +226,6 @@ def test_capacity_binary_end_to_end(tmp_path):
     assert "## Diagnostics" in open(os.path.join(workdir, "report.md")).read()
 
 
-def test_capacity_binary_bad_config_exits_2_with_one_line(tmp_path):
-    workdir = str(tmp_path / "bad")
-    config = os.path.join(ROOT, "experiments", "configs", "capacity_sweep.py") + ":quick"
-    result = _run_binary(
-        "--workdir", workdir, "--config", config, "--config.model_grid.hidden_units=(8,0)"
-    )
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert lines == ["error: config.model.hidden_units=0 must be an integer >= 1"]
-    assert not os.path.exists(workdir)  # refused before anything was written
-
-
 @pytest.mark.parametrize(
     "name, key, values, message",
     [

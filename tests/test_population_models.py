@@ -1,13 +1,15 @@
 """A CNN, an LSTM and a GRU trial inside a vmapped population follow their trajectory alone.
 
 The same property tests/test_population.py checks for the MLP, for the other model families:
-convolutions (computed as patches @ kernel on CPU) and scanned recurrent cells (one LSTM; a
-bidirectional GRU over 2 features) must not mix trials under ``jax.vmap``. Models are tiny and
-run a few ticks, to keep compiling cheap; the 2-D patches are checked against ``lax.conv``.
+convolutions (computed as patches @ kernel on CPU) and scanned recurrent cells (an LSTM; a GRU
+over 2 features, read out from its mean state) must not mix trials under ``jax.vmap``. Models
+are tiny and run a few ticks, to keep compiling cheap. The CNN's patches are also checked
+against ``lax.conv`` (1-D and 2-D, strided) and against the module's own ``nnx.Conv`` path.
 """
 
 import importlib.util
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +28,7 @@ RTOL, ATOL = 1e-4, 1e-5
 MODELS = {
     "cnn": ((10,), {"name": "cnn", "channels": 3, "num_layers": 2, "kernel_size": 3}),
     "lstm": ((7,), {"name": "rnn", "cell": "lstm", "hidden_size": 4}),
-    "gru": (
-        (7, 2),
-        {"name": "rnn", "cell": "gru", "hidden_size": 4, "bidirectional": True, "readout": "mean"},
-    ),
+    "gru": ((7, 2), {"name": "rnn", "cell": "gru", "hidden_size": 4, "readout": "mean"}),
 }
 
 
@@ -42,7 +41,7 @@ def _problem(name: str):
     return model, jnp.asarray(x), jnp.asarray(y)
 
 
-def _train(model, x, y, trials: list[dict]):
+def _hparams(trials: list[dict]) -> population.TrialHParams:
     defaults = dict(
         learning_rate=0.01,
         batch_size=4,
@@ -53,22 +52,25 @@ def _train(model, x, y, trials: list[dict]):
         end_factor=0.0,
         max_steps=1000,
     )
-    hparams = population.make_hparams(
+    return population.make_hparams(
         **{k: [t.get(k, v) for t in trials] for k, v in defaults.items()}
     )
-    spec = population.PopulationSpec(
-        model=model, optimizer="adam", schedule="constant", microbatch=4, num_train=NUM_TRAIN
-    )
-    state = population.init_population(spec, hparams)
-    return population.train_ticks(spec, state, hparams, x, y, jnp.int32(TICKS))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_trial_in_population_equals_trial_alone(name):
     model, x, y = _problem(name)
+    spec = population.PopulationSpec(
+        model=model, optimizer="adam", schedule="constant", microbatch=4, num_train=NUM_TRAIN
+    )
     trials = [{"learning_rate": 0.003, "seed": 1}, {"learning_rate": 0.03, "seed": 2}]
-    together = _train(model, x, y, trials)
-    alone = _train(model, x, y, trials[1:])
+    both, one = _hparams(trials), _hparams(trials[1:])
+    start = population.init_population(spec, both)
+    # Alone: a population of one, starting from the same initial state as trial 1 (each trial's
+    # initial state depends only on its own seed), so only ``init`` of the pair is compiled.
+    alone = jax.tree.map(lambda a: a[1:2] if np.ndim(a) else jnp.array(a), start)  # copies
+    together = population.train_ticks(spec, start, both, x, y, jnp.int32(TICKS))
+    alone = population.train_ticks(spec, alone, one, x, y, jnp.int32(TICKS))
     assert together.trials.step.tolist() == [TICKS, TICKS]
     for a, b in zip(
         jax.tree.leaves(together.trials.params), jax.tree.leaves(alone.trials.params), strict=True
@@ -80,21 +82,40 @@ def test_trial_in_population_equals_trial_alone(name):
 
 
 @pytest.mark.parametrize(
-    "shape, in_channels, kernel, stride",
-    [((40,), 1, 5, 1), ((41,), 2, 4, 3), ((7, 9), 3, 2, 2)],
+    "shape, in_channels, kernel, stride", [((41,), 2, 4, 3), ((7, 9), 3, 2, 2), ((40,), 1, 5, 1)]
 )
 def test_conv_as_matmul_equals_lax_conv(shape, in_channels, kernel, stride):
+    """The CNN's CPU path computes exactly nnx.Conv's SAME-padded strided cross-correlation."""
     rank = len(shape)
-    conv = nnx.Conv(
-        in_channels,
-        4,
-        kernel_size=(kernel,) * rank,
+    rng = np.random.default_rng(1)
+    conv = types.SimpleNamespace(  # what conv_as_matmul reads of an nnx.Conv
+        kernel=jnp.asarray(rng.normal(size=(kernel,) * rank + (in_channels, 4)), jnp.float32),
+        bias=jnp.asarray(rng.normal(size=(4,)), jnp.float32),
         strides=(stride,) * rank,
-        padding="SAME",
-        rngs=nnx.Rngs(0),
     )
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, *shape, in_channels)), jnp.float32)
-    np.testing.assert_allclose(conv_as_matmul(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+    x = jnp.asarray(rng.normal(size=(2, *shape, in_channels)), jnp.float32)
+    spec = "NWC" if rank == 1 else "NHWC"
+    expected = jax.lax.conv_general_dilated(
+        x,
+        conv.kernel,
+        conv.strides,
+        "SAME",
+        dimension_numbers=(spec, "WIO" if rank == 1 else "HWIO", spec),
+    )
+    np.testing.assert_allclose(conv_as_matmul(conv, x), expected + conv.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_apply_matches_nnx_conv_path():
+    """The whole CNN on CPU equals the same module run through nnx.Conv's own call."""
+    model = build_model(ml_collections.ConfigDict(MODELS["cnn"][1]), MODELS["cnn"][0], 3)
+    params = model.init(jax.random.key(0))
+    module = model.module(params)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, *MODELS["cnn"][0])), jnp.float32)
+    h = x[..., None]
+    for conv in module.convs:
+        h = nnx.max_pool(nnx.relu(conv(h)), (2,), strides=(2,), padding="VALID")
+    expected = module.head(h.reshape(h.shape[0], -1))
+    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("recipe", ["mnist1d_mlp", "mnist1d_cnn", "mnist1d_gru", "mnist1d_lstm"])

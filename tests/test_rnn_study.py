@@ -93,7 +93,7 @@ def test_select_best_skips_diverged_and_fails_when_nothing_is_left():
         _row(1, "gru", 1, 0.1, 0, 2.0),
     ]
     assert rnn_study.select_best(rnn_study.compare(rows, KEYS), KEYS)["cell"] == "gru"
-    with pytest.raises(RuntimeError, match="every trial diverged"):
+    with pytest.raises(rnn_study.NothingToRetrainError, match="every trial diverged"):
         rnn_study.select_best(rnn_study.compare(rows[:1], KEYS), KEYS)
 
 

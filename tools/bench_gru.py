@@ -82,12 +82,10 @@ def run_engine(
 
     The training program is compiled ahead of time (timed apart) unless ``compiled`` is given.
     """
-    if sharding is not None:
-        hparams = sharding.put_rows(hparams)
-        x, y = sharding.replicate((x, y))
     state, init_s = _timed(population.init_population, spec, hparams)
-    if sharding is not None:
-        state = sharding.put_rows(state)
+    if sharding is not None:  # initialised on one device, then sharded (see the report)
+        state, hparams = sharding.put_rows((state, hparams))
+        x, y = sharding.replicate((x, y))
     n = jnp.int32(steps)
     compile_s = 0.0
     if compiled is None:

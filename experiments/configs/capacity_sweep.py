@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer = "adam"
     config.schedule = "constant"
     config.learning_rates = (0.001, 0.003)
+    config.weight_decays = (0.0,)  # none: the guide's capacity effects, unregularised
     config.seeds = (0, 1)
     config.batch_size = 100
     config.num_steps = 3000
