@@ -362,6 +362,8 @@ class PopulationRun:
     def run(self, metrics_lines_before: int) -> tuple[list[dict], int]:
         """Trains (or resumes) the population; returns its summary rows and metrics line count."""
         plan, spec = self.plan, self.spec
+        # Initialise on one device, then shard (_place): initialising with hyperparameters already
+        # sharded over host CPU devices was seen to hang for a small GRU population.
         fresh = population.init_population(spec, self.full_hparams)
         if jax.process_count() == 1:
             checkpoints = checkpoint.StateCheckpoints(self.workdir, plan.index)
