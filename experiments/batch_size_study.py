@@ -9,34 +9,21 @@
 See experiments/configs/batch_size_study.py for every study and its quick variant.
 """
 
-import os
-import sys
+from absl import app
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from hpjax import batch_study, cli
 
-from hpjax import batch_study
-from hpjax.errors import ConfigError
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(os.path.dirname(__file__), "configs", "batch_size_study.py"),
+_CONFIG, _WORKDIR = cli.define_flags(
+    __file__,
+    "batch_size_study.py",
     "Study config file (path[:study[,quick]]); override any key with --config.KEY=VALUE.",
-    lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the study's outputs.", required=True)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.info("JAX devices: %s", jax.devices())
-    try:
-        reports = batch_study.run(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    reports = cli.run(batch_study.run, _CONFIG.value, _WORKDIR.value)
     for name, path in reports.items():
         print(f"{name}: report {path}")
 

@@ -9,34 +9,18 @@ checkpoints/) and capacity.csv, plots/capacity.png and capacity_report.md. A bad
 with status 2 and one line before anything compiles.
 """
 
-import os
-import sys
-
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
 from hpjax import cli
 from hpjax.capacity import run_capacity_study
-from hpjax.errors import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(os.path.dirname(__file__), "configs", "capacity_sweep.py"),
-    "Study config file; override any key with --config.KEY=VALUE.",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the study's outputs.", required=True)
+_CONFIG, _WORKDIR = cli.define_flags(__file__, "capacity_sweep.py")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.initialize_distributed(_CONFIG.value)
-    try:
-        paths = run_capacity_study(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    paths = cli.run(run_capacity_study, _CONFIG.value, _WORKDIR.value)
     if paths:  # process 0
         logging.info("capacity outputs: %s", paths)
         print(f"capacity table: {paths['csv']}, report: {paths['report']}, plot: {paths['plot']}")

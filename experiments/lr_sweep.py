@@ -5,20 +5,11 @@
     --config.learning_rates="(0.01,0.03,0.1,0.3)" --config.seeds="(0,1)"
 """
 
-import os
-
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
 from hpjax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(os.path.dirname(__file__), "configs", "lr_sweep.py"),
-    "Study config file; override any key with --config.KEY=VALUE.",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the study's outputs.", required=True)
+_CONFIG, _WORKDIR = cli.define_flags(__file__, "lr_sweep.py")
 
 
 def main(argv):

@@ -8,34 +8,21 @@ the diagnostics, plots/ and checkpoints/) and, in workdir, rnn_study.csv, plots/
 rnn_report.md. A bad config exits with status 2 and one line before anything compiles.
 """
 
-import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
 from hpjax import cli
-from hpjax.errors import ConfigError
 from hpjax.rnn_study import NothingToRetrainError, run_rnn_study
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(os.path.dirname(__file__), "configs", "rnn_study.py"),
-    "Study config file; override any key with --config.KEY=VALUE.",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the study's outputs.", required=True)
+_CONFIG, _WORKDIR = cli.define_flags(__file__, "rnn_study.py")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.initialize_distributed(_CONFIG.value)
     try:
-        result = run_rnn_study(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        result = cli.run(run_rnn_study, _CONFIG.value, _WORKDIR.value)
     except NothingToRetrainError as error:  # every subset trial diverged
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -6,6 +6,26 @@ import os
 import numpy as np
 import pytest
 
+from hpjax import population
+
+TRIAL_DEFAULTS = dict(
+    learning_rate=0.05,
+    batch_size=8,
+    seed=0,
+    weight_decay=0.0,
+    warmup_steps=0,
+    decay_rate=0.1,
+    end_factor=0.0,
+    max_steps=1000,
+)
+
+
+def trial_hparams(trials: list[dict], **defaults) -> population.TrialHParams:
+    """Per-trial hyperparameter arrays from a list of overrides of ``TRIAL_DEFAULTS``."""
+    base = TRIAL_DEFAULTS | defaults
+    return population.make_hparams(**{k: [t.get(k, v) for t in trials] for k, v in base.items()})
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from hpjax import population
 from hpjax.models import build_model
+from tests.conftest import trial_hparams
 
 NUM_TRAIN = 48
 RTOL, ATOL = 2e-5, 2e-6
@@ -30,18 +31,6 @@ def problem():
     return model, jnp.asarray(x), jnp.asarray(y)
 
 
-DEFAULTS = dict(
-    learning_rate=0.05,
-    batch_size=8,
-    seed=0,
-    weight_decay=0.0,
-    warmup_steps=0,
-    decay_rate=0.1,
-    end_factor=0.0,
-    max_steps=1000,
-)
-
-
 def make_spec(model, microbatch, optimizer="adam", schedule="constant", **kwargs):
     return population.PopulationSpec(
         model=model,
@@ -56,8 +45,7 @@ def make_spec(model, microbatch, optimizer="adam", schedule="constant", **kwargs
 def train(problem, trials, ticks, microbatch, **spec_kwargs):
     """Trains ``trials`` (a list of hyperparameter dicts) for ``ticks`` ticks; returns the state."""
     model, x, y = problem
-    columns = {k: [t.get(k, v) for t in trials] for k, v in DEFAULTS.items()}
-    hparams = population.make_hparams(**columns)
+    hparams = trial_hparams(trials)
     spec = make_spec(model, microbatch, **spec_kwargs)
     state = population.init_population(spec, hparams)
     return population.train_ticks(spec, state, hparams, x, y, jnp.int32(ticks))
@@ -163,8 +151,7 @@ def test_chunks_of_any_length_give_the_same_state(problem):
         {"learning_rate": 0.02, "batch_size": 6, "max_steps": 40},
         {"learning_rate": 0.05, "batch_size": 12, "max_steps": 20},
     ]
-    columns = {k: [t.get(k, v) for t in trials] for k, v in DEFAULTS.items()}
-    hparams = population.make_hparams(**columns)
+    hparams = trial_hparams(trials)
     spec = make_spec(model, 6)
     once = population.train_ticks(
         spec, population.init_population(spec, hparams), hparams, x, y, jnp.int32(40)
@@ -177,7 +164,7 @@ def test_chunks_of_any_length_give_the_same_state(problem):
 
 def test_evaluate_matches_direct_computation(problem):
     model, x, y = problem
-    hparams = population.make_hparams(**{k: [v, v] for k, v in DEFAULTS.items()} | {"seed": [0, 1]})
+    hparams = trial_hparams([{"seed": 0}, {"seed": 1}])
     spec = make_spec(model, 8, eval_batch_size=10)  # 48 = 4 full batches + one of 8
     state = population.init_population(spec, hparams)
     loss, acc = population.evaluate(spec, state.trials.params, x, y)

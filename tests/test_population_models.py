@@ -20,6 +20,7 @@ from flax import nnx
 
 from hpjax import population, study
 from hpjax.models import build_model, conv_as_matmul
+from tests.conftest import trial_hparams
 
 NUM_TRAIN = 24
 TICKS = 6
@@ -41,22 +42,6 @@ def _problem(name: str):
     return model, jnp.asarray(x), jnp.asarray(y)
 
 
-def _hparams(trials: list[dict]) -> population.TrialHParams:
-    defaults = dict(
-        learning_rate=0.01,
-        batch_size=4,
-        seed=0,
-        weight_decay=0.0,
-        warmup_steps=0,
-        decay_rate=0.1,
-        end_factor=0.0,
-        max_steps=1000,
-    )
-    return population.make_hparams(
-        **{k: [t.get(k, v) for t in trials] for k, v in defaults.items()}
-    )
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_trial_in_population_equals_trial_alone(name):
     model, x, y = _problem(name)
@@ -64,7 +49,8 @@ def test_trial_in_population_equals_trial_alone(name):
         model=model, optimizer="adam", schedule="constant", microbatch=4, num_train=NUM_TRAIN
     )
     trials = [{"learning_rate": 0.003, "seed": 1}, {"learning_rate": 0.03, "seed": 2}]
-    both, one = _hparams(trials), _hparams(trials[1:])
+    defaults = dict(batch_size=4, learning_rate=0.01)
+    both, one = trial_hparams(trials, **defaults), trial_hparams(trials[1:], **defaults)
     start = population.init_population(spec, both)
     # Alone: a population of one, starting from the same initial state as trial 1 (each trial's
     # initial state depends only on its own seed), so only ``init`` of the pair is compiled.
