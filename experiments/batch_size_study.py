@@ -11,7 +11,8 @@ See experiments/configs/batch_size_study.py for every study and its quick varian
 
 from absl import app
 
-from hpjax import batch_study, cli
+from hpjax import cli
+from hpjax.studies.batch_size import runner as batch_study
 
 _CONFIG, _WORKDIR = cli.define_flags(
     __file__,

@@ -13,7 +13,7 @@ import sys
 from absl import app, logging
 
 from hpjax import cli
-from hpjax.rnn_study import NothingToRetrainError, run_rnn_study
+from hpjax.studies.rnn import NothingToRetrainError, run_rnn_study
 
 _CONFIG, _WORKDIR = cli.define_flags(__file__, "rnn_study.py")
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from hpjax import population
+from hpjax.engine import population
 
 TRIAL_DEFAULTS = dict(
     learning_rate=0.05,

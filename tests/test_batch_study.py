@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from hpjax import batch_study, study
+from hpjax import plan as study
 from hpjax.errors import ConfigError
+from hpjax.studies.batch_size import runner as batch_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(ROOT, "experiments", "configs", "batch_size_study.py")

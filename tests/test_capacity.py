@@ -9,9 +9,10 @@ import sys
 import ml_collections
 import pytest
 
-from hpjax import capacity, metrics
-from hpjax.capacity import architecture_table, capacity_findings
 from hpjax.errors import ConfigError
+from hpjax.results import files
+from hpjax.studies import capacity
+from hpjax.studies.capacity import architecture_table, capacity_findings
 
 
 def _row(trial, units, layers, lr, seed, val, train, *, status="budget_exhausted", test=0.5):
@@ -138,8 +139,8 @@ def test_cnn_deeper_is_better_finding():
 
 def _write_workdir(path, rows):
     os.makedirs(path, exist_ok=True)
-    metrics.write_csv(os.path.join(path, "summary.csv"), rows, tuple(rows[0]))
-    metrics.write_json(
+    files.write_csv(os.path.join(path, "summary.csv"), rows, tuple(rows[0]))
+    files.write_json(
         os.path.join(path, "config.json"),
         {
             "dataset": "mnist1d",

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hpjax.diagnostics import Diagnostic, Thresholds, diagnose_trial, diagnose_workdir
+from hpjax.report.diagnostics import Diagnostic, Thresholds, diagnose_trial, diagnose_workdir
 
 LN10 = math.log(10)
 

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from hpjax.errors import ConfigError
-from hpjax.models import (
+from hpjax.models.registry import (
     MODEL_NAMES,
     MODELS,
     Model,

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpjax import noise_scale
+from hpjax.engine import noise_scale
 from hpjax.models import build_model
 
 N = 24

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from hpjax import optim
+from hpjax.engine import optim
 from hpjax.errors import ConfigError
 
 # (warmup_steps, total_steps, decay_rate, end_factor)

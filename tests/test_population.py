@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpjax import population
+from hpjax.engine import population
 from hpjax.models import build_model
 from tests.conftest import trial_hparams
 

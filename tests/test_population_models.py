@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hpjax import population, study
-from hpjax.models import build_model, conv_as_matmul
+from hpjax import plan as study
+from hpjax.engine import population
+from hpjax.models import build_model
+from hpjax.models.cnn import conv_as_matmul
 from tests.conftest import trial_hparams
 
 NUM_TRAIN = 24

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from hpjax import report
-from hpjax.diagnostics import Diagnostic
+from hpjax.report import figures, labels, markdown, study_report
+from hpjax.report.diagnostics import Diagnostic
+from hpjax.results import files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -125,7 +126,7 @@ def assert_png(path):
 
 def test_read_summary_parses_types_and_empty_cells(tmp_path):
     make_workdir(tmp_path)
-    rows = report.read_summary(tmp_path)
+    rows = files.read_summary(tmp_path)
     assert len(rows) == 4
     r = rows[2]
     assert r["trial"] == 2 and isinstance(r["trial"], int)
@@ -138,9 +139,7 @@ def test_read_summary_parses_types_and_empty_cells(tmp_path):
 
 def test_read_summary_nonfinite_and_scientific(tmp_path):
     (tmp_path / "summary.csv").write_text("trial,lr,loss,cell\n7,1e-3,nan,lstm\n")
-    assert report.read_summary(tmp_path) == [
-        {"trial": 7, "lr": 0.001, "loss": None, "cell": "lstm"}
-    ]
+    assert files.read_summary(tmp_path) == [{"trial": 7, "lr": 0.001, "loss": None, "cell": "lstm"}]
 
 
 def test_read_metrics_nulls_nan_and_truncated_last_line(tmp_path):
@@ -149,13 +148,13 @@ def test_read_metrics_nulls_nan_and_truncated_last_line(tmp_path):
         '{"trial": 0, "step": 2, "val_loss": NaN}\n\n'
         '{"trial": 0, "step": 3, "val_l'
     )
-    assert report.read_metrics(tmp_path) == [
+    assert files.read_metrics(tmp_path) == [
         {"trial": 0, "step": 1, "val_loss": None},
         {"trial": 0, "step": 2, "val_loss": None},
     ]
     (tmp_path / "metrics.jsonl").write_text('{"trial": 0\n{"trial": 1, "step": 1}\n')
     with pytest.raises(ValueError, match="metrics.jsonl:1"):
-        report.read_metrics(tmp_path)
+        files.read_metrics(tmp_path)
 
 
 def test_curves_by_trial_groups_and_sorts_by_step():
@@ -165,7 +164,7 @@ def test_curves_by_trial_groups_and_sorts_by_step():
         {"trial": 1, "step": 10},
         {"trial": 0, "step": 10},
     ]
-    curves = report.curves_by_trial(metrics)
+    curves = files.curves_by_trial(metrics)
     assert list(curves) == [0, 1]
     assert [p["step"] for p in curves[0]] == [10, 30]
     assert [p["step"] for p in curves[1]] == [10, 20]
@@ -173,42 +172,42 @@ def test_curves_by_trial_groups_and_sorts_by_step():
 
 def test_markdown_table_exact():
     rows = [{"trial": 0, "lr": 0.012345, "status": "ok"}, {"trial": 1, "lr": None, "status": "a|b"}]
-    assert report.markdown_table(rows, ["trial", "lr", "status"], floatfmt=".3g") == (
+    assert markdown.markdown_table(rows, ["trial", "lr", "status"], floatfmt=".3g") == (
         "| trial | lr | status |\n|---:|---:|---|\n| 0 | 0.0123 | ok |\n| 1 |  | a\\|b |\n"
     )
 
 
 def test_trial_label_names_varying_hyperparameters(tmp_path):
-    rows = report.read_summary(make_workdir(tmp_path, n_trials=8))
-    varying = report.varying_hparams(rows)
+    rows = files.read_summary(make_workdir(tmp_path, n_trials=8))
+    varying = labels.varying_hparams(rows)
     assert varying == ["learning_rate", "batch_size"]
-    assert report.trial_label(rows[5], varying) == "5: lr=0.01 bs=64"
-    assert report.trial_label(rows[2], varying) == "2: lr=0.1 bs=32 (diverged)"
+    assert labels.trial_label(rows[5], varying) == "5: lr=0.01 bs=64"
+    assert labels.trial_label(rows[2], varying) == "2: lr=0.1 bs=32 (diverged)"
 
 
 def test_plot_learning_curves_with_nulls(tmp_path):
     make_workdir(tmp_path)
-    metrics, summary = report.read_metrics(tmp_path), report.read_summary(tmp_path)
+    metrics, summary = files.read_metrics(tmp_path), files.read_summary(tmp_path)
     assert any(p["val_loss"] is None for p in metrics)
     for x in ("step", "epoch", "examples_seen"):
-        out = report.plot_learning_curves(metrics, summary, tmp_path / f"lc_{x}.png", x=x)
+        out = figures.plot_learning_curves(metrics, summary, tmp_path / f"lc_{x}.png", x=x)
         assert_png(out)
 
 
 def test_plot_learning_curves_with_70_trials(tmp_path):
     make_workdir(tmp_path, n_trials=70, diverged=(2, 33))
     path = tmp_path / "plots" / "many.png"
-    report.plot_learning_curves(report.read_metrics(tmp_path), report.read_summary(tmp_path), path)
+    figures.plot_learning_curves(files.read_metrics(tmp_path), files.read_summary(tmp_path), path)
     assert_png(path)
 
 
 def test_plot_learning_curves_without_data(tmp_path):
-    assert_png(report.plot_learning_curves([], [], tmp_path / "empty.png"))
+    assert_png(figures.plot_learning_curves([], [], tmp_path / "empty.png"))
 
 
 def test_plot_hparam_grouped_with_diverged(tmp_path):
-    summary = report.read_summary(make_workdir(tmp_path, n_trials=8, diverged=(3, 7)))
-    path = report.plot_hparam(
+    summary = files.read_summary(make_workdir(tmp_path, n_trials=8, diverged=(3, 7)))
+    path = figures.plot_hparam(
         summary, "learning_rate", "best_val_loss", tmp_path / "h.png", group_by="batch_size"
     )
     assert_png(path)
@@ -221,7 +220,7 @@ def test_plot_hparam_categorical_x(tmp_path):
         {"trial": 2, "cell": "gru", "num_layers": 2, "best_val_loss": 0.4},
     ]
     assert_png(
-        report.plot_hparam(
+        figures.plot_hparam(
             summary, "cell", "best_val_loss", tmp_path / "c.png", group_by="num_layers"
         )
     )
@@ -234,7 +233,7 @@ def test_write_report_contains_tables_plots_and_diagnostics(tmp_path):
         Diagnostic("oscillating", 1, "Trial 1 oscillates: 40% zig-zag.", {}),
         Diagnostic("diverged", 2, "Trial 2 diverged at step 200.", {}),
     ]
-    path = report.write_report(
+    path = markdown.write_report(
         tmp_path,
         "My study",
         ["First line.", "Second line."],
@@ -254,20 +253,20 @@ def test_write_report_contains_tables_plots_and_diagnostics(tmp_path):
 
 
 def test_write_report_says_when_no_diagnostic_fired(tmp_path):
-    text = open(report.write_report(tmp_path, "t", [], [], [], [], summary=[])).read()
+    text = open(markdown.write_report(tmp_path, "t", [], [], [], [], summary=[])).read()
     assert "## Diagnostics\n\nNone fired" in text
 
 
 def test_write_report_caps_long_diagnostic_lists(tmp_path):
     diags = [Diagnostic("overfitting", t, f"Trial {t} overfits.", {}) for t in range(15)]
-    text = open(report.write_report(tmp_path, "t", [], [], [], diags, summary=[])).read()
+    text = open(markdown.write_report(tmp_path, "t", [], [], [], diags, summary=[])).read()
     assert "- Trial 9 overfits." in text and "- Trial 10 overfits." not in text
     assert "and 5 more (trials 10, 11, 12, 13, 14)" in text
 
 
 def test_default_report(tmp_path):
     make_workdir(tmp_path, n_trials=8, diverged=(2,))
-    path = report.default_report(tmp_path)
+    path = study_report.default_report(tmp_path)
     text = open(path).read()
     assert_png(tmp_path / "plots" / "learning_curves.png")
     assert_png(tmp_path / "plots" / "learning_rate_vs_best_val_loss.png")
@@ -277,7 +276,7 @@ def test_default_report(tmp_path):
     # Table sorted by best validation loss, the diverged trial last.
     table = text[text.index("| trial |") :].split("\n\n")[0].splitlines()[2:]
     order = [int(line.split("|")[1]) for line in table]
-    summary = {r["trial"]: r for r in report.read_summary(tmp_path)}
+    summary = {r["trial"]: r for r in files.read_summary(tmp_path)}
     losses = [summary[t]["best_val_loss"] for t in order[:-1]]
     assert losses == sorted(losses) and order[-1] == 2 and len(order) == 8
     assert "Trial 2 diverged" in text

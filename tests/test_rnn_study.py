@@ -10,8 +10,9 @@ import sys
 import ml_collections
 import pytest
 
-from hpjax import metrics, rnn_study
 from hpjax.errors import ConfigError
+from hpjax.results import files
+from hpjax.studies import rnn as rnn_study
 
 KEYS = ("cell", "num_layers")
 
@@ -145,8 +146,8 @@ def test_not_an_rnn_is_refused():
 
 def _write_stage(path, rows, curves):
     os.makedirs(path, exist_ok=True)
-    metrics.write_csv(os.path.join(path, "summary.csv"), rows, tuple(rows[0]))
-    metrics.write_json(
+    files.write_csv(os.path.join(path, "summary.csv"), rows, tuple(rows[0]))
+    files.write_json(
         os.path.join(path, "config.json"), {"dataset": "mnist1d", "model": {"name": "rnn"}}
     )
     with open(os.path.join(path, "metrics.jsonl"), "w") as f:

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpjax import study
+from hpjax import plan as study
 from hpjax.errors import ConfigError
 from tests.conftest import load_config
 

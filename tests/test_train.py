@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from hpjax import checkpoint, early_stopping, population
+from hpjax.engine import early_stopping, population
 from hpjax.errors import ConfigError
-from hpjax.train import SUMMARY_COLUMNS, StudyData, train_and_evaluate
+from hpjax.results import checkpoints as checkpoint
+from hpjax.runner import SUMMARY_COLUMNS, StudyData, train_and_evaluate
 from tests.conftest import ROOT
 
 
@@ -293,9 +294,10 @@ def test_compacted_and_chunked_populations_match_the_plain_one(tiny_config, tmp_
 
 
 def test_memory_estimate_counts_state_and_activations(tiny_config):
-    from hpjax import memory, study
+    from hpjax import plan as study
+    from hpjax.engine import memory
     from hpjax.models import build_model
-    from hpjax.train import make_spec
+    from hpjax.runner import make_spec
 
     model = build_model(tiny_config.model, (8,), 4)
     plan = study.plan_populations(tiny_config, study.build_trials(tiny_config), 240)[0]

@@ -33,9 +33,12 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from hpjax import batch_study, population, study, train  # noqa: E402
 from hpjax import data as data_lib  # noqa: E402
+from hpjax import plan as study  # noqa: E402
+from hpjax import runner as train  # noqa: E402
+from hpjax.engine import population  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
+from hpjax.studies.batch_size import runner as batch_study  # noqa: E402
 
 _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Epochs of every trial.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 2048, "Largest power of two (from 1).")

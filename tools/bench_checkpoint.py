@@ -24,11 +24,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from hpjax import checkpoint, population, study  # noqa: E402
 from hpjax import data as data_lib
+from hpjax import plan as study  # noqa: E402
 from hpjax.config import default_config  # noqa: E402
+from hpjax.engine import population  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
-from hpjax.train import make_spec, train_and_evaluate, trial_hparams  # noqa: E402
+from hpjax.results import checkpoints as checkpoint  # noqa: E402
+from hpjax.runner import make_spec, train_and_evaluate, trial_hparams  # noqa: E402
 
 
 def checkpoint_costs(repeats: int) -> None:

@@ -50,9 +50,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hpjax import data as data_lib  # noqa: E402
-from hpjax import population  # noqa: E402
+from hpjax.engine import population  # noqa: E402
+from hpjax.engine.sharding import TrialSharding  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
-from hpjax.sharding import TrialSharding  # noqa: E402
 
 
 def _hparams(rates: np.ndarray, batch: int, steps: int, seeds: list[int]):

@@ -24,7 +24,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hpjax import data as data_lib  # noqa: E402
-from hpjax import population  # noqa: E402
+from hpjax.engine import population  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
 
 

@@ -11,13 +11,13 @@ import sys
 
 
 def _import_report():
-    """hpjax.report, from the checkout this tool lives in when hpjax is not installed."""
+    """hpjax.report.study_report, from this checkout when hpjax is not installed."""
     try:
-        from hpjax import report
+        from hpjax.report import study_report
     except ImportError:  # run from a checkout without `pip install -e .`
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from hpjax import report
-    return report
+        from hpjax.report import study_report
+    return study_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,12 +25,15 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hpjax import capacity, metrics, report, study
 from hpjax import data as data_lib
-from hpjax.diagnostics import KINDS, diagnose_workdir
+from hpjax import plan as study
 from hpjax.errors import ConfigError
 from hpjax.models import validate_model_config
-from hpjax.train import train_and_evaluate
+from hpjax.report import labels, markdown
+from hpjax.report.diagnostics import KINDS, diagnose_workdir
+from hpjax.results import files
+from hpjax.runner import train_and_evaluate
+from hpjax.studies import capacity
 
 DEFAULT_KEYS = ("cell", "num_layers")
 STAGES = ("subset", "full")
@@ -160,7 +163,7 @@ def validate_rnn_study(config: Any) -> None:
 
 def _arch_label(row: Mapping, keys: Sequence[str]) -> str:
     return " ".join(
-        f"{row[k]}" if k == "cell" else f"{report.SHORT_NAMES.get(k, k) or k}={row[k]}"
+        f"{row[k]}" if k == "cell" else f"{labels.SHORT_NAMES.get(k, k) or k}={row[k]}"
         for k in keys
     )
 
@@ -304,11 +307,11 @@ def findings(table: Sequence[Mapping], keys: Sequence[str]) -> list[str]:
 def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[str, str]:
     """rnn_study.csv, plots/rnn_comparison.png, plots/rnn_curves.png and rnn_report.md."""
     sub_dir, full_dir = (os.path.join(workdir, s) for s in STAGES)
-    sub_summary = report.read_summary(sub_dir)
+    sub_summary = files.read_summary(sub_dir)
     table = compare(sub_summary, keys)
     best = select_best(table, keys)
     full_summary = (
-        report.read_summary(full_dir)
+        files.read_summary(full_dir)
         if os.path.exists(os.path.join(full_dir, "summary.csv"))
         else []
     )
@@ -322,7 +325,7 @@ def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[st
     if full is not None:
         rows.append({"stage": "full", "selected": True, **full})
     paths = {"csv": os.path.join(workdir, "rnn_study.csv")}
-    metrics.write_csv(paths["csv"], rows, CSV_COLUMNS[:2] + tuple(keys) + CSV_COLUMNS[2:])
+    files.write_csv(paths["csv"], rows, CSV_COLUMNS[:2] + tuple(keys) + CSV_COLUMNS[2:])
 
     paths["plot"] = plot_comparison(
         table, full, keys, os.path.join(workdir, "plots", "rnn_comparison.png")
@@ -333,7 +336,7 @@ def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[st
         if row is None or row.get("best_trial") is None:
             continue
         trial = int(row["best_trial"])
-        curve = report.curves_by_trial(report.read_metrics(directory)).get(trial, [])
+        curve = files.curves_by_trial(files.read_metrics(directory)).get(trial, [])
         curves.append((f"{stage}: trial {trial}, lr {_g(row.get('learning_rate'), '.3g')}", curve))
     paths["curves"] = plot_stage_curves(
         curves, os.path.join(workdir, "plots", "rnn_curves.png"), x="step"
@@ -370,7 +373,7 @@ def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[st
         "",
         "## Comparison (stage 1: subset; last row: stage 2, full data)",
         "",
-        report.markdown_table(
+        markdown.markdown_table(
             [{**r, **{"stage": r["stage"] + (" *" if r["selected"] else "")}} for r in rows],
             ["stage", *columns],
         ),
@@ -409,7 +412,7 @@ def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[st
     ]
     if sub_diag:
         lines += [
-            report.markdown_table(
+            markdown.markdown_table(
                 [
                     {**r, **{k: r.get(k, 0) for k in _kinds(sub_diag)}}
                     for r in capacity.diagnostics_by(sub_diag, sub_summary, keys)

@@ -18,9 +18,8 @@ import resource
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from hpjax import population, study
+from hpjax.engine import population
 
 
 def _tree_bytes(tree) -> int:
@@ -91,48 +90,3 @@ def peak_memory_bytes() -> tuple[int, str]:
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "device peak"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
-
-
-def fit_plans(
-    plans: list[study.PopulationPlan],
-    specs: list[population.PopulationSpec],
-    input_shape: tuple[int, ...],
-    *,
-    num_devices: int,
-    memory_fraction: float,
-    max_population: int,
-) -> tuple[list[study.PopulationPlan], list[float]]:
-    """Splits plans that would not fit into chunks; returns them with their estimates (MiB)."""
-    budget = memory_fraction * device_memory_bytes() * num_devices
-    fitted, estimates = [], []
-    for plan, spec in zip(plans, specs, strict=True):
-        per_trial = estimate_trial(spec, input_shape).total
-        size = len(plan.trials)
-        limit = max(1, int(budget // max(per_trial, 1)))
-        if max_population > 0:
-            limit = min(limit, max_population)
-        if limit >= size:
-            chunks = [plan]
-        else:
-            if limit >= num_devices:
-                limit -= limit % num_devices
-            chunks = [
-                study.take_trials(plan, range(start, min(start + limit, size)))
-                for start in range(0, size, limit)
-            ]
-            logging.info(
-                "population of %d trials (%s): estimated %.1f MiB > %.1f MiB allowed "
-                "(or max_population=%d); split into %d chunks of at most %d trials, run in turn",
-                size,
-                ", ".join(f"{k}={v}" for k, v in plan.architecture.items()) or "one model",
-                size * per_trial / 2**20,
-                budget / 2**20,
-                max_population,
-                len(chunks),
-                limit,
-            )
-        for chunk in chunks:
-            fitted.append(chunk)
-            estimates.append(len(chunk.trials) * per_trial / 2**20)
-    fitted = [dataclasses.replace(p, index=i) for i, p in enumerate(fitted)]
-    return fitted, estimates

@@ -28,10 +28,11 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hpjax import metrics, report
-from hpjax.diagnostics import KINDS, diagnose_workdir
 from hpjax.errors import ConfigError
-from hpjax.train import config_to_dict, train_and_evaluate
+from hpjax.report import labels, markdown
+from hpjax.report.diagnostics import KINDS, diagnose_workdir
+from hpjax.results import files
+from hpjax.runner import config_to_dict, train_and_evaluate
 
 # The width axis of each model family: what "more units" means for it.
 WIDTH_KEYS = {"mlp": "hidden_units", "cnn": "channels", "rnn": "hidden_size"}
@@ -483,7 +484,7 @@ def diagnostics_lines(
         "Trials per architecture for which each of the guide's diagnostics fired; each one, "
         "with the numbers that triggered it, is listed in [report.md](report.md).",
         "",
-        report.markdown_table(
+        markdown.markdown_table(
             [{**r, **{k: r.get(k, 0) for k in kinds}} for r in rows], [*keys, *kinds]
         ),
     ]
@@ -503,20 +504,20 @@ def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[
     Returns the paths written, by name. ``config`` defaults to the workdir's config.json.
     """
     workdir = os.fspath(workdir)
-    config = dict(config) if config is not None else report.read_config(workdir)
-    summary = report.read_summary(workdir)
+    config = dict(config) if config is not None else files.read_config(workdir)
+    summary = files.read_summary(workdir)
     model_cfg = config.get("model") or {}
     model = str(model_cfg.get("name", summary[0].get("model") if summary else "mlp"))
     width = WIDTH_KEYS.get(model, "hidden_units")
     keys = [DEPTH_KEY, width]
-    extra = [k for k in report.varying_hparams(summary) if k in (config.get("model_grid") or {})]
+    extra = [k for k in labels.varying_hparams(summary) if k in (config.get("model_grid") or {})]
     keys += [k for k in extra if k not in keys]
     table = architecture_table(summary, keys)
     input_dim = next((r["input_dim"] for r in summary if _num(r.get("input_dim"))), None)
     findings = capacity_findings(table, model, width, input_dim)
 
     paths = {"csv": os.path.join(workdir, "capacity.csv")}
-    metrics.write_csv(paths["csv"], table, tuple(keys) + TABLE_COLUMNS)
+    files.write_csv(paths["csv"], table, tuple(keys) + TABLE_COLUMNS)
     paths["plot"] = plot_capacity(
         table,
         width,
@@ -544,7 +545,7 @@ def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[
         *_findings_lines(findings),
         "## Each architecture's best trial (over learning rates and seeds)",
         "",
-        report.markdown_table(
+        markdown.markdown_table(
             table,
             [
                 *keys,
@@ -562,7 +563,7 @@ def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[
         ),
         "## Mean over seeds at each architecture's best learning rate",
         "",
-        report.markdown_table(
+        markdown.markdown_table(
             table,
             [
                 *keys,

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
-from hpjax import optim
+from hpjax.engine import memory, optim
+from hpjax.engine.population import PopulationSpec
 from hpjax.errors import ConfigError
 
 LR_SAMPLINGS = ("grid", "log_uniform", "quasi_random")
@@ -308,3 +310,48 @@ def take_trials(plan: PopulationPlan, positions) -> PopulationPlan:
             s * t.batch_size // plan.microbatch for s, t in zip(max_steps, trials, strict=True)
         ),
     )
+
+
+def fit_plans(
+    plans: list[PopulationPlan],
+    specs: list[PopulationSpec],
+    input_shape: tuple[int, ...],
+    *,
+    num_devices: int,
+    memory_fraction: float,
+    max_population: int,
+) -> tuple[list[PopulationPlan], list[float]]:
+    """Splits plans that would not fit into chunks; returns them with their estimates (MiB)."""
+    budget = memory_fraction * memory.device_memory_bytes() * num_devices
+    fitted, estimates = [], []
+    for plan, spec in zip(plans, specs, strict=True):
+        per_trial = memory.estimate_trial(spec, input_shape).total
+        size = len(plan.trials)
+        limit = max(1, int(budget // max(per_trial, 1)))
+        if max_population > 0:
+            limit = min(limit, max_population)
+        if limit >= size:
+            chunks = [plan]
+        else:
+            if limit >= num_devices:
+                limit -= limit % num_devices
+            chunks = [
+                take_trials(plan, range(start, min(start + limit, size)))
+                for start in range(0, size, limit)
+            ]
+            logging.info(
+                "population of %d trials (%s): estimated %.1f MiB > %.1f MiB allowed "
+                "(or max_population=%d); split into %d chunks of at most %d trials, run in turn",
+                size,
+                ", ".join(f"{k}={v}" for k, v in plan.architecture.items()) or "one model",
+                size * per_trial / 2**20,
+                budget / 2**20,
+                max_population,
+                len(chunks),
+                limit,
+            )
+        for chunk in chunks:
+            fitted.append(chunk)
+            estimates.append(len(chunk.trials) * per_trial / 2**20)
+    fitted = [dataclasses.replace(p, index=i) for i, p in enumerate(fitted)]
+    return fitted, estimates

@@ -28,6 +28,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hpjax.results import files
+
 KINDS = ("diverged", "not_learning", "oscillating", "overfitting", "too_few_units")
 
 # Fallbacks for the embedded data sets, used only when neither summary.csv nor config.json
@@ -358,22 +360,8 @@ def diagnose_workdir(
     summary.csv, else from config.json, else (classes and inputs) from the embedded data set's
     known shape. ``too_few_units`` is only checked for dense models (not CNNs or RNNs).
     """
-    from hpjax import report  # report imports this module; import here to avoid a cycle
-
-    workdir = os.fspath(workdir)
-    metrics = (
-        report.read_metrics(workdir)
-        if os.path.exists(os.path.join(workdir, "metrics.jsonl"))
-        else []
-    )
-    summary = (
-        report.read_summary(workdir) if os.path.exists(os.path.join(workdir, "summary.csv")) else []
-    )
-    config: dict = {}
-    if os.path.exists(os.path.join(workdir, "config.json")):
-        with open(os.path.join(workdir, "config.json")) as f:
-            config = json.load(f)
-    curves = report.curves_by_trial(metrics)
+    config, metrics, summary = files.read_workdir(workdir)
+    curves = files.curves_by_trial(metrics)
     rows = {int(r["trial"]): r for r in summary if r.get("trial") is not None}
     known = _KNOWN_DATASETS.get(_dataset_name(config) or "", (None, None))
     out: list[Diagnostic] = []

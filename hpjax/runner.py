@@ -23,11 +23,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from hpjax import checkpoint, memory, metrics, optim, population, report, study
 from hpjax import data as data_lib
+from hpjax import plan as study
+from hpjax import progress
+from hpjax.engine import memory, optim, population
+from hpjax.engine.sharding import TrialSharding
 from hpjax.errors import ConfigError
 from hpjax.models import Model, build_model
-from hpjax.sharding import TrialSharding
+from hpjax.report import study_report
+from hpjax.results import checkpoints as checkpoint
+from hpjax.results import files
 
 # Keys that change how a study is run or shown, not what it computes.
 NON_STUDY_KEYS = ("overwrite", "log_every_s", "checkpoint_every_s", "make_report")
@@ -144,7 +149,7 @@ def prepare_workdir(workdir: str, config_dict: dict) -> bool:
             elif os.path.exists(target):
                 os.remove(target)
     os.makedirs(workdir, exist_ok=True)
-    metrics.write_json(path, config_dict)
+    files.write_json(path, config_dict)
     return False
 
 
@@ -253,7 +258,7 @@ class PopulationRun:
         self.batch = np.array([t.batch_size for t in plan.trials])
         self.history: dict[int, list[dict]] = {t.index: [] for t in plan.trials}
         self.label = f"population {plan.index + 1}/{num_populations} ({len(plan.trials)} trials)"
-        self.writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+        self.writer = files.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
         self.start_time = time.perf_counter()
         self.retired: dict[int, Any] = {}  # plan position -> host slice of its final state
         self.positions = np.arange(len(plan.trials))
@@ -398,7 +403,7 @@ class PopulationRun:
             self.writer.truncate_to(metrics_lines_before)
             state = self._place(jax.device_get(fresh), np.arange(len(plan.trials)))
             state = self.evaluate(state, self.positions >= 0)
-        progress = metrics.Progress(
+        reporter = progress.Progress(
             self.label,
             plan.total_ticks,
             len(plan.trials),
@@ -406,7 +411,7 @@ class PopulationRun:
         )
         every = int(self.config.get("checkpoint_every", 20))
         tick = int(state.tick)
-        progress.update(tick)
+        reporter.update(tick)
         evaluations = 0
         x_train, y_train = self.data.x_train, self.data.y_train
         while tick < plan.total_ticks:
@@ -421,11 +426,11 @@ class PopulationRun:
             )
             state = self.evaluate(state, active)
             tick = int(state.tick)
-            progress.update(tick, self._best_message(state))
+            reporter.update(tick, self._best_message(state))
             evaluations += 1
             if every > 0 and evaluations % every == 0:
                 self._save(checkpoints, state, {})
-        progress.update(tick, self._best_message(state), force=True)
+        reporter.update(tick, self._best_message(state), force=True)
         full = self.full_state(state)
         rows = self.summarise(full)
         lines = self._save(checkpoints, state, {"finished": True, "rows": rows})
@@ -451,7 +456,7 @@ class PopulationRun:
         return len(self.plan.trials) % self.sharding.num_devices == 0
 
     def _reload_history(self) -> None:
-        for row in report.read_metrics(self.workdir):
+        for row in files.read_metrics(self.workdir):
             if row["trial"] in self.history:
                 self.history[row["trial"]].append(row)
 
@@ -579,7 +584,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         )
         for p in plans
     ]
-    plans, estimates = memory.fit_plans(
+    plans, estimates = study.fit_plans(
         plans,
         specs,
         dataset.input_shape,
@@ -615,13 +620,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     extra = [k for k in rows[0] if k not in SUMMARY_COLUMNS]
     if not sharding.is_writer:
         return rows
-    metrics.write_csv(os.path.join(workdir, "summary.csv"), rows, SUMMARY_COLUMNS + tuple(extra))
-    metrics.write_csv(os.path.join(workdir, "populations.csv"), populations, list(populations[0]))
+    files.write_csv(os.path.join(workdir, "summary.csv"), rows, SUMMARY_COLUMNS + tuple(extra))
+    files.write_csv(os.path.join(workdir, "populations.csv"), populations, list(populations[0]))
     if all(r["status"] == "diverged" for r in rows):
         logging.error(
             "every trial diverged (learning rates %s); lower the learning rates",
             sorted({r["learning_rate"] for r in rows}),
         )
     if config.get("make_report", True):
-        report.default_report(workdir, x_hparam=config.get("report_x", "learning_rate"))
+        study_report.default_report(workdir, x_hparam=config.get("report_x", "learning_rate"))
     return rows

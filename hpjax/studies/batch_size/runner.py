@@ -38,11 +38,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from matplotlib import colormaps
 
 from hpjax import data as data_lib
-from hpjax import metrics, noise_scale, population, report, study, train
+from hpjax import plan as study
+from hpjax import progress
+from hpjax import runner as train
+from hpjax.engine import noise_scale, population
 from hpjax.errors import ConfigError
 from hpjax.models import build_model
+from hpjax.report import figures, labels, markdown
+from hpjax.results import files
 
 STUDIES = ("fixed_epochs", "steps_to_target", "noise_scale")
 SECTIONS = (*STUDIES, "compute")  # config sub-dicts that are not engine keys
@@ -375,7 +381,7 @@ def _same_run(cfg, directory: str) -> bool:
     """The directory holds the finished engine run of this very config."""
     if not os.path.exists(os.path.join(directory, "summary.csv")):
         return False
-    old = report.read_config(directory)
+    old = files.read_config(directory)
     new = train.config_to_dict(cfg)
     ignore = set(train.NON_STUDY_KEYS)
     return {k: v for k, v in old.items() if k not in ignore} == {
@@ -390,7 +396,7 @@ def run_engine(cfg, directory: str) -> tuple[list[dict], list[dict]]:
         logging.info("%s: finished before with this config; reusing its results", directory)
     else:
         train.train_and_evaluate(cfg, directory)
-    return report.read_summary(directory), report.read_metrics(directory)
+    return files.read_summary(directory), files.read_metrics(directory)
 
 
 # ------------------------------------------------------------------------- memory and speed
@@ -509,8 +515,8 @@ def _compute_rows(config, dataset, sizes, directory: str) -> list[dict]:
             logging.info("compute: reusing the profile in %s", cache)
             return saved["rows"]
     rows = profile_batch_sizes(config, dataset, sizes, setup["examples"])
-    metrics.write_json(cache, {"setup": setup, "rows": rows})
-    metrics.write_csv(os.path.join(directory, "compute.csv"), rows, COMPUTE_COLUMNS)
+    files.write_json(cache, {"setup": setup, "rows": rows})
+    files.write_csv(os.path.join(directory, "compute.csv"), rows, COMPUTE_COLUMNS)
     return rows
 
 
@@ -522,7 +528,7 @@ def higher_is_better(metric: str) -> bool:
 
 
 def reaches(value: Any, target: float, metric: str) -> bool:
-    if not report._is_num(value):
+    if not labels.is_number(value):
         return False
     return value >= target if higher_is_better(metric) else value <= target
 
@@ -541,13 +547,13 @@ def steps_to_target(
     Returns ``(per_batch_size, per_trial)``. A batch size none of whose trials reached the
     target has ``reached=False`` and no steps; its ``budget_steps`` says how far it was trained.
     """
-    curves = report.curves_by_trial(metrics_rows)
+    curves = files.curves_by_trial(metrics_rows)
     best = max if higher_is_better(metric) else min
     per_trial = []
     for row in summary:
         curve = curves.get(int(row["trial"]), [])
         hit = first_reaching(curve, metric, target)
-        values = [r[metric] for r in curve if report._is_num(r.get(metric))]
+        values = [r[metric] for r in curve if labels.is_number(r.get(metric))]
         per_trial.append(
             {
                 "trial": row["trial"],
@@ -647,7 +653,7 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 
 def _finite(v: Any) -> bool:
-    return report._is_num(v) and math.isfinite(v)
+    return labels.is_number(v) and math.isfinite(v)
 
 
 def _mark_failed(ax, xs: Sequence[float], colour, label: str | None) -> None:
@@ -667,9 +673,9 @@ def _mark_failed(ax, xs: Sequence[float], colour, label: str | None) -> None:
 
 def plot_fixed_epochs(rows: Sequence[Mapping], y: str, test_y: str, path: str, title: str) -> str:
     """``y`` (solid) and ``test_y`` (dotted) against the batch size, one colour per rule."""
-    fig = report._new_figure()
+    fig = figures.new_figure()
     ax = fig.add_subplot()
-    cycle = report.colormaps["tab10"].colors
+    cycle = colormaps["tab10"].colors
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     for i, rule in enumerate(rules):
         colour = cycle[i % len(cycle)]
@@ -700,7 +706,7 @@ def plot_fixed_epochs(rows: Sequence[Mapping], y: str, test_y: str, path: str, t
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return report._save(fig, path)
+    return figures.save_figure(fig, path)
 
 
 def plot_grid_heatmap(grid_rows: Sequence[Mapping], value: str, path: str, title: str) -> str:
@@ -711,9 +717,9 @@ def plot_grid_heatmap(grid_rows: Sequence[Mapping], value: str, path: str, title
     for r in grid_rows:
         if r.get("status") != "diverged" and _finite(r.get(value)):
             table[rates.index(r["learning_rate"]), sizes.index(r["batch_size"])] = r[value]
-    fig = report._new_figure((max(6.0, 0.7 * len(sizes) + 2), max(4.0, 0.5 * len(rates) + 2)))
+    fig = figures.new_figure((max(6.0, 0.7 * len(sizes) + 2), max(4.0, 0.5 * len(rates) + 2)))
     ax = fig.add_subplot()
-    cmap = report.colormaps["viridis"].with_extremes(bad="lightgrey")
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(table), origin="lower", aspect="auto", cmap=cmap)
     for i in range(len(rates)):
         for j in range(len(sizes)):
@@ -727,12 +733,12 @@ def plot_grid_heatmap(grid_rows: Sequence[Mapping], value: str, path: str, title
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=value.replace("_", " "))
-    return report._save(fig, path)
+    return figures.save_figure(fig, path)
 
 
 def plot_compute(rows: Sequence[Mapping], path: str) -> str:
     """Examples per second and compiled memory against the batch size."""
-    fig = report._new_figure((10.0, 4.5))
+    fig = figures.new_figure((10.0, 4.5))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     sizes = [r["batch_size"] for r in rows]
     left.plot(sizes, [r["examples_per_s"] for r in rows], "-o", ms=4, label="examples/s")
@@ -762,7 +768,7 @@ def plot_compute(rows: Sequence[Mapping], path: str) -> str:
         ax.set_xlabel("batch size")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return report._save(fig, path)
+    return figures.save_figure(fig, path)
 
 
 def plot_steps_to_target(
@@ -779,7 +785,7 @@ def plot_steps_to_target(
     red x: no rate reached it. With ``noise`` (``b_simple``, ``b_simple_exact``), vertical lines
     mark the noise scale.
     """
-    fig = report._new_figure()
+    fig = figures.new_figure()
     ax = fig.add_subplot()
     hits = [r for r in per_trial if r["reached"] and r["steps"]]
     ax.plot(
@@ -840,14 +846,14 @@ def plot_steps_to_target(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    return report._save(fig, path)
+    return figures.save_figure(fig, path)
 
 
 def plot_noise_along_training(
     rows: Sequence[Mapping], metric: str, target: float, path: str, at_target: Mapping | None
 ) -> str:
     """B_simple (per measurement, moving average, exact) and the target metric along training."""
-    fig = report._new_figure()
+    fig = figures.new_figure()
     ax = fig.add_subplot()
     steps = [r["step"] for r in rows]
     for key, style, label in (
@@ -869,7 +875,7 @@ def plot_noise_along_training(
     ax.set_title("simple noise scale along training")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
-    return report._save(fig, path)
+    return figures.save_figure(fig, path)
 
 
 # -------------------------------------------------------------------------------- reports
@@ -886,7 +892,7 @@ def _write_report(
         for plot in plots:
             lines += [f"![{os.path.basename(plot)}]({plot})", ""]
     path = os.path.join(directory, REPORT)
-    metrics.write_text_atomic(path, "\n".join(lines).rstrip("\n") + "\n")
+    files.write_text_atomic(path, "\n".join(lines).rstrip("\n") + "\n")
     return path
 
 
@@ -911,7 +917,7 @@ def _compute_section(rows: Sequence[Mapping]) -> list[str]:
         "training set, an argument); speed from a timed run after compilation, on "
         f"`{jax.devices()[0].platform}`.",
         "",
-        report.markdown_table(table, list(table[0]), ".3g"),
+        markdown.markdown_table(table, list(table[0]), ".3g"),
         f"From B={first['batch_size']} to B={last['batch_size']} the examples per second grow "
         f"{last['examples_per_s'] / first['examples_per_s']:.3g}x while each step costs "
         f"{last['ms_per_step'] / first['ms_per_step']:.3g}x the time; the temporaries grow "
@@ -932,7 +938,7 @@ def _engine_section(workdir: str, names: Sequence[str]) -> list[str]:
             continue
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                parsed = {k: report._parse_cell(v or "") for k, v in row.items()}
+                parsed = {k: files.parse_cell(v or "") for k, v in row.items()}
                 rows.append({"run": name, **parsed})
     if not rows:
         return []
@@ -943,7 +949,7 @@ def _engine_section(workdir: str, names: Sequence[str]) -> list[str]:
         "memory estimate is the engine's, made before compiling; wall time includes "
         "compilation, evaluations and checkpoints):",
         "",
-        report.markdown_table(rows, [c for c in columns if any(c in r for r in rows)], ".4g"),
+        markdown.markdown_table(rows, [c for c in columns if any(c in r for r in rows)], ".4g"),
     ]
 
 
@@ -959,7 +965,7 @@ def _merge_compute(rows: list[dict], compute_rows: Sequence[Mapping]) -> None:
 
 
 def _final_records(metrics_rows: Sequence[Mapping]) -> dict[int, Mapping]:
-    return {t: curve[-1] for t, curve in report.curves_by_trial(metrics_rows).items() if curve}
+    return {t: curve[-1] for t, curve in files.curves_by_trial(metrics_rows).items() if curve}
 
 
 def _result_row(rule: str, run: str, row: Mapping, final: Mapping | None) -> dict:
@@ -1148,7 +1154,7 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
     compute_rows = _compute_rows(config, dataset, sizes, workdir)
     _merge_compute(rows, compute_rows)
     columns = FIXED_EPOCHS_COLUMNS + ("temp_bytes", "peak_bytes", "examples_per_s", "ms_per_step")
-    metrics.write_csv(os.path.join(workdir, "fixed_epochs.csv"), rows, columns)
+    files.write_csv(os.path.join(workdir, "fixed_epochs.csv"), rows, columns)
     title = f"at {s.num_epochs:g} epochs"
     plots = [
         plot_fixed_epochs(
@@ -1206,7 +1212,7 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
                 "Measured against the published shape",
                 describe_fixed_epochs(rows, float(s.learning_rate), int(s.base_batch_size)),
             ),
-            ("Results", [report.markdown_table(rows, table_cols)]),
+            ("Results", [markdown.markdown_table(rows, table_cols)]),
             (
                 "Memory and speed per batch size",
                 _compute_section(compute_rows) + _engine_section(workdir, list(runs)),
@@ -1350,8 +1356,8 @@ def run_steps_to_target(
     compute_rows = _compute_rows(config, dataset, sizes, workdir)
     _merge_compute(per_size, compute_rows)
     extra = ("temp_bytes", "peak_bytes", "examples_per_s", "ms_per_step")
-    metrics.write_csv(os.path.join(workdir, "steps_to_target.csv"), per_size, STEPS_COLUMNS + extra)
-    metrics.write_csv(
+    files.write_csv(os.path.join(workdir, "steps_to_target.csv"), per_size, STEPS_COLUMNS + extra)
+    files.write_csv(
         os.path.join(workdir, "steps_to_target_trials.csv"), per_trial, STEPS_TRIAL_COLUMNS
     )
     op = ">=" if higher_is_better(s.metric) else "<="
@@ -1397,7 +1403,7 @@ def run_steps_to_target(
                 "Measured against the published shape",
                 describe_steps(per_size, fit, s.metric, float(s.target), per_trial),
             ),
-            ("Results", [report.markdown_table(per_size, table_cols)]),
+            ("Results", [markdown.markdown_table(per_size, table_cols)]),
             (
                 "Memory and speed per batch size",
                 _compute_section(compute_rows)
@@ -1451,8 +1457,8 @@ def measure_noise_scale(cfg, dataset: data_lib.Dataset, section, seed: int = 0) 
     key = jax.random.PRNGKey(seed)
     rows: list[dict] = []
     tick = 0
-    progress = metrics.Progress("noise scale", plan.total_ticks, k, float(cfg.log_every_s))
-    progress.update(0)
+    reporter = progress.Progress("noise scale", plan.total_ticks, k, float(cfg.log_every_s))
+    reporter.update(0)
     while True:
         params = state.trials.params
         key, sub = jax.random.split(key)
@@ -1503,7 +1509,7 @@ def measure_noise_scale(cfg, dataset: data_lib.Dataset, section, seed: int = 0) 
             spec, state, hparams, data.x_train, data.y_train, jnp.asarray(num, jnp.int32)
         )
         tick = int(state.tick)
-        progress.update(tick)
+        reporter.update(tick)
     for trial in plan.trials:
         series = [r for r in rows if r["trial"] == trial.index]
         ema = noise_scale.ema_noise_scale(
@@ -1638,9 +1644,9 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
     _check_engine_config(cfg, dataset)
     b, steps = int(s.batch_size), int(cfg.num_steps)
     os.makedirs(workdir, exist_ok=True)
-    metrics.write_json(os.path.join(workdir, "config.json"), train.config_to_dict(cfg))
+    files.write_json(os.path.join(workdir, "config.json"), train.config_to_dict(cfg))
     rows = measure_noise_scale(cfg, dataset, s)
-    metrics.write_csv(
+    files.write_csv(
         os.path.join(workdir, "noise_scale.csv"),
         rows,
         ("learning_rate", "batch_size") + NOISE_COLUMNS,
@@ -1707,7 +1713,7 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
             ),
             (
                 "Along training (a sample of the measurements)",
-                [report.markdown_table(shown, [c for c in cols if c in shown[0]])],
+                [markdown.markdown_table(shown, [c for c in cols if c in shown[0]])],
             ),
         ],
         [os.path.relpath(p, workdir) for p in plots],

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from hpjax import early_stopping, optim, stream
+from hpjax.engine import early_stopping, optim, stream
 from hpjax.models import Model
 
 Params = Any

@@ -1,0 +1,11 @@
+"""Built-in Flax NNX models (MLP, CNN, LSTM/GRU) and how a user's own module plugs in.
+
+Every population trains a :class:`Model`: pure ``init``/``apply`` functions of a parameter
+pytree. :func:`build_model` makes one of a built-in model from ``config.model``;
+:func:`from_factory` makes one of any ``flax.nnx.Module`` factory ``make(rngs)``.
+"""
+
+from hpjax.models.model import Model, from_factory
+from hpjax.models.registry import build_model, default_model_config, validate_model_config
+
+__all__ = ["Model", "build_model", "default_model_config", "from_factory", "validate_model_config"]

@@ -1,0 +1,46 @@
+"""Progress of a long run on the terminal: ticks per second and time left."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from absl import logging
+
+
+class Progress:
+    """Logs steps per second and time left, at most every ``interval_s`` seconds."""
+
+    def __init__(self, label: str, total_ticks: int, num_trials: int, interval_s: float = 5.0):
+        self.label = label
+        self.total_ticks = max(total_ticks, 1)
+        self.num_trials = num_trials
+        self.interval_s = interval_s
+        self.start = time.perf_counter()
+        self.start_tick: int | None = None
+        self.last_log = -math.inf
+
+    def update(self, tick: int, message: str = "", force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.start_tick is None:
+            self.start_tick, self.start = tick, now
+            return
+        if not force and now - self.last_log < self.interval_s:
+            return
+        self.last_log = now
+        done = tick - self.start_tick
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        left = (self.total_ticks - tick) / rate if rate > 0 else math.inf
+        logging.info(
+            "%s: tick %d/%d (%.0f%%), %.0f ticks/s x %d trials, %.0f s elapsed, ~%.0f s left%s",
+            self.label,
+            tick,
+            self.total_ticks,
+            100 * tick / self.total_ticks,
+            rate,
+            self.num_trials,
+            elapsed,
+            left,
+            f"; {message}" if message else "",
+        )

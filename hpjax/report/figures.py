@@ -1,0 +1,278 @@
+"""PNG plots through one figure helper: learning curves and a hyperparameter against a result.
+
+Plots are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg canvas: no pyplot, no
+display and no global backend switch, so importing this module in a notebook leaves its plots
+alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from hpjax.report.labels import format_value, is_number, trial_label, varying_hparams
+from hpjax.results.files import PathLike, curves_by_trial
+
+_PNG_DPI = 120
+
+
+def new_figure(size: tuple[float, float] = (8.0, 5.0)) -> Figure:
+    fig = Figure(figsize=size, dpi=_PNG_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: PathLike) -> str:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+def _norm(values: Sequence[float]) -> Normalize:
+    lo, hi = min(values), max(values)
+    if lo > 0 and hi / lo >= 8:
+        return LogNorm(lo, hi)
+    return Normalize(lo, hi if hi > lo else lo + 1)
+
+
+def _x_of_step(curve: Sequence[Mapping], x: str, step: float) -> float | None:
+    """The ``x`` coordinate of a step, from the curve's own (step, x) pairs."""
+    pairs = [(p["step"], p[x]) for p in curve if is_number(p.get("step")) and is_number(p.get(x))]
+    if not pairs:
+        return None
+    steps, xs = zip(*pairs, strict=True)
+    return float(np.interp(step, steps, xs))
+
+
+def plot_learning_curves(
+    metrics: Sequence[Mapping],
+    summary: Sequence[Mapping],
+    path: PathLike,
+    x: str = "step",
+    title: str | None = None,
+    max_legend: int = 12,
+) -> str:
+    """Train (dashed) and validation (solid) loss of every trial against ``x``, PNG at ``path``.
+
+    Each trial's early-stop point (``best_step``, ``best_val_loss`` of its summary row) is
+    marked with a star. Up to ``max_legend`` trials get a legend label built from the
+    hyperparameters that vary; more trials are coloured by one varying hyperparameter with a
+    colorbar. Null (non-finite) values are skipped; the y axis is logarithmic when the losses
+    span more than a factor 10 and is cut at 5x the largest starting loss, so a diverging trial
+    does not flatten the others.
+    """
+    curves = curves_by_trial(metrics)
+    rows = {int(r["trial"]): r for r in summary if r.get("trial") is not None}
+    trials = sorted(set(curves) | set(rows))
+    varying = varying_hparams(summary)
+    few = len(trials) <= max_legend
+    fig = new_figure()
+    ax = fig.add_subplot()
+
+    colour_key = None
+    if len(trials) > max_legend:
+        numeric = [
+            k
+            for k in varying
+            if all(is_number(rows.get(t, {}).get(k)) for t in trials if t in rows)
+        ]
+        prefer = ["learning_rate", "batch_size", "hidden_units", "num_layers", "weight_decay"]
+        colour_key = next((k for k in prefer + numeric if k in numeric), None)
+    if colour_key is not None:
+        cvalues = {t: rows[t][colour_key] for t in trials if t in rows}
+        norm, cmap = _norm(list(cvalues.values())), colormaps["viridis"]
+        colour = {t: cmap(norm(cvalues[t])) if t in cvalues else "grey" for t in trials}
+    elif len(trials) > max_legend:
+        norm, cmap = Normalize(min(trials), max(trials) + 1e-9), colormaps["viridis"]
+        colour = {t: cmap(norm(t)) for t in trials}
+    else:
+        cycle = colormaps["tab10" if len(trials) <= 10 else "tab20"].colors
+        colour = {t: cycle[i % len(cycle)] for i, t in enumerate(trials)}
+
+    all_y: list[float] = []
+    starts: list[float] = []
+    for t in trials:
+        curve = curves.get(t, [])
+        for key, style in (("train_loss", "--"), ("val_loss", "-")):
+            pts = [(p[x], p[key]) for p in curve if is_number(p.get(x)) and is_number(p.get(key))]
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            label = None
+            if key == "val_loss" and few:
+                label = trial_label(rows.get(t, {"trial": t}), varying)
+            lw = (1.4 if key == "val_loss" else 1.0) * (1.0 if few else 0.6)
+            alpha = (0.9 if key == "val_loss" else 0.6) * (1.0 if few else 0.7)
+            ax.plot(xs, ys, style, color=colour[t], lw=lw, alpha=alpha, label=label)
+            all_y += ys
+            starts.append(ys[0])
+        row = rows.get(t, {})
+        if is_number(row.get("best_step")) and is_number(row.get("best_val_loss")):
+            if x == "step":
+                bx = float(row["best_step"])
+            elif x == "epoch" and is_number(row.get("best_epoch")):
+                bx = float(row["best_epoch"])
+            else:
+                bx = _x_of_step(curve, x, row["best_step"])
+            if bx is not None:
+                ax.plot(
+                    [bx],
+                    [row["best_val_loss"]],
+                    "*",
+                    color=colour[t],
+                    ms=11 if few else 7,
+                    mec="black",
+                    mew=0.6,
+                    zorder=5,
+                )
+                all_y.append(row["best_val_loss"])
+
+    clipped = False
+    if all_y:
+        top, bottom = max(all_y), min(all_y)
+        if starts and top > 5 * max(starts) > 0:
+            top, clipped = 5 * max(starts), True
+        if bottom > 0 and top / bottom > 10:
+            ax.set_yscale("log")
+        if clipped:
+            ax.set_ylim(top=top)
+    else:
+        ax.text(
+            0.5, 0.5, "no finite losses recorded", ha="center", va="center", transform=ax.transAxes
+        )
+
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("loss" + (" (cut at 5x the starting loss)" if clipped else ""))
+    ax.set_title(title or f"Learning curves ({len(trials)} trials)")
+    ax.grid(True, which="major", alpha=0.3)
+    style_handles = [
+        Line2D([], [], color="grey", ls="-", label="validation"),
+        Line2D([], [], color="grey", ls="--", label="train"),
+        Line2D(
+            [],
+            [],
+            color="grey",
+            ls="",
+            marker="*",
+            ms=10,
+            mec="black",
+            label="early stop (best val)",
+        ),
+    ]
+    if len(trials) <= max_legend:
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(
+            handles=handles + style_handles,
+            fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+        )
+    else:
+        ax.legend(handles=style_handles, fontsize="small", loc="upper right")
+        mappable = ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(mappable, ax=ax, label=colour_key or "trial")
+    return save_figure(fig, path)
+
+
+def _x_positions(values: Sequence[Any]) -> tuple[dict[Any, float], list[Any] | None]:
+    """Numeric x values map to themselves; strings to 0, 1, ... (returned as tick labels)."""
+    if all(is_number(v) for v in values):
+        return {v: float(v) for v in values}, None
+    cats = sorted({str(v) for v in values})
+    return {v: float(cats.index(str(v))) for v in values}, cats
+
+
+def plot_hparam(
+    summary: Sequence[Mapping],
+    x: str,
+    y: str,
+    path: PathLike,
+    group_by: str | None = None,
+    logx: bool = True,
+    logy: bool = False,
+    title: str | None = None,
+) -> str:
+    """``y`` (e.g. best_val_loss) against hyperparameter ``x``, one line per ``group_by`` value.
+
+    Repeated x within a group (seeds) are drawn as points joined through their mean. Diverged
+    trials, and trials without a ``y``, are marked with an x at the top of the axis. The best
+    finite ``y`` (highest for an accuracy, else lowest) is starred. A log x axis is used only
+    where every x is a positive number.
+    """
+    rows = [r for r in summary if r.get(x) is not None]
+    fig = new_figure()
+    ax = fig.add_subplot()
+    pos, cats = _x_positions([r[x] for r in rows])
+    groups: dict[Any, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault(r.get(group_by) if group_by else None, []).append(r)
+    order = sorted(groups, key=lambda g: (not is_number(g), g if is_number(g) else str(g)))
+    cycle = colormaps["tab10"].colors
+    higher_better = "acc" in y  # accuracies are maximised, losses minimised
+    best: tuple[float, float] | None = None
+    failed_x: list[float] = []
+    for i, g in enumerate(order):
+        colour = cycle[i % len(cycle)]
+        ok = [r for r in groups[g] if r.get("status") != "diverged" and is_number(r.get(y))]
+        ok_ids = {id(r) for r in ok}
+        failed_x += [pos[r[x]] for r in groups[g] if id(r) not in ok_ids]
+        if not ok:
+            continue
+        xs = sorted({pos[r[x]] for r in ok})
+        means = [float(np.mean([r[y] for r in ok if pos[r[x]] == xv])) for xv in xs]
+        label = f"{group_by}={format_value(g, '.3g')}" if group_by else None
+        ax.plot(xs, means, "-o", color=colour, ms=4, label=label)
+        if len(ok) > len(xs):
+            ax.plot([pos[r[x]] for r in ok], [r[y] for r in ok], ".", color=colour, alpha=0.5)
+        for r in ok:
+            if best is None or (r[y] > best[1] if higher_better else r[y] < best[1]):
+                best = (pos[r[x]], r[y])
+    if best is not None:
+        ax.plot(
+            [best[0]],
+            [best[1]],
+            "*",
+            color="gold",
+            mec="black",
+            ms=14,
+            zorder=5,
+            label=f"best ({best[1]:.4g})",
+        )
+    if failed_x:
+        ax.plot(
+            failed_x,
+            [0.97] * len(failed_x),
+            "x",
+            color="red",
+            ms=9,
+            mew=2,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+            label="diverged / no value",
+        )
+    if cats is not None:
+        ax.set_xticks(range(len(cats)), cats)
+    elif logx and rows and all(v > 0 for v in pos.values()):
+        ax.set_xscale("log")
+    if logy and best is not None and all(r[y] > 0 for r in rows if is_number(r.get(y))):
+        ax.set_yscale("log")
+    if not rows:
+        ax.text(0.5, 0.5, f"no trial has {x}", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(y.replace("_", " "))
+    ax.set_title(title or f"{y} against {x}" + (f" by {group_by}" if group_by else ""))
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="best")
+    return save_figure(fig, path)

@@ -1,0 +1,147 @@
+"""The report of a finished study: learning curves, a hyperparameter against the best
+validation loss, the summary table and the guide's diagnostics, in ``report.md``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hpjax.report.diagnostics import diagnose_workdir
+from hpjax.report.figures import plot_hparam, plot_learning_curves
+from hpjax.report.labels import is_number, varying_hparams
+from hpjax.report.markdown import write_report
+from hpjax.results.files import PathLike, read_workdir
+
+
+def _name(v: Any) -> str | None:
+    if isinstance(v, Mapping):
+        v = v.get("name")
+    return None if v is None else str(v)
+
+
+def _distinct(summary: Sequence[Mapping], key: str) -> str | None:
+    values = sorted({str(r[key]) for r in summary if r.get(key) is not None})
+    return "/".join(values) if values else None
+
+
+def _intro(
+    config: Mapping, summary: Sequence[Mapping], fallback_name: str
+) -> tuple[str, list[str]]:
+    study = config.get("study")
+    name = _name(study) or fallback_name
+    lines = []
+    if isinstance(study, Mapping) and study.get("description"):
+        lines.append(str(study["description"]).rstrip(".") + ".")
+    elif config.get("description"):
+        lines.append(str(config["description"]).rstrip(".") + ".")
+    n = len(summary)
+    pops = {r.get("population") for r in summary if r.get("population") is not None}
+    what = f"{n} trial{'s' if n != 1 else ''}"
+    if pops:
+        what += f" in {len(pops)} population{'s' if len(pops) != 1 else ''}"
+    model = _distinct(summary, "model") or _name(config.get("model"))
+    dataset = _name(config.get("dataset"))
+    sentence = f"Study `{name}` trained {what}"
+    if model:
+        sentence += f" of `{model}`"
+    if dataset:
+        sentence += f" on `{dataset}`"
+    opt = _distinct(summary, "optimizer") or _name(config.get("optimizer"))
+    sched = _distinct(summary, "schedule") or _name(config.get("schedule"))
+    if opt:
+        sentence += f" with `{opt}`" + (f" and a `{sched}` schedule" if sched else "")
+    if config.get("patience") is not None:
+        sentence += f", stopping each after {config['patience']} evaluations without improvement"
+    lines.append(sentence + ".")
+    varying = varying_hparams(summary)
+    if varying:
+        lines.append("Varied: " + ", ".join(f"`{k}`" for k in varying) + ".")
+    counts: dict[str, int] = {}
+    for r in summary:
+        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+    if counts:
+        lines.append(
+            "Outcome: "
+            + ", ".join(f"{c} {s.replace('_', ' ')}" for s, c in sorted(counts.items()))
+            + "."
+        )
+    return name, lines
+
+
+def _group_key(summary: Sequence[Mapping], x: str) -> str | None:
+    varying = [k for k in varying_hparams(summary) if k not in (x, "seed")]
+    prefer = [
+        "batch_size",
+        "num_layers",
+        "hidden_units",
+        "cell",
+        "optimizer",
+        "schedule",
+        "model",
+        "channels",
+        "weight_decay",
+        "learning_rate",
+    ]
+    return next((k for k in prefer + varying if k in varying), None)
+
+
+def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
+    """Plots and ``report.md`` for a finished study's workdir; returns the report's path.
+
+    Writes ``plots/learning_curves.png`` and ``plots/<x_hparam>_vs_best_val_loss.png`` (lines
+    grouped by the first other hyperparameter that varies), runs the diagnostics and writes the
+    report with the summary table sorted by best validation loss.
+    """
+    workdir = os.fspath(workdir)
+    config, metrics, summary = read_workdir(workdir)
+    name, intro = _intro(config, summary, os.path.basename(os.path.abspath(workdir)))
+
+    plots = [os.path.join("plots", "learning_curves.png")]
+    plot_learning_curves(
+        metrics, summary, os.path.join(workdir, plots[0]), title=f"{name}: learning curves"
+    )
+    xs = [r[x_hparam] for r in summary if r.get(x_hparam) is not None]
+    if xs:
+        rel = os.path.join("plots", f"{x_hparam}_vs_best_val_loss.png")
+        numeric = all(is_number(v) for v in xs)
+        logx = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
+        plot_hparam(
+            summary,
+            x_hparam,
+            "best_val_loss",
+            os.path.join(workdir, rel),
+            group_by=_group_key(summary, x_hparam),
+            logx=logx,
+            title=f"{name}: best validation loss against {x_hparam}",
+        )
+        plots.append(rel)
+
+    def sort_key(r: Mapping) -> tuple[bool, float]:
+        v = r.get("best_val_loss")
+        return (not is_number(v) or r.get("status") == "diverged", v if is_number(v) else 0.0)
+
+    present = {k for r in summary for k in r}
+    hparams = varying_hparams(summary) or [
+        k for k in ("learning_rate", "batch_size") if k in present
+    ]
+    results = [
+        "status",
+        "best_val_loss",
+        "best_val_accuracy",
+        "best_step",
+        "best_epoch",
+        "test_loss",
+        "test_accuracy",
+    ]
+    columns = ["trial"] + hparams + [k for k in results if k in present]
+    tables = [("Trials, best validation loss first", sorted(summary, key=sort_key), columns)]
+    return write_report(
+        workdir,
+        f"hpjax study `{name}`",
+        intro,
+        tables if summary else [],
+        plots,
+        diagnose_workdir(workdir),
+        summary=summary,
+    )
