@@ -12,7 +12,7 @@ See experiments/configs/batch_size_study.py for every study and its quick varian
 from absl import app
 
 from hpjax import cli
-from hpjax.studies.batch_size import runner as batch_study
+from hpjax.studies.batch_size import runner
 
 _CONFIG, _WORKDIR = cli.define_flags(
     __file__,
@@ -24,7 +24,7 @@ _CONFIG, _WORKDIR = cli.define_flags(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    reports = cli.run(batch_study.run, _CONFIG.value, _WORKDIR.value)
+    reports = cli.run(runner.run, _CONFIG.value, _WORKDIR.value)
     for name, path in reports.items():
         print(f"{name}: report {path}")
 

@@ -10,7 +10,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from hpjax.errors import ConfigError
-from hpjax.runner import train_and_evaluate
+from hpjax.studies.grid import train_and_evaluate
 
 
 def initialize_distributed(config) -> None:

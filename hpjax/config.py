@@ -4,7 +4,14 @@ Experiment config files (``experiments/configs/*.py``) start from :func:`default
 override what their study changes.
 """
 
+import json
+from collections.abc import Sequence
+from typing import Any
+
 import ml_collections
+
+# Keys that change how a study is run or shown, not what it computes.
+NON_STUDY_KEYS = ("overwrite", "log_every_s", "checkpoint_every_s", "make_report")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -81,3 +88,24 @@ def default_config() -> ml_collections.ConfigDict:
     config.make_report = True
     config.report_x = "learning_rate"
     return config
+
+
+def as_tuple(value: Any) -> tuple:
+    """A config value as a tuple: None is empty, a scalar (or string) is one item."""
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        return (value,)
+    return tuple(value)
+
+
+def config_to_dict(config: Any) -> dict:
+    """A plain, JSON-ready dict of the config (tuples become lists)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    return json.loads(json.dumps(config, default=list))
+
+
+def study_identity(config_dict: dict) -> dict:
+    """What makes two configs the same study: every key but :data:`NON_STUDY_KEYS`."""
+    return {k: v for k, v in config_dict.items() if k not in NON_STUDY_KEYS}

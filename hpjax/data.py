@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 class Dataset:
     """A data set split into train/val/test as C-contiguous host arrays.
 
-    x arrays are float32 ``[N, *input_shape]``, y arrays int32 ``[N]`` with labels in
-    ``[0, num_classes)``. Equality is identity (arrays have no single truth value).
+    x arrays are float32 ``[N, *input_shape]``; y arrays are int32 ``[N]`` with labels in
+    ``[0, num_classes)``, or, for regression (``num_classes == 0``), float32 ``[N, ...]``.
+    Equality is identity (arrays have no single truth value).
     """
 
     name: str
@@ -80,6 +81,11 @@ class Dataset:
     def num_train(self) -> int:
         """Number of training examples (after the validation split and any subset)."""
         return int(self.x_train.shape[0])
+
+    @property
+    def is_classification(self) -> bool:
+        """Integer class labels (else real-valued regression targets)."""
+        return self.num_classes > 0
 
     def __repr__(self) -> str:
         return (
@@ -133,17 +139,9 @@ def load_dataset(config: Any) -> Dataset:
     num_classes = int(max(int(y.max()) for y in (y_train, y_val, y_test) if y is not None)) + 1
 
     if x_val is None:
-        n = len(y_train)
-        n_val = int(round(float(val_fraction) * n))
-        if not 0 < n_val < n:
-            raise ConfigError(
-                f"config.val_fraction={val_fraction!r} leaves {n_val} of {n} training examples "
-                "for validation; need at least one for each of validation and training"
-            )
-        perm = _rng(data_seed, _VAL_STREAM).permutation(n)
-        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        x_val, y_val = x_train[val_idx], y_train[val_idx]
-        x_train, y_train = x_train[train_idx], y_train[train_idx]
+        x_train, y_train, x_val, y_val = _carve_validation(
+            x_train, y_train, float(val_fraction), data_seed
+        )
 
     if train_subset > 0:
         available = len(y_train)
@@ -166,6 +164,93 @@ def load_dataset(config: Any) -> Dataset:
         x_test=_as_x(x_test),
         y_test=_as_y(y_test),
         num_classes=num_classes,
+    )
+
+
+def _carve_validation(x, y, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """A random ``val_fraction`` of the training set as the validation set (sorted indices)."""
+    n = len(y)
+    n_val = int(round(val_fraction * n))
+    if not 0 < n_val < n:
+        raise ConfigError(
+            f"config.val_fraction={val_fraction!r} leaves {n_val} of {n} training examples "
+            "for validation; need at least one for each of validation and training"
+        )
+    perm = _rng(seed, _VAL_STREAM).permutation(n)
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
+def from_arrays(
+    x_train,
+    y_train,
+    x_test,
+    y_test,
+    x_val=None,
+    y_val=None,
+    *,
+    task: str = "classification",
+    name: str = "arrays",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Dataset:
+    """A :class:`Dataset` of your own numpy (or jax) arrays, checked like an ``.npz`` file.
+
+    ``task='classification'``: ``y`` holds integer labels ``[N]`` (``num_classes`` = largest
+    label + 1); ``task='regression'``: ``y`` holds real targets ``[N, ...]``. Without
+    ``x_val``/``y_val``, a random ``val_fraction`` of the training set becomes the validation
+    set (``seed`` picks it). Raises :class:`ConfigError` naming the bad array.
+    """
+    if task not in ("classification", "regression"):
+        raise ConfigError(f"task={task!r} is unknown; allowed: classification, regression")
+    if (x_val is None) != (y_val is None):
+        raise ConfigError("from_arrays: give both x_val and y_val, or neither")
+    where, source = "from_arrays", name
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    if x_val is not None:
+        arrays |= {"x_val": x_val, "y_val": y_val}
+    checked: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        if len(value) == 0:
+            raise ConfigError(f"{where}: {key} is empty")
+        if key.startswith("x"):
+            if value.ndim < 2:
+                raise ConfigError(f"{where}: {key} has shape {value.shape}; need [N, *input_shape]")
+            checked[key] = _check_features(value, key, where, source)
+        elif task == "classification":
+            if value.ndim != 1:
+                raise ConfigError(f"{where}: {key} has shape {value.shape}; labels need [N]")
+            checked[key] = _check_labels(value, key, where, source)
+        else:
+            checked[key] = _check_features(value, key, where, source)
+    for split in ("train", "val", "test"):
+        if f"x_{split}" in checked and len(checked[f"x_{split}"]) != len(checked[f"y_{split}"]):
+            raise ConfigError(
+                f"{where}: x_{split} has {len(checked[f'x_{split}'])} rows but y_{split} has "
+                f"{len(checked[f'y_{split}'])}"
+            )
+        if (
+            f"x_{split}" in checked
+            and checked[f"x_{split}"].shape[1:] != checked["x_train"].shape[1:]
+        ):
+            raise ConfigError(f"{where}: x_{split} and x_train differ in their feature shape")
+    x_tr, y_tr = checked["x_train"], checked["y_train"]
+    if "x_val" in checked:
+        x_v, y_v = checked["x_val"], checked["y_val"]
+    else:
+        x_tr, y_tr, x_v, y_v = _carve_validation(x_tr, y_tr, float(val_fraction), int(seed))
+    as_y = _as_y if task == "classification" else _as_x
+    ys = (y_tr, y_v, checked["y_test"])
+    return Dataset(
+        name=name,
+        x_train=_as_x(x_tr),
+        y_train=as_y(y_tr),
+        x_val=_as_x(x_v),
+        y_val=as_y(y_v),
+        x_test=_as_x(checked["x_test"]),
+        y_test=as_y(checked["y_test"]),
+        num_classes=int(max(int(y.max()) for y in ys)) + 1 if task == "classification" else 0,
     )
 
 

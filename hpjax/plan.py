@@ -17,10 +17,13 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+from scipy.stats import qmc
 
-from hpjax.engine import memory, optim
+from hpjax.config import as_tuple
+from hpjax.engine import memory, optim, population, tasks
 from hpjax.engine.population import PopulationSpec
-from hpjax.errors import ConfigError
+from hpjax.errors import config_error
+from hpjax.models import Model
 
 LR_SAMPLINGS = ("grid", "log_uniform", "quasi_random")
 BATCH_AXES = ("auto", "split", "vmap")
@@ -55,35 +58,34 @@ class PopulationPlan:
     warmup_steps: tuple[int, ...]  # per trial
     total_ticks: int
     eval_ticks: int
+    decay_rate: float = 0.1  # schedule parameters shared by the plan's trials
+    end_factor: float = 0.0
 
     @property
     def architecture(self) -> dict:
         return self.trials[0].architecture_dict
 
+    def hparams(self) -> population.TrialHParams:
+        """The per-trial hyperparameter arrays of this plan: the one way they are made."""
+        return population.make_hparams(
+            learning_rate=[t.learning_rate for t in self.trials],
+            batch_size=[t.batch_size for t in self.trials],
+            seed=[t.seed for t in self.trials],
+            weight_decay=[t.weight_decay for t in self.trials],
+            warmup_steps=list(self.warmup_steps),
+            decay_rate=self.decay_rate,
+            end_factor=self.end_factor,
+            max_steps=list(self.max_steps),
+        )
+
 
 def _fail(key: str, value: Any, why: str) -> None:
-    raise ConfigError(f"config.{key}={value!r} {why}")
+    raise config_error(key, value, why)
 
 
-def _as_tuple(value) -> tuple:
-    if value is None:
-        return ()
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        return (value,)
-    return tuple(value)
-
-
-def _halton(count: int, base: int = 2) -> np.ndarray:
-    """The first ``count`` points of the van der Corput sequence in ``base``, skipping 0."""
-    points = np.zeros(count)
-    for i in range(count):
-        f, n, x = 1.0, i + 1, 0.0
-        while n > 0:
-            f /= base
-            x += f * (n % base)
-            n //= base
-        points[i] = x
-    return points
+def _halton(count: int) -> np.ndarray:
+    """The first ``count`` points of the (unscrambled) van der Corput sequence, skipping 0."""
+    return qmc.Halton(d=1, scramble=False).random(count + 1)[1:, 0]
 
 
 def learning_rates(config) -> tuple[float, ...]:
@@ -92,14 +94,14 @@ def learning_rates(config) -> tuple[float, ...]:
     if sampling not in LR_SAMPLINGS:
         _fail("lr_sampling", sampling, f"is unknown; allowed: {', '.join(LR_SAMPLINGS)}")
     if sampling == "grid":
-        rates = _as_tuple(config.learning_rates)
+        rates = as_tuple(config.learning_rates)
         if not rates:
             _fail("learning_rates", rates, "is empty; list at least one learning rate")
     else:
         count = int(config.get("num_lr_samples", 0))
         if count <= 0:
             _fail("num_lr_samples", count, f"must be positive with lr_sampling={sampling!r}")
-        low, high = (float(v) for v in _as_tuple(config.lr_range))
+        low, high = (float(v) for v in as_tuple(config.lr_range))
         if not (0 < low < high and math.isfinite(high)):
             _fail("lr_range", (low, high), "must be (low, high) with 0 < low < high")
         if sampling == "log_uniform":
@@ -115,7 +117,7 @@ def learning_rates(config) -> tuple[float, ...]:
 
 def batch_sizes(config) -> tuple[int, ...]:
     """``config.batch_sizes`` when given, else ``(config.batch_size,)``."""
-    sizes = _as_tuple(config.get("batch_sizes", ()))
+    sizes = as_tuple(config.get("batch_sizes", ()))
     key = "batch_sizes"
     if not sizes:
         sizes, key = (config.batch_size,), "batch_size"
@@ -151,11 +153,11 @@ def architectures(config) -> tuple[tuple[tuple[str, Any], ...], ...]:
     grid = grid.to_dict() if hasattr(grid, "to_dict") else dict(grid)
     keys = sorted(grid)
     for key in keys:
-        if key == "name" or not _as_tuple(grid[key]):
+        if key == "name" or not as_tuple(grid[key]):
             _fail(f"model_grid.{key}", grid[key], "must be a non-empty list of model values")
     return tuple(
         tuple(zip(keys, values, strict=True))
-        for values in itertools.product(*(_as_tuple(grid[k]) for k in keys))
+        for values in itertools.product(*(as_tuple(grid[k]) for k in keys))
     )
 
 
@@ -170,13 +172,13 @@ def model_config(config, architecture: tuple[tuple[str, Any], ...]):
 
 def build_trials(config) -> tuple[Trial, ...]:
     """Architectures x learning rates x batch sizes x seeds x weight decays."""
-    seeds = _as_tuple(config.seeds)
+    seeds = as_tuple(config.seeds)
     if not seeds:
         _fail("seeds", seeds, "is empty; list at least one seed")
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             _fail("seeds", seeds, "must hold non-negative integers")
-    decays = _as_tuple(config.get("weight_decays", (0.0,))) or (0.0,)
+    decays = as_tuple(config.get("weight_decays", (0.0,))) or (0.0,)
     grid = itertools.product(
         architectures(config), learning_rates(config), batch_sizes(config), seeds, decays
     )
@@ -258,6 +260,8 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
                 warmup_steps=warmup,
                 total_ticks=total_ticks,
                 eval_ticks=max(1, eval_every * largest // microbatch),
+                decay_rate=float(config.get("decay_rate", 0.1)),
+                end_factor=float(config.get("end_factor", 0.0)),
             )
         )
     return plans
@@ -317,6 +321,8 @@ def fit_plans(
     specs: list[PopulationSpec],
     input_shape: tuple[int, ...],
     *,
+    target_shape: tuple[int, ...] = (),
+    target_dtype: str = "int32",
     num_devices: int,
     memory_fraction: float,
     max_population: int,
@@ -325,7 +331,7 @@ def fit_plans(
     budget = memory_fraction * memory.device_memory_bytes() * num_devices
     fitted, estimates = [], []
     for plan, spec in zip(plans, specs, strict=True):
-        per_trial = memory.estimate_trial(spec, input_shape).total
+        per_trial = memory.estimate_trial(spec, input_shape, target_shape, target_dtype).total
         size = len(plan.trials)
         limit = max(1, int(budget // max(per_trial, 1)))
         if max_population > 0:
@@ -355,3 +361,47 @@ def fit_plans(
             estimates.append(len(chunk.trials) * per_trial / 2**20)
     fitted = [dataclasses.replace(p, index=i) for i, p in enumerate(fitted)]
     return fitted, estimates
+
+
+def optimizer_options(config) -> tuple[tuple[str, Any], ...]:
+    """The static options of ``config.optimizer`` that the config sets."""
+    names = {
+        "momentum": ("momentum", "nesterov"),
+        "adam": ("b1", "b2", "eps"),
+        "adagrad": ("initial_accumulator_value", "eps"),
+        "rmsprop": ("rms_decay", "eps"),
+    }
+    return tuple((k, config[k]) for k in names.get(config.optimizer, ()) if k in config)
+
+
+def population_spec(
+    config,
+    model: Model,
+    plan: PopulationPlan,
+    *,
+    num_train: int,
+    num_classes: int,
+    task: tasks.Task,
+) -> PopulationSpec:
+    """The static part of ``plan``'s compiled program: the one place a spec is built.
+
+    Divergence: a batch loss above ``divergence_factor`` x ln(classes) for a classification
+    task; for other tasks only a non-finite loss (their scale is the user's).
+    """
+    factor = float(config.get("divergence_factor", 100.0))
+    limit = factor * math.log(num_classes) if task.classification and num_classes > 1 else math.inf
+    return PopulationSpec(
+        model=model,
+        optimizer=config.optimizer,
+        schedule=config.schedule,
+        microbatch=plan.microbatch,
+        accumulates=any(t.batch_size != plan.microbatch for t in plan.trials),
+        num_train=num_train,
+        optimizer_options=optimizer_options(config),
+        patience=int(config.get("patience", 0)),
+        min_delta=float(config.get("min_delta", 0.0)),
+        min_steps=int(config.get("min_steps", 0)),
+        eval_batch_size=int(config.get("eval_batch_size", 1024)),
+        divergence_loss=limit,
+        task=task,
+    )

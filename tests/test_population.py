@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpjax.engine import population
+from hpjax.engine import population, tasks
 from hpjax.models import build_model
 from tests.conftest import trial_hparams
 
@@ -167,10 +167,11 @@ def test_evaluate_matches_direct_computation(problem):
     hparams = trial_hparams([{"seed": 0}, {"seed": 1}])
     spec = make_spec(model, 8, eval_batch_size=10)  # 48 = 4 full batches + one of 8
     state = population.init_population(spec, hparams)
-    loss, acc = population.evaluate(spec, state.trials.params, x, y)
+    result = population.evaluate(spec, state.trials.params, x, y)
+    loss, acc = result["loss"], result["accuracy"]
     for j in range(2):
         logits = model.apply(trial_slice(state.trials.params, j), x)
-        expected = float(population.cross_entropy(logits, y))
+        expected = float(tasks.cross_entropy(logits, y).mean())
         np.testing.assert_allclose(loss[j], expected, rtol=1e-5)
         np.testing.assert_allclose(acc[j], float(np.mean(np.argmax(logits, -1) == y)))
 

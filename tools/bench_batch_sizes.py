@@ -7,7 +7,7 @@ batch size, so one update per tick). Two levels, printed side by side:
 
 - ``engine``: ``population.init_population`` and ``population.train_ticks`` only. The loop is
   compiled ahead of time (``lower().compile()``), so compile time and run time are apart.
-- ``study``: ``train.train_and_evaluate`` end to end (evaluations, checkpoints, summary), with
+- ``study``: ``train_and_evaluate`` end to end (evaluations, checkpoints, summary), with
   evaluations at the same examples seen in both modes. Compile time is the sum of JAX's
   tracing, lowering and backend-compile events (``jax.monitoring``); run time is the rest.
 
@@ -35,10 +35,9 @@ from absl import app, flags, logging  # noqa: E402
 
 from hpjax import data as data_lib  # noqa: E402
 from hpjax import plan as study  # noqa: E402
-from hpjax import runner as train  # noqa: E402
 from hpjax.engine import population  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
-from hpjax.studies.batch_size import runner as batch_study  # noqa: E402
+from hpjax.studies.grid import train_and_evaluate  # noqa: E402
 
 _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Epochs of every trial.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 2048, "Largest power of two (from 1).")
@@ -118,7 +117,7 @@ def engine_run(config, dataset, sizes) -> dict:
         schedule=config.schedule,
         microbatch=microbatch,
         num_train=n,
-        optimizer_options=train.optimizer_options(config),
+        optimizer_options=study.optimizer_options(config),
     )
     hparams = _hparams(sizes, max_steps)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
@@ -145,7 +144,7 @@ def engine_run(config, dataset, sizes) -> dict:
 
 def study_run(config, sizes, workdir: str, eval_every: int) -> dict:
     """``train_and_evaluate`` of one population holding ``sizes``; compile and total seconds."""
-    cfg = batch_study.train_config(
+    cfg = config.train_config(
         config,
         "bench",
         batch_sizes=tuple(sizes),
@@ -155,7 +154,7 @@ def study_run(config, sizes, workdir: str, eval_every: int) -> dict:
     )
     start = time.perf_counter()
     with CompileClock() as clock:
-        train.train_and_evaluate(cfg, workdir)
+        train_and_evaluate(cfg, workdir)
     total = time.perf_counter() - start
     return {"compile_s": clock.seconds, "total_s": total, "run_s": total - clock.seconds}
 
@@ -172,7 +171,7 @@ def main(argv):
     dataset = data_lib.load_dataset(config)
     sizes = [2**i for i in range(int(math.log2(_MAX_BATCH.value)) + 1)]
     study.validate_config(
-        batch_study.train_config(
+        config.train_config(
             config,
             "bench",
             batch_sizes=tuple(sizes),

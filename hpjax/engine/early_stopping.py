@@ -1,4 +1,6 @@
-"""Per-trial early stopping on the validation loss, as arrays updated inside jit.
+"""Per-trial early stopping on a monitored validation value, as arrays updated inside jit.
+
+The monitored value is the validation loss unless the task names a lower-is-better metric.
 
 The guide: do not stop at the first bump up; stop only after the validation loss has failed to
 improve by more than ``min_delta`` for ``patience`` evaluations in a row, and never before
@@ -17,8 +19,7 @@ from flax import struct
 class EarlyStopState:
     """Best point and patience counter of each trial (every field has a leading trial axis)."""
 
-    best_val_loss: jax.Array  # f32, +inf before the first evaluation
-    best_val_accuracy: jax.Array  # f32
+    best_value: jax.Array  # f32, the best monitored value; +inf before the first evaluation
     best_step: jax.Array  # i32, optimizer steps at the best evaluation
     bad_evaluations: jax.Array  # i32, evaluations since the last improvement
     stopped: jax.Array  # bool, stopped by patience
@@ -27,8 +28,7 @@ class EarlyStopState:
 def init(num_trials: int) -> EarlyStopState:
     """The state before any evaluation."""
     return EarlyStopState(
-        best_val_loss=jnp.full((num_trials,), jnp.inf, jnp.float32),
-        best_val_accuracy=jnp.zeros((num_trials,), jnp.float32),
+        best_value=jnp.full((num_trials,), jnp.inf, jnp.float32),
         best_step=jnp.zeros((num_trials,), jnp.int32),
         bad_evaluations=jnp.zeros((num_trials,), jnp.int32),
         stopped=jnp.zeros((num_trials,), bool),
@@ -37,8 +37,7 @@ def init(num_trials: int) -> EarlyStopState:
 
 def update(
     state: EarlyStopState,
-    val_loss: jax.Array,
-    val_accuracy: jax.Array,
+    value: jax.Array,
     step: jax.Array,
     evaluated: jax.Array,
     *,
@@ -49,14 +48,13 @@ def update(
     """Takes one evaluation; returns the new state and which trials improved.
 
     ``evaluated`` masks the trials this evaluation counts for (those still training); a
-    non-finite loss is never an improvement.
+    non-finite value is never an improvement.
     """
-    improved = evaluated & jnp.isfinite(val_loss) & (val_loss < state.best_val_loss - min_delta)
+    improved = evaluated & jnp.isfinite(value) & (value < state.best_value - min_delta)
     bad = jnp.where(improved, 0, state.bad_evaluations + evaluated.astype(jnp.int32))
     stop_now = evaluated & (patience > 0) & (bad >= patience) & (step >= min_steps)
     new_state = EarlyStopState(
-        best_val_loss=jnp.where(improved, val_loss, state.best_val_loss),
-        best_val_accuracy=jnp.where(improved, val_accuracy, state.best_val_accuracy),
+        best_value=jnp.where(improved, value, state.best_value),
         best_step=jnp.where(improved, step, state.best_step),
         bad_evaluations=bad,
         stopped=state.stopped | stop_now,

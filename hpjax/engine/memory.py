@@ -38,25 +38,39 @@ class TrialMemory:
         return self.state_bytes + self.activation_bytes
 
 
-def estimate_trial(spec: population.PopulationSpec, input_shape: tuple[int, ...]) -> TrialMemory:
-    """The memory one trial adds to a population of ``spec`` (no compilation of the population)."""
+def estimate_trial(
+    spec: population.PopulationSpec,
+    input_shape: tuple[int, ...],
+    target_shape: tuple[int, ...] = (),
+    target_dtype: str = "int32",
+) -> TrialMemory:
+    """The memory one trial adds to a population of ``spec`` (no compilation of the population);
+    the targets of one example have ``target_shape`` and ``target_dtype`` (class labels by
+    default)."""
     params = jax.eval_shape(spec.model.init, jax.random.PRNGKey(0))
     opt_state = jax.eval_shape(spec.direction().init, params)
     param_bytes, opt_bytes = _tree_bytes(params), _tree_bytes(opt_state)
     state = 4 * param_bytes + 2 * opt_bytes  # params, best, grad sum, candidate; opt, candidate
-    return TrialMemory(state, _activation_bytes(spec, input_shape))
+    return TrialMemory(
+        state, _activation_bytes(spec, input_shape, tuple(target_shape), str(target_dtype))
+    )
 
 
 @functools.lru_cache(maxsize=32)
-def _activation_bytes(spec: population.PopulationSpec, input_shape: tuple[int, ...]) -> int:
+def _activation_bytes(
+    spec: population.PopulationSpec,
+    input_shape: tuple[int, ...],
+    target_shape: tuple[int, ...],
+    target_dtype: str,
+) -> int:
     """Bytes of every intermediate value of one trial's micro-batch gradient (traced, not
     compiled): an upper bound, since XLA reuses buffers."""
     params = jax.eval_shape(spec.model.init, jax.random.PRNGKey(0))
     x = jax.ShapeDtypeStruct((spec.microbatch, *input_shape), jnp.float32)
-    y = jax.ShapeDtypeStruct((spec.microbatch,), jnp.int32)
+    y = jax.ShapeDtypeStruct((spec.microbatch, *target_shape), jnp.dtype(target_dtype))
 
     def loss(params, x, y):
-        return population.cross_entropy(spec.model.apply(params, x), y)
+        return spec.task.mean_loss(spec.model.apply(params, x), y)
 
     jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params, x, y)
     return _jaxpr_bytes(jaxpr.jaxpr)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from hpjax.engine import early_stopping, optim, stream
+from hpjax.engine import early_stopping, optim, stream, tasks
 from hpjax.models import Model
 
 Params = Any
@@ -44,6 +44,7 @@ class PopulationSpec:
     eval_batch_size: int = 1024
     accumulates: bool = True  # False when every batch size equals the micro-batch: no summing
     divergence_loss: float = float("inf")  # a batch loss above this (or non-finite): divergence
+    task: tasks.Task = tasks.CLASSIFICATION  # the loss trained on, the metrics, the monitor
 
     def direction(self) -> optax.GradientTransformation:
         return optim.direction(self.optimizer, **dict(self.optimizer_options))
@@ -91,13 +92,36 @@ class PopulationState:
     tick: jax.Array  # micro-batches consumed by every trial (a scalar shared by all)
 
 
-def make_hparams(**columns) -> TrialHParams:
-    """Builds :class:`TrialHParams` from equal-length sequences, with the right dtypes."""
-    ints = {"batch_size", "seed", "warmup_steps", "max_steps"}
+HPARAM_DEFAULTS = dict(
+    batch_size=None,  # required, like learning_rate
+    seed=0,
+    weight_decay=0.0,
+    warmup_steps=0,
+    decay_rate=0.1,
+    end_factor=0.0,
+    max_steps=2**30,
+)
+_INT_HPARAMS = ("batch_size", "seed", "warmup_steps", "max_steps")
+
+
+def make_hparams(learning_rate, batch_size, **columns) -> TrialHParams:
+    """:class:`TrialHParams` from per-trial sequences (or scalars, broadcast to every trial);
+    a column not given takes its value from :data:`HPARAM_DEFAULTS`."""
+    unknown = set(columns) - set(HPARAM_DEFAULTS)
+    if unknown:
+        raise TypeError(
+            f"unknown hyperparameters {sorted(unknown)}; known: learning_rate, "
+            + ", ".join(HPARAM_DEFAULTS)
+        )
+    num = len(jnp.atleast_1d(jnp.asarray(learning_rate)))
+    values = {k: v for k, v in HPARAM_DEFAULTS.items() if v is not None} | columns
+    values |= {"learning_rate": learning_rate, "batch_size": batch_size}
     return TrialHParams(
         **{
-            name: jnp.asarray(values, jnp.int32 if name in ints else jnp.float32)
-            for name, values in columns.items()
+            name: jnp.broadcast_to(
+                jnp.asarray(value, jnp.int32 if name in _INT_HPARAMS else jnp.float32), (num,)
+            )
+            for name, value in values.items()
         }
     )
 
@@ -116,11 +140,6 @@ def _select(mask: jax.Array, new, old):
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.stack(leaves).all()
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy over a batch with integer labels."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -163,9 +182,9 @@ def micro_step(
     A batch whose loss is non-finite or above ``spec.divergence_loss``, or whose update would make
     a parameter non-finite, marks the trial diverged; it keeps its last parameters.
     """
-    loss, grads = jax.value_and_grad(lambda params: cross_entropy(spec.model.apply(params, x), y))(
-        trial.params
-    )
+    loss, grads = jax.value_and_grad(
+        lambda params: spec.task.mean_loss(spec.model.apply(params, x), y)
+    )(trial.params)
     if spec.accumulates:
         grad_sum = jax.tree.map(jnp.add, trial.grad_sum, grads)
         loss_sum = trial.loss_sum + loss
@@ -243,8 +262,9 @@ def train_ticks(
 @functools.partial(jax.jit, static_argnums=0)
 def evaluate(
     spec: PopulationSpec, params: Params, x: jax.Array, y: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Mean loss and accuracy ``[K]`` of every trial's ``params`` on the set ``(x, y)``.
+) -> dict[str, jax.Array]:
+    """The mean loss and every metric of the task, ``{name: [K]}``, of each trial's ``params``
+    on the set ``(x, y)``.
 
     The set is shared by all trials and walked in batches of ``spec.eval_batch_size``.
     """
@@ -252,22 +272,24 @@ def evaluate(
     batch = min(spec.eval_batch_size, num)
     num_batches = -(-num // batch)
     pad = num_batches * batch - num
-    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
-        (num_batches, batch) + x.shape[1:]
-    )
-    ys = jnp.pad(y, (0, pad)).reshape(num_batches, batch)
+
+    def batched(a):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape((num_batches, batch) + a.shape[1:])
+
+    xs, ys = batched(x), batched(y)
     weights = (jnp.arange(num_batches * batch) < num).reshape(num_batches, batch)
+    names = ("loss", *spec.task.metric_names)
 
     def one_trial(p):
         def one_batch(totals, batch_data):
             xb, yb, wb = batch_data
-            logits = spec.model.apply(p, xb)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-            correct = jnp.argmax(logits, -1) == yb
-            return (totals[0] + jnp.sum(losses * wb), totals[1] + jnp.sum(correct * wb)), None
+            values = spec.task.per_example(spec.model.apply(p, xb), yb)
+            return {k: totals[k] + jnp.sum(values[k] * wb) for k in names}, None
 
-        (loss_sum, correct_sum), _ = jax.lax.scan(one_batch, (0.0, 0.0), (xs, ys, weights))
-        return loss_sum / num, correct_sum / num
+        zeros = {k: jnp.zeros((), jnp.float32) for k in names}
+        sums, _ = jax.lax.scan(one_batch, zeros, (xs, ys, weights))
+        return {k: v / num for k, v in sums.items()}
 
     return jax.vmap(one_trial)(params)
 
@@ -276,15 +298,14 @@ def evaluate(
 def record_evaluation(
     spec: PopulationSpec,
     state: PopulationState,
-    val_loss: jax.Array,
-    val_accuracy: jax.Array,
+    monitored: jax.Array,
     evaluated: jax.Array,
 ) -> tuple[PopulationState, jax.Array]:
-    """Feeds a validation result to early stopping and keeps each improved trial's parameters."""
+    """Feeds the monitored validation value ``[K]`` to early stopping and keeps each improved
+    trial's parameters."""
     early_stop, improved = early_stopping.update(
         state.early_stop,
-        val_loss,
-        val_accuracy,
+        monitored,
         state.trials.step,
         evaluated,
         patience=spec.patience,

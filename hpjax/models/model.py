@@ -57,7 +57,10 @@ def from_factory(make: Callable[[nnx.Rngs], nnx.Module], name: str = "model") ->
     except ConfigError:
         raise
     except Exception as error:  # a user factory that cannot be built: say so in one line
-        raise ConfigError(f"model factory {name!r} failed to build a module: {error}") from error
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"model factory {name!r} failed to build a module: {type(error).__name__}: {first_line}"
+        ) from error
     if not isinstance(abstract, nnx.Module):
         raise ConfigError(
             f"model factory {name!r} must return a flax.nnx.Module; got {type(abstract).__name__}"

@@ -14,15 +14,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
 from hpjax.errors import ConfigError
+from hpjax.models import build_model, from_factory
+from hpjax.models.registry import MODEL_NAMES
 
 
 def _quiet_orbax(record) -> bool:
@@ -100,13 +104,17 @@ class RestoredTrial:
     metadata: dict
 
 
-def restore_best(workdir: str, trial: int) -> RestoredTrial:
-    """Loads trial ``trial``'s parameters at its early-stop point as a Flax module."""
-    import ml_collections  # noqa: PLC0415
+def restore_best(
+    workdir: str, trial: int, model: Callable[[nnx.Rngs], nnx.Module] | None = None
+) -> RestoredTrial:
+    """Loads trial ``trial``'s parameters at its early-stop point as a Flax module.
 
-    from hpjax.models import build_model  # noqa: PLC0415 (models import nothing from here)
-
-    directory = best_dir(workdir, trial)
+    A built-in model is rebuilt from the checkpoint's metadata; a study of your own model needs
+    its factory ``model`` (the one it was trained with).
+    """
+    if isinstance(trial, bool) or not isinstance(trial, int | np.integer):
+        raise ConfigError(f"trial={trial!r} must be an integer trial number (summary.csv)")
+    directory = best_dir(workdir, int(trial))
     if not os.path.isdir(directory):
         raise ConfigError(f"trial {trial} has no best checkpoint under {directory!r}")
     manager = _manager(directory, max_to_keep=1)
@@ -116,11 +124,21 @@ def restore_best(workdir: str, trial: int) -> RestoredTrial:
     metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
         "metadata"
     ]
-    model = build_model(
-        ml_collections.ConfigDict(metadata["model_config"]),
-        tuple(metadata["input_shape"]),
-        int(metadata["num_classes"]),
-    )
+    model_config = metadata["model_config"]
+    if model is not None:
+        built = from_factory(model, str(model_config.get("name", "model")))
+    elif model_config.get("name") in MODEL_NAMES:
+        built = build_model(
+            ml_collections.ConfigDict(model_config),
+            tuple(metadata["input_shape"]),
+            int(metadata["num_classes"]),
+        )
+    else:
+        raise ConfigError(
+            f"trial {trial} was trained with your own model {model_config.get('name')!r}; pass "
+            "its factory: restore_best(workdir, trial, model=make_model)"
+        )
+    model = built
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     params = manager.restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))

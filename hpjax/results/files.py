@@ -12,10 +12,26 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from hpjax.config import NON_STUDY_KEYS, study_identity
+from hpjax.errors import ConfigError
+
 PathLike = str | os.PathLike
+
+# What a study writes into its workdir (and ``overwrite`` removes).
+OUTPUTS = (
+    "config.json",
+    "metrics.jsonl",
+    "summary.csv",
+    "populations.csv",
+    "report.md",
+    "plots",
+    "checkpoints",
+    "state",
+)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -167,3 +183,37 @@ def read_workdir(workdir: PathLike) -> tuple[dict, list[dict], list[dict]]:
     metrics = read_metrics(workdir) if has("metrics.jsonl") else []
     summary = read_summary(workdir) if has("summary.csv") else []
     return read_config(workdir), metrics, summary
+
+
+def prepare_workdir(workdir: str, config_dict: dict) -> bool:
+    """Makes the workdir ready; returns True when it holds this same study already (resume).
+
+    A workdir that holds a different study is refused unless ``config.overwrite`` is set, in
+    which case that study's outputs are removed first.
+    """
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if study_identity(old) == study_identity(config_dict):
+            return True
+        if not config_dict.get("overwrite", False):
+            differing = sorted(
+                k
+                for k in set(old) | set(config_dict)
+                if k not in NON_STUDY_KEYS and old.get(k) != config_dict.get(k)
+            )
+            raise ConfigError(
+                f"workdir {workdir!r} holds a different study (it differs in "
+                f"{', '.join(differing)}); choose another --workdir or pass "
+                "--config.overwrite=True to replace it"
+            )
+        for name in OUTPUTS:
+            target = os.path.join(workdir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, config_dict)
+    return False

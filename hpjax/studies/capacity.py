@@ -5,7 +5,7 @@ and seeds vmapped inside each). This module turns its ``summary.csv`` into one r
 architecture (:func:`architecture_table`), checks the guide's claims about capacity against those
 rows (:func:`capacity_findings`) and writes ``capacity.csv``, ``plots/capacity.png`` and
 ``capacity_report.md`` (:func:`write_capacity_outputs`). Nothing here trains except
-:func:`run_capacity_study`, which calls :func:`hpjax.train.train_and_evaluate` first.
+:func:`run_capacity_study`, which calls :func:`hpjax.studies.grid.train_and_evaluate` first.
 
 All numbers are taken at each trial's early-stop point (its best validation loss): the training
 loss there is ``train_loss_at_best`` and the generalisation gap is validation minus training loss.
@@ -28,11 +28,12 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from hpjax.config import config_to_dict
 from hpjax.errors import ConfigError
 from hpjax.report import labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
 from hpjax.results import files
-from hpjax.runner import config_to_dict, train_and_evaluate
+from hpjax.studies.grid import train_and_evaluate
 
 # The width axis of each model family: what "more units" means for it.
 WIDTH_KEYS = {"mlp": "hidden_units", "cnn": "channels", "rnn": "hidden_size"}

@@ -32,8 +32,8 @@ from hpjax.models import validate_model_config
 from hpjax.report import labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
 from hpjax.results import files
-from hpjax.runner import train_and_evaluate
 from hpjax.studies import capacity
+from hpjax.studies.grid import train_and_evaluate
 
 DEFAULT_KEYS = ("cell", "num_layers")
 STAGES = ("subset", "full")

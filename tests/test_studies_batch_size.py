@@ -13,7 +13,8 @@ import pytest
 
 from hpjax import plan as study
 from hpjax.errors import ConfigError
-from hpjax.studies.batch_size import runner as batch_study
+from hpjax.studies.batch_size import analysis, plots, prose, runner
+from hpjax.studies.batch_size import config as bs_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(ROOT, "experiments", "configs", "batch_size_study.py")
@@ -95,7 +96,7 @@ def test_steps_to_target_first_step_and_minimum_over_rates():
         # batch 128 never reaches the target: reported, not a crash
         + [record(4, s, a, batch=128) for s, a in ((0, 0.1), (40, 0.49))]
     )
-    per_size, per_trial = batch_study.steps_to_target(summary, metrics, "val_accuracy", 0.5)
+    per_size, per_trial = analysis.steps_to_target(summary, metrics, "val_accuracy", 0.5)
     by_trial = {r["trial"]: r for r in per_trial}
     assert [by_trial[t]["steps"] for t in range(5)] == [30, 20, 10, 20, None]
     assert by_trial[0]["epochs"] == pytest.approx(30 * 8 / 100)
@@ -112,23 +113,21 @@ def test_steps_to_target_first_step_and_minimum_over_rates():
 def test_steps_to_target_for_a_loss_counts_values_at_or_below():
     summary = [summary_row(0, 16, 0.1, 30)]
     metrics = [record(0, s, 0.0, loss=v) for s, v in ((0, 2.3), (10, 1.2), (20, 1.0), (30, 0.9))]
-    per_size, _ = batch_study.steps_to_target(summary, metrics, "val_loss", 1.0)
+    per_size, _ = analysis.steps_to_target(summary, metrics, "val_loss", 1.0)
     assert per_size[0]["steps"] == 20
-    per_size, _ = batch_study.steps_to_target(summary, metrics, "val_loss", 0.5)
+    per_size, _ = analysis.steps_to_target(summary, metrics, "val_loss", 0.5)
     assert not per_size[0]["reached"]
 
 
 def test_no_batch_size_reaching_the_target_is_a_report_not_a_crash(tmp_path):
     summary = [summary_row(0, 8, 0.1, 10), summary_row(1, 64, 0.1, 10)]
     metrics = [record(0, 0, 0.1), record(0, 10, 0.2), record(1, 0, 0.1), record(1, 10, 0.3)]
-    per_size, per_trial = batch_study.steps_to_target(summary, metrics, "val_accuracy", 0.99)
+    per_size, per_trial = analysis.steps_to_target(summary, metrics, "val_accuracy", 0.99)
     assert not any(r["reached"] for r in per_size)
-    assert batch_study.fit_critical_batch([], []) is None
-    lines = batch_study.describe_steps(per_size, None, "val_accuracy", 0.99)
+    assert analysis.fit_critical_batch([], []) is None
+    lines = prose.describe_steps(per_size, None, "val_accuracy", 0.99)
     assert "Not reached" in lines[0] and "B=8 (10 steps)" in lines[0]
-    path = batch_study.plot_steps_to_target(
-        per_size, per_trial, None, str(tmp_path / "s.png"), "none"
-    )
+    path = plots.plot_steps_to_target(per_size, per_trial, None, str(tmp_path / "s.png"), "none")
     with open(path, "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
 
@@ -136,13 +135,13 @@ def test_no_batch_size_reaching_the_target_is_a_report_not_a_crash(tmp_path):
 def test_fit_recovers_the_critical_batch_size():
     sizes = [2**i for i in range(12)]
     steps = [5000 * (1 + 300 / b) for b in sizes]
-    fit = batch_study.fit_critical_batch(sizes, steps)
+    fit = analysis.fit_critical_batch(sizes, steps)
     assert fit["b_crit"] == pytest.approx(300, rel=0.02)
     assert fit["s_min"] == pytest.approx(5000, rel=0.02)
     assert not fit["at_bound"]
-    perfect = batch_study.fit_critical_batch(sizes[:5], [1000 / b for b in sizes[:5]])
+    perfect = analysis.fit_critical_batch(sizes[:5], [1000 / b for b in sizes[:5]])
     assert perfect["at_bound"]  # no knee in the range
-    assert batch_study.log_slope(sizes[:3], [1000 / b for b in sizes[:3]]) == pytest.approx(-1)
+    assert analysis.log_slope(sizes[:3], [1000 / b for b in sizes[:3]]) == pytest.approx(-1)
 
 
 # ------------------------------------------------------------- budgets and learning rates
@@ -154,7 +153,7 @@ def test_learning_rate_scaling_rules_and_warmup_per_batch_size(quick):
     quick.fixed_epochs.base_batch_size = 32
     quick.fixed_epochs.scalings = ("linear", "sqrt")
     quick.fixed_epochs.warmup_epochs = 0.5
-    runs = batch_study.fixed_epochs_configs(quick)
+    runs = bs_config.fixed_epochs_configs(quick)
     assert set(runs) == {"grid", "linear", "sqrt"}
     expected = {
         "linear": [0.01, 0.04, 0.12],
@@ -175,7 +174,7 @@ def test_learning_rate_scaling_rules_and_warmup_per_batch_size(quick):
     # Steps to target: the budget is budget_epochs of data, clipped.
     s = quick.steps_to_target
     s.budget_epochs, s.min_budget_steps, s.max_budget_steps = 2.0, 5, 100
-    assert [batch_study.budget_steps(s, b, 96) for b in (1, 8, 32, 96)] == [100, 24, 6, 5]
+    assert [bs_config.budget_steps(s, b, 96) for b in (1, 8, 32, 96)] == [100, 24, 6, 5]
 
 
 def test_fixed_epochs_sentences_from_hand_made_rows():
@@ -198,14 +197,14 @@ def test_fixed_epochs_sentences_from_hand_made_rows():
         for b, a in zip(sizes, [0.68, 0.7, 0.69, 0.12], strict=True)
     ]
     rows += [row("tuned", b, 0.1 * b / 32, 0.7) for b in sizes]
-    text = "\n".join(batch_study.describe_fixed_epochs(rows, 0.1, 32))
+    text = "\n".join(prose.describe_fixed_epochs(rows, 0.1, 32))
     assert "rises from 0.500 at B=8 to its peak 0.700 at B=32, then goes to 0.400 at B=512" in text
     assert "Above the peak it falls with the batch size" in text
     assert "up to B=128 (rate 0.4); at B=512 the scaled rate 1.6 is unstable" in text
     assert "At B=128 it reaches 0.690 against 0.600 with the fixed rate" in text
     assert "grows as B^1.00" in text
     flat = [row("fixed", b, 0.1, 0.7) for b in sizes]
-    assert "does not fall steadily" in batch_study.describe_fixed_epochs(flat, 0.1, 32)[0]
+    assert "does not fall steadily" in prose.describe_fixed_epochs(flat, 0.1, 32)[0]
 
 
 # -------------------------------------------------------------------------------- bad input
@@ -225,7 +224,7 @@ def test_bad_batch_sizes_are_refused_before_anything_runs(quick, tmp_path, sizes
     quick.fixed_epochs.batch_sizes = sizes
     workdir = tmp_path / "never"
     with pytest.raises(ConfigError, match=match):
-        batch_study.run(quick, str(workdir))
+        runner.run(quick, str(workdir))
     assert not workdir.exists()
 
 
@@ -251,14 +250,14 @@ def test_bad_study_keys_name_the_key(quick, tmp_path, key, value, match):
     section, _, name = key.rpartition(".")
     (quick[section] if section else quick)[name] = value
     with pytest.raises(ConfigError, match=match):
-        batch_study.run(quick, str(tmp_path / "never"))
+        runner.run(quick, str(tmp_path / "never"))
     assert not (tmp_path / "never").exists()
 
 
 def test_bad_engine_key_is_refused_before_compiling(quick, tmp_path):
     quick.optimizer = "adamw"
     with pytest.raises(ConfigError, match=r"config\.optimizer='adamw' is unknown"):
-        batch_study.run(quick, str(tmp_path / "never"))
+        runner.run(quick, str(tmp_path / "never"))
 
 
 # ---------------------------------------------------------------------------- the binary
@@ -352,7 +351,7 @@ def test_knee_and_noise_scale_sentences_from_hand_made_rows():
         {"batch_size": b, "reached": True, "steps": s, "perfect_scaling_steps": 800 * 8 / b}
         for b, s in zip(sizes, steps, strict=True)
     ]
-    assert batch_study._perfect_scaling_end(per_size) == 2
+    assert analysis.perfect_scaling_end(per_size) == 2
     rows = [
         {
             "step": 10 * i,
@@ -366,14 +365,12 @@ def test_knee_and_noise_scale_sentences_from_hand_made_rows():
         for i in range(8)
     ]
     at_target = rows[4]  # B_simple 60 at the target, between the knee's 32 and 64
-    lines = batch_study.describe_noise(at_target, rows, None, per_size, "val_accuracy", 0.4)
+    lines = prose.describe_noise(at_target, rows, None, per_size, "val_accuracy", 0.4)
     text = "\n".join(lines)
     assert "grows as the loss falls" in text
     assert "leave perfect scaling between B=32 and B=64" in text and "between them" in text
-    fit = batch_study.fit_critical_batch(sizes, steps)
-    text = "\n".join(
-        batch_study.describe_noise(at_target, rows, fit, per_size, "val_accuracy", 0.4)
-    )
+    fit = analysis.fit_critical_batch(sizes, steps)
+    text = "\n".join(prose.describe_noise(at_target, rows, fit, per_size, "val_accuracy", 0.4))
     assert f"B_crit={fit['b_crit']:.3g}" in text
-    missed = batch_study.describe_noise(None, rows, fit, per_size, "val_accuracy", 0.99)
+    missed = prose.describe_noise(None, rows, fit, per_size, "val_accuracy", 0.99)
     assert "never reached val_accuracy 0.99" in missed[-1]

@@ -12,10 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from hpjax.engine import early_stopping, population
+from hpjax.engine import early_stopping, tasks
 from hpjax.errors import ConfigError
 from hpjax.results import checkpoints as checkpoint
-from hpjax.runner import SUMMARY_COLUMNS, StudyData, train_and_evaluate
+from hpjax.runner import SUMMARY_COLUMNS, StudyData
+from hpjax.studies.grid import train_and_evaluate
 from tests.conftest import ROOT
 
 
@@ -63,7 +64,7 @@ def test_restored_best_checkpoint_evaluates_to_recorded_val_loss(tiny_config, tm
         restored = checkpoint.restore_best(workdir, row["trial"])
         assert restored.metadata["best_step"] == row["best_step"]
         logits = restored.module(data.x_val)
-        loss = float(population.cross_entropy(logits, data.y_val))
+        loss = float(tasks.cross_entropy(logits, data.y_val).mean())
         assert loss == pytest.approx(row["best_val_loss"], rel=1e-5)
         accuracy = float(np.mean(np.argmax(logits, -1) == np.asarray(data.y_val)))
         assert accuracy == pytest.approx(row["best_val_accuracy"], abs=1e-6)
@@ -95,7 +96,6 @@ def test_a_single_bump_does_not_stop_a_patient_trial():
         state, _ = early_stopping.update(
             state,
             np.full(2, loss, np.float32),
-            np.zeros(2, np.float32),
             np.full(2, i * 10),
             ~np.asarray(state.stopped),
             patience=np.array([2, 3]),
@@ -109,7 +109,7 @@ def test_a_single_bump_does_not_stop_a_patient_trial():
     # improvement on the plateau; patience 3 stops one evaluation later.
     assert stopped_at == [7, 8]
     assert state.best_step.tolist() == [50, 50]
-    assert state.best_val_loss.tolist() == pytest.approx([0.45, 0.45])
+    assert state.best_value.tolist() == pytest.approx([0.45, 0.45])
 
 
 def test_min_delta_and_min_steps():
@@ -118,7 +118,6 @@ def test_min_delta_and_min_steps():
         state, improved = early_stopping.update(
             state,
             np.array([loss]),
-            np.zeros(1),
             np.array([i]),
             np.array([True]),
             patience=2,
@@ -297,11 +296,12 @@ def test_memory_estimate_counts_state_and_activations(tiny_config):
     from hpjax import plan as study
     from hpjax.engine import memory
     from hpjax.models import build_model
-    from hpjax.runner import make_spec
 
     model = build_model(tiny_config.model, (8,), 4)
     plan = study.plan_populations(tiny_config, study.build_trials(tiny_config), 240)[0]
-    spec = make_spec(tiny_config, model, plan, 240, 4)
+    spec = study.population_spec(
+        tiny_config, model, plan, num_train=240, num_classes=4, task=tasks.CLASSIFICATION
+    )
     estimate = memory.estimate_trial(spec, (8,))
     # adam: params, best copy, gradient sum, candidate (4x) + mu, nu and their candidates (4x)
     assert estimate.state_bytes == 8 * model.num_params * 4 + 2 * 4  # + adam's int32 count, x2

@@ -1,0 +1,103 @@
+"""The grid study (the learning-rate sweep and every study built on it): a config in, a workdir
+of results out, through the one runner.
+
+``train_and_evaluate(config, workdir)`` checks everything before the first compilation and before
+the workdir is touched, plans the populations, trains them with :func:`hpjax.runner.run_plans`,
+and writes the report. A user's own model (an ``nnx.Module`` factory), task and data set plug in
+through its keyword arguments (see :mod:`hpjax.api`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import ml_collections
+from absl import logging
+from flax import nnx
+
+from hpjax import data as data_lib
+from hpjax import plan as study
+from hpjax import runner
+from hpjax.config import config_to_dict
+from hpjax.engine import tasks
+from hpjax.engine.sharding import TrialSharding
+from hpjax.errors import ConfigError
+from hpjax.models import Model, build_model, from_factory
+from hpjax.report import study_report
+from hpjax.results import files
+
+
+def build_models(
+    config,
+    dataset: data_lib.Dataset,
+    model_factory: Callable[[nnx.Rngs], nnx.Module] | None = None,
+) -> dict[tuple, Model]:
+    """Every architecture of the study, built (and checked) before anything compiles."""
+    if model_factory is None:
+        return {
+            arch: build_model(
+                study.model_config(config, arch), dataset.input_shape, dataset.num_classes
+            )
+            for arch in study.architectures(config)
+        }
+    if len(study.architectures(config)) > 1:
+        raise ConfigError(
+            "config.model_grid varies the built-in model's keys; with your own model, make one "
+            "study per architecture"
+        )
+    return {(): from_factory(model_factory, str(config.model.name))}
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    model: Callable[[nnx.Rngs], nnx.Module] | None = None,
+    task: tasks.Task = tasks.CLASSIFICATION,
+    dataset: data_lib.Dataset | None = None,
+    hooks: Sequence[runner.Hooks] = (),
+) -> list[dict]:
+    """Runs the study ``config`` into ``workdir``; returns the summary rows.
+
+    ``model`` (a factory ``make(rngs) -> nnx.Module``) replaces ``config.model``'s built-in
+    model, ``dataset`` replaces ``config.dataset``, ``task`` sets the loss, metrics and the
+    monitored value. Raises :class:`ConfigError` before compiling anything for a bad config or
+    bad data.
+    """
+    study.validate_config(config)
+    if dataset is None:
+        dataset = data_lib.load_dataset(config)
+    study.validate_config(config, dataset.num_train)
+    trials = study.build_trials(config)
+    plans = study.plan_populations(config, trials, dataset.num_train)
+    models = build_models(config, dataset, model)
+    sharding = TrialSharding(int(config.get("num_devices", 0)))
+    if sharding.is_writer:
+        files.prepare_workdir(workdir, config_to_dict(config))
+    logging.info(
+        "study: %d trials in %d population(s) on %d %s device(s); data %s: %d train, %d val, "
+        "%d test",
+        len(trials),
+        len(plans),
+        sharding.num_devices,
+        jax.default_backend(),
+        dataset.name,
+        dataset.num_train,
+        len(dataset.y_val),
+        len(dataset.y_test),
+    )
+    data = runner.StudyData.put(dataset, int(config.get("train_eval_examples", 2048)), sharding)
+    rows = runner.run_plans(
+        config, plans, models, data, workdir, sharding=sharding, task=task, hooks=hooks
+    )
+    if not sharding.is_writer:
+        return rows
+    if all(r["status"] == "diverged" for r in rows):
+        logging.error(
+            "every trial diverged (learning rates %s); lower the learning rates",
+            sorted({r["learning_rate"] for r in rows}),
+        )
+    if config.get("make_report", True):
+        study_report.default_report(workdir, x_hparam=config.get("report_x", "learning_rate"))
+    return rows

@@ -1,0 +1,228 @@
+"""The Python API: a user's own NNX model, loss and arrays, trained as a population."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import hpjax
+from hpjax.results import files
+from tests.conftest import ROOT
+
+STEPS = dict(num_steps=40, eval_every=10, batch_size=16)
+
+
+class TinyRegressor(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(5, 16, rngs=rngs)
+        self.out = nnx.Linear(16, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.tanh(self.hidden(x)))
+
+
+def tiny_regressor(rngs: nnx.Rngs) -> nnx.Module:
+    return TinyRegressor(rngs=rngs)
+
+
+class TinyConvClassifier(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.conv(x.reshape(x.shape[0], 4, 4, 1)))
+        return self.head(h.mean(axis=(1, 2)))
+
+
+def tiny_cnn(rngs: nnx.Rngs) -> nnx.Module:
+    return TinyConvClassifier(rngs=rngs)
+
+
+@pytest.fixture(scope="module")
+def regression_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = np.stack([np.sin(x[:, 0]) + x[:, 1], x[:, 2] * x[:, 3]], axis=1)
+    return hpjax.from_arrays(x[:160], y[:160], x[160:], y[160:], task="regression")
+
+
+@pytest.fixture(scope="module")
+def classification_data():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=150)
+    x = rng.normal(size=(150, 16)) * 0.5 + y[:, None] * np.linspace(-1, 1, 16)
+    return hpjax.from_arrays(x[:120], y[:120], x[120:], y[120:])
+
+
+def test_user_regression_trial_in_population_equals_trial_alone(regression_data, tmp_path):
+    """The core property for a user model and the mean squared error."""
+    rates, seeds = (0.003, 0.03), (0, 1)
+    together = hpjax.train(
+        tiny_regressor,
+        regression_data,
+        str(tmp_path / "together"),
+        task="regression",
+        learning_rates=rates,
+        seeds=seeds,
+        patience=2,
+        **STEPS,
+    )
+    assert len(together) == 4 and {"best_val_mae", "test_mae"} <= set(together[0])
+    for row in together:
+        alone = hpjax.train(
+            tiny_regressor,
+            regression_data,
+            str(tmp_path / f"alone{row['trial']}"),
+            task="regression",
+            learning_rates=(row["learning_rate"],),
+            seeds=(row["seed"],),
+            patience=2,
+            **STEPS,
+        )[0]
+        for key in ("status", "best_step", "steps"):
+            assert alone[key] == row[key], key
+        for key in ("best_val_loss", "best_val_mae", "test_loss", "test_mae"):
+            assert alone[key] == pytest.approx(row[key], rel=1e-5), key
+
+
+def test_user_classifier_restores_to_its_recorded_metrics(classification_data, tmp_path):
+    workdir = str(tmp_path / "cnn")
+    rows = hpjax.train(tiny_cnn, classification_data, workdir, learning_rates=(0.01, 0.05), **STEPS)
+    for name in ("summary.csv", "metrics.jsonl", "report.md", "config.json", "populations.csv"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert [r["trial"] for r in files.read_summary(workdir)] == [0, 1]
+    for row in rows:
+        restored = hpjax.restore_best(workdir, row["trial"], model=tiny_cnn)
+        logits = restored.module(jnp.asarray(classification_data.x_test))
+        loss = float(hpjax.CLASSIFICATION.mean_loss(logits, classification_data.y_test))
+        accuracy = float(np.mean(np.argmax(logits, -1) == classification_data.y_test))
+        assert loss == pytest.approx(row["test_loss"], rel=1e-5)
+        assert accuracy == pytest.approx(row["test_accuracy"], abs=1e-6)
+    with pytest.raises(hpjax.ConfigError, match="your own model 'tiny_cnn'"):
+        hpjax.restore_best(workdir, 0)
+
+
+def test_early_stopping_watches_the_chosen_metric(regression_data, tmp_path):
+    workdir = str(tmp_path / "mae")
+    rows = hpjax.train(
+        tiny_regressor,
+        regression_data,
+        workdir,
+        task="regression",
+        monitor="mae",
+        learning_rates=(0.03,),
+        **STEPS,
+    )
+    curve = [r for r in files.read_metrics(workdir) if r["trial"] == 0]
+    best = min(curve, key=lambda r: r["val_mae"])
+    assert rows[0]["best_step"] == best["step"]
+    assert rows[0]["best_val_mae"] == pytest.approx(best["val_mae"], rel=1e-6)
+    assert rows[0]["best_val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+
+
+def test_a_task_of_your_own(regression_data, tmp_path):
+    """A Huber loss of the user's, with the mean squared error as a reported metric."""
+
+    def huber(outputs, targets):
+        err = jnp.abs(outputs - targets)
+        return jnp.where(err < 1.0, 0.5 * err**2, err - 0.5).mean(axis=-1)
+
+    task = hpjax.Task("huber", huber, (("mse", lambda o, t: jnp.square(o - t).mean(axis=-1)),))
+    rows = hpjax.train(
+        tiny_regressor,
+        regression_data,
+        str(tmp_path / "huber"),
+        task=task,
+        learning_rates=(0.03,),
+        **STEPS,
+    )
+    restored = hpjax.restore_best(str(tmp_path / "huber"), 0, model=tiny_regressor)
+    out = restored.module(jnp.asarray(regression_data.x_test))
+    assert float(huber(out, regression_data.y_test).mean()) == pytest.approx(
+        rows[0]["test_loss"], rel=1e-5
+    )
+    assert rows[0]["test_mse"] == pytest.approx(
+        float(jnp.square(out - regression_data.y_test).mean()), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"no_such_key": 1}, "unknown config key 'no_such_key'"),
+        ({"model_grid": {"hidden_units": (8,)}}, "'model_grid' names a built-in model"),
+        ({"monitor": "accuracy"}, "higher-is-better"),
+        ({"task": "regression"}, "does not fit data"),
+        ({"task": "ranking"}, "task='ranking' is unknown"),
+        ({"optimizer": "adamw"}, r"config\.optimizer='adamw' is unknown"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_before_anything_is_written(
+    classification_data, tmp_path, kwargs, match
+):
+    with pytest.raises(hpjax.ConfigError, match=match):
+        hpjax.train(tiny_cnn, classification_data, str(tmp_path / "w"), **kwargs)
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_factory_that_cannot_build_is_one_line():
+    def broken(rngs):
+        return nnx.Linear(3, 4, rngs=rngs, no_such_argument=1)
+
+    with pytest.raises(hpjax.ConfigError, match="model factory 'broken' failed") as error:
+        hpjax.models.from_factory(broken, "broken")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        (dict(x_train=np.zeros((4,)), y_train=np.zeros(4)), "x_train has shape"),
+        (dict(y_train=np.array([0, 1, 2, 1.5, 0, 1, 2, 0, 1, 2])), "non-integer labels"),
+        (dict(y_train=np.zeros(9, int)), "x_train has 10 rows but y_train has 9"),
+        (dict(x_test=np.full((3, 2), np.nan)), "non-finite"),
+        (dict(x_val=np.zeros((3, 2))), "both x_val and y_val"),
+    ],
+)
+def test_from_arrays_checks_like_an_npz(arrays, match):
+    base = dict(
+        x_train=np.zeros((10, 2)),
+        y_train=np.arange(10) % 3,
+        x_test=np.zeros((3, 2)),
+        y_test=np.arange(3),
+    )
+    with pytest.raises(hpjax.ConfigError, match=match):
+        hpjax.from_arrays(**(base | arrays))
+
+
+def test_from_arrays_splits_off_validation_and_counts_classes():
+    data = hpjax.from_arrays(np.ones((50, 3)), np.arange(50) % 4, np.ones((5, 3)), np.arange(5))
+    assert (data.num_train, len(data.y_val), data.num_classes) == (45, 5, 5)
+    jax.tree.map(lambda a: a, data.x_train)  # plain arrays
+    reg = hpjax.from_arrays(
+        np.ones((50, 3)), np.ones((50, 2)), np.ones((5, 3)), np.ones((5, 2)), task="regression"
+    )
+    assert not reg.is_classification and reg.y_train.dtype == np.float32
+
+
+def test_example_script_trains_and_restores(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "examples/own_model.py", "--workdir", str(tmp_path), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("diabetes (residual MLP, MSE): best trial")
+    assert lines[1].startswith("digits (CNN, cross-entropy): best trial")
+    summary = files.read_summary(tmp_path / "digits")
+    best = min(summary, key=lambda r: r["best_val_loss"])
+    assert f"test accuracy {best['test_accuracy']:.4f}" in lines[2]
