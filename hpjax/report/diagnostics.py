@@ -28,6 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hpjax.report.labels import is_finite_number
 from hpjax.results import files
 
 KINDS = ("diverged", "not_learning", "oscillating", "overfitting", "too_few_units")
@@ -87,14 +88,12 @@ class Diagnostic:
     numbers: dict
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _series(curve: Sequence[Mapping], key: str) -> list[tuple[int, float]]:
     """(step, value) of the finite values of ``key`` along the curve."""
     return [
-        (int(p.get("step", i)), float(p[key])) for i, p in enumerate(curve) if _finite(p.get(key))
+        (int(p.get("step", i)), float(p[key]))
+        for i, p in enumerate(curve)
+        if is_finite_number(p.get(key))
     ]
 
 
@@ -109,7 +108,7 @@ def _diverged(trial: int, curve: Sequence[Mapping], status: str | None) -> Diagn
         for i, p in enumerate(curve):
             v = p.get(key)
             step = int(p.get("step", i))
-            if _finite(v):
+            if is_finite_number(v):
                 seen = (step, float(v))
             elif seen is not None:  # non-finite after a finite value: the loss blew up
                 if first_bad is None or step < first_bad[0]:
@@ -227,7 +226,7 @@ def _overfitting(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagno
     points = [
         (int(p.get("step", i)), float(p["train_loss"]), float(p["val_loss"]))
         for i, p in enumerate(curve)
-        if _finite(p.get("train_loss")) and _finite(p.get("val_loss"))
+        if is_finite_number(p.get("train_loss")) and is_finite_number(p.get("val_loss"))
     ]
     if len(points) < th.min_points:
         return None
@@ -330,7 +329,7 @@ def _units(hidden_units: Any) -> list[int]:
     if isinstance(hidden_units, int | float) and not isinstance(hidden_units, bool):
         return [int(hidden_units)]
     if isinstance(hidden_units, Sequence):
-        return [int(u) for u in hidden_units if _finite(u)]
+        return [int(u) for u in hidden_units if is_finite_number(u)]
     return []
 
 
@@ -378,10 +377,10 @@ def diagnose_workdir(
         out += diagnose_trial(
             trial,
             curves.get(trial, []),
-            num_classes=int(num_classes) if _finite(num_classes) else None,
+            num_classes=int(num_classes) if is_finite_number(num_classes) else None,
             status=row.get("status"),
             hidden_units=hidden,
-            input_dim=int(input_dim) if _finite(input_dim) else None,
+            input_dim=int(input_dim) if is_finite_number(input_dim) else None,
             thresholds=thresholds,
         )
     return out

@@ -3,6 +3,7 @@ short labels for a trial, number formatting."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,11 @@ SHORT_NAMES = {
 
 def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def is_finite_number(v: Any) -> bool:
+    """A real number (not a bool, not None) that is finite: what a result cell may be used as."""
+    return is_number(v) and math.isfinite(v)
 
 
 def format_value(v: Any, floatfmt: str = ".4g") -> str:

@@ -17,7 +17,6 @@ two agree).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from hpjax.config import config_to_dict
 from hpjax.errors import ConfigError
 from hpjax.report import labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
+from hpjax.report.labels import is_finite_number
 from hpjax.results import files
 from hpjax.studies.grid import train_and_evaluate
 
@@ -66,33 +66,29 @@ TABLE_COLUMNS = (
 )
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _mean(values: Sequence[Any]) -> float | None:
-    values = [float(v) for v in values if _num(v)]
+    values = [float(v) for v in values if is_finite_number(v)]
     return float(np.mean(values)) if values else None
 
 
 def _std(values: Sequence[Any]) -> float | None:
-    values = [float(v) for v in values if _num(v)]
+    values = [float(v) for v in values if is_finite_number(v)]
     return float(np.std(values)) if values else None
 
 
 def _sub(a: Any, b: Any) -> float | None:
-    return float(a) - float(b) if _num(a) and _num(b) else None
+    return float(a) - float(b) if is_finite_number(a) and is_finite_number(b) else None
 
 
 def _rate(row: Mapping) -> Any:
     """The trial's learning rate as listed in the grid (before any batch-size scaling)."""
     base = row.get("base_learning_rate")
-    return base if _num(base) else row.get("learning_rate")
+    return base if is_finite_number(base) else row.get("learning_rate")
 
 
 def _sort_key(values: tuple) -> tuple:
     """Numbers in numeric order before anything else, which sorts as text."""
-    return tuple((not _num(v), v if _num(v) else str(v)) for v in values)
+    return tuple((not is_finite_number(v), v if is_finite_number(v) else str(v)) for v in values)
 
 
 def architecture_table(summary: Sequence[Mapping], keys: Sequence[str]) -> list[dict]:
@@ -110,7 +106,11 @@ def architecture_table(summary: Sequence[Mapping], keys: Sequence[str]) -> list[
         groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
     out = []
     for values, rows in groups.items():
-        ok = [r for r in rows if r.get("status") != "diverged" and _num(r.get("best_val_loss"))]
+        ok = [
+            r
+            for r in rows
+            if r.get("status") != "diverged" and is_finite_number(r.get("best_val_loss"))
+        ]
         entry: dict[str, Any] = dict(zip(keys, values, strict=True))
         entry.update(
             num_params=rows[0].get("num_params"),
@@ -170,14 +170,14 @@ class Finding:
 
 
 def _g(v: Any) -> str:
-    return f"{v:.4g}" if _num(v) else "n/a"
+    return f"{v:.4g}" if is_finite_number(v) else "n/a"
 
 
 def _by_depth(table: Sequence[Mapping], width: str, value: str) -> dict[Any, list[tuple]]:
     """depth -> [(width, value)] sorted by width, only finite values."""
     lines: dict[Any, list[tuple]] = {}
     for row in table:
-        if _num(row.get(width)) and _num(row.get(value)):
+        if is_finite_number(row.get(width)) and is_finite_number(row.get(value)):
             lines.setdefault(row.get(DEPTH_KEY), []).append((row[width], row[value]))
     return {d: sorted(v) for d, v in sorted(lines.items(), key=lambda kv: str(kv[0]))}
 
@@ -281,7 +281,9 @@ def _more_units_than_inputs(table: Sequence[Mapping], width: str, input_dim: int
     claim = "Use more hidden units than inputs."
     if input_dim is None:
         return Finding(claim, "not tested", "the input dimension is unknown.")
-    rows = [r for r in table if _num(r.get(width)) and _num(r.get("val_loss"))]
+    rows = [
+        r for r in table if is_finite_number(r.get(width)) and is_finite_number(r.get("val_loss"))
+    ]
     few = [r for r in rows if r[width] < input_dim]
     many = [r for r in rows if r[width] >= input_dim]
     if not few or not many:
@@ -318,7 +320,7 @@ def _compare_depths(
 
 
 def _depth_findings(table: Sequence[Mapping], width: str, unit: str, model: str) -> list[Finding]:
-    depths = sorted({r.get(DEPTH_KEY) for r in table if _num(r.get(DEPTH_KEY))})
+    depths = sorted({r.get(DEPTH_KEY) for r in table if is_finite_number(r.get(DEPTH_KEY))})
     if model == "cnn":
         claim = "For CNNs deeper is better."
         if len(depths) < 2:
@@ -400,7 +402,7 @@ def plot_capacity(
     trains = _by_depth(table, width, "train_loss")
     gaps = _by_depth(table, width, "gap")
     means = {(r.get(DEPTH_KEY), r.get(width)): r for r in table}
-    widths = sorted({r[width] for r in table if _num(r.get(width))})
+    widths = sorted({r[width] for r in table if is_finite_number(r.get(width))})
     labelled = False
     for i, depth in enumerate(vals):
         colour = cycle[i % len(cycle)]
@@ -514,7 +516,9 @@ def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[
     extra = [k for k in labels.varying_hparams(summary) if k in (config.get("model_grid") or {})]
     keys += [k for k in extra if k not in keys]
     table = architecture_table(summary, keys)
-    input_dim = next((r["input_dim"] for r in summary if _num(r.get("input_dim"))), None)
+    input_dim = next(
+        (r["input_dim"] for r in summary if is_finite_number(r.get("input_dim"))), None
+    )
     findings = capacity_findings(table, model, width, input_dim)
 
     paths = {"csv": os.path.join(workdir, "capacity.csv")}
@@ -528,7 +532,7 @@ def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[
     )
 
     seeds = sorted({r.get("seed") for r in summary})
-    rates = sorted({_rate(r) for r in summary if _num(_rate(r))})
+    rates = sorted({_rate(r) for r in summary if is_finite_number(_rate(r))})
     unit = "channels" if model == "cnn" else "units"
     lines = [
         f"# Capacity study: {model.upper()} {unit} x layers",

@@ -31,6 +31,7 @@ from hpjax.errors import ConfigError
 from hpjax.models import validate_model_config
 from hpjax.report import labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
+from hpjax.report.labels import is_finite_number
 from hpjax.results import files
 from hpjax.studies import capacity
 from hpjax.studies.grid import train_and_evaluate
@@ -44,10 +45,6 @@ CSV_COLUMNS = ("stage", "selected") + capacity.TABLE_COLUMNS
 
 class NothingToRetrainError(RuntimeError):
     """Every subset trial diverged: there is no architecture to retrain on the full data."""
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def arch_keys(config: Any) -> tuple[str, ...]:
@@ -70,7 +67,11 @@ def select_best(table: Sequence[Mapping], keys: Sequence[str] = DEFAULT_KEYS) ->
     Ties go to the one with fewer parameters, then to the first in table order. Raises
     :class:`NothingToRetrainError` when no architecture reached a finite validation loss.
     """
-    ok = [(i, r) for i, r in enumerate(table) if _num(r.get("mean_val_loss")) and r.get("seeds")]
+    ok = [
+        (i, r)
+        for i, r in enumerate(table)
+        if is_finite_number(r.get("mean_val_loss")) and r.get("seeds")
+    ]
     if not ok:
         raise NothingToRetrainError(
             "no architecture reached a finite validation loss on the subset (every trial "
@@ -80,7 +81,7 @@ def select_best(table: Sequence[Mapping], keys: Sequence[str] = DEFAULT_KEYS) ->
         ok,
         key=lambda ir: (
             ir[1]["mean_val_loss"],
-            ir[1]["num_params"] if _num(ir[1].get("num_params")) else math.inf,
+            ir[1]["num_params"] if is_finite_number(ir[1].get("num_params")) else math.inf,
             ir[0],
         ),
     )
@@ -108,7 +109,7 @@ def _check_config(config: Any) -> None:
             "the RNN study's subset stage"
         )
     factors = tuple(config.get("full_lr_factors", (1.0,)) or ())
-    if not factors or not all(_num(f) and f > 0 for f in factors):
+    if not factors or not all(is_finite_number(f) and f > 0 for f in factors):
         raise ConfigError(
             f"config.full_lr_factors={factors!r} must be a non-empty tuple of positive numbers"
         )
@@ -190,14 +191,16 @@ def plot_comparison(
         label = " ".join(str(v) for v in values) or "subset"
         for ax, key in ((loss_ax, "val_loss"), (acc_ax, "val_accuracy")):
             pts = sorted(
-                (r[depth], r[key]) for r in rows if _num(r.get(key)) and _num(r.get(depth))
+                (r[depth], r[key])
+                for r in rows
+                if is_finite_number(r.get(key)) and is_finite_number(r.get(depth))
             )
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, "-o", color=colour, label=f"{label} (subset)")
     if full is not None:
         for ax, key in ((loss_ax, "val_loss"), (acc_ax, "val_accuracy")):
-            if _num(full.get(key)) and _num(full.get(depth)):
+            if is_finite_number(full.get(key)) and is_finite_number(full.get(depth)):
                 ax.plot(
                     [full[depth]],
                     [full[key]],
@@ -212,7 +215,7 @@ def plot_comparison(
         ax.set_xlabel(depth.replace("_", " "))
         ax.set_ylabel(f"{name} at the early-stop point")
         ax.set_title(name)
-        depths = sorted({r[depth] for r in table if _num(r.get(depth))})
+        depths = sorted({r[depth] for r in table if is_finite_number(r.get(depth))})
         if depths:
             ax.set_xticks(depths)
         ax.grid(True, alpha=0.3)
@@ -234,7 +237,11 @@ def plot_stage_curves(
     for i, (label, curve) in enumerate(curves):
         colour = cycle[i % len(cycle)]
         for key, style in (("val_loss", "-"), ("train_loss", "--")):
-            pts = [(p[x], p[key]) for p in curve if _num(p.get(x)) and _num(p.get(key))]
+            pts = [
+                (p[x], p[key])
+                for p in curve
+                if is_finite_number(p.get(x)) and is_finite_number(p.get(key))
+            ]
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, style, color=colour, label=label if key == "val_loss" else None)
@@ -254,17 +261,17 @@ def plot_stage_curves(
 
 
 def _g(v: Any, fmt: str = ".4g") -> str:
-    return format(v, fmt) if _num(v) else "n/a"
+    return format(v, fmt) if is_finite_number(v) else "n/a"
 
 
 def _pct(v: Any) -> str:
-    return f"{100 * v:.1f}%" if _num(v) else "n/a"
+    return f"{100 * v:.1f}%" if is_finite_number(v) else "n/a"
 
 
 def findings(table: Sequence[Mapping], keys: Sequence[str]) -> list[str]:
     """Sentences on what the subset stage shows: the best cell, and the best depth per cell."""
     out = []
-    rows = [r for r in table if _num(r.get("mean_val_loss"))]
+    rows = [r for r in table if is_finite_number(r.get("mean_val_loss"))]
     if "cell" in keys:
         best_of = {}
         for r in rows:

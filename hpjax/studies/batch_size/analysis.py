@@ -12,6 +12,7 @@ import numpy as np
 from scipy import stats
 
 from hpjax.report import labels
+from hpjax.report.labels import is_finite_number
 from hpjax.results import files
 from hpjax.studies.batch_size.config import SCALING_RULES
 
@@ -130,10 +131,6 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return float(stats.spearmanr(xs, ys).statistic)
 
 
-def finite(v: Any) -> bool:
-    return labels.is_number(v) and math.isfinite(v)
-
-
 def merge_compute(rows: list[dict], compute_rows: Sequence[Mapping]) -> None:
     by_size = {r["batch_size"]: r for r in compute_rows}
     for row in rows:
@@ -167,7 +164,7 @@ def _result_row(rule: str, run: str, row: Mapping, final: Mapping | None) -> dic
 
 
 def usable(row: Mapping) -> bool:
-    return row.get("status") != "diverged" and finite(row.get("final_val_accuracy"))
+    return row.get("status") != "diverged" and is_finite_number(row.get("final_val_accuracy"))
 
 
 def fixed_epochs_rows(
@@ -205,8 +202,8 @@ def chance(row: Mapping) -> bool:
     """At chance level: final validation accuracy at most 1.5 / classes."""
     classes = row.get("num_classes")
     return (
-        finite(classes)
-        and finite(row.get("final_val_accuracy"))
+        is_finite_number(classes)
+        and is_finite_number(row.get("final_val_accuracy"))
         and (row["final_val_accuracy"] <= 1.5 / classes)
     )
 
@@ -230,13 +227,21 @@ def noise_trial(config, per_size: Sequence[Mapping], per_trial: Sequence[Mapping
     row = next(r for r in per_size if r["batch_size"] == s.batch_size)
     if row["reached"]:
         return float(row["base_learning_rate"])
-    at_b = [r for r in per_trial if r["batch_size"] == s.batch_size and finite(r["best_metric"])]
+    at_b = [
+        r
+        for r in per_trial
+        if r["batch_size"] == s.batch_size and is_finite_number(r["best_metric"])
+    ]
     pick = max if higher_is_better(config.steps_to_target.metric) else min
     return float(pick(at_b, key=lambda r: r["best_metric"])["base_learning_rate"])
 
 
 def swing(rows: Sequence[Mapping]) -> float:
-    key = "b_simple_exact" if all(finite(r.get("b_simple_exact")) for r in rows) else "b_simple"
-    values = [r[key] for r in rows if finite(r.get(key)) and r[key] > 0]
+    key = (
+        "b_simple_exact"
+        if all(is_finite_number(r.get("b_simple_exact")) for r in rows)
+        else "b_simple"
+    )
+    values = [r[key] for r in rows if is_finite_number(r.get(key)) and r[key] > 0]
     pairs = [max(a, b) / min(a, b) for a, b in zip(values, values[1:], strict=False)]
     return max(pairs) if pairs else 1.0

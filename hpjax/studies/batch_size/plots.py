@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from hpjax.report import figures
-from hpjax.studies.batch_size.analysis import finite
+from hpjax.studies.batch_size.analysis import is_finite_number
 
 
 def _mark_failed(ax, xs: Sequence[float], colour, label: str | None) -> None:
@@ -35,7 +35,7 @@ def plot_fixed_epochs(rows: Sequence[Mapping], y: str, test_y: str, path: str, t
     for i, rule in enumerate(rules):
         colour = cycle[i % len(cycle)]
         group = sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["batch_size"])
-        ok = [r for r in group if r.get("status") != "diverged" and finite(r.get(y))]
+        ok = [r for r in group if r.get("status") != "diverged" and is_finite_number(r.get(y))]
         if ok:
             ax.plot(
                 [r["batch_size"] for r in ok],
@@ -45,7 +45,7 @@ def plot_fixed_epochs(rows: Sequence[Mapping], y: str, test_y: str, path: str, t
                 ms=4,
                 label=rule,
             )
-            tests = [r for r in ok if finite(r.get(test_y))]
+            tests = [r for r in ok if is_finite_number(r.get(test_y))]
             ax.plot(
                 [r["batch_size"] for r in tests],
                 [r[test_y] for r in tests],
@@ -70,7 +70,7 @@ def plot_grid_heatmap(grid_rows: Sequence[Mapping], value: str, path: str, title
     rates = sorted({r["learning_rate"] for r in grid_rows})
     table = np.full((len(rates), len(sizes)), np.nan)
     for r in grid_rows:
-        if r.get("status") != "diverged" and finite(r.get(value)):
+        if r.get("status") != "diverged" and is_finite_number(r.get(value)):
             table[rates.index(r["learning_rate"]), sizes.index(r["batch_size"])] = r[value]
     fig = figures.new_figure((max(6.0, 0.7 * len(sizes) + 2), max(4.0, 0.5 * len(rates) + 2)))
     ax = fig.add_subplot()
@@ -182,7 +182,7 @@ def plot_steps_to_target(
             ("b_simple", "-.", "B_simple (estimate)"),
             ("b_simple_exact", ":", "B_simple (exact)"),
         ):
-            if finite(noise.get(key)):
+            if is_finite_number(noise.get(key)):
                 ax.axvline(noise[key], color="C3", ls=style, label=f"{name} = {noise[key]:.3g}")
     ax.set_xscale("log", base=2)
     if reached:
@@ -216,7 +216,7 @@ def plot_noise_along_training(
         ("b_simple_ema", "-", "estimate (moving average)"),
         ("b_simple_exact", "--", "exact (all per-example gradients)"),
     ):
-        pts = [(r["step"], r[key]) for r in rows if finite(r.get(key)) and r[key] > 0]
+        pts = [(r["step"], r[key]) for r in rows if is_finite_number(r.get(key)) and r[key] > 0]
         if pts:
             ax.plot(*zip(*pts, strict=True), style, ms=3, label=label)
     ax.set_yscale("log")

@@ -13,8 +13,8 @@ from hpjax.report import markdown
 from hpjax.results import files
 from hpjax.studies.batch_size.analysis import (
     chance,
-    finite,
     higher_is_better,
+    is_finite_number,
     log_slope,
     perfect_scaling_end,
     spearman,
@@ -321,9 +321,15 @@ def describe_noise(
             + " Between neighbouring measurements it swings by up to a factor "
             f"{swing(rows):.2g} (the exact value too): one measurement says little."
         )
-    exact = [r for r in rows if finite(r.get("b_simple_exact")) and r["b_simple_exact"] > 0]
+    exact = [
+        r for r in rows if is_finite_number(r.get("b_simple_exact")) and r["b_simple_exact"] > 0
+    ]
     if exact:
-        ratios = [r["b_simple"] / r["b_simple_exact"] for r in exact if finite(r.get("b_simple"))]
+        ratios = [
+            r["b_simple"] / r["b_simple_exact"]
+            for r in exact
+            if is_finite_number(r.get("b_simple"))
+        ]
         if ratios:
             out.append(
                 "- The two-batch estimate against the exact value (all per-example gradients of "
@@ -342,7 +348,7 @@ def describe_noise(
         + (
             f"; exact {at_target['b_simple_exact']:.3g}, moving average "
             f"{at_target['b_simple_exact_ema']:.3g}"
-            if finite(at_target.get("b_simple_exact_ema"))
+            if is_finite_number(at_target.get("b_simple_exact_ema"))
             else ""
         )
         + "."
