@@ -24,12 +24,10 @@ from typing import Any
 import jax
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from hpjax.config import config_to_dict
 from hpjax.errors import ConfigError
-from hpjax.report import labels, markdown
+from hpjax.report import figures, labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
 from hpjax.report.labels import is_finite_number
 from hpjax.results import files
@@ -394,8 +392,7 @@ def plot_capacity(
     Right: the generalisation gap (validation minus training loss). ``input_dim``, when given,
     is marked (the guide: use more hidden units than inputs).
     """
-    fig = Figure(figsize=(12.0, 4.8), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = figures.new_figure((12.0, 4.8))
     ax, gap_ax = fig.subplots(1, 2)
     cycle = colormaps["tab10"].colors
     vals = _by_depth(table, width, "val_loss")
@@ -450,9 +447,7 @@ def plot_capacity(
     gap_ax.set_title("generalisation gap")
     if title:
         fig.suptitle(title)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path
+    return figures.save_figure(fig, path)
 
 
 # -------------------------------------------------------------------------------------- report
@@ -590,8 +585,7 @@ def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[
         "[report.md](report.md); this table: `capacity.csv`.",
     ]
     paths["report"] = os.path.join(workdir, "capacity_report.md")
-    with open(paths["report"], "w") as f:
-        f.write("\n".join(lines).rstrip("\n") + "\n")
+    files.write_markdown(paths["report"], lines)
     return paths
 
 

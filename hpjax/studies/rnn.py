@@ -22,14 +22,12 @@ from typing import Any
 import jax
 import ml_collections
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from hpjax import data as data_lib
 from hpjax import plan as study
 from hpjax.errors import ConfigError
 from hpjax.models import validate_model_config
-from hpjax.report import labels, markdown
+from hpjax.report import figures, labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
 from hpjax.report.labels import is_finite_number
 from hpjax.results import files
@@ -177,8 +175,7 @@ def plot_comparison(
     Solid: each architecture's best subset trial; the retrained architecture's full-data result
     is a star. With other grid keys than cell and depth, each combination is its own line.
     """
-    fig = Figure(figsize=(12.0, 4.8), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = figures.new_figure((12.0, 4.8))
     loss_ax, acc_ax = fig.subplots(1, 2)
     depth = "num_layers" if "num_layers" in keys else keys[-1]
     line_keys = [k for k in keys if k != depth]
@@ -221,17 +218,14 @@ def plot_comparison(
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path
+    return figures.save_figure(fig, path)
 
 
 def plot_stage_curves(
     curves: Sequence[tuple[str, Sequence[Mapping]]], path: str, x: str = "epoch"
 ) -> str:
     """Validation (solid) and training (dashed) loss curves, one colour per labelled curve."""
-    fig = Figure(figsize=(8.0, 5.0), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = figures.new_figure((8.0, 5.0))
     ax = fig.add_subplot()
     cycle = colormaps["tab10"].colors
     for i, (label, curve) in enumerate(curves):
@@ -252,9 +246,7 @@ def plot_stage_curves(
     ax.set_title("best trial of the selected architecture: subset against full data")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path
+    return figures.save_figure(fig, path)
 
 
 # -------------------------------------------------------------------------------------- report
@@ -428,8 +420,7 @@ def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[st
             )
         ]
     paths["report"] = os.path.join(workdir, "rnn_report.md")
-    with open(paths["report"], "w") as f:
-        f.write("\n".join(lines).rstrip("\n") + "\n")
+    files.write_markdown(paths["report"], lines)
     return paths
 
 

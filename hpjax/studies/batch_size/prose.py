@@ -35,7 +35,7 @@ def write_report(
         for plot in plots:
             lines += [f"![{os.path.basename(plot)}]({plot})", ""]
     path = os.path.join(directory, REPORT)
-    files.write_text_atomic(path, "\n".join(lines).rstrip("\n") + "\n")
+    files.write_markdown(path, lines)
     return path
 
 
