@@ -1,12 +1,16 @@
-"""What every experiment binary does: join the other hosts, run the study, report in one line."""
+"""What every experiment binary does: parse its flags, join the other hosts, run the study,
+and end in one line: its result, or what was wrong and how to go on (exit status 2 for a bad
+flag, config, workdir or data; 130 after Ctrl-C, with how to resume)."""
 
+import logging as std_logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hpjax.errors import ConfigError
@@ -40,28 +44,99 @@ def initialize_distributed(config) -> None:
 def define_flags(binary: str, config_file: str, help_text: str = "") -> tuple[Any, Any]:
     """``--config`` (default ``experiments/configs/<config_file>`` beside ``binary``) and
     ``--workdir``, the two flags every experiment binary takes."""
-    config = config_flags.DEFINE_config_file(
-        "config",
-        os.path.join(os.path.dirname(os.path.abspath(binary)), "configs", config_file),
-        help_text or "Study config file; override any key with --config.KEY=VALUE.",
-        lock_config=True,
-    )
+    try:  # ml_collections applies the --config overrides of sys.argv right here
+        config = config_flags.DEFINE_config_file(
+            "config",
+            os.path.join(os.path.dirname(os.path.abspath(binary)), "configs", config_file),
+            help_text or "Study config file; override any key with --config.KEY=VALUE.",
+            lock_config=True,
+        )
+    except (AttributeError, KeyError, OSError) as error:
+        _config_flag_error(error, sys.argv)
     workdir = flags.DEFINE_string(
         "workdir", None, "Directory for the study's outputs.", required=True
     )
     return config, workdir
 
 
+def fail(message: str, status: int = 2) -> None:
+    """Ends the binary with ``error: message`` on one line."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _unknown_key_message(error: BaseException, argv: list[str]) -> str:
+    """Which ``--config.KEY`` override names a key the config does not have."""
+    missing = re.findall(r"'([^']+)'", str(error))
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--config.") and missing and name.split(".")[-1] == missing[-1]:
+            return (
+                f"{name}: config has no key {missing[-1]!r}; every key is listed with its "
+                "default in hpjax/config.py (and in the --config file)"
+            )
+    return f"bad --config override: {error}"
+
+
+def _config_flag_error(error: BaseException, argv: list[str]) -> None:
+    if isinstance(error, OSError):  # a --config file that cannot be loaded
+        config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
+        fail(f"--config={config}: cannot load it ({str(error).splitlines()[0]})")
+    fail(_unknown_key_message(error, argv))  # an override of a key that does not exist
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every mistake as one line and exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        fail(str(error).replace("flag --workdir=None: ", ""))
+    except (AttributeError, KeyError, OSError) as error:
+        _config_flag_error(error, argv)
+    return []
+
+
+def main(entry: Callable[[list[str]], None]) -> None:
+    """``app.run(entry)`` with :func:`parse_flags`; every binary's ``__main__``."""
+    app.run(entry, flags_parser=parse_flags)
+
+
+def check_workdir(workdir: str) -> None:
+    """A workdir that is a file, or that cannot be created, is a one-line error (before anything
+    is created)."""
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--workdir={workdir!r} is a file, not a directory")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent.startswith("/proc") or not os.path.isdir(parent):
+        raise ConfigError(f"--workdir={workdir!r} cannot be created under {parent!r}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir={workdir!r} cannot be created: {parent!r} is not writable")
+
+
 def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
     """Joins the other hosts and runs ``study(config, workdir)``; a bad config or bad data
-    exits with status 2 and one line."""
-    initialize_distributed(config)
-    logging.info("JAX devices: %s", jax.devices())
+    exits with status 2 and one line, Ctrl-C with status 130 and how to resume."""
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)  # Orbax's teardown noise
     try:
+        config.get("distributed")
+    except OSError as error:  # ml_collections defers a --config file that failed to load
+        _config_flag_error(error, sys.argv)
+    try:
+        check_workdir(workdir)
+        initialize_distributed(config)
+        logging.info("JAX devices: %s", jax.devices())
         return study(config, workdir)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail(
+            f"interrupted; run the same command again to resume {workdir!r} from its last state "
+            "checkpoint",
+            status=130,
+        )
 
 
 def run_study(config, workdir: str) -> list[dict]:

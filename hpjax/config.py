@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 
 # Keys that change how a study is run or shown, not what it computes.
-NON_STUDY_KEYS = ("overwrite", "log_every_s", "checkpoint_every_s", "make_report")
+NON_STUDY_KEYS = ("overwrite", "restart", "log_every_s", "checkpoint_every_s", "make_report")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -24,6 +24,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.train_subset = 0  # > 0: train on a random subset of this many examples
     config.data_seed = 0
     config.train_eval_examples = 2048  # training examples used to measure the training loss
+    config.num_classes = 0  # 0 = found in the training labels (logged)
+    config.max_abs_input = 1e6  # inputs beyond this magnitude are a data error; 0 = no check
 
     # Model.
     config.model = ml_collections.ConfigDict()
@@ -84,6 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Running and reporting.
     config.overwrite = False  # replace a workdir that holds a different study
+    config.restart = False  # discard this study's saved state and results; train it afresh
     config.log_every_s = 5.0
     config.make_report = True
     config.report_x = "learning_rate"

@@ -136,7 +136,17 @@ def load_dataset(config: Any) -> Dataset:
     else:
         x_train, y_train, x_val, y_val, x_test, y_test = _load_npz(_get_npz_path(config))
 
-    num_classes = int(max(int(y.max()) for y in (y_train, y_val, y_test) if y is not None)) + 1
+    where = f"dataset {name!r}" + (f" ({_get_npz_path(config)})" if name == "npz" else "")
+    num_classes = check_classes(
+        {"y_train": y_train, "y_val": y_val, "y_test": y_test},
+        int(getattr(config, "num_classes", 0) or 0),
+        where,
+    )
+    check_input_scale(
+        {"x_train": x_train, "x_val": x_val, "x_test": x_test},
+        float(getattr(config, "max_abs_input", 1e6) or 0.0),
+        where,
+    )
 
     if x_val is None:
         x_train, y_train, x_val, y_val = _carve_validation(
@@ -167,6 +177,60 @@ def load_dataset(config: Any) -> Dataset:
     )
 
 
+def check_classes(labels: dict[str, np.ndarray | None], num_classes: int, where: str) -> int:
+    """The number of classes: ``num_classes`` when given (> 0), else found in the training
+    labels, with a log line. Fewer than two classes, labels beyond the classes, and labels of
+    the validation or test set that the training set never shows are data errors."""
+    train = np.unique(labels["y_train"])
+    if len(train) < 2:
+        raise ConfigError(
+            f"{where}: y_train holds a single class (label {int(train[0])}); a classifier needs "
+            "at least two"
+        )
+    found = int(train.max()) + 1
+    if num_classes > 0:
+        for key, y in labels.items():
+            if y is not None and int(y.max()) >= num_classes:
+                raise ConfigError(
+                    f"{where}: {key} holds label {int(y.max())}, beyond config.num_classes="
+                    f"{num_classes} (labels must be in [0, {num_classes}))"
+                )
+        return num_classes
+    if found > 100 and found > 4 * len(train):
+        raise ConfigError(
+            f"{where}: the labels of y_train run up to {found - 1} but only {len(train)} distinct "
+            f"values appear, which would make {found} classes; relabel them 0..{len(train) - 1} "
+            "or set config.num_classes"
+        )
+    for key, y in labels.items():
+        if y is None or key == "y_train":
+            continue
+        unseen = np.setdiff1d(np.unique(y), train)
+        if len(unseen):
+            raise ConfigError(
+                f"{where}: {key} holds label(s) {', '.join(map(str, unseen[:5].tolist()))} that "
+                "y_train never shows; a trial cannot learn a class it is never trained on"
+            )
+    log.info("%s: %d classes, found in the training labels", where, found)
+    return found
+
+
+def check_input_scale(inputs: dict[str, np.ndarray | None], limit: float, where: str) -> None:
+    """Inputs of a magnitude no first layer survives are a data error, not a learning-rate one
+    (``limit`` <= 0 turns the check off; ``config.max_abs_input``)."""
+    if limit <= 0:
+        return
+    for key, x in inputs.items():
+        if x is None:
+            continue
+        peak = float(np.max(np.abs(x)))
+        if peak > limit:
+            raise ConfigError(
+                f"{where}: {key} reaches |x| = {peak:.3g}, beyond config.max_abs_input={limit:g}; "
+                "standardise the inputs (e.g. (x - mean) / std) or raise the limit"
+            )
+
+
 def _carve_validation(x, y, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
     """A random ``val_fraction`` of the training set as the validation set (sorted indices)."""
     n = len(y)
@@ -193,13 +257,16 @@ def from_arrays(
     name: str = "arrays",
     val_fraction: float = 0.1,
     seed: int = 0,
+    num_classes: int = 0,
+    max_abs_input: float = 1e6,
 ) -> Dataset:
     """A :class:`Dataset` of your own numpy (or jax) arrays, checked like an ``.npz`` file.
 
     ``task='classification'``: ``y`` holds integer labels ``[N]`` (``num_classes`` = largest
     label + 1); ``task='regression'``: ``y`` holds real targets ``[N, ...]``. Without
     ``x_val``/``y_val``, a random ``val_fraction`` of the training set becomes the validation
-    set (``seed`` picks it). Raises :class:`ConfigError` naming the bad array.
+    set (``seed`` picks it). ``num_classes`` and ``max_abs_input`` act as the config keys of the
+    same names. Raises :class:`ConfigError` naming the bad array.
     """
     if task not in ("classification", "regression"):
         raise ConfigError(f"task={task!r} is unknown; allowed: classification, regression")
@@ -235,13 +302,17 @@ def from_arrays(
             and checked[f"x_{split}"].shape[1:] != checked["x_train"].shape[1:]
         ):
             raise ConfigError(f"{where}: x_{split} and x_train differ in their feature shape")
+    where = f"data {name!r}"
+    check_input_scale({k: v for k, v in checked.items() if k.startswith("x")}, max_abs_input, where)
+    if task == "classification":
+        labels = {k: checked.get(k) for k in ("y_train", "y_val", "y_test")}
+        num_classes = check_classes(labels, int(num_classes), where)
     x_tr, y_tr = checked["x_train"], checked["y_train"]
     if "x_val" in checked:
         x_v, y_v = checked["x_val"], checked["y_val"]
     else:
         x_tr, y_tr, x_v, y_v = _carve_validation(x_tr, y_tr, float(val_fraction), int(seed))
     as_y = _as_y if task == "classification" else _as_x
-    ys = (y_tr, y_v, checked["y_test"])
     return Dataset(
         name=name,
         x_train=_as_x(x_tr),
@@ -250,7 +321,7 @@ def from_arrays(
         y_val=as_y(y_v),
         x_test=_as_x(checked["x_test"]),
         y_test=as_y(checked["y_test"]),
-        num_classes=int(max(int(y.max()) for y in ys)) + 1 if task == "classification" else 0,
+        num_classes=num_classes if task == "classification" else 0,
     )
 
 

@@ -298,6 +298,55 @@ def validate_config(config, num_train: int | None = None) -> None:
                     size,
                     f"is larger than the training set ({num_train} examples)",
                 )
+        warmup = int(config.get("warmup_steps", 0) or 0)
+        if warmup > 0 and not float(config.get("warmup_epochs", 0.0) or 0.0) > 0:
+            for size in sorted({t.batch_size for t in trials}):
+                budget = _max_steps(config, size, num_train)
+                if warmup >= budget:
+                    _fail(
+                        "warmup_steps",
+                        warmup,
+                        f"is not below the budget of {budget} steps (batch size {size}): the "
+                        "rate would never reach its peak",
+                    )
+    _check_run_keys(config)
+
+
+INF = math.inf
+# key -> (lowest, highest, lowest allowed, highest allowed, what the key means)
+_RUN_KEY_RANGES = {
+    "train_eval_examples": (1, INF, True, False, "training examples to measure the training loss"),
+    "max_population": (0, INF, True, False, "trials per compiled program (0 = no limit)"),
+    "memory_fraction": (0.0, 1.0, False, True, "share of device memory a population may use"),
+    "checkpoint_every": (0, INF, True, False, "evaluations between state checkpoints (0 = end)"),
+    "min_steps": (0, INF, True, False, "steps before early stopping may stop a trial"),
+    "compact_fraction": (0.0, 1.0, True, False, "share of training rows that triggers compaction"),
+    "log_every_s": (0.0, INF, True, False, "seconds between progress lines"),
+    "divergence_factor": (0.0, INF, False, False, "x ln(classes): a batch loss above diverges"),
+    "warmup_steps": (0, INF, True, False, "steps of linear warmup"),
+}
+REPORT_X = ("learning_rate", "batch_size", "seed", "weight_decay", "base_learning_rate")
+
+
+def _check_run_keys(config) -> None:
+    """The keys of how a study runs and reports: each in its range, named when not."""
+    for key, (low, high, low_ok, high_ok, meaning) in _RUN_KEY_RANGES.items():
+        value = config.get(key, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            _fail(key, value, f"must be a number ({meaning})")
+        above = low < value or (low_ok and value == low)
+        below = value < high or (high_ok and value == high)
+        if not (above and below):
+            interval = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+            _fail(key, value, f"must be in {interval} ({meaning})")
+    x = config.get("report_x", "learning_rate")
+    model_keys = set(config.model.keys()) if "model" in config else set()
+    model_keys |= set((config.get("model_grid", None) or {}).keys())
+    allowed = (*REPORT_X, *sorted(model_keys - {"name"}))
+    if x not in allowed:
+        _fail("report_x", x, f"is not a hyperparameter of the study; allowed: {', '.join(allowed)}")
 
 
 def take_trials(plan: PopulationPlan, positions) -> PopulationPlan:

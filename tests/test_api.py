@@ -188,6 +188,9 @@ def test_a_factory_that_cannot_build_is_one_line():
         (dict(y_train=np.zeros(9, int)), "x_train has 10 rows but y_train has 9"),
         (dict(x_test=np.full((3, 2), np.nan)), "non-finite"),
         (dict(x_val=np.zeros((3, 2))), "both x_val and y_val"),
+        (dict(y_test=np.array([0, 1, 5])), "y_test holds label.s. 5 that y_train never shows"),
+        (dict(y_train=np.ones(10, int)), "single class"),
+        (dict(x_train=np.full((10, 2), 1e9)), r"x_train reaches \|x\| = 1e\+09"),
     ],
 )
 def test_from_arrays_checks_like_an_npz(arrays, match):
@@ -202,8 +205,12 @@ def test_from_arrays_checks_like_an_npz(arrays, match):
 
 
 def test_from_arrays_splits_off_validation_and_counts_classes():
-    data = hpjax.from_arrays(np.ones((50, 3)), np.arange(50) % 4, np.ones((5, 3)), np.arange(5))
-    assert (data.num_train, len(data.y_val), data.num_classes) == (45, 5, 5)
+    data = hpjax.from_arrays(np.ones((50, 3)), np.arange(50) % 4, np.ones((5, 3)), np.arange(5) % 4)
+    assert (data.num_train, len(data.y_val), data.num_classes) == (45, 5, 4)
+    more = hpjax.from_arrays(
+        np.ones((50, 3)), np.arange(50) % 4, np.ones((5, 3)), np.arange(5), num_classes=6
+    )
+    assert more.num_classes == 6
     jax.tree.map(lambda a: a, data.x_train)  # plain arrays
     reg = hpjax.from_arrays(
         np.ones((50, 3)), np.ones((50, 2)), np.ones((5, 3)), np.ones((5, 2)), task="regression"

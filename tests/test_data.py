@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import ml_collections
 import numpy as np
@@ -272,13 +273,33 @@ def test_npz_round_trip_without_val_carves_validation(tmp_path):
     np.testing.assert_array_equal(ds.x_test, arrays["x_test"].astype(np.float32))
 
 
-def test_npz_num_classes_over_all_splits_and_integral_float_labels(tmp_path):
+def test_npz_classes_come_from_the_training_labels_or_the_config(tmp_path):
     arrays = _arrays(n_val=6, classes=3)
-    arrays["y_test"][0] = 6
-    arrays["y_train"] = arrays["y_train"].astype(np.float64)
+    arrays["y_train"] = arrays["y_train"].astype(np.float64)  # integral floats are labels
     ds = data.load_dataset(make_config(dataset="npz", npz_path=_npz(tmp_path, arrays)))
+    assert ds.num_classes == 3 and ds.y_train.dtype == np.int32
+    arrays["y_test"][0] = 6  # a class the training set never shows
+    path = _npz(tmp_path, arrays)
+    with pytest.raises(ConfigError, match="y_test holds label.s. 6 that y_train never shows"):
+        data.load_dataset(make_config(dataset="npz", npz_path=path))
+    ds = data.load_dataset(make_config(dataset="npz", npz_path=path, num_classes=7))
     assert ds.num_classes == 7
-    assert ds.y_train.dtype == np.int32
+    with pytest.raises(ConfigError, match=r"y_test holds label 6, beyond config.num_classes=5"):
+        data.load_dataset(make_config(dataset="npz", npz_path=path, num_classes=5))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda a: a["y_train"].fill(2), "y_train holds a single class .label 2."),
+        (lambda a: a["y_train"].__setitem__(0, 100000), "would make 100001 classes"),
+        (lambda a: a["x_val"].__setitem__((0, 0), 1e30), r"x_val reaches \|x\| = 1e\+30"),
+    ],
+)
+def test_npz_data_wrong_in_meaning_is_a_data_error(tmp_path, change, match):
+    arrays = _arrays(n_val=6, classes=3)
+    change(arrays)
+    assert match and re.search(match, _npz_error(tmp_path, arrays))
 
 
 def _npz_error(tmp_path, arrays=None, path=None, **overrides) -> str:
@@ -415,7 +436,7 @@ def test_npz_features_need_an_example_axis(tmp_path):
 
 
 def test_npz_val_fraction_leaving_no_training_examples(tmp_path):
-    arrays = _arrays(n_train=2)
+    arrays = _arrays(n_train=2, classes=2)
     msg = _npz_error(tmp_path, arrays, val_fraction=0.9)
     assert "config.val_fraction=0.9" in msg
 

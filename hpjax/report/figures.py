@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from hpjax.report.labels import format_value, is_number, trial_label, varying_hparams
-from hpjax.results.files import PathLike, curves_by_trial
+from hpjax.results.files import PathLike, curves_by_trial, record_written
 
 _PNG_DPI = 120
 
@@ -35,6 +35,7 @@ def save_figure(fig: Figure, path: PathLike) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")
+    record_written(path)
     return path
 
 

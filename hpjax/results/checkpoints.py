@@ -200,7 +200,7 @@ class StateCheckpoints:
         raise ConfigError(
             f"cannot resume: every checkpoint in {self.directory!r} is corrupt ("
             + "; ".join(errors)
-            + "); pass --config.overwrite=True to start the study afresh"
+            + "); pass --config.restart=True to discard them and train this study afresh"
         )
 
     def close(self) -> None:

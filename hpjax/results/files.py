@@ -7,12 +7,17 @@ A reader reads what a writer here wrote: non-finite floats are written as empty 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import math
 import os
 import re
 import shutil
+import socket
+import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -185,19 +190,77 @@ def read_workdir(workdir: PathLike) -> tuple[dict, list[dict], list[dict]]:
     return read_config(workdir), metrics, summary
 
 
+PLOTS_WRITTEN = ".hpjax_written"  # in a plots directory: the files hpjax wrote there
+_OWN_DIR_ENTRIES = {  # directories hpjax owns entries of, and the pattern of those entries
+    "checkpoints": re.compile(r"trial_\d{4}"),
+    "state": re.compile(r"population_\d+"),
+}
+
+
+def record_written(path: PathLike) -> None:
+    """Notes that hpjax wrote ``path`` (a plot), so that replacing the study removes it and
+    nothing else of its directory."""
+    path = os.fspath(path)
+    listing = os.path.join(os.path.dirname(os.path.abspath(path)), PLOTS_WRITTEN)
+    names = set(_read_lines(listing))
+    if os.path.basename(path) not in names:
+        with open(listing, "a") as f:
+            f.write(os.path.basename(path) + "\n")
+
+
+def _read_lines(path: str) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _remove_outputs(workdir: str) -> None:
+    """Removes what hpjax wrote into ``workdir``; files of anyone else stay where they are."""
+    for name in OUTPUTS:
+        target = os.path.join(workdir, name)
+        if name in _OWN_DIR_ENTRIES and os.path.isdir(target):
+            for entry in os.listdir(target):
+                if _OWN_DIR_ENTRIES[name].fullmatch(entry):
+                    shutil.rmtree(os.path.join(target, entry))
+        elif name == "plots" and os.path.isdir(target):
+            listing = os.path.join(target, PLOTS_WRITTEN)
+            for entry in _read_lines(listing):
+                if os.path.isfile(os.path.join(target, entry)):
+                    os.remove(os.path.join(target, entry))
+            if os.path.exists(listing):
+                os.remove(listing)
+        elif os.path.isfile(target):
+            os.remove(target)
+        if os.path.isdir(target) and not os.listdir(target):
+            os.rmdir(target)
+
+
 def prepare_workdir(workdir: str, config_dict: dict) -> bool:
     """Makes the workdir ready; returns True when it holds this same study already (resume).
 
-    A workdir that holds a different study is refused unless ``config.overwrite`` is set, in
-    which case that study's outputs are removed first.
+    A workdir that holds a different study is refused unless ``config.overwrite`` is set;
+    ``config.restart`` discards this same study's saved state and results. Either removes only
+    what hpjax wrote. A workdir with study outputs but no ``config.json`` was not written by
+    hpjax: it is refused, naming the files.
     """
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        foreign = sorted(
+            name for name in OUTPUTS if name != "config.json" and _holds(workdir, name)
+        )
+        if foreign:
+            raise ConfigError(
+                f"workdir {workdir!r} holds {', '.join(foreign)} but no config.json: files "
+                "hpjax did not write (or from another tool); choose another --workdir"
+            )
+    else:
         with open(path) as f:
             old = json.load(f)
-        if study_identity(old) == study_identity(config_dict):
+        same = study_identity(old) == study_identity(config_dict)
+        if same and not config_dict.get("restart", False):
             return True
-        if not config_dict.get("overwrite", False):
+        if not same and not config_dict.get("overwrite", False):
             differing = sorted(
                 k
                 for k in set(old) | set(config_dict)
@@ -208,12 +271,58 @@ def prepare_workdir(workdir: str, config_dict: dict) -> bool:
                 f"{', '.join(differing)}); choose another --workdir or pass "
                 "--config.overwrite=True to replace it"
             )
-        for name in OUTPUTS:
-            target = os.path.join(workdir, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.exists(target):
-                os.remove(target)
+        _remove_outputs(workdir)
     os.makedirs(workdir, exist_ok=True)
     write_json(path, config_dict)
     return False
+
+
+def _holds(workdir: str, name: str) -> bool:
+    target = os.path.join(workdir, name)
+    return os.path.isfile(target) or (os.path.isdir(target) and bool(os.listdir(target)))
+
+
+LOCK_FILE = ".hpjax.lock"
+_HELD: dict[str, list] = {}  # lock path -> [open file, depth]: this process's locks
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds an OS lock (``flock``) on ``workdir`` for the study's life.
+
+    A second run into a locked workdir stops at once with a :class:`ConfigError` naming the
+    process that holds it. The kernel releases the lock when its process ends, however it ends,
+    so a lock left by a killed run never blocks a rerun. Re-entrant within one process.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+    if path in _HELD:
+        _HELD[path][1] += 1
+    else:
+        handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's life)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"workdir {workdir!r} is in use by {holder}; wait for it to finish or choose "
+                "another --workdir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:200]})"
+        )
+        handle.flush()
+        _HELD[path] = [handle, 1]
+    try:
+        yield
+    finally:
+        _HELD[path][1] -= 1
+        if _HELD[path][1] == 0:
+            handle = _HELD.pop(path)[0]
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()

@@ -73,8 +73,15 @@ def train_and_evaluate(
     plans = study.plan_populations(config, trials, dataset.num_train)
     models = build_models(config, dataset, model)
     sharding = TrialSharding(int(config.get("num_devices", 0)))
-    if sharding.is_writer:
+    if not sharding.is_writer:
+        return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks)
+    with files.workdir_lock(workdir):
         files.prepare_workdir(workdir, config_to_dict(config))
+        return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks)
+
+
+def _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks) -> list[dict]:
+    """Trains the planned populations and writes the summary and report (process 0)."""
     logging.info(
         "study: %d trials in %d population(s) on %d %s device(s); data %s: %d train, %d val, "
         "%d test",
