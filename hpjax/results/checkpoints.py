@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,31 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class CorruptCheckpointError(ValueError):
+    """A restored array does not match the checksum recorded when it was saved."""
+
+
+def checksums(tree: Any) -> dict[str, str]:
+    """A CRC-32 of every array of ``tree`` (host arrays), by its path in the tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path): f"{zlib.crc32(np.ascontiguousarray(leaf).tobytes()):08x}"
+        for path, leaf in leaves
+    }
+
+
+def verify(tree: Any, recorded: dict[str, str] | None, where: str) -> None:
+    """Raises :class:`CorruptCheckpointError` naming the first array whose bytes changed."""
+    if recorded is None:
+        return  # written before checksums were recorded
+    for path, crc in checksums(jax.device_get(tree)).items():
+        if recorded.get(path) != crc:
+            raise CorruptCheckpointError(
+                f"{where}: array {path} does not match its checksum (recorded "
+                f"{recorded.get(path)}, read {crc}); the file is corrupt"
+            )
+
+
 def save_best(workdir: str, best_params: Any, rows: list[dict], extra: dict) -> None:
     """Saves each trial's best parameters (``[K, ...]`` leaves) with its summary row.
 
@@ -80,6 +106,7 @@ def save_best(workdir: str, best_params: Any, rows: list[dict], extra: dict) -> 
     for j, row in enumerate(rows):
         params = jax.tree.map(lambda leaf, j=j: np.asarray(leaf[j]), host_params)
         metadata = {k: _plain(v) for k, v in row.items()} | extra
+        metadata["checksums"] = checksums(params)
         manager = _manager(best_dir(workdir, row["trial"]), max_to_keep=1)
         _clear_step(manager, int(row["best_step"]))
         manager.save(
@@ -121,9 +148,16 @@ def restore_best(
     step = manager.latest_step()
     if step is None:
         raise ConfigError(f"trial {trial}: no finished checkpoint in {directory!r}")
-    metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-        "metadata"
-    ]
+    try:
+        metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+            "metadata"
+        ]
+    except Exception as error:  # noqa: BLE001 (Orbax raises many kinds on corrupt files)
+        manager.close()
+        raise ConfigError(
+            f"trial {trial} checkpoint {directory}/{step}: its metadata cannot be read "
+            f"({type(error).__name__}: {str(error)[:200]})"
+        ) from None
     model_config = metadata["model_config"]
     if model is not None:
         built = from_factory(model, str(model_config.get("name", "model")))
@@ -140,10 +174,20 @@ def restore_best(
         )
     model = built
     abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    params = manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
-    )["params"]
-    manager.close()
+    try:
+        params = manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+        )["params"]
+        verify(params, metadata.get("checksums"), f"trial {trial} checkpoint {directory}/{step}")
+    except CorruptCheckpointError as error:
+        raise ConfigError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 (Orbax raises many kinds on corrupt files)
+        raise ConfigError(
+            f"trial {trial} checkpoint {directory}/{step} cannot be read: "
+            f"{type(error).__name__}: {str(error)[:200]}"
+        ) from None
+    finally:
+        manager.close()
     return RestoredTrial(module=model.module(params), params=params, metadata=metadata)
 
 
@@ -161,6 +205,7 @@ class StateCheckpoints:
         after it) is replaced.
         """
         _clear_step(self.manager, tick)
+        host = host | {"checksums": checksums(jax.device_get(state))}
         self.manager.save(
             tick,
             args=ocp.args.Composite(
@@ -187,6 +232,11 @@ class StateCheckpoints:
                     args=ocp.args.Composite(
                         params=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()
                     ),
+                )
+                verify(
+                    restored["params"],
+                    restored["metadata"].get("checksums"),
+                    f"state checkpoint {self.directory}/{step}",
                 )
                 if errors:
                     logging.warning(
