@@ -247,6 +247,7 @@ class StateCheckpoints:
                 return restored["params"], restored["metadata"]
             except Exception as error:  # noqa: BLE001 (Orbax raises many kinds on corrupt files)
                 errors.append(f"step {step}: {type(error).__name__}: {str(error)[:200]}")
+        self.close()  # an open manager left to the interpreter's exit spews asyncio errors
         raise ConfigError(
             f"cannot resume: every checkpoint in {self.directory!r} is corrupt ("
             + "; ".join(errors)

@@ -1,0 +1,110 @@
+"""The binaries' contract: every bad flag, config, workdir or data is one ``error:`` line and
+exit status 2 before anything compiles or is written; Ctrl-C says how to resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hpjax import plan
+from hpjax.config import default_config
+from hpjax.errors import ConfigError
+from tests.conftest import ROOT
+
+BINARY = os.path.join(ROOT, "experiments", "lr_sweep.py")
+TINY = [
+    "--config.dataset=digits",
+    "--config.model.hidden_units=8",
+    "--config.model.num_layers=1",
+    "--config.learning_rates=(0.01,)",
+    "--config.num_steps=40",
+    "--config.eval_every=10",
+    "--config.make_report=False",
+]
+
+
+def run_binary(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, BINARY, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config.nosuchkey=1"], "--config.nosuchkey: config has no key 'nosuchkey'"),
+        (["--config.model.nosuchkey=3"], "--config.model.nosuchkey: config has no key"),
+        (["--config.num_steps=abc"], "flag --config.num_steps=abc: invalid literal"),
+        (["--config=/no/such/config.py"], "--config=/no/such/config.py: cannot load it"),
+        (["--config.train_eval_examples=0"], "config.train_eval_examples=0 must be in [1, inf)"),
+        (["--config.memory_fraction=2.0"], "config.memory_fraction=2.0 must be in (0, 1]"),
+        (["--config.report_x=bogus"], "config.report_x='bogus' is not a hyperparameter"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2_leaving_nothing(tmp_path, args, expected):
+    workdir = tmp_path / "w"
+    result = run_binary(f"--workdir={workdir}", *args, *TINY)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = error_lines(result)
+    assert expected in line
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
+
+
+def test_missing_workdir_and_a_workdir_that_is_a_file(tmp_path):
+    result = run_binary(*TINY)
+    assert result.returncode == 2 and "--workdir must have a value" in error_lines(result)[0]
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    result = run_binary(f"--workdir={a_file}", *TINY)
+    assert result.returncode == 2 and "is a file, not a directory" in error_lines(result)[0]
+    assert a_file.read_text() == "mine"
+
+
+def test_ctrl_c_ends_with_how_to_resume_and_the_rerun_finishes(tmp_path):
+    workdir = tmp_path / "w"
+    args = [f"--workdir={workdir}", *TINY, "--config.num_steps=4000", "--config.patience=0"]
+    process = subprocess.Popen(
+        [sys.executable, BINARY, *args], stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    deadline = time.monotonic() + 120
+    while not (workdir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "error: interrupted; run the same command again to resume" in err
+    assert "Traceback" not in err
+    result = run_binary(*args[:-2], "--config.num_steps=200", "--config.patience=0")
+    assert result.returncode == 2 and "holds a different study" in error_lines(result)[0]
+    result = run_binary(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("max_population", -1),
+        ("memory_fraction", 0.0),
+        ("memory_fraction", -1.0),
+        ("checkpoint_every", -1),
+        ("min_steps", -1),
+        ("compact_fraction", 2.0),
+        ("log_every_s", -1.0),
+        ("divergence_factor", 0.0),
+        ("warmup_steps", 3000),
+    ],
+)
+def test_run_keys_out_of_range_name_the_key_and_the_range(key, value):
+    config = default_config()
+    config[key] = value
+    with pytest.raises(ConfigError, match=rf"config\.{key}={value!r} (must be in|is not below)"):
+        plan.validate_config(config, 3600)

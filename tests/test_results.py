@@ -1,0 +1,118 @@
+"""The workdir's owner: a lock, verified checkpoints, and files of others left alone."""
+
+import os
+
+import numpy as np
+import pytest
+
+from hpjax.errors import ConfigError
+from hpjax.results import checkpoints, files
+from hpjax.studies.grid import train_and_evaluate
+
+
+def _xor_array_files(directory: str) -> list[str]:
+    """XORs up to 4 KiB in the middle of every array data file (OCDBT ``d/``) under
+    ``directory``."""
+    paths = [os.path.join(d, n) for d, _, names in os.walk(directory) for n in names]
+    paths = [p for p in paths if os.path.basename(os.path.dirname(p)) == "d"]
+    for path in paths:
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.seek(size // 3)
+            data = bytearray(f.read(4096))
+            f.seek(size // 3)
+            f.write(bytes(b ^ 0x5A for b in data))
+    assert paths
+    return paths
+
+
+def test_a_locked_workdir_refuses_a_second_run_at_once(tiny_config, tmp_path):
+    workdir = str(tmp_path / "w")
+    with files.workdir_lock(workdir):  # as another run would hold it
+        # the same process may take it again (studies nest)...
+        with files.workdir_lock(workdir):
+            pass
+        # ...but another open of the file cannot: simulate with a child process
+        import subprocess
+        import sys
+
+        code = f"from hpjax.results import files\nwith files.workdir_lock({workdir!r}): pass\n"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode != 0 and "is in use by pid" in out.stderr
+        assert f"pid {os.getpid()}" in out.stderr
+    # released: a lock file left behind (as after SIGKILL) never blocks
+    assert os.path.exists(os.path.join(workdir, files.LOCK_FILE))
+    rows = train_and_evaluate(tiny_config, workdir)
+    assert len(rows) == 3
+
+
+def test_checksums_catch_flipped_bytes_in_state_and_best_checkpoints(tiny_config, tmp_path):
+    workdir = str(tmp_path / "w")
+    reference = train_and_evaluate(tiny_config, str(tmp_path / "reference"))
+    train_and_evaluate(tiny_config, workdir)
+    # the finished state: corrupt the newest checkpoint; resuming falls back to the older one
+    state = checkpoints.state_dir(workdir, 0)
+    newest = max(int(s) for s in os.listdir(state) if s.isdigit())
+    _xor_array_files(os.path.join(state, str(newest)))
+    again = train_and_evaluate(tiny_config, workdir)
+    for a, b in zip(again, reference, strict=True):
+        assert a["best_val_loss"] == pytest.approx(b["best_val_loss"], rel=1e-6)
+        assert a["status"] == b["status"] and a["best_step"] == b["best_step"]
+    restored = checkpoints.restore_best(workdir, 1)
+    assert set(restored.metadata["checksums"]) == {
+        path for path in checkpoints.checksums(restored.params)
+    }
+    _xor_array_files(checkpoints.best_dir(workdir, 1))
+    with pytest.raises(ConfigError, match="trial 1 checkpoint .*trial_0001"):
+        checkpoints.restore_best(workdir, 1)
+
+
+def test_verify_names_the_changed_array():
+    tree = {"a": np.arange(4.0), "b": {"c": np.ones(3)}}
+    recorded = checkpoints.checksums(tree)
+    checkpoints.verify(tree, recorded, "x")
+    tree["b"]["c"][1] = 2.0
+    with pytest.raises(checkpoints.CorruptCheckpointError, match=r"x: array \['b'\]\['c'\]"):
+        checkpoints.verify(tree, recorded, "x")
+
+
+def test_every_state_checkpoint_corrupt_offers_restart_that_works(tiny_config, tmp_path):
+    workdir = str(tmp_path / "w")
+    tiny_config.checkpoint_every = 1
+    first = train_and_evaluate(tiny_config, workdir)
+    state = checkpoints.state_dir(workdir, 0)
+    for step in os.listdir(state):
+        if step.isdigit():
+            _xor_array_files(os.path.join(state, step))
+    with pytest.raises(ConfigError, match=r"pass --config\.restart=True"):
+        train_and_evaluate(tiny_config, workdir)
+    tiny_config.restart = True
+    again = train_and_evaluate(tiny_config, workdir)
+    assert [r["best_val_loss"] for r in again] == pytest.approx(
+        [r["best_val_loss"] for r in first], rel=1e-6
+    )
+
+
+def test_files_of_others_are_never_deleted_or_replaced(tiny_config, tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "summary.csv").write_text("mine\n")
+    (workdir / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="holds metrics.jsonl, summary.csv but no config.json"):
+        train_and_evaluate(tiny_config, str(workdir))
+    assert (workdir / "summary.csv").read_text() == "mine\n"
+
+    other = tmp_path / "other"
+    tiny_config.make_report = True
+    train_and_evaluate(tiny_config, str(other))
+    (other / "plots" / "my_figure.png").write_bytes(b"not hpjax's")
+    (other / "notes.txt").write_text("keep")
+    tiny_config.learning_rates = (0.01,)
+    with pytest.raises(ConfigError, match="holds a different study"):
+        train_and_evaluate(tiny_config, str(other))
+    tiny_config.overwrite = True
+    train_and_evaluate(tiny_config, str(other))
+    assert (other / "plots" / "my_figure.png").read_bytes() == b"not hpjax's"
+    assert (other / "notes.txt").read_text() == "keep"
+    assert (other / "plots" / "learning_curves.png").exists()
+    assert [r["trial"] for r in files.read_summary(other)] == [0]
