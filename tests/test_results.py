@@ -1,6 +1,8 @@
 """The workdir's owner: a lock, verified checkpoints, and files of others left alone."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from hpjax.errors import ConfigError
 from hpjax.results import checkpoints, files
 from hpjax.studies.grid import train_and_evaluate
+from tests.conftest import ROOT
 
 
 def _xor_array_files(directory: str) -> list[str]:
@@ -33,9 +36,6 @@ def test_a_locked_workdir_refuses_a_second_run_at_once(tiny_config, tmp_path):
         with files.workdir_lock(workdir):
             pass
         # ...but another open of the file cannot: simulate with a child process
-        import subprocess
-        import sys
-
         code = f"from hpjax.results import files\nwith files.workdir_lock({workdir!r}): pass\n"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.returncode != 0 and "is in use by pid" in out.stderr
@@ -116,3 +116,23 @@ def test_files_of_others_are_never_deleted_or_replaced(tiny_config, tmp_path):
     assert (other / "notes.txt").read_text() == "keep"
     assert (other / "plots" / "learning_curves.png").exists()
     assert [r["trial"] for r in files.read_summary(other)] == [0]
+
+
+def test_a_truncated_summary_is_an_error_not_zero_trials(tiny_config, tmp_path):
+    workdir = tmp_path / "w"
+    train_and_evaluate(tiny_config, str(workdir))
+    text = (workdir / "summary.csv").read_text()
+    (workdir / "summary.csv").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"summary.csv:\d+: \d+ cells where the header has"):
+        files.read_summary(workdir)
+    out = subprocess.run(
+        [sys.executable, "tools/report.py", str(workdir)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 2 and "cells where the header has" in out.stderr
+    (workdir / "summary.csv").write_text(text.splitlines()[0] + "\n")
+    out = subprocess.run(
+        [sys.executable, "tools/report.py", str(workdir)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 2 and "holds no trial rows" in out.stderr
+    with pytest.raises(ConfigError, match="trial='0' must be an integer"):
+        checkpoints.restore_best(str(workdir), trial="0")

@@ -30,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.workdir, "summary.csv")):
         parser.error(f"{args.workdir}: no summary.csv; is this a study's workdir?")
-    print(_import_report().default_report(args.workdir, x_hparam=args.x))
+    study_report = _import_report()
+    try:
+        rows = study_report.read_workdir(args.workdir)[2]
+    except ValueError as error:
+        parser.error(str(error))
+    if not rows:
+        parser.error(f"{args.workdir}/summary.csv holds no trial rows (truncated?)")
+    print(study_report.default_report(args.workdir, x_hparam=args.x))
     return 0
 
 

@@ -160,8 +160,21 @@ def parse_cell(cell: str) -> Any:
 
 def read_summary(workdir: PathLike) -> list[dict]:
     """The rows of ``summary.csv``: ints and floats parsed, empty (or non-finite) cells None."""
-    with open(os.path.join(workdir, "summary.csv"), newline="") as f:
-        return [{k: parse_cell(v or "") for k, v in row.items()} for row in csv.DictReader(f)]
+    path = os.path.join(workdir, "summary.csv")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if "trial" not in header:
+            raise ValueError(f"{path}: no header with a 'trial' column (truncated or not hpjax's)")
+        rows = []
+        for number, cells in enumerate(reader, start=2):
+            if len(cells) != len(header):
+                raise ValueError(
+                    f"{path}:{number}: {len(cells)} cells where the header has {len(header)} "
+                    "(a truncated file?)"
+                )
+            rows.append({k: parse_cell(v) for k, v in zip(header, cells, strict=True)})
+    return rows
 
 
 def read_config(workdir: PathLike) -> dict:
