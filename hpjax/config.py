@@ -11,7 +11,17 @@ from typing import Any
 import ml_collections
 
 # Keys that change how a study is run or shown, not what it computes.
-NON_STUDY_KEYS = ("overwrite", "restart", "log_every_s", "checkpoint_every_s", "make_report")
+NON_STUDY_KEYS = (
+    "overwrite",
+    "restart",
+    "log_every_s",
+    "checkpoint_every_s",
+    "make_report",
+    "distributed",  # how the processes find each other, not what they compute
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+)
 
 
 def default_config() -> ml_collections.ConfigDict:

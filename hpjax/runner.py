@@ -26,7 +26,8 @@ from hpjax import progress
 from hpjax.config import config_to_dict
 from hpjax.data import Dataset
 from hpjax.engine import memory, optim, population, tasks
-from hpjax.engine.sharding import TrialSharding
+from hpjax.engine.sharding import TrialSharding, broadcast_flag, broadcast_restored
+from hpjax.errors import ConfigError
 from hpjax.models import Model
 from hpjax.results import checkpoints, files
 from hpjax.rows import RowLayout
@@ -220,9 +221,21 @@ class PopulationRun:
 
     def _restore(self, saved: checkpoints.StateCheckpoints | None, fresh, lines_before: int):
         """The state to start from: a restored one, or ``fresh``; None when already finished."""
-        restored = saved.restore_latest(jax.device_get(fresh)) if saved else None
+        template = jax.device_get(fresh)
+        failure = None
+        try:
+            restored = saved.restore_latest(template) if saved else None
+        except ConfigError as error:
+            failure, restored = error, None
+        if jax.process_count() > 1 and broadcast_flag(failure is not None):
+            raise failure or ConfigError("process 0 found no state checkpoint it can resume from")
+        if failure is not None:
+            raise failure
+        if jax.process_count() > 1:  # process 0 read it; every process resumes from it
+            restored = broadcast_restored(restored, template)
+        writer = self.sharding.is_writer
         if restored is None:
-            dropped = self.writer.count_lines() - lines_before
+            dropped = self.writer.count_lines() - lines_before if writer else 0
             if dropped > 0:
                 logging.warning(
                     "%s: no checkpoint to resume from; its %d metric rows written "
@@ -230,14 +243,16 @@ class PopulationRun:
                     self.label,
                     dropped,
                 )
-            self.writer.truncate_to(lines_before)
+            if writer:
+                self.writer.truncate_to(lines_before)
             state = self.rows.place(jax.device_get(fresh), np.arange(len(self.plan.trials)))
             return self.evaluate(state, self.rows.real), None
         full, host = restored
-        self.writer.truncate_to(host["metrics_lines"])
-        for row in files.read_metrics(self.workdir):
-            if row["trial"] in self.history:
-                self.history[row["trial"]].append(row)
+        if writer:  # the other processes see no workdir (it may be on process 0's host only)
+            self.writer.truncate_to(host["metrics_lines"])
+            for row in files.read_metrics(self.workdir):
+                if row["trial"] in self.history:
+                    self.history[row["trial"]].append(row)
         if host.get("finished"):
             logging.info("%s: already finished, taking its saved results", self.label)
             return None, host
@@ -254,10 +269,10 @@ class PopulationRun:
         # Initialise on one device, then shard (RowLayout.place): initialising with hyperparameters
         # already sharded over host CPU devices was seen to hang for a small GRU population.
         fresh = population.init_population(spec, self.rows.full_hparams)
-        # Each host would need the restored state: resuming is single-host for now.
+        # Process 0 saves and restores; with several processes it broadcasts what it restored.
         saved = (
             checkpoints.StateCheckpoints(self.workdir, plan.index)
-            if jax.process_count() == 1
+            if self.sharding.is_writer
             else None
         )
         state, host = self._restore(saved, fresh, metrics_lines_before)
@@ -332,11 +347,12 @@ class PopulationRun:
         return np.asarray(self.sharding.to_host(population.active_mask(state, self.rows.hparams)))
 
     def _save(self, saved, state, extra: dict) -> int:
-        lines = self.writer.count_lines()
+        lines = self.writer.count_lines() if self.sharding.is_writer else 0
+        full = self.rows.full_state(state)  # gathered on every process (a collective)
         if saved is not None:
             saved.save(
                 int(state.tick),
-                self.rows.full_state(state),
+                full,
                 {"metrics_lines": lines, "alive": self.rows.alive()} | extra,
             )
         return lines

@@ -139,3 +139,98 @@ def test_two_processes_with_jax_distributed_equal_one_process(tiny_npz, tiny_con
     for a, b in zip(single, multi, strict=True):
         assert (a["status"], str(a["best_step"])) == (b["status"], b["best_step"])
         assert float(b["best_val_loss"]) == pytest.approx(a["best_val_loss"], rel=1e-4)
+
+
+def _two_process_flags(tiny_npz, workdir, port, num_steps):
+    return [
+        f"--workdir={workdir}",
+        "--config.dataset=npz",
+        f"--config.npz_path={tiny_npz}",
+        "--config.model.hidden_units=16",
+        "--config.model.num_layers=1",
+        "--config.schedule=constant",
+        "--config.weight_decays=(0.0,)",
+        "--config.learning_rates=(0.003,0.03,0.3)",
+        "--config.batch_size=16",
+        f"--config.num_steps={num_steps}",
+        "--config.eval_every=10",
+        "--config.patience=0",
+        "--config.checkpoint_every=1",
+        "--config.make_report=False",
+        "--config.distributed=True",
+        f"--config.coordinator_address=localhost:{port}",
+        "--config.num_processes=2",
+    ]
+
+
+def _start_two(flags):
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    binary = os.path.join(ROOT, "experiments", "lr_sweep.py")
+    return [
+        subprocess.Popen(
+            [sys.executable, binary, *flags, f"--config.process_id={i}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_killed_and_resumed_equal_one_uninterrupted_process(
+    tiny_npz, tiny_config, tmp_path
+):
+    """Multi-host resume: process 0 saves the state and, on the rerun, restores and broadcasts
+    it to the other process."""
+    import signal
+    import time
+
+    from hpjax.studies.grid import train_and_evaluate
+
+    workdir = tmp_path / "multi"
+    state = workdir / "state" / "population_0"
+    processes = _start_two(_two_process_flags(tiny_npz, workdir, _free_port(), 600))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        if state.is_dir() and any(
+            (state / s / "commit_success.txt").exists() for s in os.listdir(state) if s.isdigit()
+        ):
+            break
+        time.sleep(0.05)
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    saved = [s for s in os.listdir(state) if s.isdigit()]
+    assert saved, "no state checkpoint before the kill"
+    processes = _start_two(_two_process_flags(tiny_npz, workdir, _free_port(), 600))
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (_, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "resuming at tick" in outputs[0][1] + outputs[1][1]
+    with open(workdir / "summary.csv") as f:
+        multi = list(__import__("csv").DictReader(f))
+    tiny_config.num_steps = 600
+    tiny_config.patience = 0
+    tiny_config.checkpoint_every = 1
+    single = train_and_evaluate(tiny_config, str(tmp_path / "single"))
+    for a, b in zip(single, multi, strict=True):
+        assert (a["status"], str(a["best_step"]), str(a["steps"])) == (
+            b["status"],
+            b["best_step"],
+            b["steps"],
+        )
+        assert float(b["best_val_loss"]) == pytest.approx(a["best_val_loss"], rel=1e-4)
+    with open(workdir / "metrics.jsonl") as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 3 * (600 // 10 + 1)  # every evaluation once: none lost, none repeated

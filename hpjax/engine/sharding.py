@@ -9,8 +9,12 @@ a multiple of D is padded with frozen rows that never appear in results.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hpjax.errors import ConfigError
@@ -62,6 +66,24 @@ class TrialSharding:
         """Numpy copies of ``tree``, gathered from every host when there are several."""
         if jax.process_count() == 1:
             return jax.device_get(tree)
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def broadcast_flag(value: bool) -> bool:
+    """Process 0's ``value``, on every process."""
+    return bool(int(multihost_utils.broadcast_one_to_all(np.int32(value))))
+
+
+def broadcast_restored(restored: tuple[Any, dict] | None, template: Any) -> tuple[Any, dict] | None:
+    """What process 0 restored (host arrays shaped like ``template``, and JSON metadata), on
+    every process; None on every process when process 0 had nothing to resume from."""
+    if not broadcast_flag(restored is not None):
+        return None
+    arrays, host = restored if restored is not None else (template, {})
+    arrays = multihost_utils.broadcast_one_to_all(jax.tree.map(np.asarray, arrays))
+    text = np.frombuffer(json.dumps(host).encode(), np.uint8)
+    length = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
+    padded = np.zeros(length, np.uint8)
+    padded[: min(length, len(text))] = text[:length]
+    data = np.asarray(multihost_utils.broadcast_one_to_all(padded), np.uint8)
+    return jax.tree.map(np.asarray, arrays), json.loads(data.tobytes().decode())
