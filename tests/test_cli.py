@@ -65,6 +65,8 @@ def test_missing_workdir_and_a_workdir_that_is_a_file(tmp_path):
     a_file.write_text("mine")
     result = run_binary(f"--workdir={a_file}", *TINY)
     assert result.returncode == 2 and "is a file, not a directory" in error_lines(result)[0]
+    result = run_binary(f"--workdir={a_file}/sub", *TINY)
+    assert result.returncode == 2 and "cannot be created under" in error_lines(result)[0]
     assert a_file.read_text() == "mine"
 
 

@@ -196,10 +196,17 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(rng.uniform(0.0, 1.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        target = rng.choice(["state", "state", "checkpoints"])
-        path = corrupt_random_file(os.path.join(workdir, target), rng)
+        targets = [
+            t
+            for t in ("state", "state", "checkpoints")
+            if any(files for _, _, files in os.walk(os.path.join(workdir, t)))
+        ]
+        if not targets:
+            record("corrupt", "BAD", "no checkpoint was written before the kill")
+            continue
+        path = corrupt_random_file(os.path.join(workdir, rng.choice(targets)), rng)
         code, line = finish(start(workdir))
-        where = os.path.relpath(path, workdir) if path else f"nothing in {target}/ yet"
+        where = os.path.relpath(path, workdir)
         if code == 0 and same(results(workdir), reference):
             record("corrupt", "identical", f"{where}")
         elif code == 2 and line:

@@ -1,0 +1,134 @@
+"""A study recorded as an Optuna study in a real database, for optuna-dashboard and Optuna's tools.
+
+:func:`record_study` reads a finished workdir (``summary.csv``, ``metrics.jsonl``) and writes one
+Optuna trial per hpjax trial into an RDB storage: ``sqlite:///WORKDIR/optuna.db`` by default, or
+any SQLAlchemy URL (a shared PostgreSQL or MySQL server for multi-host studies). Each trial has
+its hyperparameters with their distributions (the learning rate on a log scale over the study's
+range, the others as the sets of values the study tried), the validation loss at every
+evaluation as intermediate values, its best validation loss as the value, its state (COMPLETE for
+a trial that trained to its best point, early-stopped or not; FAIL for a diverged one) and user
+attributes (hpjax trial, status, test metrics, checkpoint path). The Optuna study is rebuilt as a
+whole each time, so a resumed or extended study never holds a trial twice nor loses one.
+``optuna-dashboard sqlite:///WORKDIR/optuna.db`` shows it. Optuna is an optional extra.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hpjax.errors import ConfigError
+from hpjax.results import checkpoints, files
+from hpjax.results.files import is_result_column
+
+try:
+    import optuna
+except ImportError:  # the extra is not installed
+    optuna = None
+
+DATABASE = "optuna.db"
+LOG_SCALE = ("learning_rate", "base_learning_rate")
+NOT_PARAMS = ("model",)  # identical for every trial of a study; its name is the study's
+
+
+def available() -> bool:
+    return optuna is not None
+
+
+def require() -> None:
+    """A one-line error naming the extra when Optuna is missing."""
+    if not available():
+        raise ConfigError(
+            "config.optuna_storage is set but Optuna is not installed; "
+            'pip install -e ".[optuna]" (or set --config.optuna_storage=off)'
+        )
+
+
+def storage_url(workdir: str, setting: str) -> str:
+    """The storage of a study: ``setting`` as a URL, or the SQLite file in the workdir."""
+    if setting in ("", "auto", "sqlite"):
+        return f"sqlite:///{os.path.abspath(os.path.join(workdir, DATABASE))}"
+    return setting
+
+
+def _distribution(key: str, values: Sequence[Any]):
+    distinct = sorted(set(values), key=lambda v: (str(type(v)), v))
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in distinct)
+    if key in LOG_SCALE and numbers and min(distinct) > 0:
+        return optuna.distributions.FloatDistribution(
+            float(min(distinct)), float(max(distinct)), log=True
+        )
+    return optuna.distributions.CategoricalDistribution(distinct)
+
+
+def _param(key: str, value: Any) -> Any:
+    return float(value) if key in LOG_SCALE else value
+
+
+def _state(row: Mapping):
+    if row.get("status") == "diverged" or not _finite(row.get("best_val_loss")):
+        return optuna.trial.TrialState.FAIL
+    return optuna.trial.TrialState.COMPLETE
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def params_of(summary: Sequence[Mapping]) -> list[str]:
+    """The hyperparameter columns of a summary (in order of appearance)."""
+    keys = dict.fromkeys(k for row in summary for k in row)
+    return [k for k in keys if not is_result_column(k) and k not in NOT_PARAMS]
+
+
+def record_study(workdir: str, storage: str = "auto", study_name: str | None = None) -> str:
+    """Writes the finished study in ``workdir`` to ``storage``; returns the study's name."""
+    require()
+    config, metrics, summary = files.read_workdir(workdir)
+    name = study_name or os.path.basename(os.path.abspath(workdir))
+    url = storage_url(workdir, storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:  # not recorded before
+        pass
+    study = optuna.create_study(study_name=name, storage=url, direction="minimize")
+    study.set_user_attr("workdir", os.path.abspath(workdir))
+    study.set_user_attr("dataset", str(config.get("dataset")))
+    keys = params_of(summary)
+    distributions = {
+        k: _distribution(k, [r[k] for r in summary if r.get(k) is not None]) for k in keys
+    }
+    curves = files.curves_by_trial(metrics)
+    complete = optuna.trial.TrialState.COMPLETE
+    trials = []
+    for row in summary:
+        trial = int(row["trial"])
+        state = _state(row)
+        intermediate = {
+            int(r["step"]): float(r["val_loss"])
+            for r in curves.get(trial, [])
+            if _finite(r.get("val_loss"))
+        }
+        attrs = {
+            k: v for k, v in row.items() if is_result_column(k) and v is not None and k != "trial"
+        }
+        attrs |= {
+            "hpjax_trial": trial,
+            "checkpoint": checkpoints.best_dir(workdir, trial),
+        }
+        params = {k: _param(k, row[k]) for k in keys if row.get(k) is not None}
+        trials.append(
+            optuna.trial.create_trial(
+                state=state,
+                value=float(row["best_val_loss"]) if state == complete else None,
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                user_attrs=attrs,
+                intermediate_values=intermediate,
+            )
+        )
+    study.add_trials(trials)
+    return name

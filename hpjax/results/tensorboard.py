@@ -1,0 +1,128 @@
+"""TensorBoard event files of a study: a run per trial with its curves, and the HParams summary.
+
+``WORKDIR/tensorboard/<trial run>/`` holds each trial's scalars at every evaluation
+(``train/loss``, ``val/loss``, every metric, ``learning_rate``) and, once the study has its
+summary, the HParams plugin's session (the trial's hyperparameters against ``hparam/best_val_loss``,
+test metrics and status). :class:`TensorBoardHook` writes the curves while the study runs, so
+``tensorboard --logdir WORKDIR/tensorboard`` shows it live; :func:`write_study` rewrites the whole
+directory from ``metrics.jsonl`` and ``summary.csv`` at the end (and after a resume), so it holds
+every evaluation once. Written with tensorboardX (no TensorFlow); an optional extra.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hpjax.errors import ConfigError
+from hpjax.results import files
+from hpjax.results.files import is_result_column
+
+try:
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams as hparams_summaries
+except ImportError:  # the extra is not installed
+    SummaryWriter = None
+
+DIRECTORY = "tensorboard"
+SKIP = {"trial", "step", "epoch", "examples_seen", "elapsed_s"}
+
+
+def available() -> bool:
+    return SummaryWriter is not None
+
+
+def require() -> None:
+    """A one-line error naming the extra when tensorboardX is missing."""
+    if not available():
+        raise ConfigError(
+            "config.tensorboard is on but tensorboardX is not installed; "
+            'pip install -e ".[tensorboard]" (or set --config.tensorboard=off)'
+        )
+
+
+def run_name(row: Mapping, keys: Sequence[str]) -> str:
+    """``trial_0003_learning_rate=0.01_batch_size=32``: the trial and what varies."""
+    parts = [f"trial_{int(row['trial']):04d}"]
+    for key in keys:
+        value = row.get(key)
+        parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
+    return "_".join(parts).replace("/", "-")
+
+
+def _scalars(writer, record: Mapping) -> None:
+    step = int(record["step"])
+    for key, value in record.items():
+        if key in SKIP or value is None or isinstance(value, str):
+            continue
+        tag = key.replace("train_", "train/", 1).replace("val_", "val/", 1)
+        writer.add_scalar(tag, float(value), step)
+
+
+def _hparam_value(value: Any) -> Any:
+    return value if isinstance(value, int | float | str | bool) else str(value)
+
+
+def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> str:
+    """Rewrites ``WORKDIR/tensorboard`` from the workdir's files; returns its path."""
+    require()
+    _, metrics, summary = files.read_workdir(workdir)
+    root = os.path.join(workdir, DIRECTORY)
+    if os.path.isdir(root):
+        shutil.rmtree(root)
+    curves = files.curves_by_trial(metrics)
+    keys = [k for k in varying if any(k in r for r in summary)]
+    hparams = [k for k in dict.fromkeys(k for r in summary for k in r) if not is_result_column(k)]
+    for row in summary:
+        writer = SummaryWriter(os.path.join(root, run_name(row, keys)), flush_secs=1)
+        for record in curves.get(int(row["trial"]), []):
+            _scalars(writer, record)
+        results = {
+            f"hparam/{k}": float(v)
+            for k, v in row.items()
+            if k.startswith(("best_val_", "test_")) and isinstance(v, int | float)
+        }
+        chosen = {k: _hparam_value(row[k]) for k in hparams if row.get(k) is not None}
+        chosen["status"] = str(row.get("status"))
+        experiment, start, end = hparams_summaries(chosen, results)
+        for summary_proto in (experiment, start, end):
+            writer.file_writer.add_summary(summary_proto)
+        for tag, value in results.items():
+            writer.add_scalar(tag, value, int(row.get("best_step") or 0))
+        writer.close()
+    return root
+
+
+class TensorBoardHook:
+    """Runner hook: each evaluation's rows as scalars in the trial's run, as they come."""
+
+    def __init__(self, workdir: str, varying: Sequence[str]):
+        require()
+        self.root = os.path.join(workdir, DIRECTORY, "live")
+        self.varying = list(varying)
+        self.writers: dict[int, Any] = {}
+
+    def on_start(self, run, state) -> None:
+        pass
+
+    def on_train(self, run, num_ticks: int, seconds: float) -> None:
+        pass
+
+    def on_evaluation(self, run, state, rows: list[dict]) -> None:
+        if not run.sharding.is_writer:
+            return
+        for record in rows:
+            trial = int(record["trial"])
+            if trial not in self.writers:
+                spec = run.plan.trials[[t.index for t in run.plan.trials].index(trial)]
+                row = {"trial": trial, **{k: getattr(spec, k, None) for k in self.varying}}
+                name = run_name(row, [k for k in self.varying if row.get(k) is not None])
+                self.writers[trial] = SummaryWriter(os.path.join(self.root, name), flush_secs=5)
+            _scalars(self.writers[trial], record)
+
+    def on_end(self, run, summary_rows: list[dict]) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
