@@ -17,6 +17,8 @@ NON_STUDY_KEYS = (
     "log_every_s",
     "checkpoint_every_s",
     "make_report",
+    "tensorboard",
+    "optuna_storage",
     "distributed",  # how the processes find each other, not what they compute
     "coordinator_address",
     "num_processes",
@@ -99,6 +101,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.restart = False  # discard this study's saved state and results; train it afresh
     config.log_every_s = 5.0
     config.make_report = True
+    # auto: TensorBoard event files in WORKDIR/tensorboard when tensorboardX is installed; on; off
+    config.tensorboard = "auto"
+    # auto: an Optuna study in sqlite:///WORKDIR/optuna.db when Optuna is installed; off; or any
+    # SQLAlchemy URL (e.g. postgresql://host/db for a study shared by several hosts)
+    config.optuna_storage = "auto"
     config.report_x = "learning_rate"
     return config
 

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "optuna_dashboard",
+            "-c",
+            "import sys; from optuna_dashboard._cli import main; sys.exit(main())",
             storage,
             "--host",
             "127.0.0.1",

@@ -7,28 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# Summary columns that are results or bookkeeping; every other column is a hyperparameter.
-RESULT_COLUMNS = (
-    "trial",
-    "population",
-    "num_params",
-    "status",
-    "best_val_loss",
-    "best_val_accuracy",
-    "best_step",
-    "best_epoch",
-    "test_loss",
-    "test_accuracy",
-    "train_loss_at_best",
-    "final_train_loss",
-    "final_val_loss",
-    "steps",
-    "epochs",
-    "input_dim",
-    "num_classes",
-    "memory_estimate_mb",
-    "peak_memory_mb",
-)
+from hpjax.results.files import is_result_column
+
 # Short names for legend labels, in the order labels list them.
 SHORT_NAMES = {
     "model": "",
@@ -68,7 +48,7 @@ def hparam_columns(summary: Sequence[Mapping]) -> list[str]:
     for row in summary:
         seen += [k for k in row if k not in seen]
     known = [k for k in SHORT_NAMES if k in seen]
-    return known + [k for k in seen if k not in known and k not in RESULT_COLUMNS]
+    return known + [k for k in seen if k not in known and not is_result_column(k)]
 
 
 def varying_hparams(summary: Sequence[Mapping]) -> list[str]:

@@ -26,6 +26,32 @@ from hpjax.errors import ConfigError
 
 PathLike = str | os.PathLike
 
+# Summary columns that are results or bookkeeping (and every best_val_* and test_* column);
+# every other column is a hyperparameter.
+RESULT_COLUMNS = (
+    "trial",
+    "population",
+    "num_params",
+    "status",
+    "best_step",
+    "best_epoch",
+    "train_loss_at_best",
+    "final_train_loss",
+    "final_val_loss",
+    "steps",
+    "epochs",
+    "input_dim",
+    "num_classes",
+    "memory_estimate_mb",
+    "peak_memory_mb",
+)
+
+
+def is_result_column(key: str) -> bool:
+    """A summary column that holds a result or bookkeeping, not a hyperparameter."""
+    return key in RESULT_COLUMNS or key.startswith(("best_val_", "test_"))
+
+
 # What a study writes into its workdir (and ``overwrite`` removes).
 OUTPUTS = (
     "config.json",
@@ -36,6 +62,8 @@ OUTPUTS = (
     "plots",
     "checkpoints",
     "state",
+    "tensorboard",
+    "optuna.db",
 )
 
 
@@ -207,6 +235,7 @@ PLOTS_WRITTEN = ".hpjax_written"  # in a plots directory: the files hpjax wrote 
 _OWN_DIR_ENTRIES = {  # directories hpjax owns entries of, and the pattern of those entries
     "checkpoints": re.compile(r"trial_\d{4}"),
     "state": re.compile(r"population_\d+"),
+    "tensorboard": re.compile(r"trial_\d{4}.*|live"),
 }
 
 

@@ -116,8 +116,10 @@ class TensorBoardHook:
         for record in rows:
             trial = int(record["trial"])
             if trial not in self.writers:
-                spec = run.plan.trials[[t.index for t in run.plan.trials].index(trial)]
-                row = {"trial": trial, **{k: getattr(spec, k, None) for k in self.varying}}
+                spec = next(t for t in run.plan.trials if t.index == trial)
+                values = {k: getattr(spec, k, None) for k in self.varying}
+                values |= {k: v for k, v in spec.architecture if k in self.varying}
+                row = {"trial": trial, **values}
                 name = run_name(row, [k for k in self.varying if row.get(k) is not None])
                 self.writers[trial] = SummaryWriter(os.path.join(self.root, name), flush_secs=5)
             _scalars(self.writers[trial], record)

@@ -22,10 +22,10 @@ from hpjax import runner
 from hpjax.config import config_to_dict
 from hpjax.engine import tasks
 from hpjax.engine.sharding import TrialSharding
-from hpjax.errors import ConfigError
+from hpjax.errors import ConfigError, config_error
 from hpjax.models import Model, build_model, from_factory
 from hpjax.report import study_report
-from hpjax.results import files
+from hpjax.results import files, optuna_storage, tensorboard
 
 
 def build_models(
@@ -72,7 +72,10 @@ def train_and_evaluate(
     trials = study.build_trials(config)
     plans = study.plan_populations(config, trials, dataset.num_train)
     models = build_models(config, dataset, model)
+    outputs = chosen_outputs(config)
     sharding = TrialSharding(int(config.get("num_devices", 0)))
+    if "tensorboard" in outputs and sharding.is_writer:
+        hooks = [*hooks, tensorboard.TensorBoardHook(workdir, varying_keys(trials))]
     if not sharding.is_writer:
         return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks)
     with files.workdir_lock(workdir):
@@ -107,4 +110,43 @@ def _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks)
         )
     if config.get("make_report", True):
         study_report.default_report(workdir, x_hparam=config.get("report_x", "learning_rate"))
+    outputs = chosen_outputs(config)
+    if "tensorboard" in outputs:
+        tensorboard.write_study(workdir, varying_keys(trials))
+    if "optuna" in outputs:
+        optuna_storage.record_study(workdir, str(config.get("optuna_storage", "auto")))
     return rows
+
+
+def chosen_outputs(config) -> set[str]:
+    """Which optional outputs this study writes (``config.tensorboard``,
+    ``config.optuna_storage``); asking for one whose extra is missing is a one-line error."""
+    out = set()
+    board = config.get("tensorboard", "auto")
+    if board not in ("auto", "on", "off"):
+        raise config_error("tensorboard", board, "is unknown; allowed: auto, on, off")
+    if board == "on":
+        tensorboard.require()
+    if board == "on" or (board == "auto" and tensorboard.available()):
+        out.add("tensorboard")
+    storage = str(config.get("optuna_storage", "auto"))
+    if storage not in ("auto", "off", "sqlite") and "://" not in storage:
+        raise config_error(
+            "optuna_storage", storage, "is unknown; allowed: auto, off, sqlite or a database URL"
+        )
+    if storage not in ("auto", "off"):
+        optuna_storage.require()
+    if storage not in ("auto", "off") or (storage == "auto" and optuna_storage.available()):
+        out.add("optuna")
+    return out
+
+
+def varying_keys(trials: Sequence[study.Trial]) -> list[str]:
+    """The hyperparameters that differ between the study's trials (names of its runs)."""
+    keys = [
+        k
+        for k in ("learning_rate", "batch_size", "seed", "weight_decay")
+        if len({getattr(t, k) for t in trials}) > 1
+    ]
+    arch = sorted({k for t in trials for k, _ in t.architecture})
+    return keys + [k for k in arch if len({t.architecture_dict.get(k) for t in trials}) > 1]

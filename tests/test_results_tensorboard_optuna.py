@@ -1,0 +1,111 @@
+"""Where researchers look: TensorBoard event files and an Optuna study of every hpjax study."""
+
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from hpjax.errors import ConfigError
+from hpjax.results import files, optuna_storage, tensorboard
+from hpjax.studies.grid import train_and_evaluate
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def finished(tiny_config, tmp_path):
+    tiny_config.learning_rates = (0.003, 0.03, 200.0)  # the last one diverges
+    tiny_config.tensorboard = "on"
+    tiny_config.optuna_storage = "auto"
+    workdir = str(tmp_path / "study")
+    rows = train_and_evaluate(tiny_config, workdir)
+    return tiny_config, workdir, rows
+
+
+def test_event_files_hold_every_trials_curves_and_the_hparams_summary(finished):
+    _, workdir, rows = finished
+    root = os.path.join(workdir, "tensorboard")
+    runs = sorted(os.listdir(root))
+    assert runs == [f"trial_{r['trial']:04d}_learning_rate={r['learning_rate']:.3g}" for r in rows]
+    curves = files.curves_by_trial(files.read_metrics(workdir))
+    for run, row in zip(runs, rows, strict=True):
+        events = EventAccumulator(os.path.join(root, run))
+        events.Reload()
+        val = [(e.step, e.value) for e in events.Scalars("val/loss")]
+        expected = [(r["step"], r["val_loss"]) for r in curves[row["trial"]]]
+        assert [s for s, _ in val] == [s for s, _ in expected]
+        assert [v for _, v in val] == pytest.approx([v for _, v in expected], rel=1e-6)
+        assert "train/loss" in events.Tags()["scalars"]
+        content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+        starts = []
+        for content_bytes in content.values():
+            try:
+                starts.append(hparams_metadata.parse_session_start_info_plugin_data(content_bytes))
+            except Exception:  # noqa: BLE001 (the experiment and session-end summaries)
+                continue
+        start = starts[0]
+        assert start.hparams["learning_rate"].number_value == pytest.approx(row["learning_rate"])
+        assert start.hparams["status"].string_value == row["status"]
+        if row["status"] != "diverged":
+            best = events.Scalars("hparam/best_val_loss")[-1].value
+            assert best == pytest.approx(row["best_val_loss"], rel=1e-6)
+
+
+def test_optuna_storage_holds_every_trial_with_its_curve_state_and_value(finished):
+    config, workdir, rows = finished
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{workdir}/optuna.db")
+    trials = sorted(study.trials, key=lambda t: t.user_attrs["hpjax_trial"])
+    assert len(trials) == len(rows) == 3
+    curves = files.curves_by_trial(files.read_metrics(workdir))
+    for trial, row in zip(trials, rows, strict=True):
+        assert trial.params["learning_rate"] == pytest.approx(row["learning_rate"])
+        assert isinstance(
+            trial.distributions["learning_rate"], optuna.distributions.FloatDistribution
+        )
+        assert trial.distributions["learning_rate"].log
+        expected = {r["step"]: r["val_loss"] for r in curves[row["trial"]] if r["val_loss"]}
+        assert trial.intermediate_values == pytest.approx(expected, rel=1e-6)
+        assert trial.user_attrs["status"] == row["status"]
+        diverged = row["status"] == "diverged"
+        assert trial.state == (
+            optuna.trial.TrialState.FAIL if diverged else optuna.trial.TrialState.COMPLETE
+        )
+    summary = files.read_summary(workdir)
+    best = min(r["best_val_loss"] for r in summary if r["status"] != "diverged")
+    assert study.best_value == pytest.approx(best, rel=1e-6)
+    # the same command again (a finished study) rebuilds the storage: no trial twice, none lost
+    train_and_evaluate(config, workdir)
+    again = optuna.load_study(study_name="study", storage=f"sqlite:///{workdir}/optuna.db")
+    assert sorted(t.user_attrs["hpjax_trial"] for t in again.trials) == [0, 1, 2]
+
+
+def test_dashboard_lists_every_trial_through_its_http_api(finished):
+    _, workdir, _ = finished
+    result = subprocess.run(
+        [sys.executable, "tools/optuna_dashboard_check.py", workdir],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "3 trials listed, 3 in summary.csv, 0 missing, 0 with a wrong value" in result.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_it(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(tensorboard, "SummaryWriter", None)
+    tiny_config.tensorboard = "on"
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[tensorboard\]"'):
+        train_and_evaluate(tiny_config, str(tmp_path / "a"))
+    tiny_config.tensorboard = "auto"  # auto: skipped without a word when missing
+    monkeypatch.setattr(optuna_storage, "optuna", None)
+    tiny_config.optuna_storage = "sqlite"
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[optuna\]"'):
+        train_and_evaluate(tiny_config, str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    tiny_config.optuna_storage = "bogus"
+    with pytest.raises(ConfigError, match="config.optuna_storage='bogus' is unknown"):
+        train_and_evaluate(tiny_config, str(tmp_path / "c"))
