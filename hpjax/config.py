@@ -73,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
     )
     config.base_batch_size = 100
     config.warmup_epochs = 0.0  # > 0: warmup length in epochs (per batch size) instead of steps
+    # Instead of the product above: an explicit JSON list of trials, e.g.
+    # '[{"learning_rate": 0.01, "batch_size": 32, "model.hidden_units": 64}, ...]' (searches).
+    config.trials = ""
     # Architectures: model key -> values, one population each (e.g. hidden_units, num_layers).
     config.model_grid = ml_collections.ConfigDict()
 

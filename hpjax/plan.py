@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -146,7 +147,10 @@ def scaled_learning_rate(config, learning_rate: float, batch_size: int) -> float
 
 
 def architectures(config) -> tuple[tuple[tuple[str, Any], ...], ...]:
-    """The Cartesian product of ``config.model_grid`` (model key -> values); ``((),)`` if none."""
+    """The Cartesian product of ``config.model_grid`` (model key -> values), or the distinct
+    architectures of ``config.trials``; ``((),)`` if none."""
+    if config.get("trials", ""):
+        return tuple(dict.fromkeys(t.architecture for t in explicit_trials(config)))
     grid = config.get("model_grid", None)
     if not grid:
         return ((),)
@@ -170,8 +174,59 @@ def model_config(config, architecture: tuple[tuple[str, Any], ...]):
     return model
 
 
+TRIAL_KEYS = ("learning_rate", "batch_size", "seed", "weight_decay")
+
+
+def explicit_trials(config) -> tuple[Trial, ...]:
+    """``config.trials``: a JSON list of trials, each ``{"learning_rate": ..., "batch_size":
+    ..., "seed": ..., "weight_decay": ..., "model.KEY": ...}`` (all but the rate optional:
+    ``config.batch_size``, the first seed, the first weight decay, ``config.model``)."""
+    try:
+        listed = json.loads(config.trials)
+    except json.JSONDecodeError as error:
+        raise config_error("trials", config.trials[:80], f"is not JSON ({error})") from None
+    if not isinstance(listed, list) or not listed or not all(isinstance(d, dict) for d in listed):
+        _fail("trials", config.trials[:80], "must be a JSON list of trial objects")
+    defaults = {
+        "batch_size": int(config.batch_size),
+        "seed": int(as_tuple(config.seeds)[0]) if as_tuple(config.seeds) else 0,
+        "weight_decay": float((as_tuple(config.get("weight_decays", (0.0,))) or (0.0,))[0]),
+    }
+    out = []
+    for i, given in enumerate(listed):
+        unknown = [k for k in given if k not in TRIAL_KEYS and not k.startswith("model.")]
+        if unknown or "learning_rate" not in given:
+            _fail(
+                f"trials[{i}]",
+                given,
+                f"needs learning_rate and may set {', '.join(TRIAL_KEYS[1:])} or model.KEY",
+            )
+        trial = defaults | given
+        lr, b = float(trial["learning_rate"]), trial["batch_size"]
+        if not (math.isfinite(lr) and lr > 0):
+            _fail(f"trials[{i}].learning_rate", lr, "must be a positive finite number")
+        if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+            _fail(f"trials[{i}].batch_size", b, "must be a positive integer")
+        arch = tuple(sorted((k[len("model.") :], v) for k, v in given.items() if "." in k))
+        out.append(
+            Trial(
+                index=i,
+                learning_rate=scaled_learning_rate(config, lr, b),
+                batch_size=b,
+                seed=int(trial["seed"]),
+                weight_decay=float(trial["weight_decay"]),
+                base_learning_rate=lr,
+                architecture=arch,
+            )
+        )
+    return tuple(out)
+
+
 def build_trials(config) -> tuple[Trial, ...]:
-    """Architectures x learning rates x batch sizes x seeds x weight decays."""
+    """Architectures x learning rates x batch sizes x seeds x weight decays, or the explicit
+    list of ``config.trials``."""
+    if config.get("trials", ""):
+        return explicit_trials(config)
     seeds = as_tuple(config.seeds)
     if not seeds:
         _fail("seeds", seeds, "is empty; list at least one seed")

@@ -1,0 +1,119 @@
+"""Optuna's samplers proposing populations: batched ask, one program per round, tell."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import optuna
+import pytest
+
+from hpjax.errors import ConfigError
+from hpjax.studies.grid import train_and_evaluate
+from hpjax.studies.search import run_search
+from tests.conftest import ROOT
+
+
+def search_config(variant: str, tiny_npz: str):
+    config = load_config_variant(variant)
+    config.dataset = "npz"
+    config.npz_path = tiny_npz
+    config.num_steps = 40
+    config.eval_every = 10
+    config.log_every_s = 0.0
+    config.make_report = False
+    config.tensorboard = "off"
+    return config
+
+
+def load_config_variant(variant: str):
+    path = os.path.join(ROOT, "experiments", "configs", "search.py")
+    spec = importlib.util.spec_from_file_location("search_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def test_tpe_rounds_are_told_and_a_rerun_adds_nothing(tiny_npz, tmp_path):
+    config = search_config("tpe,quick", tiny_npz)
+    workdir = str(tmp_path / "search")
+    rows = run_search(config, workdir)
+    assert [r["number"] for r in rows] == list(range(6)) and [r["round"] for r in rows] == [
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+    ]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{workdir}/search.db")
+    assert len(study.trials) == 6
+    for trial, row in zip(sorted(study.trials, key=lambda t: t.number), rows, strict=True):
+        assert trial.params["learning_rate"] == pytest.approx(row["learning_rate"])
+        if row["status"] != "diverged":
+            assert trial.value == pytest.approx(row["best_val_loss"], rel=1e-6)
+    with open(os.path.join(workdir, "search.csv"), newline="") as f:
+        assert [int(r["number"]) for r in csv.DictReader(f)] == list(range(6))
+    assert os.path.exists(os.path.join(workdir, "plots", "search.png"))
+    again = run_search(config, workdir)  # resumed: every round finished, nothing asked anew
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{workdir}/search.db")
+    assert len(study.trials) == 6
+    assert [r["best_val_loss"] for r in again] == pytest.approx([r["best_val_loss"] for r in rows])
+
+
+def test_a_trial_of_a_round_equals_that_trial_alone(tiny_npz, tiny_config, tmp_path):
+    config = search_config("tpe,quick", tiny_npz)
+    workdir = str(tmp_path / "search")
+    rows = run_search(config, workdir)
+    with open(os.path.join(workdir, "round_001", "asked.json")) as f:
+        asked = json.load(f)
+    for entry, row in zip(asked, rows[3:], strict=True):
+        cfg = json.loads(json.dumps(config.to_dict()))
+        alone_config = load_config_variant("tpe,quick")
+        alone_config.update({k: v for k, v in cfg.items() if k != "search"})
+        alone_config.trials = json.dumps([entry["params"]])
+        alone_config.optuna_storage = "off"
+        (alone,) = train_and_evaluate(alone_config, str(tmp_path / f"alone{entry['number']}"))
+        assert (alone["status"], alone["best_step"]) == (row["status"], row["best_step"])
+        assert alone["best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-5)
+
+
+def test_pareto_front_of_loss_and_parameters_is_not_dominated(tiny_npz, tmp_path):
+    config = search_config("pareto,quick", tiny_npz)
+    workdir = str(tmp_path / "pareto")
+    rows = run_search(config, workdir)
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{workdir}/search.db")
+    front = [t.values for t in study.best_trials]
+    assert front
+    for values in front:
+        for other in (r for r in rows if r["status"] != "diverged"):
+            dominates = other["best_val_loss"] < values[0] and other["num_params"] < values[1]
+            assert not dominates
+    with open(os.path.join(workdir, "search_report.md")) as f:
+        assert "## Pareto front" in f.read()
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (("sampler",), "optuna_magic", "search.sampler='optuna_magic' is unknown; allowed"),
+        (("space", "learning_rate"), (0.1, 0.001, "log"), "reversed or empty range"),
+        (("space", "learning_rate"), (0.0, 0.1, "log"), "non-positive bound on a log scale"),
+        (("space", "momentum"), (0.8, 0.99, "linear"), "is not searchable"),
+        (("num_trials",), 0, "must be a positive integer"),
+    ],
+)
+def test_bad_search_config_is_one_line_and_touches_nothing(tiny_npz, tmp_path, path, value, match):
+    config = search_config("tpe,quick", tiny_npz)
+    target = config.search
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    with pytest.raises(ConfigError, match=match):
+        run_search(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_variant_loads():
+    for variant in ("tpe", "qmc", "random", "cmaes", "sequential", "pareto"):
+        assert load_config_variant(variant).search.sampler.startswith("optuna_")
