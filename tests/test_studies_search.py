@@ -115,5 +115,19 @@ def test_bad_search_config_is_one_line_and_touches_nothing(tiny_npz, tmp_path, p
 
 
 def test_every_variant_loads():
-    for variant in ("tpe", "qmc", "random", "cmaes", "sequential", "pareto"):
+    for variant in ("tpe", "qmc", "random", "cmaes", "gp", "sequential", "pareto"):
         assert load_config_variant(variant).search.sampler.startswith("optuna_")
+
+
+@pytest.mark.parametrize("variant", ["cmaes", "gp", "random", "qmc"])
+def test_every_sampler_runs_a_round_and_is_told(tiny_npz, tmp_path, variant):
+    if variant == "gp":
+        pytest.importorskip("torch", reason="Optuna's GP sampler needs torch")
+    config = search_config(f"{variant},quick", tiny_npz)
+    config.search.num_trials = 4
+    config.search.population = 2
+    rows = run_search(config, str(tmp_path / variant))
+    study = optuna.load_study(
+        study_name="search", storage=f"sqlite:///{tmp_path / variant}/search.db"
+    )
+    assert len(rows) == 4 and all(t.state.is_finished() for t in study.trials)

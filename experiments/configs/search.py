@@ -13,7 +13,8 @@ weight decay (the default study's space) with TPE.
   python experiments/search.py --workdir runs/search_pareto \
     --config=experiments/configs/search.py:pareto
 
-Variants: tpe (default), qmc, random, cmaes, sequential, pareto; add ",quick" for seconds.
+Variants: tpe (default), qmc, random, cmaes, gp (needs torch), sequential, pareto; add ",quick"
+for seconds.
 """
 
 import ml_collections
@@ -41,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ),
         }
     )
-    for name in ("qmc", "random", "cmaes"):
+    for name in ("qmc", "random", "cmaes", "gp"):
         if name in variants:
             config.search.sampler = f"optuna_{name}"
     if "sequential" in variants:

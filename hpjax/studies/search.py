@@ -16,6 +16,7 @@ tuple of choices, for ``learning_rate``, ``weight_decay``, ``batch_size``, ``see
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -40,7 +41,14 @@ try:
 except ImportError:
     optuna = None
 
-SAMPLERS = ("optuna_tpe", "optuna_qmc", "optuna_random", "optuna_cmaes", "optuna_nsga2")
+SAMPLERS = (
+    "optuna_tpe",
+    "optuna_qmc",
+    "optuna_random",
+    "optuna_cmaes",
+    "optuna_gp",
+    "optuna_nsga2",
+)
 OBJECTIVES = ("val_loss", "num_params")
 SPACE_KEYS = ("learning_rate", "weight_decay", "batch_size", "seed")
 SCALES = ("log", "linear")
@@ -57,6 +65,10 @@ def validate_search(config) -> dict[str, Any]:
     s = config.search
     if s.sampler not in SAMPLERS:
         _fail("sampler", s.sampler, f"is unknown; allowed: {', '.join(SAMPLERS)}")
+    if s.sampler == "optuna_gp" and importlib.util.find_spec("torch") is None:
+        _fail(
+            "sampler", s.sampler, "needs torch (Optuna's GP sampler runs on it): pip install torch"
+        )
     for key in ("num_trials", "population"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             _fail(key, s[key], "must be a positive integer")
@@ -113,6 +125,8 @@ def make_sampler(config):
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
     if s.sampler == "optuna_random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "optuna_gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=int(s.population))
     if s.sampler == "optuna_cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, int(s.population)))
