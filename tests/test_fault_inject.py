@@ -14,7 +14,7 @@ def test_faults_end_identical_or_refused_cleanly(tmp_path):
             "tools/fault_inject.py",
             f"--workdir={tmp_path}",
             "--kills=1",
-            "--corruptions=2",
+            "--corruptions=1",
             "--concurrent=1",
             "--seed=3",
         ],
