@@ -12,7 +12,7 @@ with status 2 and one line before anything compiles.
 from absl import app, logging
 
 from hpjax import cli
-from hpjax.studies.capacity import run_capacity_study
+from hpjax.studies.capacity_study import run_capacity_study
 
 _CONFIG, _WORKDIR = cli.define_flags(__file__, "capacity_sweep.py")
 

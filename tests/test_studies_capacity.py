@@ -11,7 +11,7 @@ import pytest
 
 from hpjax.errors import ConfigError
 from hpjax.results import files
-from hpjax.studies import capacity
+from hpjax.studies import capacity_study
 from hpjax.studies.capacity import architecture_table, capacity_findings
 
 
@@ -155,7 +155,7 @@ def _write_workdir(path, rows):
 def test_outputs_from_a_workdir(tmp_path):
     workdir = str(tmp_path / "study")
     _write_workdir(workdir, _summary())
-    paths = capacity.write_capacity_outputs(workdir)
+    paths = capacity_study.write_capacity_outputs(workdir)
     with open(paths["csv"]) as f:
         table = list(csv.DictReader(f))
     assert len(table) == 6 and {"gap", "num_params", "mean_val_loss"} <= set(table[0])
@@ -175,10 +175,10 @@ def test_config_checks():
         {"model": {"name": "mlp", "hidden_units": 8}, "model_grid": {"activation": ("relu",)}}
     )
     with pytest.raises(ConfigError, match="varies neither model.hidden_units nor model.num_layers"):
-        capacity.validate_capacity_config(config)
+        capacity_study.validate_capacity_config(config)
     config.model.name = "bogus"
     with pytest.raises(ConfigError, match="has no capacity axis"):
-        capacity.validate_capacity_config(config)
+        capacity_study.validate_capacity_config(config)
 
 
 # ------------------------------------------------------------------ the binary, end to end
@@ -251,5 +251,5 @@ def test_bad_architectures_fail_before_compiling(tmp_path, name, key, values, me
     config.model_grid[key] = values
     workdir = str(tmp_path / "never")
     with pytest.raises(ConfigError, match=message):
-        capacity.run_capacity_study(config, workdir)
+        capacity_study.run_capacity_study(config, workdir)
     assert not os.path.exists(workdir)

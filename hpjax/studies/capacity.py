@@ -1,11 +1,10 @@
-"""The capacity study: hidden units x layers (channels x depth for a CNN), read from a summary.
+"""The capacity sweep's analysis: hidden units x layers (channels x depth), from a summary.
 
 A capacity sweep trains one population per architecture of ``config.model_grid`` (learning rates
 and seeds vmapped inside each). This module turns its ``summary.csv`` into one row per
 architecture (:func:`architecture_table`), checks the guide's claims about capacity against those
-rows (:func:`capacity_findings`) and writes ``capacity.csv``, ``plots/capacity.png`` and
-``capacity_report.md`` (:func:`write_capacity_outputs`). Nothing here trains except
-:func:`run_capacity_study`, which calls :func:`hpjax.studies.grid.train_and_evaluate` first.
+rows (:func:`capacity_findings`). :mod:`hpjax.studies.capacity_study` trains the sweep and writes
+its outputs; :mod:`hpjax.studies.capacity_plot` draws its plot. Nothing here trains.
 
 All numbers are taken at each trial's early-stop point (its best validation loss): the training
 loss there is ``train_loss_at_best`` and the generalisation gap is validation minus training loss.
@@ -17,21 +16,14 @@ two agree).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
-from matplotlib import colormaps
 
-from hpjax.config import config_to_dict
-from hpjax.errors import ConfigError
-from hpjax.report import figures, labels, markdown
-from hpjax.report.diagnostics import KINDS, diagnose_workdir
+from hpjax.report import markdown
+from hpjax.report.diagnostics import KINDS
 from hpjax.report.labels import is_finite_number
-from hpjax.results import files
-from hpjax.studies.grid import train_and_evaluate
 
 # The width axis of each model family: what "more units" means for it.
 WIDTH_KEYS = {"mlp": "hidden_units", "cnn": "channels", "rnn": "hidden_size"}
@@ -78,7 +70,7 @@ def _sub(a: Any, b: Any) -> float | None:
     return float(a) - float(b) if is_finite_number(a) and is_finite_number(b) else None
 
 
-def _rate(row: Mapping) -> Any:
+def rate_of(row: Mapping) -> Any:
     """The trial's learning rate as listed in the grid (before any batch-size scaling)."""
     base = row.get("base_learning_rate")
     return base if is_finite_number(base) else row.get("learning_rate")
@@ -132,7 +124,7 @@ def architecture_table(summary: Sequence[Mapping], keys: Sequence[str]) -> list[
             )
             by_rate: dict[Any, list[Mapping]] = {}
             for r in ok:
-                by_rate.setdefault(_rate(r), []).append(r)
+                by_rate.setdefault(rate_of(r), []).append(r)
             rate, seeds = min(
                 by_rate.items(), key=lambda kv: (_mean([r["best_val_loss"] for r in kv[1]]), kv[0])
             )
@@ -171,7 +163,7 @@ def _g(v: Any) -> str:
     return f"{v:.4g}" if is_finite_number(v) else "n/a"
 
 
-def _by_depth(table: Sequence[Mapping], width: str, value: str) -> dict[Any, list[tuple]]:
+def by_depth(table: Sequence[Mapping], width: str, value: str) -> dict[Any, list[tuple]]:
     """depth -> [(width, value)] sorted by width, only finite values."""
     lines: dict[Any, list[tuple]] = {}
     for row in table:
@@ -188,13 +180,13 @@ def _verdict(passed: int, total: int) -> str:
     return "not supported" if passed == 0 else "mixed"
 
 
-def _depth_name(depth: Any) -> str:
+def depth_name(depth: Any) -> str:
     return f"{depth} layer{'s' if depth != 1 else ''}"
 
 
 def _capacity_grows(table: Sequence[Mapping], width: str, unit: str) -> Finding:
     claim = f"Capacity grows with {unit}: wider models reach a lower training loss."
-    lines = {d: v for d, v in _by_depth(table, width, "final_train_loss").items() if len(v) > 1}
+    lines = {d: v for d, v in by_depth(table, width, "final_train_loss").items() if len(v) > 1}
     parts, passed = [], 0
     for depth, points in lines.items():
         (w0, first), (w1, last) = points[0], points[-1]
@@ -202,7 +194,7 @@ def _capacity_grows(table: Sequence[Mapping], width: str, unit: str) -> Finding:
         ok = last < first and falls >= (len(points) - 1) / 2
         passed += ok
         parts.append(
-            f"{_depth_name(depth)}: final training loss {_g(first)} at {w0} {unit} -> "
+            f"{depth_name(depth)}: final training loss {_g(first)} at {w0} {unit} -> "
             f"{_g(last)} at {w1} ({falls} of {len(points) - 1} steps wider lower it)"
         )
     if not lines:
@@ -215,8 +207,8 @@ def _too_much_overfits(table: Sequence[Mapping], width: str, unit: str) -> Findi
         f"Too much capacity overfits: the gap between validation and training loss grows with "
         f"{unit}, and past some width the validation loss gets worse."
     )
-    gaps = {d: v for d, v in _by_depth(table, width, "gap").items() if len(v) > 1}
-    vals = _by_depth(table, width, "val_loss")
+    gaps = {d: v for d, v in by_depth(table, width, "gap").items() if len(v) > 1}
+    vals = by_depth(table, width, "val_loss")
     parts, grows, turns = [], 0, 0
     for depth, points in gaps.items():
         (w0, g0), (w1, g1) = points[0], points[-1]
@@ -225,7 +217,7 @@ def _too_much_overfits(table: Sequence[Mapping], width: str, unit: str) -> Findi
         grows += g1 > g0
         turns += interior
         parts.append(
-            f"{_depth_name(depth)}: gap {_g(g0)} at {w0} {unit} -> {_g(g1)} at {w1}; lowest "
+            f"{depth_name(depth)}: gap {_g(g0)} at {w0} {unit} -> {_g(g1)} at {w1}; lowest "
             f"validation loss {_g(best_v)} at {best_w} {unit}"
             + (" (wider did worse)" if interior else " (the widest: no turn within the grid)")
         )
@@ -245,23 +237,23 @@ def _pull_away(table: Sequence[Mapping], width: str, unit: str) -> Finding:
         f"If the model is not learning, add {unit} until the validation loss pulls away from the "
         f"training loss (here: a gap above {PULL_AWAY_GAP} nats at the early-stop point)."
     )
-    gaps = {d: v for d, v in _by_depth(table, width, "gap").items() if len(v) > 1}
+    gaps = {d: v for d, v in by_depth(table, width, "gap").items() if len(v) > 1}
     parts, pulled, already = [], 0, 0
     for depth, points in gaps.items():
         first = next((w for w, g in points if g > PULL_AWAY_GAP), None)
         if first is None:
             parts.append(
-                f"{_depth_name(depth)}: never, up to {points[-1][0]} {unit} (largest gap "
+                f"{depth_name(depth)}: never, up to {points[-1][0]} {unit} (largest gap "
                 f"{_g(max(g for _, g in points))})"
             )
         elif first == points[0][0]:
             already += 1
-            parts.append(f"{_depth_name(depth)}: already at {first} {unit}, the narrowest")
+            parts.append(f"{depth_name(depth)}: already at {first} {unit}, the narrowest")
         else:
             pulled += 1
             below = max(w for w, _ in points if w < first)
             parts.append(
-                f"{_depth_name(depth)}: from {first} {unit} (gap {_g(dict(points)[first])}; "
+                f"{depth_name(depth)}: from {first} {unit} (gap {_g(dict(points)[first])}; "
                 f"{_g(dict(points)[below])} at {below})"
             )
     if not gaps:
@@ -298,9 +290,9 @@ def _more_units_than_inputs(table: Sequence[Mapping], width: str, input_dim: int
         claim,
         "supported" if ok else "not supported",
         f"best validation loss with fewer than {input_dim} units {_g(best_few['val_loss'])} "
-        f"({best_few[width]} units, {_depth_name(best_few.get(DEPTH_KEY))}); with at least "
+        f"({best_few[width]} units, {depth_name(best_few.get(DEPTH_KEY))}); with at least "
         f"{input_dim}: {_g(best_many['val_loss'])} ({best_many[width]} units, "
-        f"{_depth_name(best_many.get(DEPTH_KEY))}).",
+        f"{depth_name(best_many.get(DEPTH_KEY))}).",
     )
 
 
@@ -309,7 +301,7 @@ def _compare_depths(
 ) -> tuple[int, int, list[str]]:
     """How often depth ``deep`` has a lower seed-mean validation loss than ``shallow``."""
     value = "mean_val_loss"
-    lines = _by_depth(table, width, value)
+    lines = by_depth(table, width, value)
     a, b = dict(lines.get(shallow, [])), dict(lines.get(deep, []))
     common = sorted(set(a) & set(b))
     wins = sum(b[w] < a[w] for w in common)
@@ -378,78 +370,6 @@ def capacity_findings(
 # --------------------------------------------------------------------------------------- plots
 
 
-def plot_capacity(
-    table: Sequence[Mapping],
-    width: str,
-    path: str,
-    title: str = "",
-    input_dim: int | None = None,
-) -> str:
-    """Loss at the early-stop point against ``width``, one colour per depth, PNG at ``path``.
-
-    Left: validation loss (solid) and training loss (dashed) of each architecture's best trial,
-    with the seed-mean validation loss +- one standard deviation where there are several seeds.
-    Right: the generalisation gap (validation minus training loss). ``input_dim``, when given,
-    is marked (the guide: use more hidden units than inputs).
-    """
-    fig = figures.new_figure((12.0, 4.8))
-    ax, gap_ax = fig.subplots(1, 2)
-    cycle = colormaps["tab10"].colors
-    vals = _by_depth(table, width, "val_loss")
-    trains = _by_depth(table, width, "train_loss")
-    gaps = _by_depth(table, width, "gap")
-    means = {(r.get(DEPTH_KEY), r.get(width)): r for r in table}
-    widths = sorted({r[width] for r in table if is_finite_number(r.get(width))})
-    labelled = False
-    for i, depth in enumerate(vals):
-        colour = cycle[i % len(cycle)]
-        xs, ys = zip(*vals[depth], strict=True)
-        ax.plot(xs, ys, "-o", color=colour, label=_depth_name(depth))
-        if depth in trains:
-            txs, tys = zip(*trains[depth], strict=True)
-            ax.plot(txs, tys, "--s", color=colour, ms=4, alpha=0.8)
-        spread = [(w, means[(depth, w)]) for w in xs if (means[(depth, w)].get("seeds") or 0) > 1]
-        if spread:
-            ax.errorbar(
-                [w for w, _ in spread],
-                [m["mean_val_loss"] for _, m in spread],
-                yerr=[m["std_val_loss"] or 0.0 for _, m in spread],
-                fmt="none",
-                ecolor=colour,
-                alpha=0.5,
-                capsize=3,
-                label=None if labelled else "seed mean ± sd",
-            )
-            labelled = True
-        if depth in gaps:
-            gxs, gys = zip(*gaps[depth], strict=True)
-            gap_ax.plot(gxs, gys, "-o", color=colour, label=_depth_name(depth))
-    gap_ax.axhline(PULL_AWAY_GAP, color="grey", ls=":", lw=1, label=f"gap {PULL_AWAY_GAP}")
-    if vals:
-        ax.plot([], [], "-", color="grey", label="validation")
-        ax.plot([], [], "--", color="grey", label="training")
-    for a in (ax, gap_ax):
-        if input_dim and widths and min(widths) <= input_dim <= max(widths):
-            a.axvline(input_dim, color="grey", ls="-.", lw=1, label=f"inputs ({input_dim})")
-        if widths and min(widths) > 0 and max(widths) / min(widths) >= 4:
-            a.set_xscale("log", base=2)
-            a.set_xticks(widths, [str(w) for w in widths])
-            a.minorticks_off()
-        a.set_xlabel(width.replace("_", " "))
-        a.grid(True, alpha=0.3)
-        if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize="small")
-    if not vals:
-        ax.text(0.5, 0.5, "no finite losses", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylabel("loss at the early-stop point")
-    ax.set_title("validation (solid) and training (dashed) loss")
-    gap_ax.set_ylabel("validation - training loss")
-    gap_ax.set_title("generalisation gap")
-    if title:
-        fig.suptitle(title)
-    return figures.save_figure(fig, path)
-
-
 # -------------------------------------------------------------------------------------- report
 
 
@@ -489,129 +409,8 @@ def diagnostics_lines(
     return lines
 
 
-def _findings_lines(findings: Sequence[Finding]) -> list[str]:
+def findings_lines(findings: Sequence[Finding]) -> list[str]:
     lines = ["| the guide predicts | verdict | what the numbers show |", "|---|---|---|"]
     for f in findings:
         lines.append(f"| {f.claim} | **{f.verdict}** | {f.evidence.replace('|', '/')} |")
     return lines + [""]
-
-
-def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[str, str]:
-    """Writes capacity.csv, plots/capacity.png and capacity_report.md from a finished workdir.
-
-    Returns the paths written, by name. ``config`` defaults to the workdir's config.json.
-    """
-    workdir = os.fspath(workdir)
-    config = dict(config) if config is not None else files.read_config(workdir)
-    summary = files.read_summary(workdir)
-    model_cfg = config.get("model") or {}
-    model = str(model_cfg.get("name", summary[0].get("model") if summary else "mlp"))
-    width = WIDTH_KEYS.get(model, "hidden_units")
-    keys = [DEPTH_KEY, width]
-    extra = [k for k in labels.varying_hparams(summary) if k in (config.get("model_grid") or {})]
-    keys += [k for k in extra if k not in keys]
-    table = architecture_table(summary, keys)
-    input_dim = next(
-        (r["input_dim"] for r in summary if is_finite_number(r.get("input_dim"))), None
-    )
-    findings = capacity_findings(table, model, width, input_dim)
-
-    paths = {"csv": os.path.join(workdir, "capacity.csv")}
-    files.write_csv(paths["csv"], table, tuple(keys) + TABLE_COLUMNS)
-    paths["plot"] = plot_capacity(
-        table,
-        width,
-        os.path.join(workdir, "plots", "capacity.png"),
-        title=f"{model.upper()} capacity on {config.get('dataset', 'the data')}",
-        input_dim=input_dim if model == "mlp" else None,
-    )
-
-    seeds = sorted({r.get("seed") for r in summary})
-    rates = sorted({_rate(r) for r in summary if is_finite_number(_rate(r))})
-    unit = "channels" if model == "cnn" else "units"
-    lines = [
-        f"# Capacity study: {model.upper()} {unit} x layers",
-        "",
-        f"{len(table)} architectures ({', '.join(keys)}), each its own population of "
-        f"{len(rates)} learning rate{'s' if len(rates) != 1 else ''} x {len(seeds)} "
-        f"seed{'s' if len(seeds) != 1 else ''} trained at once; {len(summary)} trials on "
-        f"`{config.get('dataset', '?')}`"
-        + (f" ({input_dim} inputs)" if input_dim else "")
-        + ". Every loss is taken at the trial's early-stop point (its lowest validation loss); "
-        "the gap is validation minus training loss there.",
-        "",
-        "## What the guide predicts and what the numbers show",
-        "",
-        *_findings_lines(findings),
-        "## Each architecture's best trial (over learning rates and seeds)",
-        "",
-        markdown.markdown_table(
-            table,
-            [
-                *keys,
-                "num_params",
-                "learning_rate",
-                "seed",
-                "best_step",
-                "val_loss",
-                "train_loss",
-                "gap",
-                "val_accuracy",
-                "test_accuracy",
-                "diverged",
-            ],
-        ),
-        "## Mean over seeds at each architecture's best learning rate",
-        "",
-        markdown.markdown_table(
-            table,
-            [
-                *keys,
-                "seeds",
-                "mean_at_learning_rate",
-                "mean_val_loss",
-                "std_val_loss",
-                "mean_train_loss",
-                "mean_gap",
-                "mean_test_accuracy",
-            ],
-        ),
-        "## Plot",
-        "",
-        "![capacity](plots/capacity.png)",
-        "",
-        *diagnostics_lines(diagnose_workdir(workdir), summary, keys),
-        "The full per-trial table, learning curves and the study report: `summary.csv`, "
-        "[report.md](report.md); this table: `capacity.csv`.",
-    ]
-    paths["report"] = os.path.join(workdir, "capacity_report.md")
-    files.write_markdown(paths["report"], lines)
-    return paths
-
-
-def validate_capacity_config(config: Any) -> None:
-    """A capacity sweep needs a model with a width axis and a grid over width and/or depth."""
-    model = config.model.get("name") if hasattr(config.model, "get") else None
-    if model not in WIDTH_KEYS:
-        raise ConfigError(
-            f"config.model.name={model!r} has no capacity axis; allowed: {', '.join(WIDTH_KEYS)}"
-        )
-    grid = config.get("model_grid", None) or {}
-    grid_keys = set(grid.keys()) if hasattr(grid, "keys") else set()
-    if not grid_keys & {WIDTH_KEYS[model], DEPTH_KEY}:
-        raise ConfigError(
-            f"config.model_grid={dict(grid)!r} varies neither model.{WIDTH_KEYS[model]} nor "
-            f"model.{DEPTH_KEY}; list values of at least one for a capacity sweep"
-        )
-
-
-def run_capacity_study(config: Any, workdir: str) -> dict[str, str]:
-    """Trains the sweep (``train_and_evaluate``) and writes the capacity outputs.
-
-    Returns the paths written ({} on processes other than 0 of a multi-host run).
-    """
-    validate_capacity_config(config)
-    train_and_evaluate(config, workdir)
-    if jax.process_index() != 0:  # only process 0 writes the workdir
-        return {}
-    return write_capacity_outputs(workdir, config_to_dict(config))

@@ -329,18 +329,36 @@ def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[st
     paths["plot"] = plot_comparison(
         table, full, keys, os.path.join(workdir, "plots", "rnn_comparison.png")
     )
-    curves = []
     sub_best = next(r for r in table if all(r.get(k) == best[k] for k in keys))
-    for stage, row, directory in (("subset", sub_best, sub_dir), ("full", full, full_dir)):
+    paths["curves"] = plot_stage_curves(
+        _stage_curves((("subset", sub_best, sub_dir), ("full", full, full_dir))),
+        os.path.join(workdir, "plots", "rnn_curves.png"),
+        x="step",
+    )
+    lines = _report_lines(
+        workdir, config, keys, table, rows, best, sub_best, full, (sub_summary, full_summary)
+    )
+    paths["report"] = os.path.join(workdir, "rnn_report.md")
+    files.write_markdown(paths["report"], lines)
+    return paths
+
+
+def _stage_curves(stages) -> list[tuple[str, list[dict]]]:
+    """The best trial's curve of each stage (label, records) that has one."""
+    curves = []
+    for stage, row, directory in stages:
         if row is None or row.get("best_trial") is None:
             continue
         trial = int(row["best_trial"])
         curve = files.curves_by_trial(files.read_metrics(directory)).get(trial, [])
         curves.append((f"{stage}: trial {trial}, lr {_g(row.get('learning_rate'), '.3g')}", curve))
-    paths["curves"] = plot_stage_curves(
-        curves, os.path.join(workdir, "plots", "rnn_curves.png"), x="step"
-    )
+    return curves
 
+
+def _report_lines(workdir, config, keys, table, rows, best, sub_best, full, summaries):
+    """The lines of ``rnn_report.md``: setup, comparison, findings, plots, diagnostics."""
+    sub_dir, full_dir = (os.path.join(workdir, s) for s in STAGES)
+    sub_summary, full_summary = summaries
     n_sub = config.train_subset
     sub_diag = diagnose_workdir(sub_dir)
     full_diag = diagnose_workdir(full_dir) if full_summary else []
@@ -419,9 +437,7 @@ def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[st
                 [*keys, *_kinds(sub_diag)],
             )
         ]
-    paths["report"] = os.path.join(workdir, "rnn_report.md")
-    files.write_markdown(paths["report"], lines)
-    return paths
+    return lines
 
 
 def _kinds(diagnostics: Sequence[Any]) -> list[str]:
