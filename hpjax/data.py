@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from hpjax.data_checks import check_classes, check_features, check_input_scale, check_labels
 from hpjax.errors import ConfigError
 
 DATASETS = ("mnist1d", "digits", "npz")
@@ -177,60 +178,6 @@ def load_dataset(config: Any) -> Dataset:
     )
 
 
-def check_classes(labels: dict[str, np.ndarray | None], num_classes: int, where: str) -> int:
-    """The number of classes: ``num_classes`` when given (> 0), else found in the training
-    labels, with a log line. Fewer than two classes, labels beyond the classes, and labels of
-    the validation or test set that the training set never shows are data errors."""
-    train = np.unique(labels["y_train"])
-    if len(train) < 2:
-        raise ConfigError(
-            f"{where}: y_train holds a single class (label {int(train[0])}); a classifier needs "
-            "at least two"
-        )
-    found = int(train.max()) + 1
-    if num_classes > 0:
-        for key, y in labels.items():
-            if y is not None and int(y.max()) >= num_classes:
-                raise ConfigError(
-                    f"{where}: {key} holds label {int(y.max())}, beyond config.num_classes="
-                    f"{num_classes} (labels must be in [0, {num_classes}))"
-                )
-        return num_classes
-    if found > 100 and found > 4 * len(train):
-        raise ConfigError(
-            f"{where}: the labels of y_train run up to {found - 1} but only {len(train)} distinct "
-            f"values appear, which would make {found} classes; relabel them 0..{len(train) - 1} "
-            "or set config.num_classes"
-        )
-    for key, y in labels.items():
-        if y is None or key == "y_train":
-            continue
-        unseen = np.setdiff1d(np.unique(y), train)
-        if len(unseen):
-            raise ConfigError(
-                f"{where}: {key} holds label(s) {', '.join(map(str, unseen[:5].tolist()))} that "
-                "y_train never shows; a trial cannot learn a class it is never trained on"
-            )
-    log.info("%s: %d classes, found in the training labels", where, found)
-    return found
-
-
-def check_input_scale(inputs: dict[str, np.ndarray | None], limit: float, where: str) -> None:
-    """Inputs of a magnitude no first layer survives are a data error, not a learning-rate one
-    (``limit`` <= 0 turns the check off; ``config.max_abs_input``)."""
-    if limit <= 0:
-        return
-    for key, x in inputs.items():
-        if x is None:
-            continue
-        peak = float(np.max(np.abs(x)))
-        if peak > limit:
-            raise ConfigError(
-                f"{where}: {key} reaches |x| = {peak:.3g}, beyond config.max_abs_input={limit:g}; "
-                "standardise the inputs (e.g. (x - mean) / std) or raise the limit"
-            )
-
-
 def _carve_validation(x, y, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
     """A random ``val_fraction`` of the training set as the validation set (sorted indices)."""
     n = len(y)
@@ -284,13 +231,13 @@ def from_arrays(
         if key.startswith("x"):
             if value.ndim < 2:
                 raise ConfigError(f"{where}: {key} has shape {value.shape}; need [N, *input_shape]")
-            checked[key] = _check_features(value, key, where, source)
+            checked[key] = check_features(value, key, where, source)
         elif task == "classification":
             if value.ndim != 1:
                 raise ConfigError(f"{where}: {key} has shape {value.shape}; labels need [N]")
-            checked[key] = _check_labels(value, key, where, source)
+            checked[key] = check_labels(value, key, where, source)
         else:
-            checked[key] = _check_features(value, key, where, source)
+            checked[key] = check_features(value, key, where, source)
     for split in ("train", "val", "test"):
         if f"x_{split}" in checked and len(checked[f"x_{split}"]) != len(checked[f"y_{split}"]):
             raise ConfigError(
@@ -561,8 +508,8 @@ def _load_npz(path: str) -> tuple[np.ndarray | None, ...]:
                 f"{where}: file {path} feature shapes differ: {xk!r} has {x.shape[1:]} but "
                 f"'x_train' has {feature_shape}"
             )
-        arrays[xk] = _check_features(x, xk, where, path)
-        arrays[yk] = _check_labels(y, yk, where, path)
+        arrays[xk] = check_features(x, xk, where, path)
+        arrays[yk] = check_labels(y, yk, where, path)
 
     return (
         arrays["x_train"],
@@ -572,47 +519,6 @@ def _load_npz(path: str) -> tuple[np.ndarray | None, ...]:
         arrays["x_test"],
         arrays["y_test"],
     )
-
-
-def _check_features(x: np.ndarray, key: str, where: str, path: str) -> np.ndarray:
-    if x.dtype.kind not in "biuf":
-        raise ConfigError(
-            f"{where}: file {path} key {key!r} has dtype {x.dtype}; need real numbers"
-        )
-    finite = np.isfinite(x)
-    if not np.all(finite):
-        bad = int(finite.size - np.count_nonzero(finite))
-        raise ConfigError(
-            f"{where}: file {path} key {key!r} has {bad} non-finite feature values (NaN or inf)"
-        )
-    x32 = x.astype(np.float32)
-    if not np.all(np.isfinite(x32)):
-        raise ConfigError(
-            f"{where}: file {path} key {key!r} has feature values beyond the float32 range"
-        )
-    return x32
-
-
-def _check_labels(y: np.ndarray, key: str, where: str, path: str) -> np.ndarray:
-    rule = "labels must be integers in [0, num_classes)"
-    if y.dtype.kind in "iu":
-        yi = y
-    elif y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ConfigError(f"{where}: file {path} key {key!r} has non-integer labels; {rule}")
-        yi = y.astype(np.int64)
-    else:
-        raise ConfigError(
-            f"{where}: file {path} key {key!r} has non-integer labels of dtype {y.dtype}; {rule}"
-        )
-    lo, hi = int(yi.min()), int(yi.max())
-    if lo < 0:
-        raise ConfigError(
-            f"{where}: file {path} key {key!r} has negative labels (min {lo}); {rule}"
-        )
-    if hi >= np.iinfo(np.int32).max:
-        raise ConfigError(f"{where}: file {path} key {key!r} has label {hi}, too large; {rule}")
-    return yi.astype(np.int32)
 
 
 def _one_line(e: BaseException) -> str:
