@@ -84,3 +84,12 @@ def test_no_hpjax_imports_inside_functions():
 def test_modules_stay_small():
     for path in PACKAGE.rglob("*.py"):
         assert len(path.read_text().splitlines()) <= 600, path
+
+
+def test_functions_stay_short():
+    """About 80 lines at most (90 allowed for a declarative list or a long plot)."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 90, f"{path.name}: {node.name} has {length} lines"

@@ -55,6 +55,53 @@ def _x_of_step(curve: Sequence[Mapping], x: str, step: float) -> float | None:
     return float(np.interp(step, steps, xs))
 
 
+def _trial_colours(trials, rows, varying, max_legend):
+    """A colour per trial: a palette for a few; for many, a colormap over the first numeric
+    hyperparameter that varies (or the trial number). Returns colours, key, norm, colormap."""
+    colour_key = None
+    if len(trials) > max_legend:
+        numeric = [
+            k
+            for k in varying
+            if all(is_number(rows.get(t, {}).get(k)) for t in trials if t in rows)
+        ]
+        prefer = ["learning_rate", "batch_size", "hidden_units", "num_layers", "weight_decay"]
+        colour_key = next((k for k in prefer + numeric if k in numeric), None)
+    if colour_key is not None:
+        cvalues = {t: rows[t][colour_key] for t in trials if t in rows}
+        norm, cmap = _norm(list(cvalues.values())), colormaps["viridis"]
+        return (
+            {t: cmap(norm(cvalues[t])) if t in cvalues else "grey" for t in trials},
+            colour_key,
+            norm,
+            cmap,
+        )
+    if len(trials) > max_legend:
+        norm, cmap = Normalize(min(trials), max(trials) + 1e-9), colormaps["viridis"]
+        return {t: cmap(norm(t)) for t in trials}, None, norm, cmap
+    cycle = colormaps["tab10" if len(trials) <= 10 else "tab20"].colors
+    return {t: cycle[i % len(cycle)] for i, t in enumerate(trials)}, None, None, None
+
+
+def _loss_axis(ax, all_y: list[float], starts: list[float]) -> bool:
+    """A log y axis when the losses span more than 10x, cut at 5x the largest starting loss so
+    a diverging trial does not flatten the others; returns whether it was cut."""
+    if not all_y:
+        ax.text(
+            0.5, 0.5, "no finite losses recorded", ha="center", va="center", transform=ax.transAxes
+        )
+        return False
+    top, bottom = max(all_y), min(all_y)
+    clipped = bool(starts) and top > 5 * max(starts) > 0
+    if clipped:
+        top = 5 * max(starts)
+    if bottom > 0 and top / bottom > 10:
+        ax.set_yscale("log")
+    if clipped:
+        ax.set_ylim(top=top)
+    return clipped
+
+
 def plot_learning_curves(
     metrics: Sequence[Mapping],
     summary: Sequence[Mapping],
@@ -79,26 +126,7 @@ def plot_learning_curves(
     few = len(trials) <= max_legend
     fig = new_figure()
     ax = fig.add_subplot()
-
-    colour_key = None
-    if len(trials) > max_legend:
-        numeric = [
-            k
-            for k in varying
-            if all(is_number(rows.get(t, {}).get(k)) for t in trials if t in rows)
-        ]
-        prefer = ["learning_rate", "batch_size", "hidden_units", "num_layers", "weight_decay"]
-        colour_key = next((k for k in prefer + numeric if k in numeric), None)
-    if colour_key is not None:
-        cvalues = {t: rows[t][colour_key] for t in trials if t in rows}
-        norm, cmap = _norm(list(cvalues.values())), colormaps["viridis"]
-        colour = {t: cmap(norm(cvalues[t])) if t in cvalues else "grey" for t in trials}
-    elif len(trials) > max_legend:
-        norm, cmap = Normalize(min(trials), max(trials) + 1e-9), colormaps["viridis"]
-        colour = {t: cmap(norm(t)) for t in trials}
-    else:
-        cycle = colormaps["tab10" if len(trials) <= 10 else "tab20"].colors
-        colour = {t: cycle[i % len(cycle)] for i, t in enumerate(trials)}
+    colour, colour_key, norm, cmap = _trial_colours(trials, rows, varying, max_legend)
 
     all_y: list[float] = []
     starts: list[float] = []
@@ -138,20 +166,7 @@ def plot_learning_curves(
                 )
                 all_y.append(row["best_val_loss"])
 
-    clipped = False
-    if all_y:
-        top, bottom = max(all_y), min(all_y)
-        if starts and top > 5 * max(starts) > 0:
-            top, clipped = 5 * max(starts), True
-        if bottom > 0 and top / bottom > 10:
-            ax.set_yscale("log")
-        if clipped:
-            ax.set_ylim(top=top)
-    else:
-        ax.text(
-            0.5, 0.5, "no finite losses recorded", ha="center", va="center", transform=ax.transAxes
-        )
-
+    clipped = _loss_axis(ax, all_y, starts)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel("loss" + (" (cut at 5x the starting loss)" if clipped else ""))
     ax.set_title(title or f"Learning curves ({len(trials)} trials)")
@@ -159,16 +174,7 @@ def plot_learning_curves(
     style_handles = [
         Line2D([], [], color="grey", ls="-", label="validation"),
         Line2D([], [], color="grey", ls="--", label="train"),
-        Line2D(
-            [],
-            [],
-            color="grey",
-            ls="",
-            marker="*",
-            ms=10,
-            mec="black",
-            label="early stop (best val)",
-        ),
+        Line2D([], [], color="grey", ls="", marker="*", ms=10, mec="black", label="early stop"),
     ]
     if len(trials) <= max_legend:
         handles, _ = ax.get_legend_handles_labels()

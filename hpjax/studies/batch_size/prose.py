@@ -96,14 +96,28 @@ def engine_section(workdir: str, names: Sequence[str]) -> list[str]:
     ]
 
 
+def _series(rows: Sequence[Mapping], rule: str) -> list[Mapping]:
+    return sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["batch_size"])
+
+
 def describe_fixed_epochs(rows: Sequence[Mapping], learning_rate: float, base: int) -> list[str]:
     """Sentences comparing the measured shape with Mishkin et al. (2016)."""
+    fixed = [r for r in _series(rows, "fixed") if usable(r)]
+    out = _fixed_rate_sentences(fixed, learning_rate)
+    diverged_fixed = [
+        r["batch_size"] for r in _series(rows, "fixed") if r.get("status") == "diverged"
+    ]
+    if diverged_fixed:
+        out.append(f"  The fixed rate diverged at B={diverged_fixed}.")
+    for rule in SCALING_RULES:
+        group = _series(rows, rule)
+        if group:
+            out.append(_scaling_sentence(rule, group, fixed, learning_rate, base))
+    return out + _tuned_sentences(_series(rows, "tuned"))
+
+
+def _fixed_rate_sentences(fixed: list[Mapping], learning_rate: float) -> list[str]:
     out = []
-
-    def series(rule):
-        return sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["batch_size"])
-
-    fixed = [r for r in series("fixed") if usable(r)]
     if len(fixed) >= 2:
         sizes = [r["batch_size"] for r in fixed]
         accs = [r["final_val_accuracy"] for r in fixed]
@@ -136,59 +150,58 @@ def describe_fixed_epochs(rows: Sequence[Mapping], learning_rate: float, base: i
                 "not show this side."
             )
         out.append(text)
-    diverged_fixed = [r["batch_size"] for r in series("fixed") if r.get("status") == "diverged"]
-    if diverged_fixed:
-        out.append(f"  The fixed rate diverged at B={diverged_fixed}.")
-    for rule in SCALING_RULES:
-        group = series(rule)
-        if not group:
-            continue
-        reference = next((r for r in group if usable(r)), None)
-        if reference is None:
-            out.append(f"- **{rule.capitalize()} scaling** diverged at every batch size.")
-            continue
-        held, broke = [], None
-        for r in group:
-            if usable(r) and r["final_val_accuracy"] >= reference["final_val_accuracy"] - 0.03:
-                held.append(r)
-            elif r["batch_size"] > reference["batch_size"]:
-                broke = r
-                break
-        last = held[-1]
-        text = (
-            f"- **{rule.capitalize()} scaling** (rate {learning_rate:g} x "
-            f"{'B' if rule == 'linear' else 'sqrt(B)'}/{base}): accuracy stays within 0.03 of its "
-            f"B={reference['batch_size']} value ({reference['final_val_accuracy']:.3f}) up to "
-            f"B={last['batch_size']} (rate {last['learning_rate']:.3g})"
+    return out
+
+
+def _scaling_sentence(rule, group, fixed, learning_rate: float, base: int) -> str:
+    reference = next((r for r in group if usable(r)), None)
+    if reference is None:
+        return f"- **{rule.capitalize()} scaling** diverged at every batch size."
+    held, broke = [], None
+    for r in group:
+        if usable(r) and r["final_val_accuracy"] >= reference["final_val_accuracy"] - 0.03:
+            held.append(r)
+        elif r["batch_size"] > reference["batch_size"]:
+            broke = r
+            break
+    last = held[-1]
+    text = (
+        f"- **{rule.capitalize()} scaling** (rate {learning_rate:g} x "
+        f"{'B' if rule == 'linear' else 'sqrt(B)'}/{base}): accuracy stays within 0.03 of its "
+        f"B={reference['batch_size']} value ({reference['final_val_accuracy']:.3f}) up to "
+        f"B={last['batch_size']} (rate {last['learning_rate']:.3g})"
+    )
+    if broke is None:
+        text += ", the largest batch size tried: no instability in this range."
+    elif broke.get("status") == "diverged" or chance(broke):
+        text += (
+            f"; at B={broke['batch_size']} the scaled rate {broke['learning_rate']:.3g} "
+            + (
+                "diverged"
+                if broke.get("status") == "diverged"
+                else f"is unstable (accuracy {broke['final_val_accuracy']:.3f}, chance level)"
+            )
+            + ": the rule holds until the scaled rate becomes unstable (Goyal et al. 2017 "
+            "report the same limit)."
         )
-        if broke is None:
-            text += ", the largest batch size tried: no instability in this range."
-        elif broke.get("status") == "diverged" or chance(broke):
-            text += (
-                f"; at B={broke['batch_size']} the scaled rate {broke['learning_rate']:.3g} "
-                + (
-                    "diverged"
-                    if broke.get("status") == "diverged"
-                    else f"is unstable (accuracy {broke['final_val_accuracy']:.3f}, chance level)"
-                )
-                + ": the rule holds until the scaled rate becomes unstable (Goyal et al. 2017 "
-                "report the same limit)."
-            )
-        else:
-            text += (
-                f"; at B={broke['batch_size']} (rate {broke['learning_rate']:.3g}) it drops to "
-                f"{broke['final_val_accuracy']:.3f}."
-            )
-        same_b = next((r for r in fixed if r["batch_size"] == last["batch_size"]), None)
-        if same_b is not None and last["batch_size"] != reference["batch_size"]:
-            gain = last["final_val_accuracy"] - same_b["final_val_accuracy"]
-            text += (
-                f" At B={last['batch_size']} it reaches {last['final_val_accuracy']:.3f} against "
-                f"{same_b['final_val_accuracy']:.3f} with the fixed rate"
-                + (" (scaling holds accuracy up)." if gain > 0.01 else " (no gain).")
-            )
-        out.append(text)
-    tuned = series("tuned")
+    else:
+        text += (
+            f"; at B={broke['batch_size']} (rate {broke['learning_rate']:.3g}) it drops to "
+            f"{broke['final_val_accuracy']:.3f}."
+        )
+    same_b = next((r for r in fixed if r["batch_size"] == last["batch_size"]), None)
+    if same_b is not None and last["batch_size"] != reference["batch_size"]:
+        gain = last["final_val_accuracy"] - same_b["final_val_accuracy"]
+        text += (
+            f" At B={last['batch_size']} it reaches {last['final_val_accuracy']:.3f} against "
+            f"{same_b['final_val_accuracy']:.3f} with the fixed rate"
+            + (" (scaling holds accuracy up)." if gain > 0.01 else " (no gain).")
+        )
+    return text
+
+
+def _tuned_sentences(tuned: list[Mapping]) -> list[str]:
+    out = []
     if len(tuned) >= 2:
         slope = log_slope([r["batch_size"] for r in tuned], [r["learning_rate"] for r in tuned])
         accs = [r["final_val_accuracy"] for r in tuned]
@@ -291,15 +304,8 @@ def describe_steps(
     return out
 
 
-def describe_noise(
-    at_target: Mapping | None,
-    rows: Sequence[Mapping],
-    fit: Mapping | None,
-    per_size: Sequence[Mapping],
-    metric: str,
-    target: float,
-) -> list[str]:
-    """Sentences comparing B_simple with the steps-to-target curve (McCandlish et al. 2018)."""
+def _noise_along_training(rows: Sequence[Mapping]) -> list[str]:
+    """How B_simple moves along training, and the two-batch estimate against the exact one."""
     out = []
     if len(rows) >= 4:
         quarter = max(1, len(rows) // 4)
@@ -336,6 +342,19 @@ def describe_noise(
                 f"the training set): median ratio {np.median(ratios):.3g}, range "
                 f"{min(ratios):.3g}..{max(ratios):.3g} over {len(ratios)} measurements."
             )
+    return out
+
+
+def describe_noise(
+    at_target: Mapping | None,
+    rows: Sequence[Mapping],
+    fit: Mapping | None,
+    per_size: Sequence[Mapping],
+    metric: str,
+    target: float,
+) -> list[str]:
+    """Sentences comparing B_simple with the steps-to-target curve (McCandlish et al. 2018)."""
+    out = _noise_along_training(rows)
     if at_target is None:
         out.append(
             f"- The measured trial never reached {metric} {target:g}, so B_simple at the "
@@ -388,3 +407,21 @@ def describe_noise(
             )
         )
     return out
+
+
+def noise_intro(s, b: int, rate: float, steps: int) -> list[str]:
+    """The setup of the noise-scale study (``s``: its config section), in a paragraph."""
+    return [
+        f"One trial (B={b}, learning rate {rate:.3g}: the fastest rate to the target at this "
+        "batch size in the steps-to-target study, unless noise_scale.learning_rate sets it) "
+        f"trained for {steps} steps. About {s.num_measurements} times along training, "
+        f"{s.num_draws} pairs of batches (B_small={s.small_batch}, B_big={s.big_batch}, drawn "
+        "with replacement from the training set) give |G_small|^2 and |G_big|^2; the unbiased "
+        "estimates of |G|^2 and tr(Sigma) are averaged over the pairs (and, for the moving "
+        f"average, over measurements with decay {s.ema_decay:g}) before dividing. "
+        + (
+            "The exact value uses every per-example gradient of the training set."
+            if s.get("exact", True)
+            else ""
+        ),
+    ]

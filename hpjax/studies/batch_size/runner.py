@@ -76,6 +76,7 @@ from hpjax.studies.batch_size.prose import (
     describe_noise,
     describe_steps,
     engine_section,
+    noise_intro,
     write_report,
 )
 
@@ -300,20 +301,7 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
         ),
     ]
     rate = rows[0]["learning_rate"]
-    intro = [
-        f"One trial (B={b}, learning rate {rate:.3g}: the fastest rate to the target at this "
-        "batch size in the steps-to-target study, unless noise_scale.learning_rate sets it) "
-        f"trained for {steps} steps. About {s.num_measurements} times along training, "
-        f"{s.num_draws} pairs of batches (B_small={s.small_batch}, B_big={s.big_batch}, drawn "
-        "with replacement from the training set) give |G_small|^2 and |G_big|^2; the unbiased "
-        "estimates of |G|^2 and tr(Sigma) are averaged over the pairs (and, for the moving "
-        f"average, over measurements with decay {s.ema_decay:g}) before dividing. "
-        + (
-            "The exact value uses every per-example gradient of the training set."
-            if s.get("exact", True)
-            else ""
-        ),
-    ]
+    intro = noise_intro(s, b, rate, steps)
     shown = rows[:: max(1, len(rows) // 12)]
     if rows[-1] not in shown:
         shown.append(rows[-1])
