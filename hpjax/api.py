@@ -105,5 +105,4 @@ def train(
         )
     name = getattr(model, "__name__", type(model).__name__)
     cfg = make_config(name, data.name, **config)
-    cfg.report_x = cfg.get("report_x", "learning_rate")
     return train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)

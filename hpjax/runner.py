@@ -315,10 +315,11 @@ class PopulationRun:
             reporter.update(tick, self._best_message(state))
             evaluations += 1
             if every > 0 and evaluations % every == 0:
-                self._save(saved, state, {})
+                self._save(saved, self.rows.full_state(state), {})
         reporter.update(tick, self._best_message(state), force=True)
-        rows = self.summarise(self.rows.full_state(state))
-        lines = self._save(saved, state, {"finished": True, "rows": rows})
+        full = self.rows.full_state(state)  # gathered on every process (a collective)
+        rows = self.summarise(full)
+        lines = self._save(saved, full, {"finished": True, "rows": rows})
         if saved:
             saved.close()
         for hook in self.hooks:
@@ -346,12 +347,12 @@ class PopulationRun:
     def _active(self, state: population.PopulationState) -> np.ndarray:
         return np.asarray(self.sharding.to_host(population.active_mask(state, self.rows.hparams)))
 
-    def _save(self, saved, state, extra: dict) -> int:
+    def _save(self, saved, full: population.PopulationState, extra: dict) -> int:
+        """Saves the host state ``full`` of every trial (process 0); returns the metrics lines."""
         lines = self.writer.count_lines() if self.sharding.is_writer else 0
-        full = self.rows.full_state(state)  # gathered on every process (a collective)
         if saved is not None:
             saved.save(
-                int(state.tick),
+                int(full.tick),
                 full,
                 {"metrics_lines": lines, "alive": self.rows.alive()} | extra,
             )

@@ -51,7 +51,20 @@ class Model:
 
 
 def from_factory(make: Callable[[nnx.Rngs], nnx.Module], name: str = "model") -> Model:
-    """The functional form of the modules ``make(rngs)`` builds (``rngs`` seeds the params)."""
+    """The functional form of the modules ``make(rngs)`` builds (``rngs`` seeds the params).
+
+    The same factory gives the same :class:`Model`, so the populations of several studies (the
+    rounds of a search) that share their static structure share one compilation.
+    """
+    if (make, name) not in _MADE:
+        _MADE[make, name] = _functional(make, name)
+    return _MADE[make, name]
+
+
+_MADE: dict[tuple, Model] = {}
+
+
+def _functional(make: Callable[[nnx.Rngs], nnx.Module], name: str) -> Model:
     try:
         abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     except ConfigError:

@@ -6,6 +6,7 @@ naming the key, raised by :func:`validate_model_config` before anything is built
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -236,5 +237,13 @@ def build_model(model_cfg: Any, input_shape: tuple[int, ...], num_classes: int) 
     validate_model_config(model_cfg, input_shape, num_classes)
     cfg = _resolved(model_cfg)
     shape = tuple(int(d) for d in input_shape)
-    builder = MODELS[cfg.name]
-    return from_factory(lambda rngs: builder(cfg, shape, int(num_classes), rngs), cfg.name)
+    key = (json.dumps(cfg.to_dict(), sort_keys=True, default=list), shape, int(num_classes))
+    if key not in _BUILT:  # one Model per architecture: equal specs then share compilations
+        builder = MODELS[cfg.name]
+        _BUILT[key] = from_factory(
+            lambda rngs: builder(cfg, shape, int(num_classes), rngs), cfg.name
+        )
+    return _BUILT[key]
+
+
+_BUILT: dict[tuple, Model] = {}

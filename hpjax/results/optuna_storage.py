@@ -46,11 +46,12 @@ def require() -> None:
         )
 
 
-def storage_url(workdir: str, setting: str) -> str:
-    """The storage of a study: ``setting`` as a URL, or the SQLite file in the workdir."""
-    if setting in ("", "auto", "sqlite"):
-        return f"sqlite:///{os.path.abspath(os.path.join(workdir, DATABASE))}"
-    return setting
+def storage_url(workdir: str, setting: str, database: str = DATABASE) -> str:
+    """The storage of a study: ``setting`` when it is a URL, else the SQLite file ``database``
+    in the workdir."""
+    if "://" in setting:
+        return setting
+    return f"sqlite:///{os.path.abspath(os.path.join(workdir, database))}"
 
 
 def _distribution(key: str, values: Sequence[Any]):

@@ -77,13 +77,15 @@ def train_and_evaluate(
     if "tensorboard" in outputs and sharding.is_writer:
         hooks = [*hooks, tensorboard.TensorBoardHook(workdir, varying_keys(trials))]
     if not sharding.is_writer:
-        return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks)
+        return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks, outputs)
     with files.workdir_lock(workdir):
         files.prepare_workdir(workdir, config_to_dict(config))
-        return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks)
+        return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks, outputs)
 
 
-def _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks) -> list[dict]:
+def _run(
+    config, workdir, dataset, trials, plans, models, sharding, task, hooks, outputs
+) -> list[dict]:
     """Trains the planned populations and writes the summary and report (process 0)."""
     logging.info(
         "study: %d trials in %d population(s) on %d %s device(s); data %s: %d train, %d val, "
@@ -110,7 +112,6 @@ def _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks)
         )
     if config.get("make_report", True):
         study_report.default_report(workdir, x_hparam=config.get("report_x", "learning_rate"))
-    outputs = chosen_outputs(config)
     if "tensorboard" in outputs:
         tensorboard.write_study(workdir, varying_keys(trials))
     if "optuna" in outputs:

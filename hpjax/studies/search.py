@@ -189,9 +189,8 @@ def run_search(
     train_and_evaluate_check(round_config(config, first), dataset, model)
     os.makedirs(workdir, exist_ok=True)
     with files.workdir_lock(workdir):
-        storage = optuna_storage.storage_url(workdir, str(config.get("optuna_storage", "auto")))
-        if storage.startswith("sqlite:") and config.get("optuna_storage", "auto") in ("auto", ""):
-            storage = f"sqlite:///{os.path.abspath(os.path.join(workdir, 'search.db'))}"
+        setting = str(config.get("optuna_storage", "auto"))
+        storage = optuna_storage.storage_url(workdir, setting, database="search.db")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         optuna_study = optuna.create_study(
             study_name="search",
