@@ -184,3 +184,49 @@ def test_single_batch_size_fast_path_equals_the_accumulating_path(problem):
     for j in range(3):
         one = general.replace(trials=jax.tree.map(lambda a, j=j: a[j : j + 1], general.trials))
         assert_same_trajectory(fast, j, one)
+
+
+@pytest.mark.parametrize("first", [{"learning_rate": 0.05}, {"learning_rate": 100.0}])
+def test_a_restarted_row_follows_its_new_trial_alone(problem, first):
+    """A freed slot takes the next trial mid-run (its data stream starts at 0 while its
+    neighbours are mid-epoch), also after the slot's first trial diverged; the neighbours go on
+    as if nothing happened."""
+    model, x, y = problem
+    spec = make_spec(model, 8, divergence_loss=100 * float(np.log(3)))
+    neighbour = {"learning_rate": 0.01, "seed": 3}
+    newcomer = {"learning_rate": 0.02, "seed": 5, "weight_decay": 0.01}
+    before = trial_hparams([neighbour, first])
+    state = population.init_population(spec, before)
+    state = population.train_ticks(spec, state, before, x, y, jnp.int32(13))
+    assert bool(state.trials.diverged[1]) == (first["learning_rate"] > 1)
+    after = trial_hparams([neighbour, newcomer])
+    state = population.restart_rows(spec, state, after, jnp.asarray([False, True]))
+    state = population.train_ticks(spec, state, after, x, y, jnp.int32(20))
+    assert_same_trajectory(state, 1, train(problem, [newcomer], 20, 8))
+    assert_same_trajectory(state, 0, train(problem, [neighbour], 33, 8))
+    assert not bool(state.trials.diverged[1])
+
+
+def test_copied_rows_take_the_donor_state_and_keep_their_stream(problem):
+    """Population-based training's exploit: row 1 takes row 0's state, then trains on its own
+    data stream; that equals one trial that switches data stream at that point."""
+    model, x, y = problem
+    spec = make_spec(model, 8)
+    trials = [{"learning_rate": 0.01, "seed": 1}, {"learning_rate": 0.03, "seed": 2}]
+    hparams = trial_hparams(trials)
+    state = population.init_population(spec, hparams)
+    state = population.train_ticks(spec, state, hparams, x, y, jnp.int32(9))
+    donor_params = trial_slice(state.trials.params, 0)
+    state = population.copy_rows(state, jnp.asarray([0, 0]), jnp.asarray([False, True]))
+    jax.tree.map(np.testing.assert_array_equal, trial_slice(state.trials.params, 1), donor_params)
+    assert int(state.trials.ticks[1]) == 9 and int(state.trials.step[1]) == 9
+    state = population.train_ticks(spec, state, hparams, x, y, jnp.int32(7))
+    # Alone: trial 0 for 9 ticks, then with trial 1's rate, key and position.
+    solo_h = trial_hparams([trials[0]])
+    solo = population.init_population(spec, solo_h)
+    solo = population.train_ticks(spec, solo, solo_h, x, y, jnp.int32(9))
+    other = population.init_population(spec, trial_hparams([trials[1]]))
+    solo = solo.replace(trials=solo.trials.replace(data_key=other.trials.data_key))
+    switched = trial_hparams([trials[1]])
+    solo = population.train_ticks(spec, solo, switched, x, y, jnp.int32(7))
+    assert_same_trajectory(state, 1, solo)

@@ -79,6 +79,7 @@ class TrialState:
     micro_count: jax.Array  # micro-batches summed into grad_sum
     step: jax.Array  # optimizer updates applied
     data_key: jax.Array
+    ticks: jax.Array  # micro-batches this trial has drawn from its stream (its data position)
     diverged: jax.Array  # a non-finite loss or update was met; frozen at the last finite state
 
 
@@ -89,7 +90,7 @@ class PopulationState:
     trials: TrialState
     best_params: Params  # each trial's parameters at its best validation loss
     early_stop: early_stopping.EarlyStopState
-    tick: jax.Array  # micro-batches consumed by every trial (a scalar shared by all)
+    tick: jax.Array  # ticks of the whole program (a scalar shared by all rows)
 
 
 HPARAM_DEFAULTS = dict(
@@ -142,25 +143,34 @@ def _all_finite(tree) -> jax.Array:
     return jnp.stack(leaves).all()
 
 
+def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = spec.model.init(init_key)
+    return TrialState(
+        params=params,
+        opt_state=spec.direction().init(params),
+        grad_sum=jax.tree.map(jnp.zeros_like, params),
+        loss_sum=jnp.zeros((), jnp.float32),
+        micro_count=jnp.zeros((), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        data_key=data_key,
+        ticks=jnp.zeros((), jnp.int32),
+        diverged=jnp.zeros((), bool),
+    )
+
+
+def _select_rows(mask: jax.Array, new, old):
+    """Per leaf, ``new`` in the rows where ``mask [K]`` is set, else ``old``."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old
+    )
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationState:
     """Fresh parameters and optimizer states for every trial, from each trial's seed."""
 
-    def init_trial(seed):
-        init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = spec.model.init(init_key)
-        return TrialState(
-            params=params,
-            opt_state=spec.direction().init(params),
-            grad_sum=jax.tree.map(jnp.zeros_like, params),
-            loss_sum=jnp.zeros((), jnp.float32),
-            micro_count=jnp.zeros((), jnp.int32),
-            step=jnp.zeros((), jnp.int32),
-            data_key=data_key,
-            diverged=jnp.zeros((), bool),
-        )
-
-    trials = jax.vmap(init_trial)(hparams.seed)
+    trials = jax.vmap(functools.partial(_init_trial, spec))(hparams.seed)
     return PopulationState(
         trials=trials,
         best_params=trials.params,
@@ -225,6 +235,7 @@ def micro_step(
         micro_count=jnp.where(batch_done, 0, micro_count),
         step=trial.step + accept.astype(jnp.int32),
         data_key=trial.data_key,
+        ticks=trial.ticks + 1,
         diverged=trial.diverged | (apply & ~finite),
     )
 
@@ -247,14 +258,15 @@ def train_ticks(
 
     def body(_, carry):
         state, perms = carry
-        idx = stream.microbatch_indices(perms, state.tick, m, n)
+        ticks = state.trials.ticks
+        idx = stream.microbatch_indices(perms, ticks, m, n)
         trials = step_all(
             hparams, state.trials, state.early_stop.stopped, x_train[idx], y_train[idx]
         )
-        perms = stream.advance_permutations(perms, trials.data_key, state.tick, m, n)
+        perms = stream.advance_permutations(perms, trials.data_key, ticks, m, n)
         return state.replace(trials=trials, tick=state.tick + 1), perms
 
-    perms = stream.permutations_at(state.trials.data_key, state.tick, m, n)
+    perms = stream.permutations_at(state.trials.data_key, state.trials.ticks, m, n)
     state, _ = jax.lax.fori_loop(0, num_ticks, body, (state, perms))
     return state
 
@@ -312,11 +324,7 @@ def record_evaluation(
         min_delta=spec.min_delta,
         min_steps=spec.min_steps,
     )
-    best_params = jax.tree.map(
-        lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-        state.trials.params,
-        state.best_params,
-    )
+    best_params = _select_rows(improved, state.trials.params, state.best_params)
     return state.replace(early_stop=early_stop, best_params=best_params), improved
 
 
@@ -324,3 +332,38 @@ def record_evaluation(
 def active_mask(state: PopulationState, hparams: TrialHParams) -> jax.Array:
     """Which trials are still training, ``[K]`` bool."""
     return is_active(state.trials, state.early_stop, hparams)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def restart_rows(
+    spec: PopulationSpec, state: PopulationState, hparams: TrialHParams, rows: jax.Array
+) -> PopulationState:
+    """The trials in ``rows`` (``[K]`` bool) start afresh from their seeds in ``hparams``: new
+    parameters and optimizer state, their data streams and step counters at 0, no best point.
+
+    The other rows go on untouched; the shapes do not change, so nothing recompiles. This is how
+    a freed slot takes the next trial of a queue.
+    """
+    fresh = jax.vmap(functools.partial(_init_trial, spec))(hparams.seed)
+    early_stop = _select_rows(rows, early_stopping.init(rows.shape[0]), state.early_stop)
+    return state.replace(
+        trials=_select_rows(rows, fresh, state.trials),
+        best_params=_select_rows(rows, fresh.params, state.best_params),
+        early_stop=early_stop,
+    )
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def copy_rows(state: PopulationState, source: jax.Array, rows: jax.Array) -> PopulationState:
+    """Each row in ``rows`` takes the training state of row ``source[r]``: parameters, optimizer
+    state, step count, best point (population-based training's exploit, a gather along the trial
+    axis on the device). It keeps its own data stream (key and position) and is not diverged."""
+    donor = jax.tree.map(lambda a: a[source], state.trials)
+    own = state.trials
+    copied = donor.replace(data_key=own.data_key, ticks=own.ticks, diverged=own.diverged)
+    take = lambda tree: jax.tree.map(lambda a: a[source], tree)  # noqa: E731
+    return state.replace(
+        trials=_select_rows(rows, copied, own),
+        best_params=_select_rows(rows, take(state.best_params), state.best_params),
+        early_stop=_select_rows(rows, take(state.early_stop), state.early_stop),
+    )
