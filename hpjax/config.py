@@ -76,6 +76,12 @@ def default_config() -> ml_collections.ConfigDict:
     # Instead of the product above: an explicit JSON list of trials, e.g.
     # '[{"learning_rate": 0.01, "batch_size": 32, "model.hidden_units": 64}, ...]' (searches).
     config.trials = ""
+    # Instead of the product: points of a search space, key -> (low, high, "log" | "linear") or a
+    # tuple of choices, over learning_rate, weight_decay, warmup_steps, decay_rate, end_factor,
+    # batch_size, seed; drawn by space_sampler (grid | random | quasi_random), num_samples of them.
+    config.space = ml_collections.ConfigDict()
+    config.space_sampler = "quasi_random"
+    config.num_samples = 0
     # Architectures: model key -> values, one population each (e.g. hidden_units, num_layers).
     config.model_grid = ml_collections.ConfigDict()
 
@@ -88,6 +94,20 @@ def default_config() -> ml_collections.ConfigDict:
     config.min_steps = 0
     config.checkpoint_every = 20  # evaluations between checkpoints of the study state
     config.divergence_factor = 100.0  # a batch loss above this x ln(classes) is divergence
+
+    # Adaptive studies: trials share `slots` rows of one compiled program (0 = a row per trial);
+    # a row whose trial ends (early stop, divergence, budget, pruned) takes the next pending trial.
+    config.slots = 0
+    config.scheduler = "none"  # none | asha (successive halving) | pbt (population-based training)
+    config.budget_trial_steps = 0  # > 0: start no new trial once the study has spent this many
+    config.asha = ml_collections.ConfigDict()
+    config.asha.min_steps = 250  # the first rung; the next ones at min_steps x eta^k
+    config.asha.eta = 3  # a trial goes past a rung only in the top 1/eta of those there so far
+    config.pbt = ml_collections.ConfigDict()
+    config.pbt.interval = 250  # steps between exploit/explore rounds
+    config.pbt.fraction = 0.25  # the bottom fraction copies a member of the top fraction
+    config.pbt.resample_probability = 0.25  # else each searched value is x0.8 or x1.25
+    config.pbt.seed = 0
 
     # Where it runs.
     config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present

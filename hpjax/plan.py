@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 from scipy.stats import qmc
 
+from hpjax import space as space_lib
 from hpjax.config import as_tuple
 from hpjax.engine import memory, optim, population, tasks
 from hpjax.engine.population import PopulationSpec
@@ -42,6 +43,10 @@ class Trial:
     weight_decay: float
     base_learning_rate: float  # the rate of the grid, before scaling
     architecture: tuple[tuple[str, Any], ...] = ()  # model keys that differ from config.model
+    # Schedule parameters of this trial; None = the config's (a search space may set them).
+    warmup_steps: int | None = None
+    decay_rate: float | None = None
+    end_factor: float | None = None
 
     @property
     def architecture_dict(self) -> dict:
@@ -74,10 +79,14 @@ class PopulationPlan:
             seed=[t.seed for t in self.trials],
             weight_decay=[t.weight_decay for t in self.trials],
             warmup_steps=list(self.warmup_steps),
-            decay_rate=self.decay_rate,
-            end_factor=self.end_factor,
+            decay_rate=[_given(t.decay_rate, self.decay_rate) for t in self.trials],
+            end_factor=[_given(t.end_factor, self.end_factor) for t in self.trials],
             max_steps=list(self.max_steps),
         )
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _fail(key: str, value: Any, why: str) -> None:
@@ -174,7 +183,15 @@ def model_config(config, architecture: tuple[tuple[str, Any], ...]):
     return model
 
 
-TRIAL_KEYS = ("learning_rate", "batch_size", "seed", "weight_decay")
+TRIAL_KEYS = (
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "weight_decay",
+    "warmup_steps",
+    "decay_rate",
+    "end_factor",
+)
 
 
 def explicit_trials(config) -> tuple[Trial, ...]:
@@ -208,18 +225,54 @@ def explicit_trials(config) -> tuple[Trial, ...]:
         if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
             _fail(f"trials[{i}].batch_size", b, "must be a positive integer")
         arch = tuple(sorted((k[len("model.") :], v) for k, v in given.items() if "." in k))
-        out.append(
-            Trial(
-                index=i,
-                learning_rate=scaled_learning_rate(config, lr, b),
-                batch_size=b,
-                seed=int(trial["seed"]),
-                weight_decay=float(trial["weight_decay"]),
-                base_learning_rate=lr,
-                architecture=arch,
-            )
-        )
+        out.append(_trial(config, i, trial, lr, b, arch))
     return tuple(out)
+
+
+def _trial(config, index: int, values: dict, lr: float, batch_size: int, arch=()) -> Trial:
+    schedule = {}
+    for key, cast in (("warmup_steps", int), ("decay_rate", float), ("end_factor", float)):
+        if key in values:
+            value = values[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                _fail(f"trials[{index}].{key}", value, "must be a number >= 0")
+            schedule[key] = cast(value)
+    return Trial(
+        index=index,
+        learning_rate=scaled_learning_rate(config, lr, batch_size),
+        batch_size=batch_size,
+        seed=int(values["seed"]),
+        weight_decay=float(values["weight_decay"]),
+        base_learning_rate=lr,
+        architecture=arch,
+        **schedule,
+    )
+
+
+def sampled_trials(config) -> tuple[Trial, ...]:
+    """Points of ``config.space`` drawn by ``config.space_sampler`` (x ``config.seeds`` unless
+    the space holds the seed); keys the space lacks take the config's first value."""
+    dimensions = space_lib.parse_space(config.space)
+    points = space_lib.sample(
+        dimensions,
+        config.get("space_sampler", "quasi_random"),
+        config.get("num_samples", 0),
+        int(config.get("sampling_seed", 0)),
+    )
+    seeds = (None,) if "seed" in config.space else as_tuple(config.seeds) or (0,)
+    defaults = {
+        "learning_rate": learning_rates(config)[0],
+        "batch_size": batch_sizes(config)[0],
+        "weight_decay": float((as_tuple(config.get("weight_decays", (0.0,))) or (0.0,))[0]),
+    }
+    trials = []
+    for point in points:
+        for seed in seeds:
+            values = defaults | ({"seed": seed} if seed is not None else {}) | point
+            trials.append(
+                _trial(config, len(trials), values, values["learning_rate"], values["batch_size"])
+            )
+    return tuple(trials)
 
 
 def build_trials(config) -> tuple[Trial, ...]:
@@ -227,6 +280,8 @@ def build_trials(config) -> tuple[Trial, ...]:
     list of ``config.trials``."""
     if config.get("trials", ""):
         return explicit_trials(config)
+    if config.get("space", None):
+        return sampled_trials(config)
     seeds = as_tuple(config.seeds)
     if not seeds:
         _fail("seeds", seeds, "is empty; list at least one seed")
@@ -305,6 +360,7 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
             warmup = tuple(int(warmup_epochs * num_train // t.batch_size) for t in group)
         else:
             warmup = (int(config.get("warmup_steps", 0)),) * len(group)
+        warmup = tuple(_given(t.warmup_steps, w) for t, w in zip(group, warmup, strict=True))
         largest = max(t.batch_size for t in group)
         plans.append(
             PopulationPlan(

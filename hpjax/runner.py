@@ -178,6 +178,8 @@ class PopulationRun:
         self.label = label
         self.writer = files.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
         self.start_time = time.perf_counter()
+        self.last_rows: list[dict] = []
+        self.stats: dict = {}  # figures of the run for populations.csv
 
     # Evaluation and metrics.
 
@@ -209,13 +211,19 @@ class PopulationRun:
             row |= {f"train_{k}": float(train[k][r]) for k in names}
             row |= {f"val_{k}": float(val[k][r]) for k in names}
             row["elapsed_s"] = round(elapsed, 3)
+            row |= self.row_extra(int(pos))
             rows.append(row)
             self.history[trial.index].append(row)
         if self.sharding.is_writer:
             self.writer.write(rows)
+        self.last_rows = rows
         for hook in self.hooks:
             hook.on_evaluation(self, state, rows)
         return state
+
+    def row_extra(self, pos: int) -> dict:
+        """Fields a subclass adds to trial ``pos``'s metrics row (the grid adds none)."""
+        return {}
 
     # The loop.
 
@@ -294,7 +302,7 @@ class PopulationRun:
         fraction = float(self.config.get("compact_fraction", 0.0))
         tick = int(state.tick)
         reporter.update(tick)
-        evaluations = 0
+        evaluations = row_ticks = training_ticks = 0
         while tick < plan.total_ticks:
             active = self._active(state)
             if not active.any():
@@ -310,6 +318,8 @@ class PopulationRun:
                 active = self._active(state)
             num_ticks = min(plan.eval_ticks, plan.total_ticks - tick)
             state = self._train(state, num_ticks)
+            row_ticks += len(self.rows.positions) * num_ticks
+            training_ticks += int((active & self.rows.real).sum()) * num_ticks
             state = self.evaluate(state, active)
             tick = int(state.tick)
             reporter.update(tick, self._best_message(state))
@@ -319,6 +329,11 @@ class PopulationRun:
         reporter.update(tick, self._best_message(state), force=True)
         full = self.rows.full_state(state)  # gathered on every process (a collective)
         rows = self.summarise(full)
+        self.stats = {
+            "training_fraction": round(training_ticks / row_ticks, 4) if row_ticks else None,
+            "trial_steps": int(np.asarray(full.trials.step).sum()),
+            "trials_started": len(rows),
+        }
         lines = self._save(saved, full, {"finished": True, "rows": rows})
         if saved:
             saved.close()
@@ -457,9 +472,14 @@ def run_plans(
     sharding: TrialSharding,
     task: tasks.Task = tasks.CLASSIFICATION,
     hooks: Sequence[Hooks] = (),
+    population_run: type[PopulationRun] | None = None,
 ) -> list[dict]:
     """Fits the plans to memory, trains them in turn and writes ``summary.csv`` and
-    ``populations.csv`` (process 0); returns the summary rows sorted by trial."""
+    ``populations.csv`` (process 0); returns the summary rows sorted by trial.
+
+    ``population_run`` trains each plan (:class:`PopulationRun`, or an adaptive study's
+    :class:`hpjax.slots.SlotRun`)."""
+    population_run = population_run or PopulationRun
     dataset = data.dataset
     specs = [
         study.population_spec(
@@ -487,7 +507,7 @@ def run_plans(
     lines = 0
     for plan, estimate in zip(plans, estimates, strict=True):
         start = time.perf_counter()
-        run = PopulationRun(
+        run = population_run(
             config,
             plan,
             models[plan.trials[0].architecture],
@@ -514,6 +534,7 @@ def run_plans(
                 "peak_memory_source": source,
                 "wall_s": round(time.perf_counter() - start, 2),
             }
+            | run.stats
         )
         rows.extend(plan_rows)
     rows.sort(key=lambda r: r["trial"])

@@ -357,10 +357,10 @@ def restart_rows(
 def copy_rows(state: PopulationState, source: jax.Array, rows: jax.Array) -> PopulationState:
     """Each row in ``rows`` takes the training state of row ``source[r]``: parameters, optimizer
     state, step count, best point (population-based training's exploit, a gather along the trial
-    axis on the device). It keeps its own data stream (key and position) and is not diverged."""
+    axis on the device). It keeps its own data stream (key and position)."""
     donor = jax.tree.map(lambda a: a[source], state.trials)
     own = state.trials
-    copied = donor.replace(data_key=own.data_key, ticks=own.ticks, diverged=own.diverged)
+    copied = donor.replace(data_key=own.data_key, ticks=own.ticks)
     take = lambda tree: jax.tree.map(lambda a: a[source], tree)  # noqa: E731
     return state.replace(
         trials=_select_rows(rows, copied, own),

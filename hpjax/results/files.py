@@ -188,7 +188,11 @@ def parse_cell(cell: str) -> Any:
 
 def read_summary(workdir: PathLike) -> list[dict]:
     """The rows of ``summary.csv``: ints and floats parsed, empty (or non-finite) cells None."""
-    path = os.path.join(workdir, "summary.csv")
+    return read_csv(os.path.join(workdir, "summary.csv"))
+
+
+def read_csv(path: PathLike) -> list[dict]:
+    """The rows of one of hpjax's CSV files (with a ``trial`` column), cells parsed."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])

@@ -18,7 +18,7 @@ from flax import nnx
 
 from hpjax import data as data_lib
 from hpjax import plan as study
-from hpjax import runner
+from hpjax import runner, schedulers, slots
 from hpjax.config import config_to_dict
 from hpjax.engine import tasks
 from hpjax.engine.sharding import TrialSharding
@@ -26,6 +26,7 @@ from hpjax.errors import ConfigError, config_error
 from hpjax.models import Model, build_model, from_factory
 from hpjax.report import study_report
 from hpjax.results import files, optuna_storage, tensorboard
+from hpjax.studies import pbt
 
 
 def build_models(
@@ -66,6 +67,7 @@ def train_and_evaluate(
     bad data.
     """
     study.validate_config(config)
+    schedulers.validate(config)
     if dataset is None:
         dataset = data_lib.load_dataset(config)
     study.validate_config(config, dataset.num_train)
@@ -101,7 +103,15 @@ def _run(
     )
     data = runner.StudyData.put(dataset, int(config.get("train_eval_examples", 2048)), sharding)
     rows = runner.run_plans(
-        config, plans, models, data, workdir, sharding=sharding, task=task, hooks=hooks
+        config,
+        plans,
+        models,
+        data,
+        workdir,
+        sharding=sharding,
+        task=task,
+        hooks=hooks,
+        population_run=slots.SlotRun if slots.is_adaptive(config) else runner.PopulationRun,
     )
     if not sharding.is_writer:
         return rows
@@ -110,6 +120,8 @@ def _run(
             "every trial diverged (learning rates %s); lower the learning rates",
             sorted({r["learning_rate"] for r in rows}),
         )
+    if config.get("scheduler", "none") == "pbt":
+        pbt.plot_schedules(workdir, schedulers.Pbt(config).keys)
     if config.get("make_report", True):
         study_report.default_report(workdir, x_hparam=config.get("report_x", "learning_rate"))
     if "tensorboard" in outputs:

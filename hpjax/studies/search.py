@@ -10,7 +10,7 @@ and ``search_report.md`` sum it up. A killed search resumes: the trials a round 
 kept in its ``asked.json`` and trained (or resumed) before anything new is asked.
 
 The search space (``config.search.space``): a key -> ``(low, high, "log" | "linear")`` or a
-tuple of choices, for ``learning_rate``, ``weight_decay``, ``batch_size``, ``seed`` and any
+tuple of choices, for any per-trial hyperparameter of :data:`hpjax.space.HPARAM_KEYS` and any
 ``model.KEY`` (an architecture: its own population).
 """
 
@@ -29,6 +29,7 @@ from absl import logging
 
 from hpjax import data as data_lib
 from hpjax import plan as study
+from hpjax import space as space_lib
 from hpjax.config import as_tuple
 from hpjax.engine import tasks
 from hpjax.errors import config_error
@@ -50,8 +51,6 @@ SAMPLERS = (
     "optuna_nsga2",
 )
 OBJECTIVES = ("val_loss", "num_params")
-SPACE_KEYS = ("learning_rate", "weight_decay", "batch_size", "seed")
-SCALES = ("log", "linear")
 MULTI_OBJECTIVE = ("optuna_tpe", "optuna_random", "optuna_qmc", "optuna_nsga2")
 
 
@@ -95,25 +94,15 @@ def flat_space(space) -> dict[str, Any]:
 
 
 def _distribution(key: str, value: Any):
-    if key not in SPACE_KEYS and not key.startswith("model."):
-        _fail(
-            f"space.{key}", value, f"is not searchable; allowed: {', '.join(SPACE_KEYS)}, model.KEY"
-        )
-    value = as_tuple(value)
-    if len(value) == 3 and value[2] in SCALES:
-        low, high, scale = value
-        if not all(isinstance(v, int | float) and math.isfinite(v) for v in (low, high)):
-            _fail(f"space.{key}", value, "needs finite bounds")
-        if not low < high:
-            _fail(f"space.{key}", value, "is a reversed or empty range: need low < high")
-        if scale == "log" and low <= 0:
-            _fail(f"space.{key}", value, "has a non-positive bound on a log scale")
-        if key in ("batch_size", "seed") or key.startswith("model."):
-            return optuna.distributions.IntDistribution(int(low), int(high), log=scale == "log")
-        return optuna.distributions.FloatDistribution(float(low), float(high), log=scale == "log")
-    if not value:
-        _fail(f"space.{key}", value, "needs (low, high, 'log'|'linear') or a tuple of choices")
-    return optuna.distributions.CategoricalDistribution(value)
+    dim = space_lib.parse_dimension(
+        key, value, where="search.space", allowed=(*space_lib.HPARAM_KEYS, "model.KEY")
+    )
+    if not dim.is_range:
+        return optuna.distributions.CategoricalDistribution(dim.choices)
+    log = dim.scale == "log"
+    if dim.integer:
+        return optuna.distributions.IntDistribution(int(dim.low), int(dim.high), log=log)
+    return optuna.distributions.FloatDistribution(dim.low, dim.high, log=log)
 
 
 def make_sampler(config):
