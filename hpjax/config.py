@@ -102,7 +102,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.budget_trial_steps = 0  # > 0: start no new trial once the study has spent this many
     config.asha = ml_collections.ConfigDict()
     config.asha.min_steps = 250  # the first rung; the next ones at min_steps x eta^k
-    config.asha.eta = 3  # a trial goes past a rung only in the top 1/eta of those there so far
+    config.asha.eta = 3.0  # a trial goes past a rung only in the top 1/eta of those there so far
     config.pbt = ml_collections.ConfigDict()
     config.pbt.interval = 250  # steps between exploit/explore rounds
     config.pbt.fraction = 0.25  # the bottom fraction copies a member of the top fraction

@@ -540,7 +540,7 @@ def run_plans(
     rows.sort(key=lambda r: r["trial"])
     if sharding.is_writer:
         columns = summary_columns(task)
-        extra = [k for k in rows[0] if k not in columns]
+        extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
         files.write_csv(os.path.join(workdir, "summary.csv"), rows, columns + tuple(extra))
         files.write_csv(os.path.join(workdir, "populations.csv"), populations, list(populations[0]))
     return rows

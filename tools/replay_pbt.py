@@ -11,6 +11,7 @@ agree within the tolerance, 1 when one does not, 2 for a workdir that is not a P
 import argparse
 import sys
 
+from hpjax.errors import ConfigError
 from hpjax.studies import pbt
 
 
@@ -22,7 +23,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         rows = pbt.replay(args.workdir, args.trial)
-    except (FileNotFoundError, KeyError) as error:
+    except (FileNotFoundError, KeyError, ConfigError) as error:
         print(f"replay_pbt: {error}", file=sys.stderr)
         return 2
     worst = 0.0

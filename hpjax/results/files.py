@@ -191,13 +191,13 @@ def read_summary(workdir: PathLike) -> list[dict]:
     return read_csv(os.path.join(workdir, "summary.csv"))
 
 
-def read_csv(path: PathLike) -> list[dict]:
-    """The rows of one of hpjax's CSV files (with a ``trial`` column), cells parsed."""
+def read_csv(path: PathLike, key: str = "trial") -> list[dict]:
+    """The rows of one of hpjax's CSV files (with a ``key`` column), cells parsed."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
-        if "trial" not in header:
-            raise ValueError(f"{path}: no header with a 'trial' column (truncated or not hpjax's)")
+        if key not in header:
+            raise ValueError(f"{path}: no header with a {key!r} column (truncated or not hpjax's)")
         rows = []
         for number, cells in enumerate(reader, start=2):
             if len(cells) != len(header):

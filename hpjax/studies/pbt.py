@@ -60,6 +60,7 @@ def lineage_path(lineage: list[dict], member: int, end_tick: int) -> list[Segmen
 def replay(workdir: str, member: int) -> list[dict]:
     """Retrains ``member``'s lineage as one trial; one row per evaluation, with the recorded and
     the replayed validation loss."""
+    lineage = read_lineage(workdir)
     config = ml_collections.ConfigDict(files.read_config(workdir))
     dataset = data_lib.load_dataset(config)
     trials = study.build_trials(config)
@@ -84,7 +85,7 @@ def replay(workdir: str, member: int) -> list[dict]:
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     x_val, y_val = jnp.asarray(dataset.x_val), jnp.asarray(dataset.y_val)
     state, out = None, []
-    for segment in lineage_path(read_lineage(workdir), member, end_tick):
+    for segment in lineage_path(lineage, member, end_tick):
         row = jax.tree.map(lambda a, m=segment.member: a[m : m + 1], everyone)
         hparams = row.replace(
             **{k: jnp.asarray([v], getattr(row, k).dtype) for k, v in segment.values.items()}

@@ -1,0 +1,85 @@
+"""Population-based training: lineage on disk, every member replayable alone, the plot."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hpjax.results import files
+from hpjax.studies import pbt
+from hpjax.studies.grid import train_and_evaluate
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def pbt_workdir(tmp_path_factory, tiny_npz):
+    from tests.conftest import load_config
+
+    config = load_config("lr_sweep")
+    config.dataset, config.npz_path = "npz", tiny_npz
+    config.model.hidden_units, config.model.num_layers = 16, 1
+    config.batch_size, config.num_steps, config.eval_every = 16, 80, 10
+    config.patience, config.make_report, config.log_every_s = 0, False, 0.0
+    config.trials = json.dumps(
+        [
+            {"learning_rate": lr, "weight_decay": 0.01, "seed": i}
+            for i, lr in enumerate((0.0005, 0.003, 0.02, 0.3))
+        ]
+    )
+    config.scheduler = "pbt"
+    config.pbt.interval = 20
+    config.pbt.fraction = 0.25
+    workdir = str(tmp_path_factory.mktemp("pbt"))
+    rows = train_and_evaluate(config, workdir)
+    return workdir, rows
+
+
+def test_lineage_is_written_and_metrics_name_the_parent(pbt_workdir):
+    workdir, rows = pbt_workdir
+    lineage = files.read_csv(os.path.join(workdir, "lineage.csv"))
+    assert len(lineage) == 3  # one exploit per round (a quarter of 4), at steps 20, 40, 60
+    assert [e["step"] for e in lineage] == [20, 40, 60]
+    rates = (0.0005, 0.003, 0.02, 0.3)
+    for e in lineage:
+        assert e["parent"] != e["trial"]
+        # the parent's rate just before the exploit, x0.8 or x1.25 (no space: never resampled)
+        (segment,) = pbt.lineage_path(lineage, e["parent"], e["tick"])[-1:]
+        parent_rate = segment.values.get("learning_rate", rates[segment.member])
+        ratio = e["after_learning_rate"] / parent_rate
+        assert ratio == pytest.approx(0.8, rel=1e-4) or ratio == pytest.approx(1.25, rel=1e-4)
+    parents = [r for r in files.read_metrics(workdir) if "parent" in r]
+    assert len(parents) == len(lineage)
+    assert sum(r["exploits"] for r in rows) == len(lineage)
+    assert os.path.exists(os.path.join(workdir, "plots", "pbt_schedules.png"))
+
+
+def test_every_member_replays_alone_to_its_recorded_validation_losses(pbt_workdir):
+    workdir, rows = pbt_workdir
+    for member in range(4):
+        replayed = pbt.replay(workdir, member)
+        assert len(replayed) == 9  # steps 0, 10, ..., 80
+        for r in replayed:
+            assert r["replayed_val_loss"] == pytest.approx(r["recorded_val_loss"], rel=1e-4)
+    exploited = {int(e["trial"]) for e in files.read_csv(os.path.join(workdir, "lineage.csv"))}
+    assert exploited, "no member was exploited: the replay tested nothing across a link"
+
+
+def test_replay_tool_prints_the_comparison(pbt_workdir):
+    workdir, _ = pbt_workdir
+    lineage = files.read_csv(os.path.join(workdir, "lineage.csv"))
+    member = int(lineage[-1]["trial"])
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "replay_pbt.py"), workdir, str(member)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "largest relative difference" in done.stdout
+    other = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "replay_pbt.py"), ROOT, "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 2 and "lineage.csv" in other.stderr
