@@ -95,19 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 20  # evaluations between checkpoints of the study state
     config.divergence_factor = 100.0  # a batch loss above this x ln(classes) is divergence
 
-    # Adaptive studies: trials share `slots` rows of one compiled program (0 = a row per trial);
-    # a row whose trial ends (early stop, divergence, budget, pruned) takes the next pending trial.
-    config.slots = 0
-    config.scheduler = "none"  # none | asha (successive halving) | pbt (population-based training)
-    config.budget_trial_steps = 0  # > 0: start no new trial once the study has spent this many
-    config.asha = ml_collections.ConfigDict()
-    config.asha.min_steps = 250  # the first rung; the next ones at min_steps x eta^k
-    config.asha.eta = 3.0  # a trial goes past a rung only in the top 1/eta of those there so far
-    config.pbt = ml_collections.ConfigDict()
-    config.pbt.interval = 250  # steps between exploit/explore rounds
-    config.pbt.fraction = 0.25  # the bottom fraction copies a member of the top fraction
-    config.pbt.resample_probability = 0.25  # else each searched value is x0.8 or x1.25
-    config.pbt.seed = 0
+    _add_adaptive_keys(config)
 
     # Where it runs.
     config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present
@@ -131,6 +119,23 @@ def default_config() -> ml_collections.ConfigDict:
     config.optuna_storage = "auto"
     config.report_x = "learning_rate"
     return config
+
+
+def _add_adaptive_keys(config: ml_collections.ConfigDict) -> None:
+    """The keys of adaptive studies: slots, a queue, and their schedulers."""
+    # Adaptive studies: trials share `slots` rows of one compiled program (0 = a row per trial);
+    # a row whose trial ends (early stop, divergence, budget, pruned) takes the next pending trial.
+    config.slots = 0
+    config.scheduler = "none"  # none | asha (successive halving) | pbt (population-based training)
+    config.budget_trial_steps = 0  # > 0: start no new trial once the study has spent this many
+    config.asha = ml_collections.ConfigDict()
+    config.asha.min_steps = 250  # the first rung; the next ones at min_steps x eta^k
+    config.asha.eta = 3.0  # a trial goes past a rung only in the top 1/eta of those there so far
+    config.pbt = ml_collections.ConfigDict()
+    config.pbt.interval = 250  # steps between exploit/explore rounds
+    config.pbt.fraction = 0.25  # the bottom fraction copies a member of the top fraction
+    config.pbt.resample_probability = 0.25  # else each searched value is x0.8 or x1.25
+    config.pbt.seed = 0
 
 
 def as_tuple(value: Any) -> tuple:

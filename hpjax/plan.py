@@ -486,8 +486,13 @@ def fit_plans(
     num_devices: int,
     memory_fraction: float,
     max_population: int,
+    slots: int = 0,
 ) -> tuple[list[PopulationPlan], list[float]]:
-    """Splits plans that would not fit into chunks; returns them with their estimates (MiB)."""
+    """Splits plans that would not fit into chunks; returns them with their estimates (MiB).
+
+    With ``slots`` (an adaptive study) a plan's program holds that many rows, whatever its
+    number of trials; it is never split, and slots that do not fit are an error.
+    """
     budget = memory_fraction * memory.device_memory_bytes() * num_devices
     fitted, estimates = [], []
     for plan, spec in zip(plans, specs, strict=True):
@@ -496,6 +501,15 @@ def fit_plans(
         limit = max(1, int(budget // max(per_trial, 1)))
         if max_population > 0:
             limit = min(limit, max_population)
+        if slots:
+            rows = min(slots, size)
+            if rows > limit:
+                _fail(
+                    "slots", slots, f"is more rows than fit in memory or max_population ({limit})"
+                )
+            fitted.append(plan)
+            estimates.append(rows * per_trial / 2**20)
+            continue
         if limit >= size:
             chunks = [plan]
         else:

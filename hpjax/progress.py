@@ -9,10 +9,15 @@ from absl import logging
 
 
 class Progress:
-    """Logs steps per second and time left, at most every ``interval_s`` seconds."""
+    """Logs steps per second and time left, at most every ``interval_s`` seconds.
+
+    ``total_ticks == 0``: the length is not known in ticks (an adaptive study, which ends when
+    its queue does); the message says how far it is.
+    """
 
     def __init__(self, label: str, total_ticks: int, num_trials: int, interval_s: float = 5.0):
         self.label = label
+        self.known = total_ticks > 0
         self.total_ticks = max(total_ticks, 1)
         self.num_trials = num_trials
         self.interval_s = interval_s
@@ -31,6 +36,17 @@ class Progress:
         done = tick - self.start_tick
         elapsed = max(now - self.start, 1e-9)
         rate = done / elapsed
+        if not self.known:
+            logging.info(
+                "%s: tick %d, %.0f ticks/s x %d rows, %.0f s elapsed%s",
+                self.label,
+                tick,
+                rate,
+                self.num_trials,
+                elapsed,
+                f"; {message}" if message else "",
+            )
+            return
         left = (self.total_ticks - tick) / rate if rate > 0 else math.inf
         logging.info(
             "%s: tick %d/%d (%.0f%%), %.0f ticks/s x %d trials, %.0f s elapsed, ~%.0f s left%s",

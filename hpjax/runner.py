@@ -142,6 +142,8 @@ def model_columns(model_config) -> dict:
 class PopulationRun:
     """Trains one population to the end of its budget, writing metrics as it goes."""
 
+    ADAPTIVE = False  # a row per trial (an adaptive study's runner reuses rows)
+
     def __init__(
         self,
         config,
@@ -441,6 +443,9 @@ class PopulationRun:
             }
             if self.task.monitor != "loss":
                 row[f"best_val_{self.task.monitor}"] = float(es.best_value[j])
+            for key in ("warmup_steps", "decay_rate", "end_factor"):
+                if any(getattr(t, key) is not None for t in self.plan.trials):
+                    row[key] = getattr(trial, key)
             row.update(model_columns(self.model_config))
             row["base_learning_rate"] = trial.base_learning_rate
             row["input_dim"] = int(np.prod(d.dataset.input_shape))
@@ -501,6 +506,7 @@ def run_plans(
         num_devices=sharding.num_devices,
         memory_fraction=float(config.get("memory_fraction", 0.8)),
         max_population=int(config.get("max_population", 0)),
+        slots=int(config.get("slots", 0) or 0) if population_run.ADAPTIVE else 0,
     )
     rows: list[dict] = []
     populations: list[dict] = []

@@ -48,6 +48,7 @@ class SlotLayout:
         self.retired: dict = {}  # the grid runner's name; finished trials live in `done`
         self.finished: list[int] = []
         self.pruned: dict[int, int] = {}  # trial -> the rung (steps) it was pruned at
+        self.budget_stopped: list[int] = []  # trials stopped when the study's budget ran out
         self.push()
 
     @property
@@ -83,6 +84,7 @@ class SlotLayout:
             "columns": {k: v.tolist() for k, v in self.columns.items()},
             "finished": self.finished,
             "pruned": self.pruned,
+            "budget_stopped": self.budget_stopped,
         }
 
     def load(self, host: dict) -> None:
@@ -91,11 +93,18 @@ class SlotLayout:
         self.columns = {k: np.asarray(v, self.full[k].dtype) for k, v in host["columns"].items()}
         self.finished = list(host["finished"])
         self.pruned = {int(k): int(v) for k, v in host["pruned"].items()}
+        self.budget_stopped = list(host["budget_stopped"])
         self.push()
 
 
 class SlotRun(runner.PopulationRun):
-    """Trains one population's trials through ``config.slots`` rows, with a scheduler."""
+    """Trains one population's trials through ``config.slots`` rows, with a scheduler.
+
+    With ``config.budget_trial_steps`` the study ends once its trials have taken that many
+    optimizer steps in all: the trials still running stop there (status ``study_budget``).
+    """
+
+    ADAPTIVE = True
 
     def __init__(self, config, plan: study.PopulationPlan, *args, **kwargs):
         super().__init__(config, plan, *args, **kwargs)
@@ -128,9 +137,12 @@ class SlotRun(runner.PopulationRun):
 
     def _best_message(self, state) -> str:
         active = self._active(state) & self.rows.real
+        best = [float(v) for v in self.done["best_value"][self.rows.finished]]
+        best += [float(v) for v in self.sharding.to_host(state.early_stop.best_value)[active]]
         return (
-            f"{int(active.sum())} active, {len(self.rows.finished)} finished, "
-            f"{self.rows.num_trials - self.rows.next} pending"
+            f"{int(active.sum())} training, {len(self.rows.finished)} finished, "
+            f"{self.rows.num_trials - self.rows.next} pending of {self.rows.num_trials}; "
+            f"best val {self.task.monitor} {min(best, default=float('nan')):.4f}"
         )
 
     # The loop.
@@ -152,7 +164,7 @@ class SlotRun(runner.PopulationRun):
         for hook in self.hooks:
             hook.on_start(self, state)
         reporter = progress.Progress(
-            self.label, 0, layout.num_trials, float(self.config.get("log_every_s", 5.0))
+            self.label, 0, len(layout.positions), float(self.config.get("log_every_s", 5.0))
         )
         every = int(self.config.get("checkpoint_every", 20))
         evaluations = 0
@@ -161,6 +173,9 @@ class SlotRun(runner.PopulationRun):
             state = self._refill(state)
             active = self._active(state) & layout.real
             if not active.any():
+                break
+            if self.budget and self._spent(state) + self._window_steps(active) > self.budget:
+                self._stop_for_budget(state)
                 break
             state = self._train(state, self.plan.eval_ticks)
             self.row_ticks += len(layout.positions) * self.plan.eval_ticks
@@ -178,6 +193,11 @@ class SlotRun(runner.PopulationRun):
         for hook in self.hooks:
             hook.on_end(self, rows)
         return rows, lines
+
+    def _window_steps(self, rows: np.ndarray) -> int:
+        """Optimizer steps the trials in ``rows`` take in one training call."""
+        sizes = self.rows.columns["batch_size"][rows]
+        return int((self.plan.eval_ticks * self.plan.microbatch // sizes).sum())
 
     def _spent(self, state) -> int:
         live = np.asarray(self.sharding.to_host(state.trials.step))[self.rows.real].sum()
@@ -224,12 +244,29 @@ class SlotRun(runner.PopulationRun):
         if not ended.any():
             return state
         self._finish(state, ended)
-        allowed = self.budget <= 0 or self._spent(state) < self.budget
+        allowed = True
+        if self.budget:  # a trial starts only if the next window still fits in the budget
+            running = self._active(state) & layout.real
+            next_window = self._window_steps(running) + self._window_steps(ended)
+            allowed = self._spent(state) + next_window <= self.budget
         started = layout.start(ended, allowed)
         if started.any():
             state = population.restart_rows(self.spec, state, layout.hparams, started)
             state = self.evaluate(state, started)
         return state
+
+    def _stop_for_budget(self, state) -> None:
+        active = self._active(state) & self.rows.real
+        for pos in self.rows.positions[active]:
+            self.rows.budget_stopped.append(int(pos))
+        logging.info(
+            "%s: the study's budget of %d trial-steps is spent; %d running trials stop, %d "
+            "pending never start",
+            self.label,
+            self.budget,
+            int(active.sum()),
+            self.rows.num_trials - self.rows.next,
+        )
 
     def _finish(self, state, rows: np.ndarray) -> None:
         """Keeps the final host state of the trials in ``rows``."""
@@ -277,6 +314,8 @@ class SlotRun(runner.PopulationRun):
             pos = row["trial"]
             if pos in layout.pruned:
                 row["status"], row["rung"] = "pruned", layout.pruned[pos]
+            if pos in layout.budget_stopped:
+                row["status"] = "study_budget"
         if self.pbt is not None:
             for row, pos in zip(rows, started, strict=True):
                 r = int(np.flatnonzero(layout.positions == pos)[0])
