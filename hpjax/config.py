@@ -76,12 +76,6 @@ def default_config() -> ml_collections.ConfigDict:
     # Instead of the product above: an explicit JSON list of trials, e.g.
     # '[{"learning_rate": 0.01, "batch_size": 32, "model.hidden_units": 64}, ...]' (searches).
     config.trials = ""
-    # Instead of the product: points of a search space, key -> (low, high, "log" | "linear") or a
-    # tuple of choices, over learning_rate, weight_decay, warmup_steps, decay_rate, end_factor,
-    # batch_size, seed; drawn by space_sampler (grid | random | quasi_random), num_samples of them.
-    config.space = ml_collections.ConfigDict()
-    config.space_sampler = "quasi_random"
-    config.num_samples = 0
     # Architectures: model key -> values, one population each (e.g. hidden_units, num_layers).
     config.model_grid = ml_collections.ConfigDict()
 
@@ -122,12 +116,18 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _add_adaptive_keys(config: ml_collections.ConfigDict) -> None:
-    """The keys of adaptive studies: slots, a queue, and their schedulers."""
+    """The keys of search spaces and adaptive studies: slots, a queue, and their schedulers."""
+    # Instead of the product: points of a search space, key -> (low, high, "log" | "linear") or a
+    # tuple of choices, over learning_rate, weight_decay, warmup_steps, decay_rate, end_factor,
+    # batch_size, seed; drawn by space_sampler (grid | random | quasi_random), num_samples of them.
+    config.space = ml_collections.ConfigDict()
+    config.space_sampler = "quasi_random"
+    config.num_samples = 0
     # Adaptive studies: trials share `slots` rows of one compiled program (0 = a row per trial);
     # a row whose trial ends (early stop, divergence, budget, pruned) takes the next pending trial.
     config.slots = 0
     config.scheduler = "none"  # none | asha (successive halving) | pbt (population-based training)
-    config.budget_trial_steps = 0  # > 0: start no new trial once the study has spent this many
+    config.budget_trial_steps = 0  # > 0: stop before the trials take more optimizer steps in all
     config.asha = ml_collections.ConfigDict()
     config.asha.min_steps = 250  # the first rung; the next ones at min_steps x eta^k
     config.asha.eta = 3.0  # a trial goes past a rung only in the top 1/eta of those there so far

@@ -182,6 +182,7 @@ class PopulationRun:
         self.start_time = time.perf_counter()
         self.last_rows: list[dict] = []
         self.stats: dict = {}  # figures of the run for populations.csv
+        self.restored = False  # True when it had finished before: its results were read back
 
     # Evaluation and metrics.
 
@@ -291,6 +292,7 @@ class PopulationRun:
                 saved.close()
             for hook in self.hooks:
                 hook.on_end(self, host["rows"])
+            self.restored = True
             return host["rows"], host["metrics_lines"]
         for hook in self.hooks:
             hook.on_start(self, state)
@@ -467,6 +469,22 @@ class PopulationRun:
         return rows
 
 
+def _earlier_measurements(workdir: str) -> dict[int, dict]:
+    """The populations.csv rows (and summary rows) of populations finished by an earlier run."""
+    try:
+        summary = files.read_summary(workdir)
+        populations = files.read_csv(os.path.join(workdir, "populations.csv"), key="population")
+    except (OSError, ValueError):
+        return {}
+    return {
+        int(p["population"]): {
+            "population": p,
+            "rows": [r for r in summary if r.get("population") == p["population"]],
+        }
+        for p in populations
+    }
+
+
 def run_plans(
     config,
     plans: list[study.PopulationPlan],
@@ -511,6 +529,7 @@ def run_plans(
     rows: list[dict] = []
     populations: list[dict] = []
     lines = 0
+    measured = _earlier_measurements(workdir) if sharding.is_writer else {}
     for plan, estimate in zip(plans, estimates, strict=True):
         start = time.perf_counter()
         run = population_run(
@@ -525,6 +544,14 @@ def run_plans(
             hooks=hooks,
         )
         plan_rows, lines = run.run(lines)
+        if run.restored and plan.index in measured:  # finished in an earlier run: as it was
+            old_rows = {r["trial"]: r for r in measured[plan.index]["rows"]}
+            for row in plan_rows:
+                for key in ("memory_estimate_mb", "peak_memory_mb"):
+                    row[key] = old_rows.get(row["trial"], {}).get(key)
+            populations.append(measured[plan.index]["population"])
+            rows.extend(plan_rows)
+            continue
         peak, source = memory.peak_memory_bytes()
         for row in plan_rows:
             row["memory_estimate_mb"] = round(estimate, 3)
@@ -548,5 +575,6 @@ def run_plans(
         columns = summary_columns(task)
         extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
         files.write_csv(os.path.join(workdir, "summary.csv"), rows, columns + tuple(extra))
-        files.write_csv(os.path.join(workdir, "populations.csv"), populations, list(populations[0]))
+        population_columns = list(dict.fromkeys(k for p in populations for k in p))
+        files.write_csv(os.path.join(workdir, "populations.csv"), populations, population_columns)
     return rows

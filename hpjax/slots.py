@@ -20,6 +20,7 @@ from absl import logging
 
 from hpjax import plan as study
 from hpjax import progress, runner, schedulers
+from hpjax import rows as rows_lib
 from hpjax.engine import early_stopping, population
 from hpjax.engine.sharding import TrialSharding
 from hpjax.results import checkpoints, files
@@ -40,7 +41,8 @@ class SlotLayout:
         self.num_trials = len(self.full["seed"])
         self.sharding = sharding
         slots = min(slots or self.num_trials, self.num_trials)
-        self.positions = np.full(sharding.padded_size(slots), -1)
+        self.full_rows = sharding.padded_size(slots)
+        self.positions = np.full(self.full_rows, -1)
         self.positions[:slots] = np.arange(slots)
         self.next = slots
         self.columns = {k: v[np.maximum(self.positions, 0)].copy() for k, v in self.full.items()}
@@ -77,11 +79,31 @@ class SlotLayout:
     def alive(self) -> list[int]:
         return [int(p) for p in self.positions if p >= 0]
 
+    def shrink(self, state: population.PopulationState, active: np.ndarray):
+        """Once the queue is empty and at most half the rows train: a program of just those
+        rows (padded to the device count), so the tail of a study does not run idle rows."""
+        live = np.flatnonzero(active & self.real)
+        size = self.sharding.padded_size(len(live))
+        if self.next < self.num_trials or not len(live) or size > len(self.positions) // 2:
+            return None
+        keep = np.concatenate([live, np.full(size - len(live), live[0])])
+        self.positions = np.concatenate([self.positions[live], np.full(size - len(live), -1)])
+        self.columns = {k: v[keep].copy() for k, v in self.columns.items()}
+        self.columns["max_steps"][self.positions < 0] = 0
+        self.push()
+        host = rows_lib.take_state(self.sharding.to_host(state), keep)
+        return self.sharding.put_rows(host.replace(tick=np.asarray(state.tick)))
+
     def host_state(self) -> dict:
+        """The layout as JSON, at its full row count (a shrunk program's extra rows empty), so
+        that every checkpoint has the same shapes."""
+        pad = self.full_rows - len(self.positions)
+        columns = {k: np.concatenate([v, np.repeat(v[:1], pad)]) for k, v in self.columns.items()}
+        columns["max_steps"][len(self.positions) :] = 0
         return {
-            "positions": self.positions.tolist(),
+            "positions": self.positions.tolist() + [-1] * pad,
             "next": self.next,
-            "columns": {k: v.tolist() for k, v in self.columns.items()},
+            "columns": {k: v.tolist() for k, v in columns.items()},
             "finished": self.finished,
             "pruned": self.pruned,
             "budget_stopped": self.budget_stopped,
@@ -160,6 +182,7 @@ class SlotRun(runner.PopulationRun):
         if state is None:
             if saved:
                 saved.close()
+            self.restored = True
             return host["rows"], host["metrics_lines"]
         for hook in self.hooks:
             hook.on_start(self, state)
@@ -174,6 +197,15 @@ class SlotRun(runner.PopulationRun):
             active = self._active(state) & layout.real
             if not active.any():
                 break
+            if self.pbt is None and (smaller := layout.shrink(state, active)) is not None:
+                logging.info(
+                    "%s: %d trials left; continuing in %d rows",
+                    self.label,
+                    int(active.sum()),
+                    len(layout.positions),
+                )
+                state = smaller
+                active = self._active(state) & layout.real
             if self.budget and self._spent(state) + self._window_steps(active) > self.budget:
                 self._stop_for_budget(state)
                 break
@@ -348,7 +380,14 @@ class SlotRun(runner.PopulationRun):
     def _save_slots(self, saved, state, extra: dict) -> int:
         lines = self.writer.count_lines() if self.sharding.is_writer else 0
         if saved is not None:
-            tree = {"live": self.sharding.to_host(state), "done": self.done}
+            live = self.sharding.to_host(state)
+            pad = self.rows.full_rows - len(self.rows.positions)
+            if pad:  # a shrunk program: saved at full size, its extra rows empty
+                live = rows_lib.take_state(
+                    live, np.r_[np.arange(len(self.rows.positions)), [0] * pad]
+                )
+                live = live.replace(tick=np.asarray(state.tick))
+            tree = {"live": live, "done": self.done}
             host = {"metrics_lines": lines, "slots": self.rows.host_state()}
             saved.save(int(state.tick), tree, host | self._scheduler_state() | extra)
         return lines

@@ -108,6 +108,7 @@ def test_files_of_others_are_never_deleted_or_replaced(tiny_config, tmp_path):
     (other / "plots" / "my_figure.png").write_bytes(b"not hpjax's")
     (other / "notes.txt").write_text("keep")
     tiny_config.learning_rates = (0.01,)
+    tiny_config.num_steps = 60
     with pytest.raises(ConfigError, match="holds a different study"):
         train_and_evaluate(tiny_config, str(other))
     tiny_config.overwrite = True

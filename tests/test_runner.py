@@ -182,7 +182,8 @@ def test_workdir_with_a_different_study_is_refused_unless_overwrite(tiny_config,
     train_and_evaluate(tiny_config, workdir)
     before = open(os.path.join(workdir, "summary.csv")).read()
     tiny_config.learning_rates = (0.01,)
-    with pytest.raises(ConfigError, match="holds a different study .*learning_rates"):
+    tiny_config.num_steps = 60
+    with pytest.raises(ConfigError, match="holds a different study: config.num_steps is 120"):
         train_and_evaluate(tiny_config, workdir)
     assert open(os.path.join(workdir, "summary.csv")).read() == before
     tiny_config.overwrite = True

@@ -105,20 +105,31 @@ class _CrashAfter(runner.Hooks):
             raise _Crash
 
 
-@pytest.mark.parametrize("scheduler", ["none", "asha"])
+# Four quick trials, then a slow one that trains alone at the end: the program shrinks to 1 row.
+TAIL = [{"learning_rate": 0.3, "seed": s} for s in (0, 2, 3, 4)] + [{"learning_rate": 0.001}]
+
+
+@pytest.mark.parametrize(
+    "scheduler,crash_at,trials", [("none", 9, TRIALS), ("asha", 9, TRIALS), ("none", 14, TAIL)]
+)
 def test_a_crashed_adaptive_study_resumes_to_the_same_results(
-    tiny_config, tmp_path, scheduler, caplog
+    tiny_config, tmp_path, scheduler, crash_at, trials, caplog
 ):
+    """Also after the tail of the study shrank the program (TAIL)."""
+
     def config():
-        c = slot_config(tiny_config.copy_and_resolve_references())
+        c = slot_config(tiny_config.copy_and_resolve_references(), trials)
         c.scheduler = scheduler
         c.asha.min_steps = 10
         c.checkpoint_every = 2
         return c
 
-    reference = train_and_evaluate(config(), str(tmp_path / "reference"))
+    with caplog.at_level("INFO"):
+        reference = train_and_evaluate(config(), str(tmp_path / "reference"))
+    assert "continuing in 1 rows" in caplog.text or trials is not TAIL
+    caplog.clear()
     with pytest.raises(_Crash):
-        train_and_evaluate(config(), str(tmp_path / "resumed"), hooks=[_CrashAfter(9)])
+        train_and_evaluate(config(), str(tmp_path / "resumed"), hooks=[_CrashAfter(crash_at)])
     assert not (tmp_path / "resumed" / "summary.csv").exists()
     with caplog.at_level("INFO"):
         resumed = train_and_evaluate(config(), str(tmp_path / "resumed"))

@@ -64,6 +64,8 @@ OUTPUTS = (
     "state",
     "tensorboard",
     "optuna.db",
+    "trials.json",
+    "lineage.csv",
 )
 
 
@@ -282,13 +284,14 @@ def _remove_outputs(workdir: str) -> None:
             os.rmdir(target)
 
 
-def prepare_workdir(workdir: str, config_dict: dict) -> bool:
+def prepare_workdir(workdir: str, config_dict: dict, extendable: Sequence[str] = ()) -> bool:
     """Makes the workdir ready; returns True when it holds this same study already (resume).
 
     A workdir that holds a different study is refused unless ``config.overwrite`` is set;
     ``config.restart`` discards this same study's saved state and results. Either removes only
     what hpjax wrote. A workdir with study outputs but no ``config.json`` was not written by
-    hpjax: it is refused, naming the files.
+    hpjax: it is refused, naming the files. Keys in ``extendable`` may differ (an extended
+    study, :mod:`hpjax.extension`): the new config is recorded and the outputs kept.
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
@@ -303,8 +306,11 @@ def prepare_workdir(workdir: str, config_dict: dict) -> bool:
     else:
         with open(path) as f:
             old = json.load(f)
-        same = study_identity(old) == study_identity(config_dict)
+        ignore = lambda d: {k: v for k, v in study_identity(d).items() if k not in extendable}  # noqa: E731
+        same = ignore(old) == ignore(config_dict)
         if same and not config_dict.get("restart", False):
+            if old != config_dict:
+                write_json(path, config_dict)
             return True
         if not same and not config_dict.get("overwrite", False):
             differing = sorted(

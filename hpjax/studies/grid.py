@@ -17,8 +17,8 @@ from absl import logging
 from flax import nnx
 
 from hpjax import data as data_lib
+from hpjax import extension, runner, schedulers, slots
 from hpjax import plan as study
-from hpjax import runner, schedulers, slots
 from hpjax.config import config_to_dict
 from hpjax.engine import tasks
 from hpjax.engine.sharding import TrialSharding
@@ -33,14 +33,16 @@ def build_models(
     config,
     dataset: data_lib.Dataset,
     model_factory: Callable[[nnx.Rngs], nnx.Module] | None = None,
+    architectures: Sequence[tuple] | None = None,
 ) -> dict[tuple, Model]:
-    """Every architecture of the study, built (and checked) before anything compiles."""
+    """Every architecture of the study (or ``architectures``), built (and checked) before
+    anything compiles."""
     if model_factory is None:
         return {
             arch: build_model(
                 study.model_config(config, arch), dataset.input_shape, dataset.num_classes
             )
-            for arch in study.architectures(config)
+            for arch in architectures or study.architectures(config)
         }
     if len(study.architectures(config)) > 1:
         raise ConfigError(
@@ -72,16 +74,22 @@ def train_and_evaluate(
         dataset = data_lib.load_dataset(config)
     study.validate_config(config, dataset.num_train)
     trials = study.build_trials(config)
-    plans = study.plan_populations(config, trials, dataset.num_train)
-    models = build_models(config, dataset, model)
     outputs = chosen_outputs(config)
     sharding = TrialSharding(int(config.get("num_devices", 0)))
-    if "tensorboard" in outputs and sharding.is_writer:
-        hooks = [*hooks, tensorboard.TensorBoardHook(workdir, varying_keys(trials))]
-    if not sharding.is_writer:
+    if not sharding.is_writer:  # process 0 alone sees the workdir: no extension elsewhere
+        plans = study.plan_populations(config, trials, dataset.num_train)
+        models = build_models(config, dataset, model)
         return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks, outputs)
     with files.workdir_lock(workdir):
-        files.prepare_workdir(workdir, config_to_dict(config))
+        waves = extension.waves(workdir, config, trials)
+        trials = tuple(t for wave in waves for t in wave)
+        plans = extension.plan_waves(config, waves, dataset.num_train)
+        architectures = tuple(dict.fromkeys(t.architecture for t in trials))
+        models = build_models(config, dataset, model, architectures)
+        if "tensorboard" in outputs:
+            hooks = [*hooks, tensorboard.TensorBoardHook(workdir, varying_keys(trials))]
+        files.prepare_workdir(workdir, config_to_dict(config), extendable=extension.TRIAL_SET_KEYS)
+        extension.write_waves(workdir, waves)
         return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks, outputs)
 
 

@@ -1,0 +1,138 @@
+"""Extendable studies: rerun into the same workdir with more trials, train only the new ones.
+
+A workdir remembers its trials in ``trials.json`` as *waves*: the trials of the first run, then
+those each extension added. A rerun whose config differs from the workdir's only in the keys
+that choose trials (:data:`TRIAL_SET_KEYS`: more rates, seeds, samples, a narrower range around
+the best...) adds a wave of the trials it defines that the workdir does not hold yet (same
+hyperparameters = same trial), numbered after the others. Each wave is planned on its own, so
+the populations of the earlier waves are planned exactly as before and resume as finished from
+their checkpoints; only the new wave trains. ``summary.csv`` then holds every trial.
+
+Changing any other study key would change the finished trials: that is refused, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import ml_collections
+from absl import logging
+
+from hpjax import plan as study
+from hpjax.config import NON_STUDY_KEYS, config_to_dict
+from hpjax.errors import ConfigError
+from hpjax.results import files
+
+WAVES_FILE = "trials.json"
+# The keys that only choose which trials a study holds.
+TRIAL_SET_KEYS = (
+    "learning_rates",
+    "lr_sampling",
+    "lr_range",
+    "num_lr_samples",
+    "sampling_seed",
+    "seeds",
+    "batch_size",
+    "batch_sizes",
+    "weight_decays",
+    "lr_scaling",
+    "base_batch_size",
+    "trials",
+    "space",
+    "space_sampler",
+    "num_samples",
+    "model_grid",
+    "description",
+)
+
+
+def definition(trial: study.Trial) -> tuple:
+    """What makes two trials the same trial (their index aside)."""
+    rounded = lambda x: None if x is None else float(f"{x:.10g}")  # noqa: E731
+    return (
+        rounded(trial.learning_rate),
+        trial.batch_size,
+        trial.seed,
+        rounded(trial.weight_decay),
+        tuple((k, json.dumps(v)) for k, v in trial.architecture),
+        trial.warmup_steps,
+        rounded(trial.decay_rate),
+        rounded(trial.end_factor),
+    )
+
+
+def _trial_from_dict(d: dict) -> study.Trial:
+    d = dict(d) | {"architecture": tuple((k, v) for k, v in d.get("architecture", ()))}
+    return study.Trial(**d)
+
+
+def read_waves(workdir: str) -> list[list[study.Trial]] | None:
+    path = os.path.join(workdir, WAVES_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return [[_trial_from_dict(t) for t in wave] for wave in json.load(f)]
+
+
+def write_waves(workdir: str, waves: list[list[study.Trial]]) -> None:
+    files.write_json(
+        os.path.join(workdir, WAVES_FILE),
+        [[dataclasses.asdict(t) for t in wave] for wave in waves],
+    )
+
+
+def waves(workdir: str, config, trials: tuple[study.Trial, ...]) -> list[list[study.Trial]]:
+    """The waves of trials this run holds: the workdir's, plus a new one when ``config``
+    defines trials it lacks. Raises :class:`ConfigError` for a change that would alter the
+    finished trials (unless ``config.overwrite`` starts afresh)."""
+    fresh = [list(trials)]
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) or config.get("restart", False):
+        return fresh
+    old = files.read_config(workdir)
+    new = config_to_dict(config)
+    differing = sorted(
+        k for k in set(old) | set(new) if k not in NON_STUDY_KEYS and old.get(k) != new.get(k)
+    )
+    kept = read_waves(workdir) or [list(study.build_trials(ml_collections.ConfigDict(old)))]
+    if not differing:
+        return kept
+    blocking = [k for k in differing if k not in TRIAL_SET_KEYS]
+    if blocking:
+        if config.get("overwrite", False):
+            return fresh
+        key = blocking[0]
+        raise ConfigError(
+            f"workdir {workdir!r} holds a different study: config.{key} is "
+            f"{json.dumps(old.get(key))[:60]} there and {json.dumps(new.get(key))[:60]} here "
+            f"(also differs: {', '.join(blocking[1:]) or 'nothing else'}); that would change "
+            "its finished trials. Extend it by changing only the trials (rates, seeds, "
+            "samples, ranges), choose another --workdir, or pass --config.overwrite=True"
+        )
+    if not os.path.exists(os.path.join(workdir, "summary.csv")):
+        raise ConfigError(
+            f"workdir {workdir!r} holds a study that has not finished: rerun it with its own "
+            "config to finish it before adding trials, or pass --config.restart=True"
+        )
+    known = {definition(t) for wave in kept for t in wave}
+    count = sum(len(w) for w in kept)
+    added = [t for t in trials if definition(t) not in known]
+    added = [dataclasses.replace(t, index=count + i) for i, t in enumerate(added)]
+    logging.info(
+        "extending the study in %s: %d finished trials kept, %d new (config differs in %s)",
+        workdir,
+        count,
+        len(added),
+        ", ".join(differing),
+    )
+    return kept + [added] if added else kept
+
+
+def plan_waves(config, waves: list[list[study.Trial]], num_train: int):
+    """Each wave planned on its own, the earlier ones exactly as when they ran."""
+    plans = []
+    for wave in waves:
+        plans += study.plan_populations(config, wave, num_train)
+    return [dataclasses.replace(p, index=i) for i, p in enumerate(plans)]

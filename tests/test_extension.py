@@ -1,0 +1,86 @@
+"""Extendable studies: more trials into the same workdir train only the new ones."""
+
+import os
+
+import numpy as np
+import pytest
+
+from hpjax import extension
+from hpjax.errors import ConfigError
+from hpjax.results import files
+from hpjax.studies.grid import train_and_evaluate
+
+
+def best_dirs_mtimes(workdir):
+    root = os.path.join(workdir, "checkpoints")
+    return {d: os.path.getmtime(os.path.join(root, d)) for d in sorted(os.listdir(root))}
+
+
+def curves(workdir):
+    return {
+        t: [(r["step"], r["val_loss"]) for r in rows]
+        for t, rows in files.curves_by_trial(files.read_metrics(workdir)).items()
+    }
+
+
+def test_more_rates_train_only_the_new_trials(tiny_config, tmp_path, caplog):
+    workdir = str(tmp_path / "study")
+    tiny_config.learning_rates = (0.003, 0.03)
+    first = train_and_evaluate(tiny_config, workdir)
+    before_curves = curves(workdir)
+    before_best = best_dirs_mtimes(workdir)
+    tiny_config.learning_rates = (0.003, 0.03, 0.3, 0.01)
+    with caplog.at_level("INFO"):
+        rows = train_and_evaluate(tiny_config, workdir)
+    assert "2 finished trials kept, 2 new" in caplog.text
+    assert [r["trial"] for r in rows] == [0, 1, 2, 3]
+    assert [r["learning_rate"] for r in rows] == [0.003, 0.03, 0.3, 0.01]
+    assert rows[:2] == first  # the finished trials' rows, as they were
+    after = curves(workdir)
+    assert {t: after[t] for t in (0, 1)} == before_curves  # not retrained
+    assert {d: t for d, t in best_dirs_mtimes(workdir).items() if d in before_best} == before_best
+    assert len(files.read_summary(workdir)) == 4
+    # the new trials are what they are alone
+    alone = tmp_path / "alone"
+    tiny_config.learning_rates = (0.3, 0.01)
+    train_and_evaluate(tiny_config, str(alone))
+    for new, solo in ((2, 0), (3, 1)):
+        np.testing.assert_allclose(
+            [v for _, v in after[new]], [v for _, v in curves(alone)[solo]], rtol=2e-5
+        )
+    # the same config again: nothing to train, nothing changes
+    tiny_config.learning_rates = (0.003, 0.03, 0.3, 0.01)
+    assert train_and_evaluate(tiny_config, workdir) == rows
+
+
+def test_a_denser_quasi_random_space_adds_the_new_points(tiny_config, tmp_path):
+    workdir = str(tmp_path / "study")
+    tiny_config.space = {"learning_rate": (1e-3, 0.3, "log")}
+    tiny_config.num_samples = 3
+    tiny_config.num_steps = 40
+    train_and_evaluate(tiny_config, workdir)
+    tiny_config.num_samples = 6
+    rows = train_and_evaluate(tiny_config, workdir)
+    assert len(rows) == 6
+    waves = extension.read_waves(workdir)
+    assert [len(w) for w in waves] == [3, 3]
+
+
+def test_changing_what_finished_trials_are_is_refused_naming_the_key(tiny_config, tmp_path):
+    workdir = str(tmp_path / "study")
+    train_and_evaluate(tiny_config, workdir)
+    before = open(os.path.join(workdir, "summary.csv")).read()
+    tiny_config.learning_rates = (0.01,)
+    tiny_config.patience = 7
+    with pytest.raises(ConfigError, match="config.patience is 3 there and 7 here"):
+        train_and_evaluate(tiny_config, workdir)
+    assert open(os.path.join(workdir, "summary.csv")).read() == before
+
+
+def test_an_unfinished_study_is_not_extended(tiny_config, tmp_path):
+    workdir = str(tmp_path / "study")
+    train_and_evaluate(tiny_config, workdir)
+    os.remove(os.path.join(workdir, "summary.csv"))
+    tiny_config.learning_rates = (0.01,)
+    with pytest.raises(ConfigError, match="has not finished"):
+        train_and_evaluate(tiny_config, workdir)
