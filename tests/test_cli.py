@@ -15,6 +15,8 @@ from hpjax.errors import ConfigError
 from tests.conftest import ROOT
 
 BINARY = os.path.join(ROOT, "experiments", "lr_sweep.py")
+CONFIGS = "--config=" + os.path.join(ROOT, "experiments", "configs", "lr_sweep.py")
+QR = f"{CONFIGS}:quasi_random"
 TINY = [
     "--config.dataset=digits",
     "--config.model.hidden_units=8",
@@ -46,6 +48,8 @@ def error_lines(result) -> list[str]:
         (["--config.train_eval_examples=0"], "config.train_eval_examples=0 must be in [1, inf)"),
         (["--config.memory_fraction=2.0"], "config.memory_fraction=2.0 must be in (0, 1]"),
         (["--config.report_x=bogus"], "config.report_x='bogus' is not a hyperparameter"),
+        ([QR, "--config.space.learning_rate=(0.1,0.001,'log')"], "learning_rate=(0.1, 0.001"),
+        ([f"{CONFIGS}:pbt", "--config.pbt.fraction=0.7"], "config.pbt.fraction=0.7 must be in"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2_leaving_nothing(tmp_path, args, expected):

@@ -77,6 +77,7 @@ def test_asha_prunes_at_rungs_and_refills(tiny_config, tmp_path):
     config.scheduler = "asha"
     config.asha.min_steps = 10
     config.asha.eta = 3
+    config.make_report = True
     rows = train_and_evaluate(config, str(tmp_path))
     pruned = [r for r in rows if r["status"] == "pruned"]
     assert pruned, "ASHA pruned nothing"
@@ -89,6 +90,8 @@ def test_asha_prunes_at_rungs_and_refills(tiny_config, tmp_path):
     assert best["status"] != "pruned"
     text = (tmp_path / "summary.csv").read_text()
     assert "pruned" in text and "rung" in text.splitlines()[0]
+    report = (tmp_path / "report.md").read_text()
+    assert "## ASHA rungs" in report and "through 4 slots, scheduler `asha`" in report
 
 
 class _Crash(Exception):

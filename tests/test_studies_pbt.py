@@ -21,7 +21,7 @@ def pbt_workdir(tmp_path_factory, tiny_npz):
     config.dataset, config.npz_path = "npz", tiny_npz
     config.model.hidden_units, config.model.num_layers = 16, 1
     config.batch_size, config.num_steps, config.eval_every = 16, 80, 10
-    config.patience, config.make_report, config.log_every_s = 0, False, 0.0
+    config.patience, config.make_report, config.log_every_s = 0, True, 0.0
     config.trials = json.dumps(
         [
             {"learning_rate": lr, "weight_decay": 0.01, "seed": i}
@@ -53,6 +53,8 @@ def test_lineage_is_written_and_metrics_name_the_parent(pbt_workdir):
     assert len(parents) == len(lineage)
     assert sum(r["exploits"] for r in rows) == len(lineage)
     assert os.path.exists(os.path.join(workdir, "plots", "pbt_schedules.png"))
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "## PBT exploits (lineage.csv)" in report and "pbt_schedules.png" in report
 
 
 def test_every_member_replays_alone_to_its_recorded_validation_losses(pbt_workdir):

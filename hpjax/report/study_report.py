@@ -11,7 +11,7 @@ from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.figures import plot_hparam, plot_learning_curves
 from hpjax.report.labels import is_number, varying_hparams
 from hpjax.report.markdown import write_report
-from hpjax.results.files import PathLike, read_workdir
+from hpjax.results.files import PathLike, read_csv, read_workdir
 
 
 def _name(v: Any) -> str | None:
@@ -86,6 +86,57 @@ def _group_key(summary: Sequence[Mapping], x: str) -> str | None:
     return next((k for k in prefer + varying if k in varying), None)
 
 
+def _adaptive(workdir: str, config: Mapping, summary: Sequence[Mapping]):
+    """The intro lines, tables and plots of an adaptive study (slots, ASHA, PBT); empty else."""
+    scheduler = config.get("scheduler", "none")
+    if not (config.get("slots") or scheduler not in (None, "none")):
+        return [], [], []
+    lines, tables, plots = [], [], []
+    path = os.path.join(workdir, "populations.csv")
+    populations = read_csv(path, key="population") if os.path.exists(path) else []
+    steps = sum(p.get("trial_steps") or 0 for p in populations)
+    busy = [p["training_fraction"] for p in populations if is_number(p.get("training_fraction"))]
+    if scheduler == "pbt":
+        sentence = f"Population-based training of {len(summary)} members"
+    else:
+        slots = config.get("slots") or len(summary)
+        sentence = f"Adaptive study: {len(summary)} trials through {slots} slots"
+        sentence += f", scheduler `{scheduler}`" if scheduler != "none" else ""
+    sentence += f"; {steps} trial-steps in all"
+    if busy:
+        sentence += f"; {min(busy):.1%} of the row-ticks trained (the rest were idle rows)"
+    lines.append(sentence + ".")
+    if scheduler == "asha":
+        rungs: dict[int, list[int]] = {}
+        for r in summary:
+            for rung in _rungs(config, r):
+                rungs.setdefault(rung, [0, 0])[0] += 1
+            if r.get("status") == "pruned":
+                rungs.setdefault(int(r["rung"]), [0, 0])[1] += 1
+        rows = [
+            {"rung (steps)": k, "reached": v[0], "pruned there": v[1]}
+            for k, v in sorted(rungs.items())
+        ]
+        tables.append(("ASHA rungs", rows, ["rung (steps)", "reached", "pruned there"]))
+    lineage_path = os.path.join(workdir, "lineage.csv")
+    if scheduler == "pbt" and os.path.exists(lineage_path):
+        lineage = read_csv(lineage_path)
+        tables.append(("PBT exploits (lineage.csv)", lineage, list(lineage[0]) if lineage else []))
+        if os.path.exists(os.path.join(workdir, "plots", "pbt_schedules.png")):
+            plots.append(os.path.join("plots", "pbt_schedules.png"))
+    return lines, tables, plots
+
+
+def _rungs(config: Mapping, row: Mapping) -> list[int]:
+    """The ASHA rungs (steps) a trial reached."""
+    asha = config.get("asha") or {}
+    rung, eta, out = float(asha.get("min_steps", 0) or 0), float(asha.get("eta", 3)), []
+    while rung >= 1 and rung <= (row.get("steps") or 0):
+        out.append(int(round(rung)))
+        rung *= eta
+    return out
+
+
 def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     """Plots and ``report.md`` for a finished study's workdir; returns the report's path.
 
@@ -96,6 +147,8 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     workdir = os.fspath(workdir)
     config, metrics, summary = read_workdir(workdir)
     name, intro = _intro(config, summary, os.path.basename(os.path.abspath(workdir)))
+    adaptive_lines, adaptive_tables, adaptive_plots = _adaptive(workdir, config, summary)
+    intro += adaptive_lines
 
     plots = [os.path.join("plots", "learning_curves.png")]
     plot_learning_curves(
@@ -116,6 +169,7 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
             title=f"{name}: best validation loss against {x_hparam}",
         )
         plots.append(rel)
+    plots += adaptive_plots
 
     def sort_key(r: Mapping) -> tuple[bool, float]:
         v = r.get("best_val_loss")
@@ -133,9 +187,12 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
         "best_epoch",
         "test_loss",
         "test_accuracy",
+        "rung",
+        "exploits",
     ]
     columns = ["trial"] + hparams + [k for k in results if k in present]
     tables = [("Trials, best validation loss first", sorted(summary, key=sort_key), columns)]
+    tables += adaptive_tables
     return write_report(
         workdir,
         f"hpjax study `{name}`",

@@ -44,6 +44,8 @@ RESULT_COLUMNS = (
     "num_classes",
     "memory_estimate_mb",
     "peak_memory_mb",
+    "rung",  # ASHA: the rung a pruned trial stopped at
+    "exploits",  # PBT: how often a member took another's state
 )
 
 
