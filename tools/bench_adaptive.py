@@ -38,8 +38,8 @@ def run(workdir: str, variant: str | None, flags: list[str], quick: bool) -> dic
     """Runs one study into ``workdir``; returns its figures."""
     config = [f"--config={CONFIG}:{variant}"] if variant else []
     extra = QUICK + (["--config.asha.min_steps=40", "--config.pbt.interval=40"] if quick else [])
-    command = [sys.executable, BINARY, f"--workdir={workdir}", "--config.overwrite=True"]
-    command += config + (extra if quick else []) + flags + ["--config.make_report=False"]
+    command = [sys.executable, BINARY, f"--workdir={workdir}", *config, "--config.overwrite=True"]
+    command += (extra if quick else []) + flags + ["--config.make_report=False"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
