@@ -60,6 +60,7 @@ def definition(trial: study.Trial) -> tuple:
         trial.warmup_steps,
         rounded(trial.decay_rate),
         rounded(trial.end_factor),
+        rounded(trial.momentum),
     )
 
 

@@ -47,6 +47,7 @@ class Trial:
     warmup_steps: int | None = None
     decay_rate: float | None = None
     end_factor: float | None = None
+    momentum: float | None = None  # momentum, or Adam's b1
 
     @property
     def architecture_dict(self) -> dict:
@@ -66,6 +67,7 @@ class PopulationPlan:
     eval_ticks: int
     decay_rate: float = 0.1  # schedule parameters shared by the plan's trials
     end_factor: float = 0.0
+    momentum: float = 0.9  # the config's momentum (or Adam's b1) for trials that set none
 
     @property
     def architecture(self) -> dict:
@@ -81,6 +83,7 @@ class PopulationPlan:
             warmup_steps=list(self.warmup_steps),
             decay_rate=[_given(t.decay_rate, self.decay_rate) for t in self.trials],
             end_factor=[_given(t.end_factor, self.end_factor) for t in self.trials],
+            momentum=[_given(t.momentum, self.momentum) for t in self.trials],
             max_steps=list(self.max_steps),
         )
 
@@ -191,6 +194,7 @@ TRIAL_KEYS = (
     "warmup_steps",
     "decay_rate",
     "end_factor",
+    "momentum",
 )
 
 
@@ -231,11 +235,18 @@ def explicit_trials(config) -> tuple[Trial, ...]:
 
 def _trial(config, index: int, values: dict, lr: float, batch_size: int, arch=()) -> Trial:
     schedule = {}
-    for key, cast in (("warmup_steps", int), ("decay_rate", float), ("end_factor", float)):
+    for key, cast in (
+        ("warmup_steps", int),
+        ("decay_rate", float),
+        ("end_factor", float),
+        ("momentum", float),
+    ):
         if key in values:
             value = values[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 _fail(f"trials[{index}].{key}", value, "must be a number >= 0")
+            if key == "momentum" and value >= 1:
+                _fail(f"trials[{index}].{key}", value, "must be in [0, 1)")
             schedule[key] = cast(value)
     return Trial(
         index=index,
@@ -333,6 +344,13 @@ def batch_groups(sizes: Sequence[int], axis: str, max_accumulation: int) -> dict
     return group_of
 
 
+def _static_momentum(config) -> float:
+    """The config's momentum (optimizer 'momentum') or b1 (Adam), as optax's default when unset."""
+    if config.optimizer == "adam":
+        return float(config.get("b1", 0.9))
+    return float(config.get("momentum", 0.9))
+
+
 def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[PopulationPlan]:
     """Groups trials into populations and plans each one's loop in ticks of its micro-batch.
 
@@ -373,6 +391,7 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
                 eval_ticks=max(1, eval_every * largest // microbatch),
                 decay_rate=float(config.get("decay_rate", 0.1)),
                 end_factor=float(config.get("end_factor", 0.0)),
+                momentum=_static_momentum(config),
             )
         )
     return plans

@@ -445,7 +445,7 @@ class PopulationRun:
             }
             if self.task.monitor != "loss":
                 row[f"best_val_{self.task.monitor}"] = float(es.best_value[j])
-            for key in ("warmup_steps", "decay_rate", "end_factor"):
+            for key in ("warmup_steps", "decay_rate", "end_factor", "momentum"):
                 if any(getattr(t, key) is not None for t in self.plan.trials):
                     row[key] = getattr(trial, key)
             row.update(model_columns(self.model_config))

@@ -30,6 +30,7 @@ HPARAM_KEYS = (
     "warmup_steps",
     "decay_rate",
     "end_factor",
+    "momentum",  # the momentum of optimizer 'momentum', or Adam's b1
     "batch_size",
     "seed",
 )

@@ -17,6 +17,7 @@ TRIAL_DEFAULTS = dict(
     decay_rate=0.1,
     end_factor=0.0,
     max_steps=1000,
+    momentum=0.9,
 )
 
 

@@ -77,14 +77,18 @@ def assert_same_trajectory(state, j, solo, rtol=RTOL, atol=ATOL):
         ("weight_decay", [0.0, 0.01, 0.1]),
         ("decay_rate", [0.01, 0.3, 1.0]),
         ("warmup_steps", [0, 5, 20]),
+        ("momentum", [0.0, 0.5, 0.95]),  # Adam's b1
+        ("momentum@momentum", [0.0, 0.5, 0.95]),  # SGD's momentum
     ],
 )
 def test_population_matches_each_trial_alone(problem, axis, values):
     schedule = "exponential" if axis in ("decay_rate", "warmup_steps") else "constant"
+    axis, _, optimizer = axis.partition("@")
+    kwargs = dict(schedule=schedule, optimizer=optimizer or "adam")
     trials = [{axis: v, "max_steps": 30} for v in values]
-    together = train(problem, trials, 30, 8, schedule=schedule)
+    together = train(problem, trials, 30, 8, **kwargs)
     for j, trial in enumerate(trials):
-        alone = train(problem, [trial], 30, 8, schedule=schedule)
+        alone = train(problem, [trial], 30, 8, **kwargs)
         assert_same_trajectory(together, j, alone)
     # The axis matters: trials did not all end in the same place.
     w = np.asarray(

@@ -29,12 +29,14 @@ def test_every_dimension_takes_its_type_and_scale():
         warmup_steps=(0, 100, "linear"),
         batch_size=(32, 64, 128),
         end_factor=(0.0, 0.5, "linear"),
+        momentum=(0.8, 0.99, "linear"),
     )
     for sampler in ("random", "quasi_random"):
         for p in space.sample(d, sampler, 40, seed=3):
             assert isinstance(p["warmup_steps"], int) and 0 <= p["warmup_steps"] <= 100
             assert p["batch_size"] in (32, 64, 128)
             assert 0.0 <= p["end_factor"] <= 0.5
+            assert 0.8 <= p["momentum"] <= 0.99
     chosen = {p["batch_size"] for p in space.sample(d, "quasi_random", 16, seed=0)}
     assert chosen == {32, 64, 128}
 

@@ -53,6 +53,8 @@ from jax.typing import ArrayLike
 from hpjax.errors import ConfigError
 
 OPTIMIZERS = ("adagrad", "adam", "momentum", "rmsprop", "sgd")
+# The option of each optimizer that a per-trial "momentum" hyperparameter sets.
+FIRST_MOMENT = {"momentum": "momentum", "adam": "b1"}
 SCHEDULES = ("constant", "cosine", "exponential", "linear")
 
 # optax's own default eps: 1e-7 for adagrad (scale_by_rss), 1e-8 for adam and rmsprop.

@@ -46,8 +46,13 @@ class PopulationSpec:
     divergence_loss: float = float("inf")  # a batch loss above this (or non-finite): divergence
     task: tasks.Task = tasks.CLASSIFICATION  # the loss trained on, the metrics, the monitor
 
-    def direction(self) -> optax.GradientTransformation:
-        return optim.direction(self.optimizer, **dict(self.optimizer_options))
+    def direction(self, first_moment: jax.Array | None = None) -> optax.GradientTransformation:
+        """The optimizer's learning-rate-free transformation; ``first_moment`` (a trial's
+        momentum, or Adam's b1) replaces the static option when given."""
+        options = dict(self.optimizer_options)
+        if first_moment is not None and self.optimizer in optim.FIRST_MOMENT:
+            options[optim.FIRST_MOMENT[self.optimizer]] = first_moment
+        return optim.direction(self.optimizer, **options)
 
 
 @struct.dataclass
@@ -62,6 +67,7 @@ class TrialHParams:
     decay_rate: jax.Array
     end_factor: jax.Array
     max_steps: jax.Array  # optimizer updates in the budget, also the schedule's horizon
+    momentum: jax.Array  # momentum (optimizer 'momentum') or Adam's b1; unused by the others
 
     @property
     def num_trials(self) -> int:
@@ -101,6 +107,7 @@ HPARAM_DEFAULTS = dict(
     decay_rate=0.1,
     end_factor=0.0,
     max_steps=2**30,
+    momentum=0.9,
 )
 _INT_HPARAMS = ("batch_size", "seed", "warmup_steps", "max_steps")
 
@@ -216,7 +223,9 @@ def micro_step(
         decay_rate=hparams.decay_rate,
         end_factor=hparams.end_factor,
     )
-    updates, new_opt_state = spec.direction().update(mean_grad, trial.opt_state, trial.params)
+    updates, new_opt_state = spec.direction(hparams.momentum).update(
+        mean_grad, trial.opt_state, trial.params
+    )
     new_params = optim.apply_update(trial.params, updates, lr, hparams.weight_decay)
 
     active = ~trial.diverged & ~stopped_early & (trial.step < hparams.max_steps)
