@@ -235,12 +235,8 @@ def explicit_trials(config) -> tuple[Trial, ...]:
 
 def _trial(config, index: int, values: dict, lr: float, batch_size: int, arch=()) -> Trial:
     schedule = {}
-    for key, cast in (
-        ("warmup_steps", int),
-        ("decay_rate", float),
-        ("end_factor", float),
-        ("momentum", float),
-    ):
+    casts = {"warmup_steps": int, "decay_rate": float, "end_factor": float, "momentum": float}
+    for key, cast in casts.items():
         if key in values:
             value = values[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -597,4 +593,5 @@ def population_spec(
         eval_batch_size=int(config.get("eval_batch_size", 1024)),
         divergence_loss=limit,
         task=task,
+        per_trial_momentum=any(t.momentum is not None for t in plan.trials),
     )

@@ -469,6 +469,32 @@ class PopulationRun:
         return rows
 
 
+def _measure(run: PopulationRun, rows: list[dict], estimate: float, start: float, earlier):
+    """The population's row of populations.csv, its measurements put into its summary rows;
+    a population that finished in an earlier run keeps that run's measurements."""
+    if run.restored and earlier is not None:
+        old_rows = {r["trial"]: r for r in earlier["rows"]}
+        for row in rows:
+            for key in ("memory_estimate_mb", "peak_memory_mb"):
+                row[key] = old_rows.get(row["trial"], {}).get(key)
+        return earlier["population"]
+    peak, source = memory.peak_memory_bytes()
+    for row in rows:
+        row["memory_estimate_mb"] = round(estimate, 3)
+        row["peak_memory_mb"] = round(peak / 2**20, 1)  # a measurement, not a result
+    plan = run.plan
+    return {
+        "population": plan.index,
+        "trials": len(plan.trials),
+        "microbatch": plan.microbatch,
+        "architecture": json.dumps(plan.architecture),
+        "memory_estimate_mb": estimate,
+        "peak_memory_mb": peak / 2**20,
+        "peak_memory_source": source,
+        "wall_s": round(time.perf_counter() - start, 2),
+    } | run.stats
+
+
 def _earlier_measurements(workdir: str) -> dict[int, dict]:
     """The populations.csv rows (and summary rows) of populations finished by an earlier run."""
     try:
@@ -544,31 +570,7 @@ def run_plans(
             hooks=hooks,
         )
         plan_rows, lines = run.run(lines)
-        if run.restored and plan.index in measured:  # finished in an earlier run: as it was
-            old_rows = {r["trial"]: r for r in measured[plan.index]["rows"]}
-            for row in plan_rows:
-                for key in ("memory_estimate_mb", "peak_memory_mb"):
-                    row[key] = old_rows.get(row["trial"], {}).get(key)
-            populations.append(measured[plan.index]["population"])
-            rows.extend(plan_rows)
-            continue
-        peak, source = memory.peak_memory_bytes()
-        for row in plan_rows:
-            row["memory_estimate_mb"] = round(estimate, 3)
-            row["peak_memory_mb"] = round(peak / 2**20, 1)  # a measurement, not a result
-        populations.append(
-            {
-                "population": plan.index,
-                "trials": len(plan.trials),
-                "microbatch": plan.microbatch,
-                "architecture": json.dumps(plan.architecture),
-                "memory_estimate_mb": estimate,
-                "peak_memory_mb": peak / 2**20,
-                "peak_memory_source": source,
-                "wall_s": round(time.perf_counter() - start, 2),
-            }
-            | run.stats
-        )
+        populations.append(_measure(run, plan_rows, estimate, start, measured.get(plan.index)))
         rows.extend(plan_rows)
     rows.sort(key=lambda r: r["trial"])
     if sharding.is_writer:

@@ -49,7 +49,6 @@ def error_lines(result) -> list[str]:
         (["--config.memory_fraction=2.0"], "config.memory_fraction=2.0 must be in (0, 1]"),
         (["--config.report_x=bogus"], "config.report_x='bogus' is not a hyperparameter"),
         ([QR, "--config.space.learning_rate=(0.1,0.001,'log')"], "learning_rate=(0.1, 0.001"),
-        ([f"{CONFIGS}:pbt", "--config.pbt.fraction=0.7"], "config.pbt.fraction=0.7 must be in"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2_leaving_nothing(tmp_path, args, expected):

@@ -85,6 +85,8 @@ def test_population_matches_each_trial_alone(problem, axis, values):
     schedule = "exponential" if axis in ("decay_rate", "warmup_steps") else "constant"
     axis, _, optimizer = axis.partition("@")
     kwargs = dict(schedule=schedule, optimizer=optimizer or "adam")
+    if axis == "momentum":
+        kwargs["per_trial_momentum"] = True
     trials = [{axis: v, "max_steps": 30} for v in values]
     together = train(problem, trials, 30, 8, **kwargs)
     for j, trial in enumerate(trials):

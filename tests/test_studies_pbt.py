@@ -2,7 +2,7 @@
 
 import json
 import os
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -68,20 +68,26 @@ def test_every_member_replays_alone_to_its_recorded_validation_losses(pbt_workdi
     assert exploited, "no member was exploited: the replay tested nothing across a link"
 
 
-def test_replay_tool_prints_the_comparison(pbt_workdir):
+def _replay_tool(*args, capsys):
+    """``tools/replay_pbt.py`` run in this process (as its ``__main__``); exit status, output."""
+    saved = sys.argv
+    sys.argv = ["replay_pbt.py", *args]
+    try:
+        runpy.run_path(os.path.join(ROOT, "tools", "replay_pbt.py"), run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        sys.argv = saved
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_replay_tool_prints_the_comparison(pbt_workdir, capsys):
     workdir, _ = pbt_workdir
     lineage = files.read_csv(os.path.join(workdir, "lineage.csv"))
-    member = int(lineage[-1]["trial"])
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "replay_pbt.py"), workdir, str(member)],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "largest relative difference" in done.stdout
-    other = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "replay_pbt.py"), ROOT, "0"],
-        capture_output=True,
-        text=True,
-    )
-    assert other.returncode == 2 and "lineage.csv" in other.stderr
+    code, out, err = _replay_tool(workdir, str(lineage[-1]["trial"]), capsys=capsys)
+    assert code == 0, err[-2000:]
+    assert "largest relative difference" in out
+    code, _, err = _replay_tool(ROOT, "0", capsys=capsys)
+    assert code == 2 and "lineage.csv" in err

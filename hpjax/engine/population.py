@@ -45,6 +45,9 @@ class PopulationSpec:
     accumulates: bool = True  # False when every batch size equals the micro-batch: no summing
     divergence_loss: float = float("inf")  # a batch loss above this (or non-finite): divergence
     task: tasks.Task = tasks.CLASSIFICATION  # the loss trained on, the metrics, the monitor
+    # True when trials differ in momentum (or Adam's b1): it is then read from TrialHParams;
+    # else the static option is used, so that XLA sees the same constant as a plain optimizer.
+    per_trial_momentum: bool = False
 
     def direction(self, first_moment: jax.Array | None = None) -> optax.GradientTransformation:
         """The optimizer's learning-rate-free transformation; ``first_moment`` (a trial's
@@ -223,7 +226,8 @@ def micro_step(
         decay_rate=hparams.decay_rate,
         end_factor=hparams.end_factor,
     )
-    updates, new_opt_state = spec.direction(hparams.momentum).update(
+    first_moment = hparams.momentum if spec.per_trial_momentum else None
+    updates, new_opt_state = spec.direction(first_moment).update(
         mean_grad, trial.opt_state, trial.params
     )
     new_params = optim.apply_update(trial.params, updates, lr, hparams.weight_decay)

@@ -42,7 +42,7 @@ def build_models(
             arch: build_model(
                 study.model_config(config, arch), dataset.input_shape, dataset.num_classes
             )
-            for arch in architectures or study.architectures(config)
+            for arch in (study.architectures(config) if architectures is None else architectures)
         }
     if len(study.architectures(config)) > 1:
         raise ConfigError(
@@ -74,18 +74,18 @@ def train_and_evaluate(
         dataset = data_lib.load_dataset(config)
     study.validate_config(config, dataset.num_train)
     trials = study.build_trials(config)
+    models = build_models(config, dataset, model)  # every model checked before the workdir
     outputs = chosen_outputs(config)
     sharding = TrialSharding(int(config.get("num_devices", 0)))
     if not sharding.is_writer:  # process 0 alone sees the workdir: no extension elsewhere
         plans = study.plan_populations(config, trials, dataset.num_train)
-        models = build_models(config, dataset, model)
         return _run(config, workdir, dataset, trials, plans, models, sharding, task, hooks, outputs)
     with files.workdir_lock(workdir):
         waves = extension.waves(workdir, config, trials)
         trials = tuple(t for wave in waves for t in wave)
         plans = extension.plan_waves(config, waves, dataset.num_train)
-        architectures = tuple(dict.fromkeys(t.architecture for t in trials))
-        models = build_models(config, dataset, model, architectures)
+        earlier = [t.architecture for t in trials if t.architecture not in models]
+        models |= build_models(config, dataset, model, tuple(dict.fromkeys(earlier)))
         if "tensorboard" in outputs:
             hooks = [*hooks, tensorboard.TensorBoardHook(workdir, varying_keys(trials))]
         files.prepare_workdir(workdir, config_to_dict(config), extendable=extension.TRIAL_SET_KEYS)
