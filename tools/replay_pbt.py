@@ -20,9 +20,15 @@ def main() -> int:
     parser.add_argument("workdir")
     parser.add_argument("trial", type=int)
     parser.add_argument("--rtol", type=float, default=1e-4)
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="rows of the replay's program (0 = as many as the study had: bit-identical kernels)",
+    )
     args = parser.parse_args()
     try:
-        rows = pbt.replay(args.workdir, args.trial)
+        rows = pbt.replay(args.workdir, args.trial, args.rows or None)
     except (FileNotFoundError, KeyError, ConfigError) as error:
         print(f"replay_pbt: {error}", file=sys.stderr)
         return 2
