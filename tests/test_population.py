@@ -192,15 +192,20 @@ def test_single_batch_size_fast_path_equals_the_accumulating_path(problem):
         assert_same_trajectory(fast, j, one)
 
 
-@pytest.mark.parametrize("first", [{"learning_rate": 0.05}, {"learning_rate": 100.0}])
-def test_a_restarted_row_follows_its_new_trial_alone(problem, first):
+@pytest.mark.parametrize(
+    "first,new_batch",
+    [({"learning_rate": 0.05}, 8), ({"learning_rate": 100.0}, 8), ({"learning_rate": 0.05}, 16)],
+)
+def test_a_restarted_row_follows_its_new_trial_alone(problem, first, new_batch):
     """A freed slot takes the next trial mid-run (its data stream starts at 0 while its
-    neighbours are mid-epoch), also after the slot's first trial diverged; the neighbours go on
-    as if nothing happened."""
+    neighbours are mid-epoch), also after the slot's first trial diverged, also with another
+    batch size of the population's micro-batch group; the neighbours go on as if nothing
+    happened."""
     model, x, y = problem
     spec = make_spec(model, 8, divergence_loss=100 * float(np.log(3)))
     neighbour = {"learning_rate": 0.01, "seed": 3}
-    newcomer = {"learning_rate": 0.02, "seed": 5, "weight_decay": 0.01}
+    newcomer = {"learning_rate": 0.02, "seed": 5, "weight_decay": 0.01, "batch_size": new_batch}
+    spec = make_spec(model, 8, divergence_loss=100 * float(np.log(3)), accumulates=new_batch != 8)
     before = trial_hparams([neighbour, first])
     state = population.init_population(spec, before)
     state = population.train_ticks(spec, state, before, x, y, jnp.int32(13))
@@ -208,7 +213,8 @@ def test_a_restarted_row_follows_its_new_trial_alone(problem, first):
     after = trial_hparams([neighbour, newcomer])
     state = population.restart_rows(spec, state, after, jnp.asarray([False, True]))
     state = population.train_ticks(spec, state, after, x, y, jnp.int32(20))
-    assert_same_trajectory(state, 1, train(problem, [newcomer], 20, 8))
+    alone = train(problem, [newcomer], 20 * 8 // new_batch, new_batch)
+    assert_same_trajectory(state, 1, alone)
     assert_same_trajectory(state, 0, train(problem, [neighbour], 33, 8))
     assert not bool(state.trials.diverged[1])
 
