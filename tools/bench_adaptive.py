@@ -38,7 +38,8 @@ def run(workdir: str, variant: str | None, flags: list[str], quick: bool) -> dic
     """Runs one study into ``workdir``; returns its figures."""
     config = [f"--config={CONFIG}:{variant}"] if variant else []
     extra = QUICK + (["--config.asha.min_steps=40", "--config.pbt.interval=40"] if quick else [])
-    command = [sys.executable, BINARY, f"--workdir={workdir}", *config, "--config.overwrite=True"]
+    command = [sys.executable, BINARY, f"--workdir={workdir}", *config]
+    command += ["--config.overwrite=True", "--config.restart=True"]  # train afresh, always
     command += (extra if quick else []) + flags + ["--config.make_report=False"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
