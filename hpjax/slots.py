@@ -359,7 +359,8 @@ class SlotRun(runner.PopulationRun):
                 columns = ["tick", "step", "trial", "parent"] + [
                     f"{w}_{k}" for w in ("before", "after") for k in self.pbt.keys
                 ]
-                files.write_csv(os.path.join(self.workdir, "lineage.csv"), lineage, columns)
+                path = os.path.join(self.workdir, "lineage.csv")
+                files.write_csv(path, lineage, columns, exact=True)
         self.stats = {
             "training_fraction": round(self.training_ticks / max(self.row_ticks, 1), 4),
             "trial_steps": int(done["step"].sum()),

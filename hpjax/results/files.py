@@ -115,18 +115,21 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """Writes ``rows`` as CSV with ``columns`` in that order; None and non-finite become empty."""
+def write_csv(
+    path: str, rows: Sequence[dict], columns: Sequence[str], *, exact: bool = False
+) -> None:
+    """Writes ``rows`` as CSV with ``columns`` in that order; None and non-finite become empty.
+
+    Floats get 6 significant digits, or every digit with ``exact`` (values read back to compute
+    with, such as PBT's hyperparameters)."""
+    fmt = repr if exact else _format
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(
-                {
-                    k: "" if _finite_or_none(row.get(k)) is None else _format(row.get(k))
-                    for k in columns
-                }
+                {k: "" if _finite_or_none(row.get(k)) is None else fmt(row.get(k)) for k in columns}
             )
     os.replace(tmp, path)
 
