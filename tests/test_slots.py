@@ -92,6 +92,11 @@ def test_asha_prunes_at_rungs_and_refills(tiny_config, tmp_path):
     assert "pruned" in text and "rung" in text.splitlines()[0]
     report = (tmp_path / "report.md").read_text()
     assert "## ASHA rungs" in report and "through 4 slots, scheduler `asha`" in report
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
 
 
 class _Crash(Exception):

@@ -6,7 +6,8 @@ any SQLAlchemy URL (a shared PostgreSQL or MySQL server for multi-host studies).
 its hyperparameters with their distributions (the learning rate on a log scale over the study's
 range, the others as the sets of values the study tried), the validation loss at every
 evaluation as intermediate values, its best validation loss as the value, its state (COMPLETE for
-a trial that trained to its best point, early-stopped or not; FAIL for a diverged one) and user
+a trial that trained to its best point, early-stopped or not; PRUNED for one ASHA pruned; FAIL
+for a diverged one) and user
 attributes (hpjax trial, status, test metrics, checkpoint path). The Optuna study is rebuilt as a
 whole each time, so a resumed or extended study never holds a trial twice nor loses one.
 ``optuna-dashboard sqlite:///WORKDIR/optuna.db`` shows it. Optuna is an optional extra.
@@ -71,6 +72,8 @@ def _param(key: str, value: Any) -> Any:
 def _state(row: Mapping):
     if row.get("status") == "diverged" or not _finite(row.get("best_val_loss")):
         return optuna.trial.TrialState.FAIL
+    if row.get("status") == "pruned":  # ASHA stopped it at a rung: Optuna's own meaning
+        return optuna.trial.TrialState.PRUNED
     return optuna.trial.TrialState.COMPLETE
 
 
