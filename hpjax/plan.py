@@ -68,6 +68,7 @@ class PopulationPlan:
     decay_rate: float = 0.1  # schedule parameters shared by the plan's trials
     end_factor: float = 0.0
     momentum: float = 0.9  # the config's momentum (or Adam's b1) for trials that set none
+    batch_choices: tuple[int, ...] = ()  # sizes a trial may move to later (PBT's explore)
 
     @property
     def architecture(self) -> dict:
@@ -340,6 +341,14 @@ def batch_groups(sizes: Sequence[int], axis: str, max_accumulation: int) -> dict
     return group_of
 
 
+def pbt_batch_choices(config) -> tuple[int, ...]:
+    """The batch sizes PBT may move a member between (its space's choices), else ()."""
+    space = config.get("space", None) or {}
+    if config.get("scheduler", "none") != "pbt" or "batch_size" not in space:
+        return ()
+    return tuple(sorted(int(b) for b in as_tuple(space["batch_size"])))
+
+
 def _static_momentum(config) -> float:
     """The config's momentum (optimizer 'momentum') or b1 (Adam), as optax's default when unset."""
     if config.optimizer == "adam":
@@ -365,7 +374,8 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
     warmup_epochs = float(config.get("warmup_epochs", 0.0) or 0.0)
     plans = []
     for index, group in enumerate(groups.values()):
-        microbatch = math.gcd(*(t.batch_size for t in group))
+        choices = pbt_batch_choices(config)
+        microbatch = math.gcd(*(t.batch_size for t in group), *choices)
         max_steps = tuple(_max_steps(config, t.batch_size, num_train) for t in group)
         total_ticks = max(
             s * t.batch_size // microbatch for s, t in zip(max_steps, group, strict=True)
@@ -375,7 +385,7 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
         else:
             warmup = (int(config.get("warmup_steps", 0)),) * len(group)
         warmup = tuple(_given(t.warmup_steps, w) for t, w in zip(group, warmup, strict=True))
-        largest = max(t.batch_size for t in group)
+        largest = max((*(t.batch_size for t in group), *choices))
         plans.append(
             PopulationPlan(
                 index=index,
@@ -388,6 +398,7 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
                 decay_rate=float(config.get("decay_rate", 0.1)),
                 end_factor=float(config.get("end_factor", 0.0)),
                 momentum=_static_momentum(config),
+                batch_choices=choices,
             )
         )
     return plans
@@ -584,7 +595,10 @@ def population_spec(
         optimizer=config.optimizer,
         schedule=config.schedule,
         microbatch=plan.microbatch,
-        accumulates=any(t.batch_size != plan.microbatch for t in plan.trials),
+        accumulates=any(
+            b != plan.microbatch
+            for b in (*(t.batch_size for t in plan.trials), *plan.batch_choices)
+        ),
         num_train=num_train,
         optimizer_options=optimizer_options(config),
         patience=int(config.get("patience", 0)),

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hpjax import plan as plan_lib
 from hpjax import space as space_lib
 from hpjax.config import as_tuple
 from hpjax.errors import config_error
@@ -68,8 +69,42 @@ def validate(config) -> None:
             raise config_error("slots", slots, "must be 0 with scheduler='pbt' (a slot per member)")
         if len(set(as_tuple(config.get("batch_sizes", ())))) > 1:
             raise config_error(
-                "batch_sizes", config.batch_sizes, "must hold one size with scheduler='pbt'"
+                "batch_sizes",
+                config.batch_sizes,
+                "must hold one size with scheduler='pbt' (search space.batch_size instead)",
             )
+        _validate_pbt_batch_sizes(config)
+
+
+def _validate_pbt_batch_sizes(config) -> None:
+    """PBT moves a member's batch size between the choices of ``space.batch_size``: all in one
+    compiled program, each a divisor of the largest (every member ends its batch at each
+    evaluation)."""
+    space = config.get("space", None) or {}
+    if "batch_size" not in space:
+        return
+    dim = space_lib.parse_dimension(
+        "batch_size", space["batch_size"], where="space", allowed=space_lib.HPARAM_KEYS
+    )
+    if dim.is_range:
+        raise config_error(
+            "space.batch_size", space["batch_size"], "must be a tuple of sizes with scheduler='pbt'"
+        )
+    sizes = sorted(int(b) for b in dim.choices)
+    if any(sizes[-1] % b for b in sizes):
+        raise config_error(
+            "space.batch_size", tuple(sizes), "must hold sizes that each divide the largest"
+        )
+    groups = plan_lib.batch_groups(
+        sizes, config.get("batch_axis", "auto"), int(config.get("max_accumulation", 8))
+    )
+    if len(set(groups.values())) > 1:
+        raise config_error(
+            "space.batch_size",
+            tuple(sizes),
+            "spans several compiled programs; PBT needs one: set batch_axis='vmap' or raise "
+            "max_accumulation",
+        )
 
 
 class Asha:
@@ -136,7 +171,7 @@ class Pbt:
         self.resample_probability = float(p.resample_probability)
         space = config.get("space", None) or {}
         self.dimensions = {d.key: d for d in space_lib.parse_space(space)}
-        keys = [k for k in self.dimensions if k not in ("seed", "batch_size")]
+        keys = [k for k in self.dimensions if k != "seed"]
         self.keys = tuple(keys) or PBT_DEFAULT_KEYS
         state = state or {}
         self.rng = np.random.default_rng(int(p.seed))
@@ -152,6 +187,11 @@ class Pbt:
         dim = self.dimensions.get(key)
         if dim is not None and self.rng.random() < self.resample_probability:
             return dim.at(float(self.rng.random()))
+        if dim is not None and not dim.is_range:  # choices (batch sizes): a neighbouring one
+            choices = sorted(dim.choices)
+            nearest = int(np.argmin([abs(c - value) for c in choices]))
+            i = nearest + (1 if self.rng.integers(2) else -1)
+            return choices[min(max(i, 0), len(choices) - 1)]
         new = value * PERTURB_FACTORS[int(self.rng.integers(2))]
         if dim is not None and dim.is_range:
             new = min(max(new, dim.low), dim.high)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from hpjax.errors import ConfigError
 from hpjax.results import files
 from hpjax.studies import pbt
 from hpjax.studies.grid import train_and_evaluate
@@ -91,3 +92,34 @@ def test_replay_tool_prints_the_comparison(pbt_workdir, capsys):
     assert "largest relative difference" in out
     code, _, err = _replay_tool(ROOT, "0", capsys=capsys)
     assert code == 2 and "lineage.csv" in err
+
+
+def test_pbt_moves_batch_sizes_and_members_still_replay_alone(tiny_config, tmp_path):
+    """Explore moves a member to a neighbouring batch size of its space, inside the same
+    compiled program (micro-batch accumulation); the replay follows it."""
+    config = tiny_config
+    config.num_steps, config.patience = 80, 0
+    config.scheduler = "pbt"
+    config.space = {"learning_rate": (0.001, 0.3, "log"), "batch_size": (8, 16, 32)}
+    config.num_samples = 4
+    config.batch_axis = "vmap"
+    config.pbt.interval = 20
+    config.pbt.resample_probability = 0.0
+    workdir = str(tmp_path / "pbt_batch")
+    train_and_evaluate(config, workdir)
+    lineage = files.read_csv(os.path.join(workdir, "lineage.csv"))
+    moved = [e for e in lineage if e["after_batch_size"] != e["before_batch_size"]]
+    assert moved, "no exploit changed a batch size"
+    for member in {int(e["trial"]) for e in moved}:
+        for r in pbt.replay(workdir, member):
+            assert r["replayed_val_loss"] == pytest.approx(r["recorded_val_loss"], rel=1e-6)
+
+
+def test_pbt_batch_sizes_must_share_one_program(tiny_config, tmp_path):
+    config = tiny_config
+    config.scheduler = "pbt"
+    config.space = {"learning_rate": (0.001, 0.3, "log"), "batch_size": (16, 24)}
+    config.num_samples = 4
+    with pytest.raises(ConfigError, match="space.batch_size.*divide the largest"):
+        train_and_evaluate(config, str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
