@@ -341,21 +341,6 @@ def batch_groups(sizes: Sequence[int], axis: str, max_accumulation: int) -> dict
     return group_of
 
 
-def pbt_batch_choices(config) -> tuple[int, ...]:
-    """The batch sizes PBT may move a member between (its space's choices), else ()."""
-    space = config.get("space", None) or {}
-    if config.get("scheduler", "none") != "pbt" or "batch_size" not in space:
-        return ()
-    return tuple(sorted(int(b) for b in as_tuple(space["batch_size"])))
-
-
-def _static_momentum(config) -> float:
-    """The config's momentum (optimizer 'momentum') or b1 (Adam), as optax's default when unset."""
-    if config.optimizer == "adam":
-        return float(config.get("b1", 0.9))
-    return float(config.get("momentum", 0.9))
-
-
 def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[PopulationPlan]:
     """Groups trials into populations and plans each one's loop in ticks of its micro-batch.
 
@@ -374,7 +359,7 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
     warmup_epochs = float(config.get("warmup_epochs", 0.0) or 0.0)
     plans = []
     for index, group in enumerate(groups.values()):
-        choices = pbt_batch_choices(config)
+        choices = space_lib.pbt_batch_choices(config)
         microbatch = math.gcd(*(t.batch_size for t in group), *choices)
         max_steps = tuple(_max_steps(config, t.batch_size, num_train) for t in group)
         total_ticks = max(
@@ -397,7 +382,7 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
                 eval_ticks=max(1, eval_every * largest // microbatch),
                 decay_rate=float(config.get("decay_rate", 0.1)),
                 end_factor=float(config.get("end_factor", 0.0)),
-                momentum=_static_momentum(config),
+                momentum=optim.static_first_moment(config),
                 batch_choices=choices,
             )
         )

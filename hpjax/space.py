@@ -121,3 +121,11 @@ def sample(dimensions: list[Dimension], sampler: str, count: int, seed: int) -> 
         sobol = qmc.Sobol(d=len(dimensions), scramble=True, seed=seed)
         units = sobol.random(2 ** math.ceil(math.log2(count)))[:count]
     return [{d.key: d.at(u) for d, u in zip(dimensions, row, strict=True)} for row in units]
+
+
+def pbt_batch_choices(config) -> tuple[int, ...]:
+    """The batch sizes PBT may move a member between (its space's choices), else ()."""
+    space = config.get("space", None) or {}
+    if config.get("scheduler", "none") != "pbt" or "batch_size" not in space:
+        return ()
+    return tuple(sorted(int(b) for b in as_tuple(space["batch_size"])))

@@ -156,6 +156,13 @@ def direction(
     return optax.scale_by_rms(decay=rms_decay, eps=eps)
 
 
+def static_first_moment(config: Any) -> float:
+    """The config's momentum (optimizer 'momentum') or b1 (Adam), optax's default when unset."""
+    if config.optimizer == "adam":
+        return float(config.get("b1", 0.9))
+    return float(config.get("momentum", 0.9))
+
+
 def apply_update(
     params: Any, direction_updates: Any, lr: ArrayLike, weight_decay: ArrayLike
 ) -> Any:
