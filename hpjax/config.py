@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 # Keys that change how a study is run or shown, not what it computes.
 NON_STUDY_KEYS = (
@@ -145,6 +146,11 @@ def as_tuple(value: Any) -> tuple:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         return (value,)
     return tuple(value)
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (for JSON and CSV); anything else as is."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def config_to_dict(config: Any) -> dict:

@@ -1,7 +1,8 @@
 """From a config to trials and populations: the study's grid, its budget, and its checks.
 
 A study is the Cartesian product of its per-trial axes (learning rates x batch sizes x seeds x
-weight decays); the learning rates may instead be sampled log-uniformly or quasi-randomly. Trials
+weight decays); the learning rates may instead be sampled log-uniformly or quasi-randomly, or
+the trials drawn from a search space of several hyperparameters (:mod:`hpjax.space`). Trials
 that share static structure form one population, compiled once. Every check here runs before
 anything compiles or touches the workdir, and raises :class:`ConfigError` with one line that
 names the key.

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import numpy as np
 
 from hpjax import plan as plan_lib
 from hpjax import space as space_lib
-from hpjax.config import as_tuple
+from hpjax.config import as_tuple, plain
 from hpjax.errors import config_error
 
 SCHEDULERS = ("none", "asha", "pbt")
@@ -214,11 +213,11 @@ class Pbt:
         exploits = []
         for member in bottom:
             parent = int(self.rng.choice(top))
-            before = {k: _plain(columns[k][member]) for k in self.keys}
+            before = {k: plain(columns[k][member]) for k in self.keys}
             for k in self.keys:
-                columns[k][member] = self.explore(k, _plain(columns[k][parent]))
+                columns[k][member] = self.explore(k, plain(columns[k][parent]))
             source[member], copies[member] = parent, True
-            after = {k: _plain(columns[k][member]) for k in self.keys}
+            after = {k: plain(columns[k][member]) for k in self.keys}
             exploits.append(Exploit(tick, step, int(member), parent, before, after))
         self.history.extend(exploits)
         self.next_step += self.interval
@@ -230,7 +229,3 @@ class Pbt:
             "next_step": self.next_step,
             "history": [dataclasses.asdict(e) for e in self.history],
         }
-
-
-def _plain(value: Any) -> float | int:
-    return value.item() if hasattr(value, "item") else value

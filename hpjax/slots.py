@@ -21,6 +21,7 @@ from absl import logging
 from hpjax import plan as study
 from hpjax import progress, runner, schedulers
 from hpjax import rows as rows_lib
+from hpjax.config import plain
 from hpjax.engine import early_stopping, population
 from hpjax.engine.sharding import TrialSharding
 from hpjax.results import checkpoints, files
@@ -122,8 +123,9 @@ class SlotLayout:
 class SlotRun(runner.PopulationRun):
     """Trains one population's trials through ``config.slots`` rows, with a scheduler.
 
-    With ``config.budget_trial_steps`` the study ends once its trials have taken that many
-    optimizer steps in all: the trials still running stop there (status ``study_budget``).
+    With ``config.budget_trial_steps`` the study ends before the training call that would take
+    its trials past that many optimizer steps in all: the trials still running stop there
+    (status ``study_budget``), and no new trial starts unless its first window fits.
     """
 
     ADAPTIVE = True
@@ -241,13 +243,16 @@ class SlotRun(runner.PopulationRun):
         if self.asha is not None:
             steps, best = self.sharding.to_host((state.trials.step, state.early_stop.best_value))
             active = self._active(state) & layout.real
+            pruned = False
             for r in np.flatnonzero(active):
                 pos = int(layout.positions[r])
                 rung = self.asha.judge(pos, int(steps[r]), float(best[r]))
                 if rung is not None:
                     layout.pruned[pos] = rung
                     layout.columns["max_steps"][r] = 0  # frozen; finished below
-            layout.push()
+                    pruned = True
+            if pruned:
+                layout.push()
         if self.pbt is not None:
             steps = np.asarray(self.sharding.to_host(state.trials.step))
             active = self._active(state) & layout.real
@@ -352,7 +357,7 @@ class SlotRun(runner.PopulationRun):
             for row, pos in zip(rows, started, strict=True):
                 r = int(np.flatnonzero(layout.positions == pos)[0])
                 for k in self.pbt.keys:
-                    row[k] = schedulers._plain(layout.columns[k][r])
+                    row[k] = plain(layout.columns[k][r])
                 row["exploits"] = sum(e.trial == pos for e in self.pbt.history)
             if self.sharding.is_writer:
                 lineage = [e.row() for e in self.pbt.history]

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from hpjax.config import plain
 from hpjax.errors import ConfigError
 from hpjax.models import build_model, from_factory
 from hpjax.models.registry import MODEL_NAMES
@@ -65,12 +66,6 @@ def _clear_step(manager: ocp.CheckpointManager, step: int) -> None:
         manager.delete(step)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 class CorruptCheckpointError(ValueError):
     """A restored array does not match the checksum recorded when it was saved."""
 
@@ -105,7 +100,7 @@ def save_best(workdir: str, best_params: Any, rows: list[dict], extra: dict) -> 
     managers = []
     for j, row in enumerate(rows):
         params = jax.tree.map(lambda leaf, j=j: np.asarray(leaf[j]), host_params)
-        metadata = {k: _plain(v) for k, v in row.items()} | extra
+        metadata = {k: plain(v) for k, v in row.items()} | extra
         metadata["checksums"] = checksums(params)
         manager = _manager(best_dir(workdir, row["trial"]), max_to_keep=1)
         _clear_step(manager, int(row["best_step"]))
