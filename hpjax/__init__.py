@@ -3,21 +3,27 @@
 The Python API (see :mod:`hpjax.api`): :func:`train` your own ``flax.nnx`` model factory on
 :func:`from_arrays` data with a built-in or own :class:`Task`; :func:`restore_best` a trial at
 its early-stop point.
+
+These names load on first use, so that ``hpjax.engine`` and the model classes import where only
+jax, flax and optax are installed (a GPU machine running ``tools/bench_gpu.py``).
 """
 
-from hpjax.api import train
-from hpjax.data import Dataset, from_arrays
-from hpjax.engine.tasks import CLASSIFICATION, REGRESSION, Task
-from hpjax.errors import ConfigError
-from hpjax.results.checkpoints import restore_best
+import importlib
 
-__all__ = [
-    "CLASSIFICATION",
-    "REGRESSION",
-    "ConfigError",
-    "Dataset",
-    "Task",
-    "from_arrays",
-    "restore_best",
-    "train",
-]
+_EXPORTS = {
+    "train": "hpjax.api",
+    "Dataset": "hpjax.data",
+    "from_arrays": "hpjax.data",
+    "CLASSIFICATION": "hpjax.engine.tasks",
+    "REGRESSION": "hpjax.engine.tasks",
+    "Task": "hpjax.engine.tasks",
+    "ConfigError": "hpjax.errors",
+    "restore_best": "hpjax.results.checkpoints",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hpjax' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

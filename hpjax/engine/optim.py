@@ -156,6 +156,58 @@ def direction(
     return optax.scale_by_rms(decay=rms_decay, eps=eps)
 
 
+def direction_of_state(
+    name: str,
+    grads: Any,
+    new_state: Any,
+    *,
+    momentum: ArrayLike = 0.9,
+    nesterov: bool = False,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike | None = None,
+    initial_accumulator_value: ArrayLike = 0.1,
+    rms_decay: ArrayLike = 0.9,
+) -> Any:
+    """The direction ``direction(name, ...).update(grads, state)`` returns, computed from the
+    state that update returned (``new_state``) and the same ``grads``, with optax's formulas.
+
+    Why: the population engine selects each trial's new optimizer state (frozen trials keep the
+    old one) and then steps the parameters from the selected state. The parameter update then
+    reads the state just written instead of recomputing it from the old state, which would make
+    XLA keep a copy of every moment buffer on each step.
+    """
+    del initial_accumulator_value, rms_decay  # already in new_state
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    if eps is None:
+        eps = _DEFAULT_EPS.get(name, 1e-8)
+    if name == "sgd":
+        return grads
+    if name == "momentum":
+        if nesterov:
+            return jax.tree.map(lambda g, t: g + momentum * t, grads, new_state.trace)
+        return new_state.trace
+    if name == "adam":
+        count = new_state.count
+        if nesterov:
+            mu_hat = jax.tree.map(
+                lambda m, g: b1 * m + (1 - b1) * g,
+                optax.tree.bias_correction(new_state.mu, b1, optax.safe_increment(count)),
+                optax.tree.bias_correction(grads, b1, count),
+            )
+        else:
+            mu_hat = optax.tree.bias_correction(new_state.mu, b1, count)
+        nu_hat = optax.tree.bias_correction(new_state.nu, b2, count)
+        return jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + eps), mu_hat, nu_hat)
+    if name == "adagrad":
+        scale = jax.tree.map(
+            lambda t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0), new_state.sum_of_squares
+        )
+        return optax.tree.mul(scale, grads)
+    return jax.tree.map(lambda n, g: jax.lax.rsqrt(n + eps) * g, new_state.nu, grads)
+
+
 def static_first_moment(config: Any) -> float:
     """The config's momentum (optimizer 'momentum') or b1 (Adam), optax's default when unset."""
     if config.optimizer == "adam":

@@ -49,13 +49,17 @@ class PopulationSpec:
     # else the static option is used, so that XLA sees the same constant as a plain optimizer.
     per_trial_momentum: bool = False
 
-    def direction(self, first_moment: jax.Array | None = None) -> optax.GradientTransformation:
-        """The optimizer's learning-rate-free transformation; ``first_moment`` (a trial's
-        momentum, or Adam's b1) replaces the static option when given."""
+    def options(self, first_moment: jax.Array | None = None) -> dict[str, Any]:
+        """The optimizer's options; ``first_moment`` (a trial's momentum, or Adam's b1) replaces
+        the static option when given."""
         options = dict(self.optimizer_options)
         if first_moment is not None and self.optimizer in optim.FIRST_MOMENT:
             options[optim.FIRST_MOMENT[self.optimizer]] = first_moment
-        return optim.direction(self.optimizer, **options)
+        return options
+
+    def direction(self, first_moment: jax.Array | None = None) -> optax.GradientTransformation:
+        """The optimizer's learning-rate-free transformation (see :meth:`options`)."""
+        return optim.direction(self.optimizer, **self.options(first_moment))
 
 
 @struct.dataclass
@@ -149,8 +153,10 @@ def _select(mask: jax.Array, new, old):
 
 
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.stack(leaves).all()
+    """Whether every element of ``tree`` is finite, as one float sum per leaf: a NaN or an
+    infinity makes the sum non-finite (so would an overflow past 3e38, a divergence anyway).
+    XLA reads each leaf once for a sum; ``all(isfinite)`` costs it a second pass."""
+    return jnp.isfinite(sum(jnp.sum(x, dtype=jnp.float32) for x in jax.tree.leaves(tree)))
 
 
 def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
@@ -199,8 +205,13 @@ def micro_step(
 ) -> TrialState:
     """One tick of one trial: add the gradient of a micro-batch, update when the batch is full.
 
-    A batch whose loss is non-finite or above ``spec.divergence_loss``, or whose update would make
-    a parameter non-finite, marks the trial diverged; it keeps its last parameters.
+    A batch whose loss is non-finite or above ``spec.divergence_loss``, or whose gradient is not
+    finite, marks the trial diverged; it keeps its last parameters.
+
+    Masking costs no pass over memory of its own: the decision to apply an update is known before
+    the update, the new optimizer state is selected first, and the parameters step from the
+    selected state (``optim.direction_of_state``), so each select fuses into the elementwise
+    update that writes the buffer in place.
     """
     loss, grads = jax.value_and_grad(
         lambda params: spec.task.mean_loss(spec.model.apply(params, x), y)
@@ -217,6 +228,11 @@ def micro_step(
         grad_sum, loss_sum, micro_count = trial.grad_sum, trial.loss_sum, trial.micro_count
         batch_done, mean_grad, batch_loss = jnp.ones((), bool), grads, loss
 
+    active = ~trial.diverged & ~stopped_early & (trial.step < hparams.max_steps)
+    apply = batch_done & active
+    finite = jnp.isfinite(batch_loss) & (batch_loss < spec.divergence_loss) & _all_finite(mean_grad)
+    accept = apply & finite
+
     lr = optim.learning_rate(
         spec.schedule,
         trial.step,
@@ -226,21 +242,14 @@ def micro_step(
         decay_rate=hparams.decay_rate,
         end_factor=hparams.end_factor,
     )
-    first_moment = hparams.momentum if spec.per_trial_momentum else None
-    updates, new_opt_state = spec.direction(first_moment).update(
-        mean_grad, trial.opt_state, trial.params
-    )
+    options = spec.options(hparams.momentum if spec.per_trial_momentum else None)
+    _, stepped_state = optim.direction(spec.optimizer, **options).update(mean_grad, trial.opt_state)
+    opt_state = _select(accept, stepped_state, trial.opt_state)
+    updates = optim.direction_of_state(spec.optimizer, mean_grad, opt_state, **options)
     new_params = optim.apply_update(trial.params, updates, lr, hparams.weight_decay)
-
-    active = ~trial.diverged & ~stopped_early & (trial.step < hparams.max_steps)
-    apply = batch_done & active
-    finite = (
-        jnp.isfinite(batch_loss) & (batch_loss < spec.divergence_loss) & _all_finite(new_params)
-    )
-    accept = apply & finite
     return TrialState(
         params=_select(accept, new_params, trial.params),
-        opt_state=_select(accept, new_opt_state, trial.opt_state),
+        opt_state=opt_state,
         grad_sum=_select(batch_done, jax.tree.map(jnp.zeros_like, grad_sum), grad_sum)
         if spec.accumulates
         else grad_sum,
@@ -270,16 +279,18 @@ def train_ticks(
     step_all = jax.vmap(functools.partial(micro_step, spec))
 
     def body(_, carry):
+        # The permutations are carried one tick behind and rolled forward first, so that the
+        # gather reads what this tick wrote: XLA then updates them in place instead of copying.
         state, perms = carry
         ticks = state.trials.ticks
+        perms = stream.advance_permutations(perms, state.trials.data_key, ticks - 1, m, n)
         idx = stream.microbatch_indices(perms, ticks, m, n)
         trials = step_all(
             hparams, state.trials, state.early_stop.stopped, x_train[idx], y_train[idx]
         )
-        perms = stream.advance_permutations(perms, trials.data_key, ticks, m, n)
         return state.replace(trials=trials, tick=state.tick + 1), perms
 
-    perms = stream.permutations_at(state.trials.data_key, state.trials.ticks, m, n)
+    perms = stream.permutations_at(state.trials.data_key, state.trials.ticks - 1, m, n)
     state, _ = jax.lax.fori_loop(0, num_ticks, body, (state, perms))
     return state
 
