@@ -46,6 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.hidden_units = 256
     config.model.num_layers = 3
     config.model.activation = "relu"
+    # Matmul precision of the built-in models: float32, or bf16 (bf16 matmul inputs with float32
+    # accumulation; parameters, optimizer state, activations and loss stay float32).
+    config.precision = "float32"
 
     # Optimizer and schedule; the peak learning rate is per trial.
     config.optimizer = "adam"  # adagrad | adam | momentum | rmsprop | sgd

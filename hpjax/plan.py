@@ -2,10 +2,9 @@
 
 A study is the Cartesian product of its per-trial axes (learning rates x batch sizes x seeds x
 weight decays); the learning rates may instead be sampled log-uniformly or quasi-randomly, or
-the trials drawn from a search space of several hyperparameters (:mod:`hpjax.space`). Trials
-that share static structure form one population, compiled once. Every check here runs before
-anything compiles or touches the workdir, and raises :class:`ConfigError` with one line that
-names the key.
+the trials drawn from a search space (:mod:`hpjax.space`). Trials that share static structure
+form one population, compiled once. Every check here runs before anything compiles or touches
+the workdir, and raises :class:`ConfigError` with one line that names the key.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from hpjax.engine import memory, optim, population, tasks
 from hpjax.engine.population import PopulationSpec
 from hpjax.errors import config_error
 from hpjax.models import Model
+from hpjax.models.precision import PRECISIONS
 
 LR_SAMPLINGS = ("grid", "log_uniform", "quasi_random")
 BATCH_AXES = ("auto", "split", "vmap")
@@ -180,11 +180,12 @@ def architectures(config) -> tuple[tuple[tuple[str, Any], ...], ...]:
 
 
 def model_config(config, architecture: tuple[tuple[str, Any], ...]):
-    """``config.model`` with one architecture's values put in."""
+    """``config.model`` with one architecture's values, and ``config.precision`` unless float32."""
     model = config.model.copy_and_resolve_references()
     with model.unlocked():
-        for key, value in architecture:
-            model[key] = value
+        model.update(dict(architecture))
+        if config.get("precision", "float32") != "float32":
+            model.precision = config.precision
     return model
 
 
@@ -410,6 +411,8 @@ def validate_config(config, num_train: int | None = None) -> None:
     axis = config.get("batch_axis", "vmap")
     if axis not in BATCH_AXES:
         _fail("batch_axis", axis, f"is unknown; allowed: {', '.join(BATCH_AXES)}")
+    if config.get("precision", "float32") not in PRECISIONS:
+        _fail("precision", config.precision, f"is unknown; allowed: {', '.join(PRECISIONS)}")
     if int(config.get("max_accumulation", 8)) < 1:
         _fail("max_accumulation", config.max_accumulation, "must be >= 1 micro-batch")
     trials = build_trials(config)

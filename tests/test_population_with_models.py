@@ -32,6 +32,11 @@ MODELS = {
     "cnn": ((10,), {"name": "cnn", "channels": 3, "num_layers": 2, "kernel_size": 3}),
     "lstm": ((7,), {"name": "rnn", "cell": "lstm", "hidden_size": 4}),
     "gru": ((7, 2), {"name": "rnn", "cell": "gru", "hidden_size": 4, "readout": "mean"}),
+    # Mixed precision (bf16 matmul inputs, float32 accumulation and state) is a per-trial program
+    # like any other: a bf16 trial in a population equals that bf16 trial alone.
+    "mlp_bf16": ((6,), {"name": "mlp", "hidden_units": 8, "precision": "bf16"}),
+    "cnn_bf16": ((10,), {"name": "cnn", "channels": 3, "num_layers": 2, "precision": "bf16"}),
+    "gru_bf16": ((7,), {"name": "rnn", "cell": "gru", "hidden_size": 4, "precision": "bf16"}),
 }
 
 

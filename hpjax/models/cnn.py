@@ -12,6 +12,7 @@ from flax import nnx
 
 from hpjax.models.mlp import ACTIVATIONS
 from hpjax.models.model import check_input
+from hpjax.models.precision import matmul
 
 POOLS = ("max", "avg", "none")
 
@@ -35,7 +36,7 @@ def cnn_spatial_sizes(
     return sizes
 
 
-def conv_as_matmul(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+def conv_as_matmul(conv: nnx.Conv, x: jax.Array, precision: str = "float32") -> jax.Array:
     """``conv(x)`` for a SAME-padded, undilated ``nnx.Conv``, computed as patches @ kernel.
 
     XLA:CPU runs a convolution inside a loop (the engine's ``fori_loop`` over ticks) an order of
@@ -62,7 +63,7 @@ def conv_as_matmul(conv: nnx.Conv, x: jax.Array) -> jax.Array:
         shifted.append(x[(slice(None), *index)])
     patches = jnp.stack(shifted, axis=-2)  # [B, *out, prod(kernel spatial), C_in]
     patches = patches.reshape(*patches.shape[:-2], -1)
-    y = patches @ kernel.reshape(-1, kernel.shape[-1])
+    y = matmul(patches, kernel.reshape(-1, kernel.shape[-1]), precision)
     return y + conv.bias[...] if conv.bias is not None else y
 
 
@@ -92,6 +93,7 @@ class CNN(nnx.Module):
         self.input_shape = tuple(int(d) for d in input_shape)
         self.activation = activation
         self.pool = pool
+        self.matmul_precision = "float32"  # set by precision.apply_precision
         rank = 1 if len(self.input_shape) == 1 else 2
         self.pool_window = (pool_size,) * rank
         in_channels = self.input_shape[2] if len(self.input_shape) == 3 else 1
@@ -125,7 +127,7 @@ class CNN(nnx.Module):
         act = ACTIVATIONS[self.activation]
         as_matmul = jax.default_backend() == "cpu"
         for conv in self.convs:
-            x = act(conv_as_matmul(conv, x) if as_matmul else conv(x))
+            x = act(conv_as_matmul(conv, x, self.matmul_precision) if as_matmul else conv(x))
             if self.pool == "max":
                 x = nnx.max_pool(x, self.pool_window, strides=self.pool_window, padding="VALID")
             elif self.pool == "avg":

@@ -18,6 +18,7 @@ from hpjax.errors import ConfigError
 from hpjax.models.cnn import CNN, POOLS, cnn_spatial_sizes
 from hpjax.models.mlp import ACTIVATIONS, MLP
 from hpjax.models.model import Model, from_factory
+from hpjax.models.precision import PRECISIONS, apply_precision
 from hpjax.models.rnn import CELLS, READOUTS, RNNClassifier
 
 MODEL_NAMES = ("cnn", "mlp", "rnn")
@@ -127,11 +128,11 @@ def _resolved(model_cfg: Any) -> ml_collections.ConfigDict:
         raise ConfigError(
             f"config.model.name={name!r} is unknown; allowed: {', '.join(MODEL_NAMES)}"
         )
-    unknown = sorted(set(given) - set(_DEFAULTS[name]) - {"name"})
+    unknown = sorted(set(given) - set(_DEFAULTS[name]) - {"name", "precision"})
     if unknown:
         raise ConfigError(
             f"config.model.{unknown[0]} is not a key of model {name!r}; allowed keys: "
-            f"{', '.join(['name', *sorted(_DEFAULTS[name])])}"
+            f"{', '.join(['name', *sorted(_DEFAULTS[name]), 'precision'])}"
         )
     return ml_collections.ConfigDict({**_DEFAULTS[name], **given})
 
@@ -197,6 +198,8 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
     if not _is_int(num_classes) or num_classes < 1:
         raise ConfigError(f"num_classes={num_classes!r} must be an integer >= 1")
 
+    if "precision" in cfg:
+        _check_choice(cfg, "precision", PRECISIONS)
     if name == "mlp":
         _check_int(cfg, "hidden_units", 1)
         _check_int(cfg, "num_layers", 1, " (the number of hidden layers)")
@@ -239,9 +242,10 @@ def build_model(model_cfg: Any, input_shape: tuple[int, ...], num_classes: int) 
     shape = tuple(int(d) for d in input_shape)
     key = (json.dumps(cfg.to_dict(), sort_keys=True, default=list), shape, int(num_classes))
     if key not in _BUILT:  # one Model per architecture: equal specs then share compilations
-        builder = MODELS[cfg.name]
+        builder, precision = MODELS[cfg.name], cfg.get("precision", "float32")
         _BUILT[key] = from_factory(
-            lambda rngs: builder(cfg, shape, int(num_classes), rngs), cfg.name
+            lambda rngs: apply_precision(builder(cfg, shape, int(num_classes), rngs), precision),
+            cfg.name,
         )
     return _BUILT[key]
 
