@@ -397,3 +397,29 @@ def test_validate_optim_config_missing_key():
     del config.momentum
     with pytest.raises(ConfigError, match=r"config\.momentum is missing"):
         optim.validate_optim_config(config)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [(name, {}) for name in optim.OPTIMIZERS]
+    + [
+        ("momentum", dict(momentum=0.6, nesterov=True)),
+        ("adam", dict(b1=0.7, b2=0.95, eps=1e-3, nesterov=True)),
+        ("adagrad", dict(initial_accumulator_value=1.0, eps=1e-2)),
+        ("rmsprop", dict(rms_decay=0.5, eps=1e-2)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v) or "defaults",
+)
+def test_direction_of_state_is_the_direction_update_returns(name, options):
+    """The engine steps parameters from the (selected) new optimizer state: the direction it
+    computes from that state is the one optax's update returned, bit for bit."""
+    rng = np.random.default_rng(3)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    tx = optim.direction(name, **options)
+    state = tx.init(params)
+    for _ in range(4):
+        grads = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+        updates, state = tx.update(grads, state, params)
+        ours = optim.direction_of_state(name, grads, state, **options)
+        np.testing.assert_array_equal(ours["w"], updates["w"])
+    assert not np.array_equal(updates["w"], grads["w"]) or name == "sgd"
