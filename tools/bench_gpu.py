@@ -49,9 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", default="mlp,gru")
     parser.add_argument("--precisions", default="float32,bf16")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed run per configuration")
-    parser.add_argument("--torch_seconds", type=float, default=25.0, help="per model, precision")
+    parser.add_argument("--torch_seconds", type=float, default=20.0, help="per model, precision")
     parser.add_argument("--torch_steps", type=int, default=500, help="steps of one torch trial")
-    parser.add_argument("--budget_seconds", type=float, default=330.0, help="for the jax part")
+    parser.add_argument("--budget_seconds", type=float, default=300.0, help="for the jax part")
     parser.add_argument("--out", default="bench_gpu.json")
     return parser.parse_args(argv)
 
