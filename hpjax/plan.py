@@ -360,8 +360,8 @@ def plan_populations(config, trials: Sequence[Trial], num_train: int) -> list[Po
     eval_every = int(config.eval_every)
     warmup_epochs = float(config.get("warmup_epochs", 0.0) or 0.0)
     plans = []
+    choices = space_lib.pbt_batch_choices(config)
     for index, group in enumerate(groups.values()):
-        choices = space_lib.pbt_batch_choices(config)
         microbatch = math.gcd(*(t.batch_size for t in group), *choices)
         max_steps = tuple(_max_steps(config, t.batch_size, num_train) for t in group)
         total_ticks = max(

@@ -49,8 +49,7 @@ def _bf16_matmul_bwd(residuals, grad):
     grad = to_bf16(grad)
     grad_a = _dot(grad, b.T)
     flat_a, flat_grad = a.reshape(-1, a.shape[-1]), grad.reshape(-1, grad.shape[-1])
-    grad_b = _dot(flat_a.T, flat_grad)
-    return grad_a.astype(jnp.float32), grad_b.astype(jnp.float32)
+    return grad_a, _dot(flat_a.T, flat_grad)
 
 
 bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
@@ -66,7 +65,9 @@ def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **unused):
     del precision, unused
     (contract_lhs, contract_rhs), batch = dimension_numbers
     if tuple(contract_lhs) != (lhs.ndim - 1,) or tuple(contract_rhs) != (0,) or batch != ((), ()):
-        raise NotImplementedError(f"a bf16 dense layer contracts x[..., n] @ W[n, m], not {batch}")
+        raise NotImplementedError(
+            f"a bf16 dense layer contracts x[..., n] @ W[n, m], not {dimension_numbers}"
+        )
     return bf16_matmul(lhs, rhs)
 
 
