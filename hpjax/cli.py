@@ -13,6 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hpjax import runtime
 from hpjax.errors import ConfigError
 from hpjax.studies.grid import train_and_evaluate
 
@@ -134,6 +135,7 @@ def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
         _config_flag_error(error, sys.argv)
     try:
         check_workdir(workdir)
+        runtime.configure(config)
         initialize_distributed(config)
         logging.info("JAX devices: %s", jax.devices())
         return study(config, workdir)

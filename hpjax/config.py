@@ -16,6 +16,7 @@ NON_STUDY_KEYS = (
     "overwrite",
     "restart",
     "log_every_s",
+    "compilation_cache",
     "checkpoint_every_s",
     "make_report",
     "tensorboard",
@@ -94,16 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.divergence_factor = 100.0  # a batch loss above this x ln(classes) is divergence
 
     _add_adaptive_keys(config)
-
-    # Where it runs.
-    config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present
-    config.compact_fraction = 0.0  # > 0: retire stopped trials once at most this fraction trains
-    config.max_population = 0  # > 0: at most this many trials per compiled program
-    config.memory_fraction = 0.8  # populations larger than this share of device memory split
-    config.distributed = False  # one process per host: jax.distributed.initialize()
-    config.coordinator_address = ""  # host:port of process 0 ("" = found by JAX)
-    config.num_processes = 0
-    config.process_id = -1
+    _add_placement_keys(config)
 
     # Running and reporting.
     config.overwrite = False  # replace a workdir that holds a different study
@@ -117,6 +109,21 @@ def default_config() -> ml_collections.ConfigDict:
     config.optuna_storage = "auto"
     config.report_x = "learning_rate"
     return config
+
+
+def _add_placement_keys(config: ml_collections.ConfigDict) -> None:
+    """Where a study runs: devices, processes, program sizes, and the compilation cache."""
+    config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present
+    config.cpu_devices = 1  # the host CPU as this many devices (0 = one per core); see runtime.py
+    # JAX's persistent compilation cache ("" = off): a rerun with the same shapes loads its programs
+    config.compilation_cache = "~/.cache/hpjax/jax"
+    config.compact_fraction = 0.0  # > 0: retire stopped trials once at most this fraction trains
+    config.max_population = 0  # > 0: at most this many trials per compiled program
+    config.memory_fraction = 0.8  # populations larger than this share of device memory split
+    config.distributed = False  # one process per host: jax.distributed.initialize()
+    config.coordinator_address = ""  # host:port of process 0 ("" = found by JAX)
+    config.num_processes = 0
+    config.process_id = -1
 
 
 def _add_adaptive_keys(config: ml_collections.ConfigDict) -> None:

@@ -10,7 +10,6 @@ instead of writing a loop of their own.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from hpjax import progress
 from hpjax.config import config_to_dict
 from hpjax.data import Dataset
 from hpjax.engine import memory, optim, population, tasks
+from hpjax.engine.jit import jit
 from hpjax.engine.sharding import TrialSharding, broadcast_flag, broadcast_restored
 from hpjax.errors import ConfigError
 from hpjax.models import Model
@@ -120,7 +120,7 @@ class Hooks:
         """When a population has finished, with its summary rows."""
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jit(static_argnums=0)
 def _current_rates(schedule: str, steps: jax.Array, hparams: population.TrialHParams) -> jax.Array:
     """Each trial's scheduled learning rate at its current step."""
     return optim.learning_rate(

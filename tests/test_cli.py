@@ -49,6 +49,7 @@ def error_lines(result) -> list[str]:
         (["--config.memory_fraction=2.0"], "config.memory_fraction=2.0 must be in (0, 1]"),
         (["--config.report_x=bogus"], "config.report_x='bogus' is not a hyperparameter"),
         (["--config.precision=fp16"], "config.precision='fp16' is unknown; allowed: float32, bf16"),
+        (["--config.cpu_devices=-1"], "config.cpu_devices=-1 must be an integer >= 0"),
         ([QR, "--config.space.learning_rate=(0.1,0.001,'log')"], "learning_rate=(0.1, 0.001"),
     ],
 )

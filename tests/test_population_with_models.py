@@ -9,6 +9,8 @@ against ``lax.conv`` (1-D and 2-D, strided) and against the module's own ``nnx.C
 
 import importlib.util
 import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -123,3 +125,56 @@ def test_recipes_are_valid_studies(recipe, variant):
     study.validate_config(config, 3600)
     model = build_model(config.model, (40,), 10)
     assert model.name == recipe.split("_")[1].replace("gru", "rnn").replace("lstm", "rnn")
+
+
+INIT_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import jax, ml_collections, numpy as np
+from hpjax.engine import population
+from hpjax.models import build_model
+from tests.conftest import trial_hparams
+cfg = dict(name="rnn", cell="lstm", hidden_size=32, num_layers=2, bidirectional=True)
+model = build_model(ml_collections.ConfigDict(cfg), (5,), 3)
+spec = population.PopulationSpec(model=model, optimizer="adam", schedule="constant",
+                                 microbatch=4, num_train=8)
+state = population.init_population(spec, trial_hparams([dict(seed=s) for s in range(8)]))
+params = jax.device_get(state.trials.params)
+for seed in (0, 7):
+    alone = jax.device_get(model.init(jax.random.split(jax.random.PRNGKey(seed))[0]))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(alone), strict=True):
+        assert np.array_equal(a[seed], b), seed
+print("INIT OK")
+"""
+
+
+def test_sixteen_orthogonal_initialisers_per_trial_initialise_without_hanging():
+    """8 bidirectional 2-layer LSTMs have 16 orthogonal recurrent kernels each: initialised as a
+    vmap, their batched QR decompositions deadlocked XLA:CPU on two cores. Run in a subprocess
+    so that a regression fails here instead of hanging the suite; the values equal each trial's
+    own initialisation."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", INIT_SCRIPT.format(root=root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "INIT OK" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["gru", "cnn"])
+def test_cpu_compiler_options_compute_the_same_bits_as_xla_defaults(name):
+    """The engine compiles with LLVM at level 1 on the CPU (hpjax/engine/jit.py): the trained
+    parameters must be bit for bit those of XLA's default level."""
+    model, x, y = _problem(name)
+    spec = population.PopulationSpec(
+        model=model, optimizer="adam", schedule="constant", microbatch=4, num_train=NUM_TRAIN
+    )
+    hparams = trial_hparams([dict(learning_rate=r, batch_size=4) for r in (0.01, 0.1)])
+    outs = []
+    for program in (population.train_ticks.cpu, population.train_ticks.default):
+        state = population.init_population(spec, hparams)
+        outs.append(jax.device_get(program(spec, state, hparams, x, y, jnp.int32(TICKS))))
+    for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+        assert np.array_equal(a, b)

@@ -24,6 +24,10 @@ SCRIPT = textwrap.dedent("""
     placed = TrialSharding(4).put_rows(np.zeros((8, 3)))
     assert len(placed.sharding.device_set) == 4
     assert placed.addressable_shards[0].data.shape == (2, 3)
+    import os
+    from hpjax.engine import memory  # the 4 CPU devices share the host's RAM
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert memory.device_memory_bytes() == ram // 4
     results = {{}}
     for name, devices, rates in [("one", 1, {rates}), ("four", 4, {rates})]:
         config = load_config("lr_sweep")

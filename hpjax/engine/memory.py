@@ -91,11 +91,14 @@ def _jaxpr_bytes(jaxpr) -> int:
 
 
 def device_memory_bytes() -> int:
-    """Memory of one device: the accelerator's limit, or the host's RAM on CPU."""
-    stats = jax.local_devices()[0].memory_stats() or {}
+    """Memory of one device: the accelerator's limit, or on CPU the host's RAM shared by its
+    CPU devices."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram // max(1, len(jax.local_devices(backend=device.platform)))
 
 
 def peak_memory_bytes() -> tuple[int, str]:

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hpjax.engine.jit import jit
+
 Params = Any
 ApplyFn = Callable[[Params, jax.Array], jax.Array]
 
@@ -81,10 +83,10 @@ def gradient_sq_norms(
     return jax.lax.map(one, jax.random.split(key, num_draws))
 
 
-measure = jax.jit(gradient_sq_norms, static_argnames=("apply", "small", "big", "num_draws"))
+measure = jit(gradient_sq_norms, static_argnames=("apply", "small", "big", "num_draws"))
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "small", "big", "num_draws"))
+@jit(static_argnames=("apply", "small", "big", "num_draws"))
 def measure_population(
     apply: ApplyFn,
     params: Params,
@@ -145,7 +147,7 @@ def ema_noise_scale(grad_sq, trace, decay: float) -> NoiseScale:
     return NoiseScale(g_avg, t_avg, ratio)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "chunk"))
+@jit(static_argnames=("apply", "chunk"))
 def exact_noise_scale(
     apply: ApplyFn, params: Params, x: jax.Array, y: jax.Array, chunk: int = 256
 ) -> NoiseScale:

@@ -23,6 +23,7 @@ import optax
 from flax import struct
 
 from hpjax.engine import early_stopping, optim, stream, tasks
+from hpjax.engine.jit import jit
 from hpjax.models import Model
 
 Params = Any
@@ -175,6 +176,14 @@ def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
     )
 
 
+def _init_trials(spec: PopulationSpec, seeds: jax.Array) -> TrialState:
+    """Every trial's fresh state, one trial after another (``lax.map``): the values a ``vmap``
+    gives, without batching the initialisers. XLA:CPU on two cores deadlocks running many
+    batched QR decompositions side by side (the orthogonal initialisers of LSTM and GRU
+    recurrent kernels): 8 bidirectional 2-layer LSTMs of 32 units hung every time."""
+    return jax.lax.map(functools.partial(_init_trial, spec), seeds)
+
+
 def _select_rows(mask: jax.Array, new, old):
     """Per leaf, ``new`` in the rows where ``mask [K]`` is set, else ``old``."""
     return jax.tree.map(
@@ -182,11 +191,11 @@ def _select_rows(mask: jax.Array, new, old):
     )
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jit(static_argnums=0)
 def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationState:
     """Fresh parameters and optimizer states for every trial, from each trial's seed."""
 
-    trials = jax.vmap(functools.partial(_init_trial, spec))(hparams.seed)
+    trials = _init_trials(spec, hparams.seed)
     return PopulationState(
         trials=trials,
         best_params=trials.params,
@@ -262,7 +271,7 @@ def micro_step(
     )
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+@jit(static_argnums=0, donate_argnums=1)
 def train_ticks(
     spec: PopulationSpec,
     state: PopulationState,
@@ -295,7 +304,7 @@ def train_ticks(
     return state
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@jit(static_argnums=0)
 def evaluate(
     spec: PopulationSpec, params: Params, x: jax.Array, y: jax.Array
 ) -> dict[str, jax.Array]:
@@ -330,7 +339,7 @@ def evaluate(
     return jax.vmap(one_trial)(params)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+@jit(static_argnums=0, donate_argnums=1)
 def record_evaluation(
     spec: PopulationSpec,
     state: PopulationState,
@@ -352,13 +361,13 @@ def record_evaluation(
     return state.replace(early_stop=early_stop, best_params=best_params), improved
 
 
-@jax.jit
+@jit
 def active_mask(state: PopulationState, hparams: TrialHParams) -> jax.Array:
     """Which trials are still training, ``[K]`` bool."""
     return is_active(state.trials, state.early_stop, hparams)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+@jit(static_argnums=0, donate_argnums=1)
 def restart_rows(
     spec: PopulationSpec, state: PopulationState, hparams: TrialHParams, rows: jax.Array
 ) -> PopulationState:
@@ -368,7 +377,7 @@ def restart_rows(
     The other rows go on untouched; the shapes do not change, so nothing recompiles. This is how
     a freed slot takes the next trial of a queue.
     """
-    fresh = jax.vmap(functools.partial(_init_trial, spec))(hparams.seed)
+    fresh = _init_trials(spec, hparams.seed)
     early_stop = _select_rows(rows, early_stopping.init(rows.shape[0]), state.early_stop)
     return state.replace(
         trials=_select_rows(rows, fresh, state.trials),
@@ -377,7 +386,7 @@ def restart_rows(
     )
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@jit(donate_argnums=0)
 def copy_rows(state: PopulationState, source: jax.Array, rows: jax.Array) -> PopulationState:
     """Each row in ``rows`` takes the training state of row ``source[r]``: parameters, optimizer
     state, step count, best point (population-based training's exploit, a gather along the trial

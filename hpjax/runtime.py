@@ -1,0 +1,56 @@
+"""Process-wide JAX settings a binary takes from its config before JAX starts its backend.
+
+- ``config.cpu_devices``: how many devices the host CPU is split into (1, JAX's default; 0 = one
+  per core this process may use). With ``num_devices=0`` a population's trials are then
+  sharded over them, so each core runs its own share of the trials as one program: XLA runs
+  the operations of one program one after another, and a small model's operations are too
+  small to keep two cores busy (the GRU recipe trains 1.5x faster on 2 cores this way).
+- ``config.compilation_cache``: a directory for JAX's persistent compilation cache ("" = off),
+  so running a study again with the same shapes (other rates, seeds, a resume) loads its
+  programs instead of compiling them. It keeps at most 1 GiB, dropping the least recently
+  used programs.
+
+Both must be set before the first JAX computation; :func:`configure` refuses with a one-line
+error naming the key when it is too late.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from hpjax.errors import ConfigError, config_error
+
+# Programs that compile faster than this are not worth a file read (nor a cache entry).
+MIN_CACHED_COMPILE_S = 0.1
+MAX_CACHE_BYTES = 2**30  # beyond it, JAX evicts the least recently used programs
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure(config) -> None:
+    """Applies ``config.cpu_devices`` and ``config.compilation_cache`` to this process."""
+    cpu_devices = config.get("cpu_devices", 1)
+    if isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 0:
+        raise config_error("cpu_devices", cpu_devices, "must be an integer >= 0 (0 = one per core)")
+    cache = str(config.get("compilation_cache", ""))
+    count = cpu_devices or usable_cores()
+    if count != 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError as error:
+            raise ConfigError(
+                f"config.cpu_devices={cpu_devices}: JAX has already started its backend in this "
+                "process; set it before the first JAX computation (the binaries do)"
+            ) from error
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+        jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
