@@ -60,7 +60,7 @@ def measure(name: str, dataset, steps: int, trials: int) -> list[tuple]:
         train = population.train_ticks.default
         if label != "XLA defaults":
             init, train = population.init_population.cpu, population.train_ticks.cpu
-        _, init_s = timed(lambda: init.lower(spec, hparams).compile())
+        _, init_s = timed(lambda program=init: program.lower(spec, hparams).compile())
         fresh = jax.device_get(init(spec, hparams))
         start = time.perf_counter()
         compiled = train.lower(spec, jax.tree.map(jnp.asarray, fresh), hparams, x, y, ticks)
