@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from absl import logging
-from scipy.stats import qmc
 
 from hpjax import space as space_lib
 from hpjax.config import as_tuple
@@ -98,11 +97,6 @@ def _fail(key: str, value: Any, why: str) -> None:
     raise config_error(key, value, why)
 
 
-def _halton(count: int) -> np.ndarray:
-    """The first ``count`` points of the (unscrambled) van der Corput sequence, skipping 0."""
-    return qmc.Halton(d=1, scramble=False).random(count + 1)[1:, 0]
-
-
 def learning_rates(config) -> tuple[float, ...]:
     """The study's learning rates: the listed grid, or samples in ``lr_range`` (log scale)."""
     sampling = config.get("lr_sampling", "grid")
@@ -122,7 +116,7 @@ def learning_rates(config) -> tuple[float, ...]:
         if sampling == "log_uniform":
             unit = np.random.default_rng(int(config.get("sampling_seed", 0))).random(count)
         else:
-            unit = _halton(count)
+            unit = space_lib.van_der_corput(count)
         rates = tuple(float(low * (high / low) ** u) for u in unit)
     for rate in rates:
         if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):

@@ -16,7 +16,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.stats import qmc
 
 from hpjax.config import as_tuple
 from hpjax.errors import config_error
@@ -117,6 +116,8 @@ def sample(dimensions: list[Dimension], sampler: str, count: int, seed: int) -> 
     if sampler == "random":
         units = np.random.default_rng(seed).random((count, len(dimensions)))
     else:
+        from scipy.stats import qmc  # here: importing scipy.stats takes 0.4 s of every start
+
         # Sobol points are balanced in powers of two: draw the next one up, keep the prefix.
         sobol = qmc.Sobol(d=len(dimensions), scramble=True, seed=seed)
         units = sobol.random(2 ** math.ceil(math.log2(count)))[:count]
@@ -129,3 +130,10 @@ def pbt_batch_choices(config) -> tuple[int, ...]:
     if config.get("scheduler", "none") != "pbt" or "batch_size" not in space:
         return ()
     return tuple(sorted(int(b) for b in as_tuple(space["batch_size"])))
+
+
+def van_der_corput(count: int) -> np.ndarray:
+    """The first ``count`` points of the (unscrambled) van der Corput sequence, skipping 0."""
+    from scipy.stats import qmc  # here: importing scipy.stats takes 0.4 s of every start
+
+    return qmc.Halton(d=1, scramble=False).random(count + 1)[1:, 0]

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -96,7 +97,7 @@ def test_dashboard_lists_every_trial_through_its_http_api(finished):
 
 
 def test_a_missing_extra_is_one_line_naming_it(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(tensorboard, "SummaryWriter", None)
+    monkeypatch.setattr(tensorboard, "available", lambda: False)
     tiny_config.tensorboard = "on"
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[tensorboard\]"'):
         train_and_evaluate(tiny_config, str(tmp_path / "a"))
@@ -109,3 +110,21 @@ def test_a_missing_extra_is_one_line_naming_it(tiny_config, tmp_path, monkeypatc
     tiny_config.optuna_storage = "bogus"
     with pytest.raises(ConfigError, match="config.optuna_storage='bogus' is unknown"):
         train_and_evaluate(tiny_config, str(tmp_path / "c"))
+
+
+def test_the_live_hook_writes_each_evaluation_from_its_worker_thread(tmp_path):
+    """While a study runs, each evaluation reaches the trial's live run (written by the hook's
+    worker thread; on_end waits for it)."""
+    trial = SimpleNamespace(index=3, learning_rate=0.1, architecture=())
+    run = SimpleNamespace(
+        sharding=SimpleNamespace(is_writer=True), plan=SimpleNamespace(trials=[trial])
+    )
+    hook = tensorboard.TensorBoardHook(str(tmp_path), ["learning_rate"])
+    for step, loss in ((10, 2.0), (20, 1.5)):
+        hook.on_evaluation(run, None, [{"trial": 3, "step": step, "val_loss": loss}])
+    hook.on_end(run, [])
+    events = EventAccumulator(
+        str(tmp_path / "tensorboard" / "live" / "trial_0003_learning_rate=0.1")
+    )
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(10, 2.0), (20, 1.5)]

@@ -7,10 +7,15 @@ test metrics and status). :class:`TensorBoardHook` writes the curves while the s
 ``tensorboard --logdir WORKDIR/tensorboard`` shows it live; :func:`write_study` rewrites the whole
 directory from ``metrics.jsonl`` and ``summary.csv`` at the end (and after a resume), so it holds
 every evaluation once. Written with tensorboardX (no TensorFlow); an optional extra.
+
+tensorboardX is imported when first needed, by the hook's worker thread: the import takes about a
+second where PyTorch is installed (tensorboardX imports it), which the hook keeps off the start.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import importlib.util
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -20,18 +25,18 @@ from hpjax.errors import ConfigError
 from hpjax.results import files
 from hpjax.results.files import is_result_column
 
-try:
-    from tensorboardX import SummaryWriter
-    from tensorboardX.summary import hparams as hparams_summaries
-except ImportError:  # the extra is not installed
-    SummaryWriter = None
-
 DIRECTORY = "tensorboard"
 SKIP = {"trial", "step", "epoch", "examples_seen", "elapsed_s"}
 
 
 def available() -> bool:
-    return SummaryWriter is not None
+    return importlib.util.find_spec("tensorboardX") is not None
+
+
+def _summary_writer(logdir: str, flush_secs: int):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir, flush_secs=flush_secs)
 
 
 def require() -> None:
@@ -76,7 +81,7 @@ def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> st
     keys = [k for k in varying if any(k in r for r in summary)]
     hparams = [k for k in dict.fromkeys(k for r in summary for k in r) if not is_result_column(k)]
     for row in summary:
-        writer = SummaryWriter(os.path.join(root, run_name(row, keys)), flush_secs=1)
+        writer = _summary_writer(os.path.join(root, run_name(row, keys)), flush_secs=1)
         for record in curves.get(int(row["trial"]), []):
             _scalars(writer, record)
         results = {
@@ -86,6 +91,8 @@ def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> st
         }
         chosen = {k: _hparam_value(row[k]) for k in hparams if row.get(k) is not None}
         chosen["status"] = str(row.get("status"))
+        from tensorboardX.summary import hparams as hparams_summaries
+
         experiment, start, end = hparams_summaries(chosen, results)
         for summary_proto in (experiment, start, end):
             writer.file_writer.add_summary(summary_proto)
@@ -96,13 +103,20 @@ def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> st
 
 
 class TensorBoardHook:
-    """Runner hook: each evaluation's rows as scalars in the trial's run, as they come."""
+    """Runner hook: each evaluation's rows as scalars in the trial's run, as they come.
+
+    A worker thread imports tensorboardX and writes, in the order of the evaluations, so that
+    neither holds up training; ``on_end`` waits for it and raises what it raised. The live files
+    are a view: the record is ``metrics.jsonl``, from which :func:`write_study` rewrites them.
+    """
 
     def __init__(self, workdir: str, varying: Sequence[str]):
         require()
         self.root = os.path.join(workdir, DIRECTORY, "live")
         self.varying = list(varying)
         self.writers: dict[int, Any] = {}
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
+        self._pending = [self._worker.submit(importlib.import_module, "tensorboardX")]
 
     def on_start(self, run, state) -> None:
         pass
@@ -113,18 +127,27 @@ class TensorBoardHook:
     def on_evaluation(self, run, state, rows: list[dict]) -> None:
         if not run.sharding.is_writer:
             return
+        named = []
         for record in rows:
+            spec = next(t for t in run.plan.trials if t.index == int(record["trial"]))
+            values = {k: getattr(spec, k, None) for k in self.varying}
+            values |= {k: v for k, v in spec.architecture if k in self.varying}
+            row = {"trial": spec.index, **values}
+            keys = [k for k in self.varying if row.get(k) is not None]
+            named.append((run_name(row, keys), record))
+        self._pending.append(self._worker.submit(self._write, named))
+
+    def _write(self, named: list[tuple[str, dict]]) -> None:
+        for name, record in named:
             trial = int(record["trial"])
             if trial not in self.writers:
-                spec = next(t for t in run.plan.trials if t.index == trial)
-                values = {k: getattr(spec, k, None) for k in self.varying}
-                values |= {k: v for k, v in spec.architecture if k in self.varying}
-                row = {"trial": trial, **values}
-                name = run_name(row, [k for k in self.varying if row.get(k) is not None])
-                self.writers[trial] = SummaryWriter(os.path.join(self.root, name), flush_secs=5)
+                self.writers[trial] = _summary_writer(os.path.join(self.root, name), flush_secs=5)
             _scalars(self.writers[trial], record)
 
     def on_end(self, run, summary_rows: list[dict]) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
         for writer in self.writers.values():
             writer.close()
         self.writers.clear()
