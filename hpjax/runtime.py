@@ -1,10 +1,11 @@
 """Process-wide JAX settings a binary takes from its config before JAX starts its backend.
 
-- ``config.cpu_devices``: how many devices the host CPU is split into (1, JAX's default; 0 = one
-  per core this process may use). With ``num_devices=0`` a population's trials are then
-  sharded over them, so each core runs its own share of the trials as one program: XLA runs
-  the operations of one program one after another, and a small model's operations are too
-  small to keep two cores busy (the GRU recipe trains 1.5x faster on 2 cores this way).
+- ``config.cpu_devices``: how many devices the host CPU is split into (0, the default: one per
+  core this process may use; 1 is JAX's own default). With ``num_devices=0`` a population's
+  trials are sharded over them, so each core runs its share of the trials as a program of its
+  own: XLA runs the operations of one program one after another, and a small model's
+  operations are too small to keep two cores busy. On 2 cores a population of 8 GRUs trained
+  1.7x faster, and 8 MLPs 1.2x. Trials then differ from a one-device run by float rounding.
 - ``config.compilation_cache``: a directory for JAX's persistent compilation cache ("" = off),
   so running a study again with the same shapes (other rates, seeds, a resume) loads its
   programs instead of compiling them. It keeps at most 1 GiB, dropping the least recently
@@ -37,12 +38,13 @@ def usable_cores() -> int:
 
 def configure(config) -> None:
     """Applies ``config.cpu_devices`` and ``config.compilation_cache`` to this process."""
-    cpu_devices = config.get("cpu_devices", 1)
+    cpu_devices = config.get("cpu_devices", 0)
     if isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 0:
         raise config_error("cpu_devices", cpu_devices, "must be an integer >= 0 (0 = one per core)")
     cache = str(config.get("compilation_cache", ""))
     count = cpu_devices or usable_cores()
-    if count != 1:
+    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if count != 1 and not (cpu_devices == 0 and forced):  # an explicit XLA flag wins over 0
         try:
             jax.config.update("jax_num_cpu_devices", count)
         except RuntimeError as error:

@@ -208,6 +208,7 @@ def _binary(workdir, npz, extra=()):
         "--config.checkpoint_every=2",
         "--config.patience=0",
         "--config.make_report=False",
+        "--config.cpu_devices=1",  # as the in-process reference runs: one device, same rounding
         *extra,
     ]
 

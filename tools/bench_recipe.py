@@ -8,6 +8,11 @@ reading its own shuffled epochs. Each side runs in float32 and in bf16 (hpjax:
 ``--config.precision=bf16``; PyTorch: CPU ``torch.autocast`` to bfloat16). The ratios are wall
 times measured one after another in one run.
 
+hpjax runs four times per precision, each into a fresh workdir: on one CPU device (the default)
+and with ``--config.cpu_devices=0`` (a device per core), each first with an empty compilation
+cache (cold: a first run) and then again with the cache the first run filled (warm: a rerun of
+the same shapes, e.g. with other rates or seeds). PyTorch has no compilation to cache.
+
   python tools/bench_recipe.py                 # float32 and bf16, both sides (~5 minutes here)
   python tools/bench_recipe.py --steps 1000 --precisions float32
 """
@@ -78,7 +83,7 @@ def timed(command: list[str]) -> float:
     return elapsed
 
 
-def hpjax_seconds(steps: int, eval_every: int, precision: str) -> float:
+def hpjax_seconds(steps: int, eval_every: int, precision: str, cache: str, cores: bool) -> float:
     with tempfile.TemporaryDirectory() as workdir:
         return timed(
             [
@@ -94,6 +99,8 @@ def hpjax_seconds(steps: int, eval_every: int, precision: str) -> float:
                 f"--config.eval_every={eval_every}",
                 "--config.patience=0",
                 f"--config.precision={precision}",
+                f"--config.compilation_cache={cache}",
+                f"--config.cpu_devices={0 if cores else 1}",
             ]
         )
 
@@ -108,14 +115,29 @@ def torch_seconds(steps: int, eval_every: int, precision: str) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     print(f"recipe: MLP 40-256-256-10, Adam, 8 rates x {args.steps} steps, batch 100")
-    print(f"{'precision':9} {'hpjax s':>8} {'torch s':>8} {'ratio':>6}")
+    print(
+        f"{'precision':9} {'hpjax 1 device cold/warm s':>27} {'hpjax a device per core':>24} "
+        f"{'torch s':>8} {'ratio cold':>11} {'ratio best':>11}"
+    )
     for precision in args.precisions.split(","):
-        ours = hpjax_seconds(args.steps, args.eval_every, precision)
+        seconds = {}
+        for cores in (False, True):
+            with tempfile.TemporaryDirectory() as cache:
+                for run in ("cold", "warm"):
+                    seconds[cores, run] = hpjax_seconds(
+                        args.steps, args.eval_every, precision, cache, cores
+                    )
+        line = (
+            f"{precision:9} {seconds[False, 'cold']:>13.1f} / {seconds[False, 'warm']:<11.1f} "
+            f"{seconds[True, 'cold']:>11.1f} / {seconds[True, 'warm']:<10.1f}"
+        )
         if args.skip_torch:
-            print(f"{precision:9} {ours:>8.1f}")
+            print(line)
             continue
         theirs = torch_seconds(args.steps, args.eval_every, precision)
-        print(f"{precision:9} {ours:>8.1f} {theirs:>8.1f} {theirs / ours:>6.2f}")
+        best = min(seconds.values())
+        cold = seconds[False, "cold"]
+        print(f"{line} {theirs:>8.1f} {theirs / cold:>10.2f}x {theirs / best:>10.2f}x")
     return 0
 
 
