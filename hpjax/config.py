@@ -115,7 +115,7 @@ def default_config() -> ml_collections.ConfigDict:
 def _add_placement_keys(config: ml_collections.ConfigDict) -> None:
     """Where a study runs: devices, processes, program sizes, and the compilation cache."""
     config.num_devices = 0  # devices the trial axis is sharded over; 0 = all present
-    config.cpu_devices = 0  # binaries: the host CPU as this many devices (0 = one per core)
+    config.cpu_devices = 1  # binaries: the host CPU as this many devices (0 = one per core)
     # JAX's persistent compilation cache ("" = off): a rerun with the same shapes loads its programs
     config.compilation_cache = "~/.cache/hpjax/jax"
     config.compact_fraction = 0.0  # > 0: retire stopped trials once at most this fraction trains
