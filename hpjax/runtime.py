@@ -55,5 +55,6 @@ def configure(config) -> None:
             ) from error
     if cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's wins
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
         jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
