@@ -12,8 +12,8 @@
   programs instead of compiling them. It keeps at most 1 GiB, dropping the least recently
   used programs.
 
-Both must be set before the first JAX computation; :func:`configure` refuses with a one-line
-error naming the key when it is too late.
+``cpu_devices`` must be set before the first JAX computation; :func:`configure` refuses with a
+one-line error naming the key when it is too late.
 """
 
 from __future__ import annotations
