@@ -177,11 +177,14 @@ def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
 
 
 def _init_trials(spec: PopulationSpec, seeds: jax.Array) -> TrialState:
-    """Every trial's fresh state, one trial after another (``lax.map``): the values a ``vmap``
-    gives, without batching the initialisers. XLA:CPU on two cores deadlocks running many
-    batched QR decompositions side by side (the orthogonal initialisers of LSTM and GRU
-    recurrent kernels): 8 bidirectional 2-layer LSTMs of 32 units hung every time."""
-    return jax.lax.map(functools.partial(_init_trial, spec), seeds)
+    """Every trial's fresh state. On the CPU one trial after another (``lax.map``, the values a
+    ``vmap`` gives): XLA:CPU on two cores deadlocks running many batched QR decompositions side
+    by side (the orthogonal initialisers of LSTM and GRU recurrent kernels), and 8
+    bidirectional 2-layer LSTMs of 32 units hung every time. Elsewhere as one ``vmap``."""
+    init = functools.partial(_init_trial, spec)
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(init, seeds)
+    return jax.vmap(init)(seeds)
 
 
 def _select_rows(mask: jax.Array, new, old):
