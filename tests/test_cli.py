@@ -28,9 +28,14 @@ TINY = [
 ]
 
 
-def run_binary(*args, timeout=300):
+def run_binary(*args, timeout=300, env=None):
     return subprocess.run(
-        [sys.executable, BINARY, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, BINARY, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
     )
 
 

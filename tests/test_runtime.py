@@ -3,15 +3,13 @@ cache, applied by the binaries before JAX starts."""
 
 import csv
 import os
-import subprocess
-import sys
 
 import ml_collections
 import pytest
 
 from hpjax import runtime
 from hpjax.errors import ConfigError
-from tests.test_cli import BINARY, ROOT, TINY
+from tests.test_cli import TINY, run_binary
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
@@ -41,23 +39,17 @@ def test_two_cpu_devices_and_a_cached_rerun_give_the_same_study(tmp_path):
     cached, however fast it compiled (JAX's own variable, which hpjax leaves to the user)."""
     env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
-    def run_binary(*args):
-        command = [sys.executable, BINARY, *args]
-        return subprocess.run(
-            command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
-        )
-
     cache = tmp_path / "cache"
     flags = [
         "--config.cpu_devices=2",
         f"--config.compilation_cache={cache}",
         "--config.learning_rates=(0.01,0.1)",
     ]
-    first = run_binary(f"--workdir={tmp_path / 'a'}", *TINY, *flags)
+    first = run_binary(f"--workdir={tmp_path / 'a'}", *TINY, *flags, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "on 2 cpu device(s)" in first.stderr
     assert len(os.listdir(cache)) > 0
-    second = run_binary(f"--workdir={tmp_path / 'b'}", *TINY, *flags)
+    second = run_binary(f"--workdir={tmp_path / 'b'}", *TINY, *flags, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     skip = {"peak_memory_mb"}  # the process peak RSS: smaller without compiling
     strip = [{k: v for k, v in row.items() if k not in skip} for row in _summary(tmp_path / "a")]

@@ -73,6 +73,8 @@ def _hparam_value(value: Any) -> Any:
 def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> str:
     """Rewrites ``WORKDIR/tensorboard`` from the workdir's files; returns its path."""
     require()
+    from tensorboardX.summary import hparams as hparams_summaries
+
     _, metrics, summary = files.read_workdir(workdir)
     root = os.path.join(workdir, DIRECTORY)
     if os.path.isdir(root):
@@ -91,8 +93,6 @@ def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> st
         }
         chosen = {k: _hparam_value(row[k]) for k in hparams if row.get(k) is not None}
         chosen["status"] = str(row.get("status"))
-        from tensorboardX.summary import hparams as hparams_summaries
-
         experiment, start, end = hparams_summaries(chosen, results)
         for summary_proto in (experiment, start, end):
             writer.file_writer.add_summary(summary_proto)
@@ -115,6 +115,7 @@ class TensorBoardHook:
         self.root = os.path.join(workdir, DIRECTORY, "live")
         self.varying = list(varying)
         self.writers: dict[int, Any] = {}
+        self.run_names: dict[int, str] = {}  # trial -> its run's name, found once
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
         self._pending = [self._worker.submit(importlib.import_module, "tensorboardX")]
 
@@ -127,14 +128,14 @@ class TensorBoardHook:
     def on_evaluation(self, run, state, rows: list[dict]) -> None:
         if not run.sharding.is_writer:
             return
-        named = []
-        for record in rows:
-            spec = next(t for t in run.plan.trials if t.index == int(record["trial"]))
-            values = {k: getattr(spec, k, None) for k in self.varying}
-            values |= {k: v for k, v in spec.architecture if k in self.varying}
-            row = {"trial": spec.index, **values}
-            keys = [k for k in self.varying if row.get(k) is not None]
-            named.append((run_name(row, keys), record))
+        for spec in run.plan.trials:
+            if spec.index not in self.run_names:
+                values = {k: getattr(spec, k, None) for k in self.varying}
+                values |= {k: v for k, v in spec.architecture if k in self.varying}
+                row = {"trial": spec.index, **values}
+                keys = [k for k in self.varying if row.get(k) is not None]
+                self.run_names[spec.index] = run_name(row, keys)
+        named = [(self.run_names[int(record["trial"])], record) for record in rows]
         self._pending.append(self._worker.submit(self._write, named))
 
     def _write(self, named: list[tuple[str, dict]]) -> None:
