@@ -33,7 +33,7 @@ from hpjax import data as data_lib
 from hpjax.config import default_config
 from hpjax.engine import tasks
 from hpjax.errors import ConfigError
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study.run import train_and_evaluate
 
 # Defaults for your own model: the guide's starting points, not the MLP study's recipe.
 API_DEFAULTS = dict(

@@ -15,23 +15,21 @@ from ml_collections import config_flags
 
 from hpjax import runtime
 from hpjax.errors import ConfigError
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study.run import train_and_evaluate
+from hpjax.study.spec import ProcessSpec, parse_process
 
 
-def initialize_distributed(config) -> None:
-    """Joins a multi-host run (one process per host) when ``config.distributed`` is set.
+def initialize_distributed(process: ProcessSpec) -> None:
+    """Joins a multi-host run (one process per host) when ``distributed`` is set.
 
     With no coordinator address, JAX finds the cluster itself (Cloud TPU, SLURM, ...).
     """
-    if not config.get("distributed", False):
+    if not process.distributed:
         return
-    address = config.get("coordinator_address", "") or None
-    num_processes = int(config.get("num_processes", 0)) or None
-    process_id = int(config.get("process_id", -1))
     jax.distributed.initialize(
-        coordinator_address=address,
-        num_processes=num_processes,
-        process_id=None if process_id < 0 else process_id,
+        coordinator_address=process.coordinator_address or None,
+        num_processes=process.num_processes or None,
+        process_id=None if process.process_id < 0 else process.process_id,
     )
     logging.info(
         "process %d of %d, %d local of %d devices",
@@ -130,13 +128,14 @@ def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
     std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)  # Orbax's teardown noise
     sys.unraisablehook = _quiet_unraisable
     try:
-        config.get("distributed")
+        config.keys()
     except OSError as error:  # ml_collections defers a --config file that failed to load
         _config_flag_error(error, sys.argv)
     try:
         check_workdir(workdir)
-        runtime.configure(config)
-        initialize_distributed(config)
+        process = parse_process(config)
+        runtime.configure(process)
+        initialize_distributed(process)
         logging.info("JAX devices: %s", jax.devices())
         return study(config, workdir)
     except ConfigError as error:

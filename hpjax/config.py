@@ -11,6 +11,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from hpjax.models.registry import default_model_config
+
 # Keys that change how a study is run or shown, not what it computes.
 NON_STUDY_KEYS = (
     "overwrite",
@@ -42,12 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_classes = 0  # 0 = found in the training labels (logged)
     config.max_abs_input = 1e6  # inputs beyond this magnitude are a data error; 0 = no check
 
-    # Model.
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "mlp"
-    config.model.hidden_units = 256
-    config.model.num_layers = 3
-    config.model.activation = "relu"
+    # Model: a built-in model with its defaults (hpjax/models/registry.py holds each built-in
+    # model's keys and defaults; the MLP's: hidden_units=256, num_layers=3, activation=relu).
+    config.model = default_model_config("mlp")
     # Matmul precision of the built-in models: float32, or bf16 (bf16 matmul inputs with float32
     # accumulation; parameters, optimizer state, activations and loss stay float32).
     config.precision = "float32"
@@ -55,6 +54,12 @@ def default_config() -> ml_collections.ConfigDict:
     # Optimizer and schedule; the peak learning rate is per trial.
     config.optimizer = "adam"  # adagrad | adam | momentum | rmsprop | sgd
     config.momentum = 0.9  # with optimizer='momentum'
+    config.nesterov = False  # with optimizer='momentum' (Nesterov's accelerated gradient)
+    config.b1 = 0.9  # Adam's first-moment decay (a per-trial `momentum` in a space replaces it)
+    config.b2 = 0.999  # Adam's second-moment decay
+    config.eps = 0.0  # Adam, Adagrad, RMSProp; 0 = optax's default (1e-8; Adagrad 1e-7)
+    config.initial_accumulator_value = 0.1  # Adagrad's initial sum of squares
+    config.rms_decay = 0.9  # RMSProp's decay of the squared gradients
     config.schedule = "cosine"  # constant | linear | exponential | cosine
     config.warmup_steps = 0
     config.decay_rate = 0.1  # exponential: factor reached at the end of the budget
@@ -94,6 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.min_steps = 0
     config.checkpoint_every = 20  # evaluations between checkpoints of the study state
     config.divergence_factor = 100.0  # a batch loss above this x ln(classes) is divergence
+    config.eval_batch_size = 1024  # examples per batch when evaluating (memory, not results)
 
     _add_adaptive_keys(config)
     _add_placement_keys(config)

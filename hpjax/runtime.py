@@ -22,7 +22,8 @@ import os
 
 import jax
 
-from hpjax.errors import ConfigError, config_error
+from hpjax.errors import ConfigError
+from hpjax.study.spec import ProcessSpec
 
 # Programs that compile faster than this are not worth a file read (nor a cache entry).
 MIN_CACHED_COMPILE_S = 0.1
@@ -37,12 +38,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure(config) -> None:
-    """Applies ``config.cpu_devices`` and ``config.compilation_cache`` to this process."""
-    cpu_devices = config.get("cpu_devices", 1)
-    if isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 0:
-        raise config_error("cpu_devices", cpu_devices, "must be an integer >= 0 (0 = one per core)")
-    cache = str(config.get("compilation_cache", ""))
+def configure(process: ProcessSpec) -> None:
+    """Applies ``cpu_devices`` and ``compilation_cache`` to this process."""
+    cpu_devices, cache = process.cpu_devices, process.compilation_cache
     count = cpu_devices or usable_cores()
     forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     if count != 1 and not (cpu_devices == 0 and forced):  # an explicit XLA flag wins over 0

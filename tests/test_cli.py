@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from hpjax import plan
 from hpjax.config import default_config
 from hpjax.errors import ConfigError
+from hpjax.study import spec
 from tests.conftest import ROOT
 
 BINARY = os.path.join(ROOT, "experiments", "lr_sweep.py")
@@ -118,5 +118,6 @@ def test_ctrl_c_ends_with_how_to_resume_and_the_rerun_finishes(tmp_path):
 def test_run_keys_out_of_range_name_the_key_and_the_range(key, value):
     config = default_config()
     config[key] = value
-    with pytest.raises(ConfigError, match=rf"config\.{key}={value!r} (must be in|is not below)"):
-        plan.validate_config(config, 3600)
+    pattern = rf"config\.{key}={value!r} (must be in|must be an integer >=|is not below)"
+    with pytest.raises(ConfigError, match=pattern):
+        spec.parse(config, num_train=3600)

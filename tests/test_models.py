@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from hpjax.config import default_config
 from hpjax.errors import ConfigError
 from hpjax.models.registry import (
     MODEL_NAMES,
@@ -140,8 +141,9 @@ def test_apply_rejects_wrong_input_shape():
 
 def test_mlp_param_count():
     model = build_model(_cfg("mlp"), (40,), 10)
-    expected = 40 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
-    assert model.num_params == _count(_abstract_params(model)) == expected == 78858
+    # the default: three hidden layers of 256 (the guide: three layers usually beat two)
+    expected = 40 * 256 + 256 + 2 * (256 * 256 + 256) + 256 * 10 + 10
+    assert model.num_params == _count(_abstract_params(model)) == expected == 144650
 
 
 def test_mlp_param_count_flattens_image():
@@ -381,7 +383,8 @@ def test_rnn_mean_readout():
 def test_default_configs():
     assert set(MODELS) == set(MODEL_NAMES) == {"cnn", "mlp", "rnn"}
     mlp = default_model_config("mlp")
-    assert (mlp.name, mlp.hidden_units, mlp.num_layers, mlp.activation) == ("mlp", 256, 2, "relu")
+    assert (mlp.name, mlp.hidden_units, mlp.num_layers, mlp.activation) == ("mlp", 256, 3, "relu")
+    assert mlp.to_dict() == default_config().model.to_dict()  # one table of defaults
     cnn = default_model_config("cnn")
     assert (cnn.name, cnn.num_layers, cnn.stride, cnn.pool_size) == ("cnn", 3, 1, 2)
     rnn = default_model_config("rnn")

@@ -1,8 +1,6 @@
 """Tests of hpjax.optim: schedules against closed forms and optax, optimizers against optax."""
 
 import inspect
-import math
-import types
 
 import jax
 import jax.numpy as jnp
@@ -327,76 +325,6 @@ def test_vmapped_trials_equal_each_alone(name):
         )
     # Trials differ: the vmap did not broadcast one trial.
     assert not np.allclose(batched["w"][0], batched["w"][2], atol=1e-4)
-
-
-# ---------------------------------------------------------------- config validation
-
-
-def _config(**overrides):
-    base = dict(
-        optimizer="adam",
-        schedule="cosine",
-        warmup_steps=10,
-        decay_rate=0.1,
-        end_factor=0.0,
-        weight_decays=(0.0, 1e-4),
-        momentum=0.9,
-    )
-    base.update(overrides)
-    return types.SimpleNamespace(**base)
-
-
-def test_valid_configs_pass():
-    optim.validate_optim_config(_config())
-    for name in optim.OPTIMIZERS:
-        for kind in optim.SCHEDULES:
-            optim.validate_optim_config(_config(optimizer=name, schedule=kind))
-    optim.validate_optim_config(
-        _config(warmup_steps=0, decay_rate=1.0, end_factor=1.0, momentum=0.0, weight_decays=(0,))
-    )
-
-
-@pytest.mark.parametrize(
-    "key, value, needle",
-    [
-        (
-            "optimizer",
-            "adamw",
-            "config.optimizer='adamw' is unknown; allowed: adagrad, adam, momentum, rmsprop, sgd",
-        ),
-        (
-            "schedule",
-            "step",
-            "config.schedule='step' is unknown; allowed: constant, cosine, exponential, linear",
-        ),
-        ("warmup_steps", -1, "config.warmup_steps=-1 must be an integer >= 0"),
-        ("warmup_steps", 2.5, "config.warmup_steps=2.5"),
-        ("decay_rate", 0.0, "config.decay_rate=0.0 must be in (0, 1]"),
-        ("decay_rate", 1.5, "config.decay_rate=1.5 must be in (0, 1]"),
-        ("decay_rate", math.nan, "config.decay_rate=nan"),
-        ("end_factor", -0.1, "config.end_factor=-0.1 must be in [0, 1]"),
-        ("end_factor", 1.01, "config.end_factor=1.01 must be in [0, 1]"),
-        ("weight_decays", (0.1, -1e-4), "config.weight_decays=(0.1, -0.0001) must be"),
-        ("weight_decays", (math.inf,), "finite numbers >= 0"),
-        ("weight_decays", (math.nan,), "config.weight_decays=(nan,)"),
-        ("weight_decays", (), "non-empty"),
-        ("momentum", 1.0, "config.momentum=1.0 must be in [0, 1)"),
-        ("momentum", -0.5, "config.momentum=-0.5 must be in [0, 1)"),
-    ],
-)
-def test_validate_optim_config_errors(key, value, needle):
-    with pytest.raises(ConfigError) as info:
-        optim.validate_optim_config(_config(**{key: value}))
-    message = str(info.value)
-    assert needle in message
-    assert "\n" not in message
-
-
-def test_validate_optim_config_missing_key():
-    config = _config()
-    del config.momentum
-    with pytest.raises(ConfigError, match=r"config\.momentum is missing"):
-        optim.validate_optim_config(config)
 
 
 @pytest.mark.parametrize(

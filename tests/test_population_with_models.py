@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hpjax import plan as study
 from hpjax.engine import population
 from hpjax.models import build_model
 from hpjax.models.cnn import conv_as_matmul
+from hpjax.study import spec as study_spec
 from tests.conftest import trial_hparams
 
 NUM_TRAIN = 24
@@ -122,7 +122,7 @@ def test_recipes_are_valid_studies(recipe, variant):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(variant)
-    study.validate_config(config, 3600)
+    study_spec.parse(config, num_train=3600)
     model = build_model(config.model, (40,), 10)
     assert model.name == recipe.split("_")[1].replace("gru", "rnn").replace("lstm", "rnn")
 

@@ -9,7 +9,7 @@ import pytest
 
 from hpjax.errors import ConfigError
 from hpjax.results import checkpoints, files
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study.run import train_and_evaluate
 from tests.conftest import ROOT
 
 

@@ -12,7 +12,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from hpjax.errors import ConfigError
 from hpjax.results import files, optuna_storage, tensorboard
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study.run import train_and_evaluate
 from tests.conftest import ROOT
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from hpjax import runtime
 from hpjax.errors import ConfigError
+from hpjax.study.spec import parse_process
 from tests.test_cli import TINY, run_binary
 
 
@@ -16,7 +17,7 @@ from tests.test_cli import TINY, run_binary
 def test_bad_cpu_devices_name_the_key(value):
     config = ml_collections.ConfigDict({"cpu_devices": value, "compilation_cache": ""})
     with pytest.raises(ConfigError, match=r"config\.cpu_devices=.* must be an integer >= 0"):
-        runtime.configure(config)
+        runtime.configure(parse_process(config))
 
 
 def test_cpu_devices_after_jax_started_is_refused_in_one_line():
@@ -25,7 +26,7 @@ def test_cpu_devices_after_jax_started_is_refused_in_one_line():
     jax.devices()  # this test process has started JAX's backend
     config = ml_collections.ConfigDict({"cpu_devices": 2, "compilation_cache": ""})
     with pytest.raises(ConfigError, match="already started its backend"):
-        runtime.configure(config)
+        runtime.configure(parse_process(config))
 
 
 def _summary(workdir) -> list[dict]:

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})
     from tests.conftest import load_config
-    from hpjax.studies.grid import train_and_evaluate
+    from hpjax.study.run import train_and_evaluate
     import jax
     assert jax.device_count() == 4, jax.devices()
     from hpjax.engine.sharding import TrialSharding
@@ -94,7 +94,7 @@ def test_two_processes_with_jax_distributed_equal_one_process(tiny_npz, tiny_con
     """Multi-host on one machine: 2 processes x 2 CPU devices; only process 0 writes."""
     import socket
 
-    from hpjax.studies.grid import train_and_evaluate
+    from hpjax.study.run import train_and_evaluate
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -200,7 +200,7 @@ def test_two_processes_killed_and_resumed_equal_one_uninterrupted_process(
     import signal
     import time
 
-    from hpjax.studies.grid import train_and_evaluate
+    from hpjax.study.run import train_and_evaluate
 
     workdir = tmp_path / "multi"
     state = workdir / "state" / "population_0"

@@ -11,10 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from hpjax import plan as study
 from hpjax.errors import ConfigError
 from hpjax.studies.batch_size import analysis, plots, prose, runner
 from hpjax.studies.batch_size import config as bs_config
+from hpjax.study import populations, spec
+from hpjax.study.trials import scaled_learning_rate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(ROOT, "experiments", "configs", "batch_size_study.py")
@@ -160,17 +161,18 @@ def test_learning_rate_scaling_rules_and_warmup_per_batch_size(quick):
         "sqrt": [0.02, 0.04, 0.04 * math.sqrt(3)],
     }
     for rule, rates in expected.items():
-        trials = study.build_trials(runs[rule])
+        parsed = spec.parse(runs[rule])
+        trials = parsed.trials
         assert [t.batch_size for t in trials] == [8, 32, 96]
         np.testing.assert_allclose([t.learning_rate for t in trials], rates, rtol=1e-12)
         assert all(t.base_learning_rate == 0.04 for t in trials)
-        (plan,) = study.plan_populations(runs[rule], trials, 96)
+        (plan,) = populations.plan_populations(parsed, trials, 96)
         assert plan.warmup_steps == (6, 1, 0)  # 0.5 epochs of 96 examples at each batch size
         assert plan.max_steps == (24, 6, 2)  # 2 epochs
-    grid = study.build_trials(runs["grid"])
+    grid = spec.parse(runs["grid"]).trials
     # The grid holds the fixed rate and is not scaled.
     assert sorted({t.learning_rate for t in grid}) == [0.01, 0.04, 0.1]
-    assert study.scaled_learning_rate(runs["grid"], 0.1, 8) == 0.1
+    assert scaled_learning_rate(spec.parse(runs["grid"]).source, 0.1, 8) == 0.1
     # Steps to target: the budget is budget_epochs of data, clipped.
     s = quick.steps_to_target
     s.budget_epochs, s.min_budget_steps, s.max_budget_steps = 2.0, 5, 100

@@ -10,7 +10,8 @@ import pytest
 from hpjax.errors import ConfigError
 from hpjax.results import files
 from hpjax.studies import pbt
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study import loop
+from hpjax.study.run import train_and_evaluate
 from tests.conftest import ROOT
 
 
@@ -123,3 +124,54 @@ def test_pbt_batch_sizes_must_share_one_program(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="space.batch_size.*divide the largest"):
         train_and_evaluate(config, str(tmp_path / "never"))
     assert not (tmp_path / "never").exists()
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAtEvaluation(loop.Hooks):
+    """Raises at the ``count``-th evaluation (the first one is before any training)."""
+
+    def __init__(self, count: int):
+        self.left = count
+
+    def on_evaluation(self, run, state, rows):
+        self.left -= 1
+        if self.left == 0:
+            raise _Crash
+
+
+def test_pbt_resumed_at_an_exploit_tick_ends_as_the_uninterrupted_run(tiny_npz, tmp_path):
+    """The state checkpoint at step 40 is taken right before the exploit round of step 40:
+    the resumed run must rank the members by their values there, as the uninterrupted one did."""
+    from tests.conftest import load_config
+
+    def config():
+        c = load_config("lr_sweep")
+        c.dataset, c.npz_path = "npz", tiny_npz
+        c.model.hidden_units, c.model.num_layers = 16, 1
+        c.batch_size, c.num_steps, c.eval_every = 16, 80, 10
+        c.patience, c.make_report, c.log_every_s = 0, False, 0.0
+        c.tensorboard, c.optuna_storage = "off", "off"
+        c.trials = json.dumps(
+            [{"learning_rate": lr, "seed": i} for i, lr in enumerate((0.0005, 0.003, 0.02, 0.3))]
+        )
+        c.scheduler, c.pbt.interval, c.pbt.fraction = "pbt", 20, 0.25
+        c.checkpoint_every = 2  # every 20 steps: each checkpoint is at an exploit tick
+        return c
+
+    reference = train_and_evaluate(config(), str(tmp_path / "reference"))
+    with pytest.raises(_Crash):  # evaluations at steps 0, 10, ..., 50: killed after step 50
+        train_and_evaluate(config(), str(tmp_path / "resumed"), hooks=[_CrashAtEvaluation(6)])
+    resumed = train_and_evaluate(config(), str(tmp_path / "resumed"))
+    drop = ("peak_memory_mb", "memory_estimate_mb")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [
+        {k: v for k, v in r.items() if k not in drop} for r in reference
+    ]
+    lineage = [files.read_csv(str(tmp_path / w / "lineage.csv")) for w in ("reference", "resumed")]
+    assert lineage[0] == lineage[1] and len(lineage[0]) == 3
+    metrics = [files.read_metrics(str(tmp_path / w)) for w in ("reference", "resumed")]
+    assert [(r["trial"], r["step"], r["val_loss"]) for r in metrics[0]] == [
+        (r["trial"], r["step"], r["val_loss"]) for r in metrics[1]
+    ]

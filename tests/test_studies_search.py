@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from hpjax.errors import ConfigError
-from hpjax.studies.grid import train_and_evaluate
 from hpjax.studies.search import run_search
+from hpjax.study.run import train_and_evaluate
 from tests.conftest import ROOT
 
 

@@ -34,10 +34,10 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from hpjax import data as data_lib  # noqa: E402
-from hpjax import plan as study  # noqa: E402
 from hpjax.engine import population  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
-from hpjax.studies.grid import train_and_evaluate  # noqa: E402
+from hpjax.study import spec as spec_lib  # noqa: E402
+from hpjax.study.run import train_and_evaluate  # noqa: E402
 
 _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Epochs of every trial.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 2048, "Largest power of two (from 1).")
@@ -117,7 +117,7 @@ def engine_run(config, dataset, sizes) -> dict:
         schedule=config.schedule,
         microbatch=microbatch,
         num_train=n,
-        optimizer_options=study.optimizer_options(config),
+        optimizer_options=spec_lib.parse(config).optimizer.options,
     )
     hparams = _hparams(sizes, max_steps)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
@@ -170,7 +170,7 @@ def main(argv):
     config = bench_config()
     dataset = data_lib.load_dataset(config)
     sizes = [2**i for i in range(int(math.log2(_MAX_BATCH.value)) + 1)]
-    study.validate_config(
+    spec_lib.parse(
         config.train_config(
             config,
             "bench",
@@ -179,7 +179,7 @@ def main(argv):
             num_epochs=1.0,
             eval_every=1,
         ),
-        dataset.num_train,
+        num_train=dataset.num_train,
     )
     print(
         f"batch sizes {sizes[0]}..{sizes[-1]} ({len(sizes)}), {_EPOCHS.value:g} epochs of "

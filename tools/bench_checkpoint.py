@@ -25,7 +25,6 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from hpjax import data as data_lib
-from hpjax import plan as study  # noqa: E402
 from hpjax.config import default_config  # noqa: E402
 from hpjax.engine import (
     population,  # noqa: E402
@@ -33,23 +32,25 @@ from hpjax.engine import (
 )
 from hpjax.models import build_model  # noqa: E402
 from hpjax.results import checkpoints as checkpoint  # noqa: E402
-from hpjax.studies.grid import train_and_evaluate  # noqa: E402
+from hpjax.study import populations, spec  # noqa: E402
+from hpjax.study.run import train_and_evaluate  # noqa: E402
 
 
 def checkpoint_costs(repeats: int) -> None:
     config = default_config()
     dataset = data_lib.load_dataset(config)
     model = build_model(config.model, dataset.input_shape, dataset.num_classes)
-    plan = study.plan_populations(config, study.build_trials(config), dataset.num_train)[0]
-    spec = study.population_spec(
-        config,
+    study = spec.parse(config)
+    plan = populations.plan_populations(study, study.trials, dataset.num_train)[0]
+    pop_spec = populations.population_spec(
+        study,
         model,
         plan,
         num_train=dataset.num_train,
         num_classes=dataset.num_classes,
         task=tasks.CLASSIFICATION,
     )
-    state = jax.device_get(population.init_population(spec, plan.hparams()))
+    state = jax.device_get(population.init_population(pop_spec, plan.hparams()))
     size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)) / 2**20
     with tempfile.TemporaryDirectory() as workdir:
         saver = checkpoint.StateCheckpoints(workdir, 0)

@@ -41,8 +41,6 @@ dtype (float32), exact up to 2**24 updates.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import jax
@@ -208,13 +206,6 @@ def direction_of_state(
     return jax.tree.map(lambda n, g: jax.lax.rsqrt(n + eps) * g, new_state.nu, grads)
 
 
-def static_first_moment(config: Any) -> float:
-    """The config's momentum (optimizer 'momentum') or b1 (Adam), optax's default when unset."""
-    if config.optimizer == "adam":
-        return float(config.get("b1", 0.9))
-    return float(config.get("momentum", 0.9))
-
-
 def apply_update(
     params: Any, direction_updates: Any, lr: ArrayLike, weight_decay: ArrayLike
 ) -> Any:
@@ -228,53 +219,3 @@ def apply_update(
         return jnp.asarray(p - lr * (u + weight_decay * p)).astype(p.dtype)
 
     return jax.tree.map(leaf, params, direction_updates)
-
-
-def _get(config: Any, key: str) -> Any:
-    try:
-        return getattr(config, key)
-    except (AttributeError, KeyError):
-        raise ConfigError(f"config.{key} is missing") from None
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def validate_optim_config(config: Any) -> None:
-    """Raise ``ConfigError`` (one line naming the key and what is allowed) for a bad optim key.
-
-    Checks ``optimizer``, ``schedule``, ``warmup_steps``, ``decay_rate``, ``end_factor``,
-    ``weight_decays`` and ``momentum`` of ``config`` (any object with those attributes).
-    """
-    optimizer = _get(config, "optimizer")
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(
-            f"config.optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}"
-        )
-    schedule = _get(config, "schedule")
-    if schedule not in SCHEDULES:
-        raise ConfigError(
-            f"config.schedule={schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}"
-        )
-    warmup = _get(config, "warmup_steps")
-    if not isinstance(warmup, numbers.Integral) or isinstance(warmup, bool) or warmup < 0:
-        raise ConfigError(f"config.warmup_steps={warmup!r} must be an integer >= 0")
-    decay_rate = _get(config, "decay_rate")
-    if not _is_real(decay_rate) or not 0.0 < decay_rate <= 1.0:
-        raise ConfigError(f"config.decay_rate={decay_rate!r} must be in (0, 1]")
-    end_factor = _get(config, "end_factor")
-    if not _is_real(end_factor) or not 0.0 <= end_factor <= 1.0:
-        raise ConfigError(f"config.end_factor={end_factor!r} must be in [0, 1]")
-    wds = _get(config, "weight_decays")
-    if (
-        not isinstance(wds, (tuple, list))
-        or not wds
-        or not all(_is_real(w) and math.isfinite(w) and w >= 0 for w in wds)
-    ):
-        raise ConfigError(
-            f"config.weight_decays={wds!r} must be a non-empty tuple of finite numbers >= 0"
-        )
-    momentum = _get(config, "momentum")
-    if not _is_real(momentum) or not 0.0 <= momentum < 1.0:
-        raise ConfigError(f"config.momentum={momentum!r} must be in [0, 1)")

@@ -19,8 +19,10 @@ statistics, no stored RNG streams).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,15 +52,27 @@ class Model:
     num_params: int
 
 
-def from_factory(make: Callable[[nnx.Rngs], nnx.Module], name: str = "model") -> Model:
-    """The functional form of the modules ``make(rngs)`` builds (``rngs`` seeds the params).
+def from_factory(
+    make: Callable[..., nnx.Module],
+    name: str = "model",
+    architecture: tuple[tuple[str, Any], ...] = (),
+) -> Model:
+    """The functional form of the modules ``make(rngs, **architecture)`` builds (``rngs`` seeds
+    the params; ``architecture`` holds keyword arguments such as a width, swept by a study).
 
-    The same factory gives the same :class:`Model`, so the populations of several studies (the
-    rounds of a search) that share their static structure share one compilation.
+    The same factory and architecture give the same :class:`Model`, so the populations of
+    several studies (the rounds of a search) that share their static structure share one
+    compilation.
     """
-    if (make, name) not in _MADE:
-        _MADE[make, name] = _functional(make, name)
-    return _MADE[make, name]
+    key = (make, name, tuple(architecture))
+    if key not in _MADE:
+        bound = make if not architecture else functools.partial(_call, make, dict(architecture))
+        _MADE[key] = _functional(bound, name)
+    return _MADE[key]
+
+
+def _call(make: Callable[..., nnx.Module], architecture: dict, rngs: nnx.Rngs) -> nnx.Module:
+    return make(rngs, **architecture)
 
 
 _MADE: dict[tuple, Model] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -25,47 +25,47 @@ MODEL_NAMES = ("cnn", "mlp", "rnn")
 
 
 def _mlp_from_config(
-    cfg: Any, input_shape: tuple[int, ...], num_classes: int, rngs: nnx.Rngs
+    keys: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int, rngs: nnx.Rngs
 ) -> MLP:
     return MLP(
         input_shape,
         num_classes,
-        hidden_units=int(cfg.hidden_units),
-        num_layers=int(cfg.num_layers),
-        activation=str(cfg.activation),
+        hidden_units=int(keys["hidden_units"]),
+        num_layers=int(keys["num_layers"]),
+        activation=str(keys["activation"]),
         rngs=rngs,
     )
 
 
 def _cnn_from_config(
-    cfg: Any, input_shape: tuple[int, ...], num_classes: int, rngs: nnx.Rngs
+    keys: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int, rngs: nnx.Rngs
 ) -> CNN:
     return CNN(
         input_shape,
         num_classes,
-        channels=int(cfg.channels),
-        num_layers=int(cfg.num_layers),
-        kernel_size=int(cfg.kernel_size),
-        stride=int(cfg.stride),
-        pool=str(cfg.pool),
-        pool_size=int(cfg.pool_size),
-        hidden_units=int(cfg.hidden_units),
-        activation=str(cfg.activation),
+        channels=int(keys["channels"]),
+        num_layers=int(keys["num_layers"]),
+        kernel_size=int(keys["kernel_size"]),
+        stride=int(keys["stride"]),
+        pool=str(keys["pool"]),
+        pool_size=int(keys["pool_size"]),
+        hidden_units=int(keys["hidden_units"]),
+        activation=str(keys["activation"]),
         rngs=rngs,
     )
 
 
 def _rnn_from_config(
-    cfg: Any, input_shape: tuple[int, ...], num_classes: int, rngs: nnx.Rngs
+    keys: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int, rngs: nnx.Rngs
 ) -> RNNClassifier:
     return RNNClassifier(
         input_shape,
         num_classes,
-        cell=str(cfg.cell),
-        hidden_size=int(cfg.hidden_size),
-        num_layers=int(cfg.num_layers),
-        bidirectional=bool(cfg.bidirectional),
-        readout=str(cfg.readout),
+        cell=str(keys["cell"]),
+        hidden_size=int(keys["hidden_size"]),
+        num_layers=int(keys["num_layers"]),
+        bidirectional=bool(keys["bidirectional"]),
+        readout=str(keys["readout"]),
         rngs=rngs,
     )
 
@@ -78,7 +78,8 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "mlp": {"hidden_units": 256, "num_layers": 2, "activation": "relu"},
+    # The guide: three layers usually beat two.
+    "mlp": {"hidden_units": 256, "num_layers": 3, "activation": "relu"},
     # In the spirit of the MNIST-1D paper's CNN (3 conv layers, ~5k params, 94% test accuracy):
     # 3 x (conv k=5, 32 channels, max-pool 2) takes length 40 to 5 x 32 features, ~12k params.
     "cnn": {
@@ -118,8 +119,9 @@ def _as_dict(model_cfg: Any) -> dict[str, Any]:
     raise ConfigError(f"config.model must be a ConfigDict; got {type(model_cfg).__name__}")
 
 
-def _resolved(model_cfg: Any) -> ml_collections.ConfigDict:
-    """``model_cfg`` with missing keys filled from the model's defaults (validation is separate)."""
+def _resolved(model_cfg: Any) -> dict[str, Any]:
+    """``model_cfg`` as a plain dict, missing keys filled from the model's defaults (validation
+    is separate)."""
     given = _as_dict(model_cfg)
     if "name" not in given:
         raise ConfigError(f"config.model.name is missing; allowed: {', '.join(MODEL_NAMES)}")
@@ -134,22 +136,22 @@ def _resolved(model_cfg: Any) -> ml_collections.ConfigDict:
             f"config.model.{unknown[0]} is not a key of model {name!r}; allowed keys: "
             f"{', '.join(['name', *sorted(_DEFAULTS[name]), 'precision'])}"
         )
-    return ml_collections.ConfigDict({**_DEFAULTS[name], **given})
+    return {**_DEFAULTS[name], **given}
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _check_int(cfg: Any, key: str, minimum: int, note: str = "") -> int:
-    value = cfg[key]
+def _check_int(keys: Mapping[str, Any], key: str, minimum: int, note: str = "") -> int:
+    value = keys[key]
     if not _is_int(value) or value < minimum:
         raise ConfigError(f"config.model.{key}={value!r} must be an integer >= {minimum}{note}")
     return int(value)
 
 
-def _check_choice(cfg: Any, key: str, allowed: Sequence[str]) -> str:
-    value = cfg[key]
+def _check_choice(keys: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str:
+    value = keys[key]
     if not isinstance(value, str) or value not in allowed:
         raise ConfigError(f"config.model.{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
     return value
@@ -159,9 +161,10 @@ def _fmt_size(spatial: tuple[int, ...]) -> str:
     return "x".join(str(n) for n in spatial)
 
 
-def _check_cnn_depth(cfg: Any, input_shape: tuple[int, ...]) -> None:
+def _check_cnn_depth(keys: Mapping[str, Any], input_shape: tuple[int, ...]) -> None:
     """Raises a ConfigError naming the first conv layer whose output has a spatial size < 1."""
-    num_layers, stride, pool, pool_size = cfg.num_layers, cfg.stride, cfg.pool, cfg.pool_size
+    num_layers, stride = keys["num_layers"], keys["stride"]
+    pool, pool_size = keys["pool"], keys["pool_size"]
     sizes = cnn_spatial_sizes(input_shape, num_layers, stride, pool, pool_size)
     bad = next((i for i, s in enumerate(sizes) if min(s) < 1), None)
     if bad is None:
@@ -190,62 +193,62 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
     Missing keys take the model's defaults; keys that do not belong to the model are errors (a
     typo would otherwise be silently ignored by every trial of a study).
     """
-    cfg = _resolved(model_cfg)
-    name = cfg.name
+    keys = _resolved(model_cfg)
+    name = keys["name"]
     shape = tuple(input_shape)
     if not shape or not all(_is_int(d) and d >= 1 for d in shape):
         raise ConfigError(f"input_shape={shape!r} must be a non-empty tuple of positive integers")
     if not _is_int(num_classes) or num_classes < 1:
         raise ConfigError(f"num_classes={num_classes!r} must be an integer >= 1")
 
-    if "precision" in cfg:
-        _check_choice(cfg, "precision", PRECISIONS)
+    if "precision" in keys:
+        _check_choice(keys, "precision", PRECISIONS)
     if name == "mlp":
-        _check_int(cfg, "hidden_units", 1)
-        _check_int(cfg, "num_layers", 1, " (the number of hidden layers)")
-        _check_choice(cfg, "activation", tuple(ACTIVATIONS))
+        _check_int(keys, "hidden_units", 1)
+        _check_int(keys, "num_layers", 1, " (the number of hidden layers)")
+        _check_choice(keys, "activation", tuple(ACTIVATIONS))
     elif name == "cnn":
         if len(shape) > 3:
             raise ConfigError(
                 f"config.model.name='cnn' needs input of rank 1 (L,), 2 (H, W) or 3 (H, W, C); "
                 f"got input_shape={shape}"
             )
-        _check_int(cfg, "channels", 1)
-        _check_int(cfg, "num_layers", 1, " (the number of conv layers)")
-        _check_int(cfg, "kernel_size", 1)
-        _check_int(cfg, "stride", 1)
-        _check_choice(cfg, "pool", POOLS)
-        _check_int(cfg, "pool_size", 1)
-        _check_int(cfg, "hidden_units", 0, " (0 = no dense layer before the output)")
-        _check_choice(cfg, "activation", tuple(ACTIVATIONS))
-        _check_cnn_depth(cfg, shape)
+        _check_int(keys, "channels", 1)
+        _check_int(keys, "num_layers", 1, " (the number of conv layers)")
+        _check_int(keys, "kernel_size", 1)
+        _check_int(keys, "stride", 1)
+        _check_choice(keys, "pool", POOLS)
+        _check_int(keys, "pool_size", 1)
+        _check_int(keys, "hidden_units", 0, " (0 = no dense layer before the output)")
+        _check_choice(keys, "activation", tuple(ACTIVATIONS))
+        _check_cnn_depth(keys, shape)
     else:  # rnn
         if len(shape) > 2:
             raise ConfigError(
                 f"config.model.name='rnn' needs input of rank 1 (T,) or 2 (T, F); "
                 f"got input_shape={shape}"
             )
-        _check_choice(cfg, "cell", CELLS)
-        _check_int(cfg, "hidden_size", 1)
-        _check_int(cfg, "num_layers", 1, " (the number of stacked layers)")
-        if not isinstance(cfg.bidirectional, bool):
+        _check_choice(keys, "cell", CELLS)
+        _check_int(keys, "hidden_size", 1)
+        _check_int(keys, "num_layers", 1, " (the number of stacked layers)")
+        if not isinstance(keys["bidirectional"], bool):
             raise ConfigError(
-                f"config.model.bidirectional={cfg.bidirectional!r} must be True or False"
+                f"config.model.bidirectional={keys['bidirectional']!r} must be True or False"
             )
-        _check_choice(cfg, "readout", READOUTS)
+        _check_choice(keys, "readout", READOUTS)
 
 
 def build_model(model_cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Model:
     """Validates ``model_cfg`` and returns the built-in model's pure ``init``/``apply``."""
     validate_model_config(model_cfg, input_shape, num_classes)
-    cfg = _resolved(model_cfg)
+    keys = _resolved(model_cfg)
     shape = tuple(int(d) for d in input_shape)
-    key = (json.dumps(cfg.to_dict(), sort_keys=True, default=list), shape, int(num_classes))
+    key = (json.dumps(keys, sort_keys=True, default=list), shape, int(num_classes))
     if key not in _BUILT:  # one Model per architecture: equal specs then share compilations
-        builder, precision = MODELS[cfg.name], cfg.get("precision", "float32")
+        builder, precision = MODELS[keys["name"]], keys.get("precision", "float32")
         _BUILT[key] = from_factory(
-            lambda rngs: apply_precision(builder(cfg, shape, int(num_classes), rngs), precision),
-            cfg.name,
+            lambda rngs: apply_precision(builder(keys, shape, int(num_classes), rngs), precision),
+            keys["name"],
         )
     return _BUILT[key]
 

@@ -296,7 +296,7 @@ def prepare_workdir(workdir: str, config_dict: dict, extendable: Sequence[str] =
     ``config.restart`` discards this same study's saved state and results. Either removes only
     what hpjax wrote. A workdir with study outputs but no ``config.json`` was not written by
     hpjax: it is refused, naming the files. Keys in ``extendable`` may differ (an extended
-    study, :mod:`hpjax.extension`): the new config is recorded and the outputs kept.
+    study, :mod:`hpjax.study.waves`): the new config is recorded and the outputs kept.
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):

@@ -16,7 +16,7 @@ from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.labels import is_finite_number
 from hpjax.results import files
 from hpjax.studies import capacity, capacity_plot
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study.run import train_and_evaluate
 
 
 def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[str, str]:

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from hpjax import data as data_lib
-from hpjax import plan as study
 from hpjax.engine import population, tasks
 from hpjax.models import build_model
 from hpjax.report import figures
 from hpjax.results import files
+from hpjax.study import spec as spec_lib
+from hpjax.study.populations import plan_populations, population_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +69,16 @@ def replay(workdir: str, member: int, rows: int | None = None) -> list[dict]:
     """
     lineage = read_lineage(workdir)
     config = ml_collections.ConfigDict(files.read_config(workdir))
+    study = spec_lib.parse(config)
     dataset = data_lib.load_dataset(config)
-    trials = study.build_trials(config)
-    (plan,) = study.plan_populations(config, trials, dataset.num_train)
+    (plan,) = plan_populations(study, study.trials, dataset.num_train)
     model = build_model(
-        study.model_config(config, plan.trials[0].architecture),
+        study.model_config(plan.trials[0].architecture),
         dataset.input_shape,
         dataset.num_classes,
     )
-    spec = study.population_spec(
-        config,
+    spec = population_spec(
+        study,
         model,
         plan,
         num_train=dataset.num_train,
@@ -136,8 +137,7 @@ def plot_schedules(workdir: str, keys: tuple[str, ...]) -> str | None:
     the step, one panel per searched key; returns the plot's path."""
     lineage = read_lineage(workdir)
     summary = files.read_summary(workdir)
-    config = ml_collections.ConfigDict(files.read_config(workdir))
-    first = study.build_trials(config)
+    first = spec_lib.parse(ml_collections.ConfigDict(files.read_config(workdir))).trials
     start_step = {int(e["tick"]): int(e["step"]) for e in lineage}
     end = max(int(r["steps"]) for r in summary)
     fig = figures.new_figure((6.0 * len(keys), 4.5))

@@ -24,7 +24,6 @@ import ml_collections
 from matplotlib import colormaps
 
 from hpjax import data as data_lib
-from hpjax import plan as study
 from hpjax.errors import ConfigError
 from hpjax.models import validate_model_config
 from hpjax.report import figures, labels, markdown
@@ -32,7 +31,9 @@ from hpjax.report.diagnostics import KINDS, diagnose_workdir
 from hpjax.report.labels import is_finite_number
 from hpjax.results import files
 from hpjax.studies import capacity
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study import spec as spec_lib
+from hpjax.study.run import train_and_evaluate
+from hpjax.study.trials import learning_rates
 
 DEFAULT_KEYS = ("cell", "num_layers")
 STAGES = ("subset", "full")
@@ -140,21 +141,19 @@ def full_config(config: Any, best: Mapping, keys: Sequence[str]) -> ml_collectio
 def validate_rnn_study(config: Any) -> None:
     """Every check of both stages that needs no compilation (the data is loaded once)."""
     _check_config(config)
-    study.validate_config(config)
+    parsed = spec_lib.parse(config)
     subset = data_lib.load_dataset(config)  # raises for a subset larger than the data
-    study.validate_config(config, subset.num_train)
-    for arch in study.architectures(config):
-        validate_model_config(
-            study.model_config(config, arch), subset.input_shape, subset.num_classes
-        )
+    spec_lib.check_data(parsed, subset.num_train)
+    for arch in parsed.architectures:
+        validate_model_config(parsed.model_config(arch), subset.input_shape, subset.num_classes)
     keys = arch_keys(config)
-    first = dict(study.architectures(config)[0])
+    first = dict(parsed.architectures[0])
     provisional = full_config(
         config,
-        {**{k: first[k] for k in keys}, "learning_rate": study.learning_rates(config)[0]},
+        {**{k: first[k] for k in keys}, "learning_rate": learning_rates(parsed.source)[0]},
         keys,
     )
-    study.validate_config(provisional)
+    spec_lib.parse(provisional)
 
 
 # --------------------------------------------------------------------------------------- plots

@@ -10,8 +10,8 @@ and ``search_report.md`` sum it up. A killed search resumes: the trials a round 
 kept in its ``asked.json`` and trained (or resumed) before anything new is asked.
 
 The search space (``config.search.space``): a key -> ``(low, high, "log" | "linear")`` or a
-tuple of choices, for any per-trial hyperparameter of :data:`hpjax.space.HPARAM_KEYS` and any
-``model.KEY`` (an architecture: its own population).
+tuple of choices, for any per-trial hyperparameter of
+:data:`hpjax.engine.hparams.SEARCHABLE` and any ``model.KEY`` (an architecture: its own population).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import ml_collections
 from absl import logging
 
 from hpjax import data as data_lib
-from hpjax import plan as study
-from hpjax import space as space_lib
 from hpjax.config import as_tuple
-from hpjax.engine import tasks
+from hpjax.engine import hparams, tasks
 from hpjax.errors import config_error
 from hpjax.report import figures, markdown
 from hpjax.results import files, optuna_storage
-from hpjax.studies.grid import build_models, chosen_outputs, train_and_evaluate
+from hpjax.study import space as space_lib
+from hpjax.study import spec as spec_lib
+from hpjax.study.run import build_models, chosen_outputs, train_study
 
 try:
     import optuna
@@ -95,7 +95,7 @@ def flat_space(space) -> dict[str, Any]:
 
 def _distribution(key: str, value: Any):
     dim = space_lib.parse_dimension(
-        key, value, where="search.space", allowed=(*space_lib.HPARAM_KEYS, "model.KEY")
+        key, value, where="search.space", allowed=(*hparams.SEARCHABLE, "model.KEY")
     )
     if not dim.is_range:
         return optuna.distributions.CategoricalDistribution(dim.choices)
@@ -121,11 +121,11 @@ def make_sampler(config):
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, int(s.population)))
 
 
-def round_config(config, trials: list[dict]) -> ml_collections.ConfigDict:
-    """The engine config of one round: the study's keys with the round's explicit trials."""
+def base_study(config) -> spec_lib.StudySpec:
+    """The study every round runs, parsed once: the config's keys but ``search`` (each round's
+    trials are handed to it in memory, :func:`hpjax.study.spec.with_points`)."""
     base = {k: v for k, v in config.to_dict().items() if k != "search"}
-    base.update(trials=json.dumps(trials, sort_keys=True), optuna_storage="off")
-    return ml_collections.ConfigDict(base)
+    return spec_lib.parse(ml_collections.ConfigDict(base | {"optuna_storage": "off"}))
 
 
 def _asked(study, distributions: dict, count: int, path: str) -> list[dict]:
@@ -173,9 +173,12 @@ def run_search(
     objectives = tuple(as_tuple(s.objectives))
     if dataset is None:
         dataset = data_lib.load_dataset(config)
-    # the first round's config is checked in full before the workdir is touched
-    first = [{k: _example(d) for k, d in distributions.items()}]
-    train_and_evaluate_check(round_config(config, first), dataset, model)
+    # the first round's study is checked in full before the workdir is touched
+    study = base_study(config)
+    first = spec_lib.with_points(study, [{k: _example(d) for k, d in distributions.items()}])
+    spec_lib.check_data(first, dataset.num_train)
+    chosen_outputs(first.outputs)
+    build_models(first, dataset, model)
     os.makedirs(workdir, exist_ok=True)
     with files.workdir_lock(workdir):
         setting = str(config.get("optuna_storage", "auto"))
@@ -199,8 +202,12 @@ def run_search(
             )
             trials = [_trial_dict(a["params"]) for a in asked]
             logging.info("search round %d: %d trials asked of %s", index, len(trials), s.sampler)
-            round_rows = train_and_evaluate(
-                round_config(config, trials), round_dir, model=model, task=task, dataset=dataset
+            round_rows = train_study(
+                spec_lib.with_points(study, trials),
+                round_dir,
+                model=model,
+                task=task,
+                dataset=dataset,
             )
             _tell(optuna_study, asked, round_rows, objectives)
             for entry, row in zip(asked, round_rows, strict=True):
@@ -217,14 +224,6 @@ def _example(distribution) -> Any:
     if isinstance(distribution, optuna.distributions.CategoricalDistribution):
         return distribution.choices[0]
     return distribution.low
-
-
-def train_and_evaluate_check(config, dataset, model) -> None:
-    """Every check of a round's config, without training or writing anything."""
-    study.validate_config(config, dataset.num_train)
-    chosen_outputs(config)
-    if model is None:
-        build_models(config, dataset)
 
 
 def _objective_values(row: Mapping, objectives: tuple[str, ...]) -> list[float | None]:

@@ -11,10 +11,10 @@ import ml_collections
 import numpy as np
 
 from hpjax import data as data_lib
-from hpjax import plan as study
 from hpjax.config import as_tuple
 from hpjax.errors import ConfigError
 from hpjax.models import build_model
+from hpjax.study import spec as spec_lib
 
 STUDIES = ("fixed_epochs", "steps_to_target", "noise_scale")
 
@@ -166,7 +166,7 @@ def studies(config) -> tuple[str, ...]:
 def validate_config(config, num_train: int | None = None) -> None:
     """Every check of the batch-size study's own keys; ``num_train`` adds the data-dependent ones.
 
-    The engine's keys are checked by :func:`engine_configs` through ``study.validate_config``.
+    The engine's keys are checked by :func:`engine_configs` through :func:`hpjax.study.spec.parse`.
     """
     for name in studies(config):
         if name not in config:
@@ -226,6 +226,11 @@ def validate_config(config, num_train: int | None = None) -> None:
                 "is not in steps_to_target.batch_sizes; add it there or set "
                 "noise_scale.learning_rate",
             )
+
+
+def compute_section(config) -> ml_collections.ConfigDict | None:
+    """The ``compute`` section (the profile of time per step against batch size), if any."""
+    return config.get("compute", None)
 
 
 def train_config(config, name: str, **keys) -> ml_collections.ConfigDict:
@@ -326,9 +331,9 @@ def noise_config(config, base_learning_rate: float, num_train: int) -> ml_collec
 
 
 def check_engine_config(cfg, dataset: data_lib.Dataset) -> None:
-    study.validate_config(cfg, dataset.num_train)
-    for arch in study.architectures(cfg):
-        build_model(study.model_config(cfg, arch), dataset.input_shape, dataset.num_classes)
+    parsed = spec_lib.parse(cfg, num_train=dataset.num_train)
+    for arch in parsed.architectures:
+        build_model(parsed.model_config(arch), dataset.input_shape, dataset.num_classes)
 
 
 def engine_configs(config, dataset: data_lib.Dataset) -> dict[str, Any]:

@@ -16,13 +16,13 @@ import jax.numpy as jnp
 from absl import logging
 
 from hpjax import data as data_lib
-from hpjax import plan as study
-from hpjax import runner
 from hpjax.config import NON_STUDY_KEYS, as_tuple, config_to_dict
 from hpjax.engine import noise_scale, population
 from hpjax.results import files
-from hpjax.studies.batch_size.config import COMPUTE_COLUMNS, train_config
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.studies.batch_size.config import COMPUTE_COLUMNS, compute_section, train_config
+from hpjax.study import loop
+from hpjax.study import spec as spec_lib
+from hpjax.study.run import train_and_evaluate
 
 
 def same_run(cfg, directory: str) -> bool:
@@ -47,7 +47,7 @@ def run_engine(cfg, directory: str) -> tuple[list[dict], list[dict]]:
     return files.read_summary(directory), files.read_metrics(directory)
 
 
-class ProfileHook(runner.Hooks):
+class ProfileHook(loop.Hooks):
     """Times a one-trial population's training calls and reads XLA's memory analysis of its
     compiled training loop."""
 
@@ -143,17 +143,19 @@ def profile_batch_sizes(
 
 def measure_compute(config, dataset, sizes, directory: str) -> list[dict]:
     """The profile of ``sizes``, reused from ``compute.json`` when measured for the same setup."""
-    section = config.get("compute", None)
+    section = compute_section(config)
     if section is None or not section.get("enabled", True):
         return []
     chosen = as_tuple(section.get("batch_sizes", ()))
     sizes = [b for b in sizes if b in chosen] if chosen else list(sizes)
     if not sizes:
         return []
-    engine = train_config(config, "compute", batch_sizes=tuple(sizes), learning_rates=(1e-3,))
+    engine = train_config(
+        config, "compute", batch_sizes=tuple(sizes), learning_rates=(1e-3,), num_steps=1
+    )
     setup = {
         "model": config_to_dict(engine.model),
-        "optimizer": [engine.optimizer, list(map(list, study.optimizer_options(engine)))],
+        "optimizer": [engine.optimizer, list(map(list, spec_lib.parse(engine).optimizer.options))],
         "schedule": engine.schedule,
         "data": [dataset.name, dataset.num_train, list(dataset.input_shape)],
         "batch_sizes": list(sizes),
@@ -175,7 +177,7 @@ def measure_compute(config, dataset, sizes, directory: str) -> list[dict]:
     return rows
 
 
-class NoiseScaleHook(runner.Hooks):
+class NoiseScaleHook(loop.Hooks):
     """Measures B_simple of every evaluated trial at each evaluation of the runner:
     ``section.num_draws`` two-batch measurements (batch sizes ``section.small_batch`` and
     ``section.big_batch``) and, with ``section.exact``, the exact value from all per-example

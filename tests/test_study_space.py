@@ -6,9 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpjax import plan, space
 from hpjax.config import default_config
 from hpjax.errors import ConfigError
+from hpjax.study import populations, space, spec
 
 
 def dims(**entries):
@@ -52,10 +52,11 @@ def test_a_config_space_becomes_trials_with_their_schedule_values():
     config.space = {"learning_rate": (1e-3, 1e-1, "log"), "warmup_steps": (0, 50, "linear")}
     config.num_samples = 5
     config.seeds = (0, 1)
-    trials = plan.build_trials(config)
+    study = spec.parse(config)
+    trials = study.trials
     assert len(trials) == 10 and [t.index for t in trials] == list(range(10))
     assert {t.seed for t in trials} == {0, 1}
-    (population,) = plan.plan_populations(config, trials, num_train=1000)
+    (population,) = populations.plan_populations(study, trials, num_train=1000)
     assert list(population.warmup_steps) == [t.warmup_steps for t in trials]
     hparams = population.hparams()
     assert np.allclose(hparams.learning_rate, [t.learning_rate for t in trials])

@@ -15,8 +15,9 @@ import pytest
 from hpjax.engine import early_stopping, tasks
 from hpjax.errors import ConfigError
 from hpjax.results import checkpoints as checkpoint
-from hpjax.runner import SUMMARY_COLUMNS, StudyData
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study.loop import StudyData
+from hpjax.study.run import train_and_evaluate
+from hpjax.study.summary import SUMMARY_COLUMNS
 from tests.conftest import ROOT
 
 
@@ -280,7 +281,7 @@ def test_compacted_and_chunked_populations_match_the_plain_one(tiny_config, tmp_
     tiny_config.compact_fraction, tiny_config.max_population = 0.7, 3
     other = train_and_evaluate(tiny_config, str(tmp_path / "other"))
     assert "split into 2 chunks of at most 3 trials" in caplog.text
-    assert "continuing with a smaller program" in caplog.text
+    assert "2 trials still train; continuing in 2 rows" in caplog.text
     assert sorted({r["population"] for r in other}) == [0, 1]
     assert len(read_csv(tmp_path / "other" / "populations.csv")) == 2
     for a, b in zip(plain, other, strict=True):
@@ -295,14 +296,16 @@ def test_compacted_and_chunked_populations_match_the_plain_one(tiny_config, tmp_
 
 
 def test_memory_estimate_counts_state_and_activations(tiny_config):
-    from hpjax import plan as study
     from hpjax.engine import memory
     from hpjax.models import build_model
+    from hpjax.study import populations
+    from hpjax.study import spec as spec_lib
 
     model = build_model(tiny_config.model, (8,), 4)
-    plan = study.plan_populations(tiny_config, study.build_trials(tiny_config), 240)[0]
-    spec = study.population_spec(
-        tiny_config, model, plan, num_train=240, num_classes=4, task=tasks.CLASSIFICATION
+    study = spec_lib.parse(tiny_config)
+    plan = populations.plan_populations(study, study.trials, 240)[0]
+    spec = populations.population_spec(
+        study, model, plan, num_train=240, num_classes=4, task=tasks.CLASSIFICATION
     )
     estimate = memory.estimate_trial(spec, (8,))
     # adam: params, best copy, gradient sum, candidate (4x) + mu, nu and their candidates (4x)

@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from hpjax import extension
 from hpjax.errors import ConfigError
 from hpjax.results import files
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study import waves as extension
+from hpjax.study.run import train_and_evaluate
 
 
 def best_dirs_mtimes(workdir):

@@ -18,22 +18,11 @@ from typing import Any
 import numpy as np
 
 from hpjax.config import as_tuple
+from hpjax.engine import hparams
 from hpjax.errors import config_error
 
 SAMPLERS = ("grid", "random", "quasi_random")
 SCALES = ("log", "linear")
-# The per-trial hyperparameters a space may hold (each is a row of the compiled population).
-HPARAM_KEYS = (
-    "learning_rate",
-    "weight_decay",
-    "warmup_steps",
-    "decay_rate",
-    "end_factor",
-    "momentum",  # the momentum of optimizer 'momentum', or Adam's b1
-    "batch_size",
-    "seed",
-)
-INTEGER_KEYS = ("warmup_steps", "batch_size", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +41,7 @@ class Dimension:
 
     @property
     def integer(self) -> bool:
-        return self.key in INTEGER_KEYS or self.key.startswith("model.")
+        return self.key in hparams.INTEGER or self.key.startswith("model.")
 
     def at(self, unit: float) -> Any:
         """The value at ``unit`` in [0, 1) along this dimension."""
@@ -93,7 +82,8 @@ def parse_space(space, *, where: str = "space") -> list[Dimension]:
     """Every dimension of a config section ``key -> range | choices``, in key order."""
     space = space.to_dict() if hasattr(space, "to_dict") else dict(space or {})
     return [
-        parse_dimension(key, space[key], where=where, allowed=HPARAM_KEYS) for key in sorted(space)
+        parse_dimension(key, space[key], where=where, allowed=hparams.SEARCHABLE)
+        for key in sorted(space)
     ]
 
 
@@ -122,18 +112,3 @@ def sample(dimensions: list[Dimension], sampler: str, count: int, seed: int) -> 
         sobol = qmc.Sobol(d=len(dimensions), scramble=True, seed=seed)
         units = sobol.random(2 ** math.ceil(math.log2(count)))[:count]
     return [{d.key: d.at(u) for d, u in zip(dimensions, row, strict=True)} for row in units]
-
-
-def pbt_batch_choices(config) -> tuple[int, ...]:
-    """The batch sizes PBT may move a member between (its space's choices), else ()."""
-    space = config.get("space", None) or {}
-    if config.get("scheduler", "none") != "pbt" or "batch_size" not in space:
-        return ()
-    return tuple(sorted(int(b) for b in as_tuple(space["batch_size"])))
-
-
-def van_der_corput(count: int) -> np.ndarray:
-    """The first ``count`` points of the (unscrambled) van der Corput sequence, skipping 0."""
-    from scipy.stats import qmc  # here: importing scipy.stats takes 0.4 s of every start
-
-    return qmc.Halton(d=1, scramble=False).random(count + 1)[1:, 0]

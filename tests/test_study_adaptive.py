@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from hpjax import runner
 from hpjax.results import files
-from hpjax.studies.grid import train_and_evaluate
+from hpjax.study import loop
+from hpjax.study.run import train_and_evaluate
 
 TRIALS = [
     {"learning_rate": 50.0, "seed": 0},  # diverges at once: its slot frees first
@@ -103,7 +103,7 @@ class _Crash(Exception):
     pass
 
 
-class _CrashAfter(runner.Hooks):
+class _CrashAfter(loop.Hooks):
     def __init__(self, evaluations):
         self.left = evaluations
 

@@ -20,10 +20,11 @@ import os
 import ml_collections
 from absl import logging
 
-from hpjax import plan as study
-from hpjax.config import NON_STUDY_KEYS, config_to_dict
+from hpjax.config import NON_STUDY_KEYS
 from hpjax.errors import ConfigError
 from hpjax.results import files
+from hpjax.study import spec as spec_lib
+from hpjax.study.trials import Trial
 
 WAVES_FILE = "trials.json"
 # The keys that only choose which trials a study holds.
@@ -48,7 +49,7 @@ TRIAL_SET_KEYS = (
 )
 
 
-def definition(trial: study.Trial) -> tuple:
+def definition(trial: Trial) -> tuple:
     """What makes two trials the same trial (their index aside)."""
     rounded = lambda x: None if x is None else float(f"{x:.10g}")  # noqa: E731
     return (
@@ -64,12 +65,12 @@ def definition(trial: study.Trial) -> tuple:
     )
 
 
-def _trial_from_dict(d: dict) -> study.Trial:
+def _trial_from_dict(d: dict) -> Trial:
     d = dict(d) | {"architecture": tuple((k, v) for k, v in d.get("architecture", ()))}
-    return study.Trial(**d)
+    return Trial(**d)
 
 
-def read_waves(workdir: str) -> list[list[study.Trial]] | None:
+def read_waves(workdir: str) -> list[list[Trial]] | None:
     path = os.path.join(workdir, WAVES_FILE)
     if not os.path.exists(path):
         return None
@@ -77,32 +78,35 @@ def read_waves(workdir: str) -> list[list[study.Trial]] | None:
         return [[_trial_from_dict(t) for t in wave] for wave in json.load(f)]
 
 
-def write_waves(workdir: str, waves: list[list[study.Trial]]) -> None:
+def write_waves(workdir: str, waves: list[list[Trial]]) -> None:
     files.write_json(
         os.path.join(workdir, WAVES_FILE),
         [[dataclasses.asdict(t) for t in wave] for wave in waves],
     )
 
 
-def waves(workdir: str, config, trials: tuple[study.Trial, ...]) -> list[list[study.Trial]]:
-    """The waves of trials this run holds: the workdir's, plus a new one when ``config``
+def waves(
+    workdir: str, study: spec_lib.StudySpec, *, restart: bool, overwrite: bool
+) -> list[list[Trial]]:
+    """The waves of trials this run holds: the workdir's, plus a new one when ``study``
     defines trials it lacks. Raises :class:`ConfigError` for a change that would alter the
-    finished trials (unless ``config.overwrite`` starts afresh)."""
+    finished trials (unless ``overwrite`` starts afresh)."""
+    trials = study.trials
     fresh = [list(trials)]
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path) or config.get("restart", False):
+    if not os.path.exists(path) or restart:
         return fresh
     old = files.read_config(workdir)
-    new = config_to_dict(config)
+    new = dict(study.config)
     differing = sorted(
         k for k in set(old) | set(new) if k not in NON_STUDY_KEYS and old.get(k) != new.get(k)
     )
-    kept = read_waves(workdir) or [list(study.build_trials(ml_collections.ConfigDict(old)))]
+    kept = read_waves(workdir) or [list(spec_lib.parse(ml_collections.ConfigDict(old)).trials)]
     if not differing:
         return kept
     blocking = [k for k in differing if k not in TRIAL_SET_KEYS]
     if blocking:
-        if config.get("overwrite", False):
+        if overwrite:
             return fresh
         key = blocking[0]
         raise ConfigError(
@@ -129,11 +133,3 @@ def waves(workdir: str, config, trials: tuple[study.Trial, ...]) -> list[list[st
         ", ".join(differing),
     )
     return kept + [added] if added else kept
-
-
-def plan_waves(config, waves: list[list[study.Trial]], num_train: int):
-    """Each wave planned on its own, the earlier ones exactly as when they ran."""
-    plans = []
-    for wave in waves:
-        plans += study.plan_populations(config, wave, num_train)
-    return [dataclasses.replace(p, index=i) for i, p in enumerate(plans)]

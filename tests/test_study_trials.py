@@ -1,4 +1,5 @@
-"""The study grid: axes, sampling, scaling rules, populations and their budgets."""
+"""The parser and the trials: every way of naming trials, sampling, scaling rules, populations
+and their budgets, and one line naming the key for a bad value."""
 
 import math
 
@@ -6,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpjax import plan as study
 from hpjax.errors import ConfigError
+from hpjax.study import populations, space, spec, trials
 from tests.conftest import load_config
 
 
@@ -22,15 +23,15 @@ def config():
 
 def test_grid_is_the_cartesian_product_in_order(config):
     config.batch_sizes = (16, 32)
-    trials = study.build_trials(config)
-    assert len(trials) == 2 * 2 * 2
-    assert [(t.learning_rate, t.batch_size, t.seed) for t in trials[:4]] == [
+    made = spec.parse(config).trials
+    assert len(made) == 2 * 2 * 2
+    assert [(t.learning_rate, t.batch_size, t.seed) for t in made[:4]] == [
         (0.01, 16, 0),
         (0.01, 16, 1),
         (0.01, 32, 0),
         (0.01, 32, 1),
     ]
-    assert [t.index for t in trials] == list(range(8))
+    assert [t.index for t in made] == list(range(8))
 
 
 def test_log_uniform_and_quasi_random_rates_lie_in_range_and_are_reproducible(config):
@@ -38,46 +39,61 @@ def test_log_uniform_and_quasi_random_rates_lie_in_range_and_are_reproducible(co
     config.num_lr_samples = 64
     for sampling in ("log_uniform", "quasi_random"):
         config.lr_sampling = sampling
-        rates = study.learning_rates(config)
-        assert rates == study.learning_rates(config) and len(rates) == 64
+        rates = trials.learning_rates(spec.parse(config).source)
+        assert rates == trials.learning_rates(spec.parse(config).source) and len(rates) == 64
         logs = np.log10(rates)
         assert logs.min() >= -4 and logs.max() <= -1
         # both cover the log range: every decade holds about a third of the samples
         counts = np.histogram(logs, bins=3, range=(-4, -1))[0]
         assert counts.min() >= 10, counts
-    config.lr_sampling = "quasi_random"
-    first = study.learning_rates(config)[:4]  # van der Corput: 1/2, 1/4, 3/4, 1/8
-    np.testing.assert_allclose(np.log10(first), [-2.5, -3.25, -1.75, -3.625])
+
+
+def test_sampled_rates_are_the_one_space_sampler(config):
+    """lr_sampling is sugar: its rates are the points of a one-dimensional space."""
+    config.lr_range = (1e-4, 1e-1)
+    config.num_lr_samples = 16
+    config.sampling_seed = 3
+    dimension = space.Dimension("learning_rate", 1e-4, 1e-1, "log")
+    for sampling, sampler in (("log_uniform", "random"), ("quasi_random", "quasi_random")):
+        config.lr_sampling = sampling
+        drawn = [p["learning_rate"] for p in space.sample([dimension], sampler, 16, 3)]
+        assert trials.learning_rates(spec.parse(config).source) == tuple(drawn)
+        # the old generator of log_uniform (numpy's uniform draws) gives the same rates
+        if sampling == "log_uniform":
+            unit = np.random.default_rng(3).random(16)
+            np.testing.assert_allclose(drawn, 1e-4 * (1e-1 / 1e-4) ** unit, rtol=1e-12)
 
 
 def test_scaling_rules(config):
     config.base_batch_size = 32
     for rule, factor in (("fixed", 1.0), ("linear", 4.0), ("sqrt", 2.0)):
         config.lr_scaling = rule
-        assert study.scaled_learning_rate(config, 0.01, 128) == pytest.approx(0.01 * factor)
+        source = spec.parse(config).source
+        assert trials.scaled_learning_rate(source, 0.01, 128) == pytest.approx(0.01 * factor)
     config.lr_scaling = "cubic"
     with pytest.raises(ConfigError, match="allowed: fixed, linear, sqrt"):
-        study.scaled_learning_rate(config, 0.01, 128)
+        spec.parse(config)
 
 
 def test_model_grid_gives_one_population_per_architecture(config):
     config.model_grid = ml_collections.ConfigDict({"hidden_units": (8, 16), "num_layers": (1, 2)})
-    trials = study.build_trials(config)
-    plans = study.plan_populations(config, trials, 1000)
-    assert len(trials) == 4 * 4 and len(plans) == 4
+    study = spec.parse(config)
+    made = study.trials
+    plans = populations.plan_populations(study, made, 1000)
+    assert len(made) == 4 * 4 and len(plans) == 4
     assert {tuple(sorted(p.architecture.items())) for p in plans} == {
         (("hidden_units", u), ("num_layers", n)) for u in (8, 16) for n in (1, 2)
     }
-    assert study.model_config(config, trials[-1].architecture).hidden_units == 16
+    assert study.model_config(made[-1].architecture)["hidden_units"] == 16
 
 
 def test_batch_groups():
     powers = [2**i for i in range(12)]
-    assert study.batch_groups(powers, "vmap", 8) == dict.fromkeys(powers, 0)
-    assert len(set(study.batch_groups(powers, "split", 8).values())) == 12
-    auto = study.batch_groups(powers, "auto", 8)
+    assert populations.batch_groups(powers, "vmap", 8) == dict.fromkeys(powers, 0)
+    assert len(set(populations.batch_groups(powers, "split", 8).values())) == 12
+    auto = populations.batch_groups(powers, "auto", 8)
     assert [auto[b] for b in powers] == [0] * 4 + [1] * 4 + [2] * 4
-    assert study.batch_groups([3, 32, 96], "auto", 8) == {3: 0, 32: 1, 96: 1}
+    assert populations.batch_groups([3, 32, 96], "auto", 8) == {3: 0, 32: 1, 96: 1}
 
 
 def test_budget_in_epochs_and_steps_per_batch_size(config):
@@ -86,13 +102,15 @@ def test_budget_in_epochs_and_steps_per_batch_size(config):
     config.seeds = (0,)
     config.learning_rates = (0.1,)
     config.num_epochs = 2.5
-    (plan,) = study.plan_populations(config, study.build_trials(config), 1000)
+    study = spec.parse(config)
+    (plan,) = populations.plan_populations(study, study.trials, 1000)
     assert plan.microbatch == 10
     assert plan.max_steps == (250, 83)  # floor(2.5 * 1000 / b)
     assert plan.total_ticks == 250
     config.num_epochs = 0.0
     config.eval_every = 5
-    (plan,) = study.plan_populations(config, study.build_trials(config), 1000)
+    study = spec.parse(config)
+    (plan,) = populations.plan_populations(study, study.trials, 1000)
     assert plan.max_steps == (100, 100) and plan.total_ticks == 300
     assert plan.eval_ticks == 5 * 30 // 10  # eval_every counts steps of the largest batch
 
@@ -113,12 +131,12 @@ def test_budget_in_epochs_and_steps_per_batch_size(config):
 def test_bad_values_name_the_key(config, key, value, message):
     config[key] = value
     with pytest.raises(ConfigError) as error:
-        study.validate_config(config, num_train=1000)
+        spec.parse(config, num_train=1000)
     assert message in str(error.value)
 
 
 def test_batch_size_above_the_training_set(config):
     config.batch_sizes = (64, 2048)
     with pytest.raises(ConfigError, match="2048 is larger than the training set"):
-        study.validate_config(config, num_train=1000)
-    assert math.isfinite(study.learning_rates(config)[0])
+        spec.parse(config, num_train=1000)
+    assert math.isfinite(trials.learning_rates(spec.parse(config).source)[0])
