@@ -3,7 +3,8 @@
 Two studies, each a population of trials trained as one compiled program with early stopping
 and a checkpoint of every trial at its early-stop point:
 
-- a small residual MLP regressor on scikit-learn's diabetes data (mean squared error);
+- a small residual MLP regressor on scikit-learn's diabetes data (mean squared error), its
+  width swept as an architecture and its learning rate drawn from a log range;
 - a CNN classifier of your own on scikit-learn's 8x8 digits (cross-entropy).
 
     python examples/own_model.py --workdir runs/own
@@ -79,16 +80,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     steps = dict(num_steps=60, eval_every=20) if args.quick else dict(num_steps=3000)
 
-    def residual_mlp(rngs: nnx.Rngs) -> nnx.Module:
-        return ResidualMLP(10, 64, 2, rngs=rngs)
+    def residual_mlp(rngs: nnx.Rngs, width: int = 64, blocks: int = 2) -> nnx.Module:
+        return ResidualMLP(10, width, blocks, rngs=rngs)
 
+    # Keyword arguments of the factory are its architecture: model_grid sweeps them (one
+    # compiled population per width); the rates are 8 quasi-random points of a log range.
     regression = hpjax.train(
         residual_mlp,
         diabetes(args.quick),
         os.path.join(args.workdir, "diabetes"),
-        task="regression",
-        learning_rates=(1e-4, 3e-4, 1e-3, 3e-3),
-        seeds=(0, 1),
+        space={"learning_rate": hpjax.loguniform(1e-4, 1e-2)},
+        num_samples=4 if args.quick else 8,
+        model_grid={"width": (32, 64)},
         **steps,
     )
 
@@ -102,24 +105,22 @@ def main(argv: list[str] | None = None) -> None:
         learning_rates=(3e-4, 1e-3, 3e-3, 1e-2),
         **steps,
     )
-    for name, rows, metric in (
+    for name, study, metric in (
         ("diabetes (residual MLP, MSE)", regression, "test_mae"),
         ("digits (CNN, cross-entropy)", classification, "test_accuracy"),
     ):
-        best = min(rows, key=lambda r: r["best_val_loss"])
+        best = study.best
         print(
-            f"{name}: best trial {best['trial']} learning_rate={best['learning_rate']:.3g} "
+            f"{name}: best trial {best.trial} learning_rate={best['learning_rate']:.3g} "
             f"seed={best['seed']} best_val_loss={best['best_val_loss']:.4f} "
             f"{metric}={best[metric]:.4f} at step {best['best_step']} ({best['status']})"
         )
-    best = min(classification, key=lambda r: r["best_val_loss"])
-    restored = hpjax.restore_best(
-        os.path.join(args.workdir, "digits"), best["trial"], model=digits_cnn
-    )
+    best = classification.best
+    restored = best.restore()
     x_test, y_test = digits().x_test, digits().y_test
     accuracy = float(np.mean(np.argmax(restored.module(x_test), -1) == y_test))
     print(
-        f"restored digits trial {best['trial']} at step {restored.metadata['best_step']}: "
+        f"restored digits trial {best.trial} at step {restored.metadata['best_step']}: "
         f"{type(restored.module).__name__} with test accuracy {accuracy:.4f}"
     )
 

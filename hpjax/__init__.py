@@ -1,8 +1,10 @@
 """hpjax: hyperparameter studies as vmapped populations of trials in one compiled JAX program.
 
 The Python API (see :mod:`hpjax.api`): :func:`train` your own ``flax.nnx`` model factory on
-:func:`from_arrays` data with a built-in or own :class:`Task`; :func:`restore_best` a trial at
-its early-stop point.
+:func:`from_arrays` data (over a space of :func:`loguniform`, :func:`uniform` and :func:`choice`
+dimensions, or a grid) and get a :class:`Study` back: its rows, its ``best`` trial, and
+``restore(trial)``; :func:`restore_best` restores a trial of any workdir at its early-stop
+point.
 
 These names load on first use, so that ``hpjax.engine`` and the model classes import where only
 jax, flax and optax are installed (a GPU machine running ``tools/bench_gpu.py``).
@@ -12,6 +14,10 @@ import importlib
 
 _EXPORTS = {
     "train": "hpjax.api",
+    "Study": "hpjax.results.study",
+    "loguniform": "hpjax.study.space",
+    "uniform": "hpjax.study.space",
+    "choice": "hpjax.study.space",
     "Dataset": "hpjax.data",
     "from_arrays": "hpjax.data",
     "CLASSIFICATION": "hpjax.engine.tasks",

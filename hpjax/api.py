@@ -2,28 +2,32 @@
 
     import hpjax
 
-    def make_model(rngs):  # any flax.nnx.Module whose only state is its parameters
-        return MyModel(rngs=rngs)
+    def make_model(rngs, width):  # any flax.nnx.Module; keyword arguments are its architecture
+        return MyModel(width, rngs=rngs)
 
-    rows = hpjax.train(
+    study = hpjax.train(
         make_model,
         hpjax.from_arrays(x_train, y_train, x_test, y_test, task="regression"),
         "runs/mine",
-        task="regression",
-        learning_rates=(1e-3, 3e-3, 1e-2),
-        seeds=(0, 1),
+        space={"learning_rate": hpjax.loguniform(1e-4, 1e-1), "seed": hpjax.choice(0, 1)},
+        num_samples=8,
+        model_grid={"width": (32, 64)},
     )
-    best = hpjax.restore_best("runs/mine", trial=0, model=make_model)
+    print(study.best["learning_rate"], study.best["test_loss"])
+    module = study.best.restore().module
 
-Every keyword is a key of :func:`hpjax.config.default_config` (learning rates, batch sizes,
-seeds, weight decays, optimizer, schedule, budget, early stopping, devices...); the study writes
-the same workdir as the experiment binaries (``summary.csv``, ``metrics.jsonl``, plots,
-``report.md``, a checkpoint of every trial at its early-stop point) and resumes like them.
+The task (loss, metrics, what early stopping watches) comes from the data set; pass ``task=``
+only for a :class:`hpjax.Task` of your own. Every other keyword is a key of
+:func:`hpjax.config.default_config` (learning rates, batch sizes, seeds, weight decays,
+optimizer and its options, schedule, budget, early stopping, ``scheduler="asha"``, devices...);
+the study writes the same workdir as the experiment binaries (``summary.csv``,
+``metrics.jsonl``, plots, ``report.md``, a checkpoint of every trial at its early-stop point)
+and resumes like them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -33,7 +37,9 @@ from hpjax import data as data_lib
 from hpjax.config import default_config
 from hpjax.engine import tasks
 from hpjax.errors import ConfigError
+from hpjax.results.study import Study
 from hpjax.study.run import train_and_evaluate
+from hpjax.study.space import Choice, Range
 
 # Defaults for your own model: the guide's starting points, not the MLP study's recipe.
 API_DEFAULTS = dict(
@@ -45,6 +51,8 @@ API_DEFAULTS = dict(
     eval_every=50,
     patience=10,
 )
+# Keys that name a built-in model or data set: the API takes your own instead.
+BUILT_IN_KEYS = ("model", "dataset", "npz_path")
 
 
 def make_config(model_name: str, dataset_name: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -53,56 +61,71 @@ def make_config(model_name: str, dataset_name: str, **overrides: Any) -> ml_coll
     An unknown key is a :class:`ConfigError` naming it (keys are listed in ``hpjax/config.py``).
     """
     config = default_config()
-    known = set(config.keys())
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(set(overrides) - set(config.keys()))
     if unknown:
         raise ConfigError(
             f"unknown config key {unknown[0]!r}; the keys are those of "
             "hpjax.config.default_config() (see hpjax/config.py), e.g. learning_rates, "
             "batch_sizes, seeds, optimizer, schedule, num_steps, patience"
         )
-    for key in ("model", "model_grid", "dataset", "npz_path"):
+    for key in BUILT_IN_KEYS:
         if key in overrides:
             raise ConfigError(
                 f"config key {key!r} names a built-in model or data set; with the Python API "
                 "pass your own model factory and data instead"
             )
     for key, value in {**API_DEFAULTS, **overrides}.items():
+        if isinstance(config[key], ml_collections.ConfigDict):
+            value = ml_collections.ConfigDict(_as_config_section(key, value))
         config[key] = value
     config.model = ml_collections.ConfigDict({"name": model_name})
     config.dataset = dataset_name
     return config
 
 
+def _as_config_section(key: str, value: Any) -> dict:
+    """A mapping given for a section (``space``, ``model_grid``): hpjax's space helpers become
+    the config's tuples."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a dict of name -> values; got {type(value).__name__}")
+    return {
+        name: item.as_config() if isinstance(item, Range | Choice) else item
+        for name, item in value.items()
+    }
+
+
 def train(
-    model: Callable[[nnx.Rngs], nnx.Module],
+    model: Callable[..., nnx.Module],
     data: data_lib.Dataset,
     workdir: str,
     *,
-    task: str | tasks.Task = "classification",
+    task: str | tasks.Task | None = None,
     monitor: str | None = None,
     **config: Any,
-) -> list[dict]:
-    """Trains ``model`` (a factory ``make(rngs) -> nnx.Module``) on ``data`` as populations of
-    trials, one per combination of the hyperparameters in ``config``; returns the summary rows.
+) -> Study:
+    """Trains ``model`` (a factory ``make(rngs, **architecture) -> nnx.Module``) on ``data`` as
+    populations of trials, one per combination (or sample) of the hyperparameters in
+    ``config``; returns the finished :class:`Study`.
 
-    ``task`` is ``"classification"`` (softmax cross-entropy, accuracy), ``"regression"`` (mean
-    squared error, mean absolute error) or a :class:`hpjax.Task` of your own; ``monitor`` names
-    the lower-is-better value early stopping watches (``"loss"`` by default, or a metric).
+    The task is the data set's (softmax cross-entropy and accuracy for classification, mean
+    squared and absolute error for regression) unless ``task`` is a :class:`hpjax.Task` of your
+    own; ``monitor`` names the lower-is-better value early stopping watches (``"loss"`` by
+    default, or a metric).
     """
-    chosen = tasks.get_task(task)
-    if monitor is not None:
-        chosen = chosen.with_monitor(monitor)
     if not isinstance(data, data_lib.Dataset):
         raise ConfigError(
             f"data must be an hpjax Dataset (hpjax.from_arrays(...)); got {type(data).__name__}"
         )
+    made_for = "classification" if data.is_classification else "regression"
+    chosen = tasks.get_task(made_for if task is None else task)
+    if monitor is not None:
+        chosen = chosen.with_monitor(monitor)
     if chosen.classification != data.is_classification:
         raise ConfigError(
-            f"task {chosen.name!r} does not fit data {data.name!r} made for "
-            f"{'classification' if data.is_classification else 'regression'}; pass the same "
-            "task to from_arrays and train"
+            f"task {chosen.name!r} does not fit data {data.name!r} made for {made_for}; leave "
+            "out task= (the data set's is used) or pass a task for the same kind of targets"
         )
     name = getattr(model, "__name__", type(model).__name__)
     cfg = make_config(name, data.name, **config)
-    return train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)
+    rows = train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)
+    return Study(str(workdir), tuple(rows), chosen.monitor, model)

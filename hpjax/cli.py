@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from hpjax import runtime
 from hpjax.errors import ConfigError
+from hpjax.results.study import best_row
 from hpjax.study.run import train_and_evaluate
 from hpjax.study.spec import ProcessSpec, parse_process
 
@@ -157,7 +158,7 @@ def run_study(config, workdir: str) -> list[dict]:
     rows = run(train_and_evaluate, config, workdir)
     if jax.process_index() != 0:
         return rows
-    best = min(rows, key=lambda r: r["best_val_loss"])
+    best = best_row(rows)
     print(
         f"best trial {best['trial']}: learning_rate={best['learning_rate']:.3g} "
         f"batch_size={best['batch_size']} best_val_loss={best['best_val_loss']:.4f} "

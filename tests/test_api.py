@@ -67,24 +67,22 @@ def test_user_regression_trial_in_population_equals_trial_alone(regression_data,
         tiny_regressor,
         regression_data,
         str(tmp_path / "together"),
-        task="regression",
         learning_rates=rates,
         seeds=seeds,
         patience=2,
         **STEPS,
-    )
+    ).rows
     assert len(together) == 4 and {"best_val_mae", "test_mae"} <= set(together[0])
     for row in together:
         alone = hpjax.train(
             tiny_regressor,
             regression_data,
             str(tmp_path / f"alone{row['trial']}"),
-            task="regression",
             learning_rates=(row["learning_rate"],),
             seeds=(row["seed"],),
             patience=2,
             **STEPS,
-        )[0]
+        ).rows[0]
         for key in ("status", "best_step", "steps"):
             assert alone[key] == row[key], key
         for key in ("best_val_loss", "best_val_mae", "test_loss", "test_mae"):
@@ -93,7 +91,9 @@ def test_user_regression_trial_in_population_equals_trial_alone(regression_data,
 
 def test_user_classifier_restores_to_its_recorded_metrics(classification_data, tmp_path):
     workdir = str(tmp_path / "cnn")
-    rows = hpjax.train(tiny_cnn, classification_data, workdir, learning_rates=(0.01, 0.05), **STEPS)
+    rates = (0.01, 0.05)
+    study = hpjax.train(tiny_cnn, classification_data, workdir, learning_rates=rates, **STEPS)
+    rows = study.rows
     for name in ("summary.csv", "metrics.jsonl", "report.md", "config.json", "populations.csv"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert [r["trial"] for r in files.read_summary(workdir)] == [0, 1]
@@ -106,19 +106,25 @@ def test_user_classifier_restores_to_its_recorded_metrics(classification_data, t
         assert accuracy == pytest.approx(row["test_accuracy"], abs=1e-6)
     with pytest.raises(hpjax.ConfigError, match="your own model 'tiny_cnn'"):
         hpjax.restore_best(workdir, 0)
+    best = min(rows, key=lambda r: r["best_val_loss"])
+    assert study.best.trial == best["trial"] and study.workdir == workdir
+    logits = study.best.restore().module(jnp.asarray(classification_data.x_test))
+    accuracy = float(np.mean(np.argmax(logits, -1) == classification_data.y_test))
+    assert accuracy == pytest.approx(best["test_accuracy"], abs=1e-6)
 
 
 def test_early_stopping_watches_the_chosen_metric(regression_data, tmp_path):
     workdir = str(tmp_path / "mae")
-    rows = hpjax.train(
+    study = hpjax.train(
         tiny_regressor,
         regression_data,
         workdir,
-        task="regression",
         monitor="mae",
-        learning_rates=(0.03,),
+        learning_rates=(0.03, 0.3),
         **STEPS,
     )
+    rows = study.rows
+    assert study.best.trial == min(rows, key=lambda r: r["best_val_mae"])["trial"]
     curve = [r for r in files.read_metrics(workdir) if r["trial"] == 0]
     best = min(curve, key=lambda r: r["val_mae"])
     assert rows[0]["best_step"] == best["step"]
@@ -141,7 +147,7 @@ def test_a_task_of_your_own(regression_data, tmp_path):
         task=task,
         learning_rates=(0.03,),
         **STEPS,
-    )
+    ).rows
     restored = hpjax.restore_best(str(tmp_path / "huber"), 0, model=tiny_regressor)
     out = restored.module(jnp.asarray(regression_data.x_test))
     assert float(huber(out, regression_data.y_test).mean()) == pytest.approx(
@@ -156,7 +162,9 @@ def test_a_task_of_your_own(regression_data, tmp_path):
     "kwargs, match",
     [
         ({"no_such_key": 1}, "unknown config key 'no_such_key'"),
-        ({"model_grid": {"hidden_units": (8,)}}, "'model_grid' names a built-in model"),
+        ({"dataset": "digits"}, "'dataset' names a built-in model or data set"),
+        ({"model_grid": {"width": (8,)}}, r"model_grid\.width: your model factory tiny_cnn\(\)"),
+        ({"space": {"learning_rate": hpjax.loguniform(0.1, 0.01)}}, "reversed or empty range"),
         ({"monitor": "accuracy"}, "higher-is-better"),
         ({"task": "regression"}, "does not fit data"),
         ({"task": "ranking"}, "task='ranking' is unknown"),
@@ -169,6 +177,73 @@ def test_bad_arguments_fail_in_one_line_before_anything_is_written(
     with pytest.raises(hpjax.ConfigError, match=match):
         hpjax.train(tiny_cnn, classification_data, str(tmp_path / "w"), **kwargs)
     assert not os.path.exists(tmp_path / "w")
+
+
+class WidthRegressor(nnx.Module):
+    def __init__(self, width: int, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(5, width, rngs=rngs)
+        self.out = nnx.Linear(width, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.tanh(self.hidden(x)))
+
+
+def make_width_regressor(rngs: nnx.Rngs, width: int = 16) -> nnx.Module:
+    return WidthRegressor(width, rngs=rngs)
+
+
+def test_model_grid_sweeps_your_models_architecture_and_best_restores(regression_data, tmp_path):
+    """A factory's keyword argument is an architecture: one population per width, each trial as
+    if trained alone, and the best one restores to its recorded test loss."""
+    workdir = str(tmp_path / "widths")
+    study = hpjax.train(
+        make_width_regressor,
+        regression_data,
+        workdir,
+        learning_rates=(0.03,),
+        model_grid={"width": (4, 16)},
+        **STEPS,
+    )
+    assert [(r["width"], r["num_params"]) for r in study.rows] == [
+        (4, 5 * 4 + 4 + 4 * 2 + 2),
+        (16, 5 * 16 + 16 + 16 * 2 + 2),
+    ]
+    populations = files.read_csv(os.path.join(workdir, "populations.csv"), key="population")
+    assert len(populations) == 2
+    for row in study.rows:
+        alone = hpjax.train(
+            lambda rngs, w=row["width"]: WidthRegressor(w, rngs=rngs),
+            regression_data,
+            str(tmp_path / f"alone{row['width']}"),
+            learning_rates=(0.03,),
+            **STEPS,
+        ).rows[0]
+        assert alone["best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-5)
+    best = study.best
+    restored = best.restore()
+    assert restored.metadata["model_config"]["width"] == best["width"]
+    outputs = restored.module(jnp.asarray(regression_data.x_test))
+    loss = float(hpjax.REGRESSION.mean_loss(outputs, regression_data.y_test))
+    assert loss == pytest.approx(best["test_loss"], rel=1e-5)
+
+
+def test_a_space_of_typed_dimensions_and_asha(classification_data, tmp_path):
+    study = hpjax.train(
+        tiny_cnn,
+        classification_data,
+        str(tmp_path / "space"),
+        space={"learning_rate": hpjax.loguniform(1e-3, 1e-1), "seed": hpjax.choice(0, 1)},
+        num_samples=4,
+        scheduler="asha",
+        asha={"min_steps": 10, "eta": 2.0},
+        **STEPS,
+    )
+    rates = [r["learning_rate"] for r in study.rows]
+    assert len(rates) == 4 and all(1e-3 <= r <= 1e-1 for r in rates)
+    assert {r["seed"] for r in study.rows} <= {0, 1}
+    assert any(r["status"] == "pruned" for r in study.rows)
+    finite = [r for r in study.rows if r["status"] != "diverged"]
+    assert study.best.trial == min(finite, key=lambda r: r["best_val_loss"])["trial"]
 
 
 def test_a_factory_that_cannot_build_is_one_line():

@@ -112,3 +112,40 @@ def sample(dimensions: list[Dimension], sampler: str, count: int, seed: int) -> 
         sobol = qmc.Sobol(d=len(dimensions), scramble=True, seed=seed)
         units = sobol.random(2 ** math.ceil(math.log2(count)))[:count]
     return [{d.key: d.at(u) for d, u in zip(dimensions, row, strict=True)} for row in units]
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A range of a search space, as the Python API writes it: ``hpjax.loguniform(1e-4, 1e-1)``."""
+
+    low: float
+    high: float
+    scale: str  # "log" | "linear"
+
+    def as_config(self) -> tuple:
+        return (self.low, self.high, self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """Choices of a search space (a grid sampler takes each): ``hpjax.choice(32, 64, 128)``."""
+
+    values: tuple
+
+    def as_config(self) -> tuple:
+        return tuple(self.values)
+
+
+def uniform(low: float, high: float) -> Range:
+    """Values drawn evenly between ``low`` and ``high`` (integers for integer keys)."""
+    return Range(low, high, "linear")
+
+
+def loguniform(low: float, high: float) -> Range:
+    """Values drawn evenly on a log scale between ``low`` and ``high`` (both > 0)."""
+    return Range(low, high, "log")
+
+
+def choice(*values: Any) -> Choice:
+    """One of ``values``."""
+    return Choice(tuple(values))
