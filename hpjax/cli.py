@@ -17,7 +17,8 @@ from hpjax import runtime
 from hpjax.errors import ConfigError
 from hpjax.results.study import best_row
 from hpjax.study.run import train_and_evaluate
-from hpjax.study.spec import ProcessSpec, parse_process
+from hpjax.study.sections import ProcessSpec
+from hpjax.study.spec import parse_process
 
 
 def initialize_distributed(process: ProcessSpec) -> None:

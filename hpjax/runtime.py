@@ -23,7 +23,7 @@ import os
 import jax
 
 from hpjax.errors import ConfigError
-from hpjax.study.spec import ProcessSpec
+from hpjax.study.sections import ProcessSpec
 
 # Programs that compile faster than this are not worth a file read (nor a cache entry).
 MIN_CACHED_COMPILE_S = 0.1

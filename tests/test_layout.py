@@ -93,3 +93,31 @@ def test_functions_stay_short():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 90, f"{path.name}: {node.name} has {length} lines"
+
+
+def _config_reads(path: pathlib.Path) -> list[str]:
+    """Where ``config`` or ``cfg`` (a study's ConfigDict) is read: ``config.KEY`` or
+    ``config.get(...)`` in code (strings naming keys to a user do not count)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("config", "cfg")
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_config_is_read_by_its_parsers_alone():
+    """Parse once: below the binaries only modules named config.py or spec.py read the
+    ConfigDict; the engine, the models and the results read no config at all."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in ("config.py", "spec.py"):
+            continue
+        reads = _config_reads(path)
+        gets = [r for r in reads if r.endswith(".get")]
+        assert not gets, gets
+        if path.relative_to(PACKAGE).parts[0] in ("engine", "models", "results"):
+            assert not reads, reads
+

@@ -90,7 +90,7 @@ def test_pbt_resampling_stays_in_the_space_and_state_round_trips():
         ("pbt.fraction", 0.6, r"pbt.fraction.*\(0, 0.5\]"),
         ("pbt.fraction", 0.0, r"pbt.fraction.*\(0, 0.5\]"),
         ("pbt.interval", 15, "pbt.interval.*multiple of eval_every"),
-        ("slots", -1, r"slots.*\[0, inf\)"),
+        ("slots", -1, "slots.*>= 0"),
     ],
 )
 def test_bad_scheduler_keys_are_named(key, value, message):

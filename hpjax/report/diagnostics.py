@@ -333,18 +333,19 @@ def _units(hidden_units: Any) -> list[int]:
     return []
 
 
-def _lookup(config: Mapping, row: Mapping, key: str) -> Any:
-    """``key`` from the summary row, else config[key], config.model[key], config.dataset[key]."""
+def _lookup(saved: Mapping, row: Mapping, key: str) -> Any:
+    """``key`` from the summary row, else from the saved config (config.json): its top level,
+    then its model, dataset and data sections."""
     if row.get(key) is not None:
         return row[key]
-    for section in (config, config.get("model"), config.get("dataset"), config.get("data")):
+    for section in (saved, saved.get("model"), saved.get("dataset"), saved.get("data")):
         if isinstance(section, Mapping) and section.get(key) is not None:
             return section[key]
     return None
 
 
-def _dataset_name(config: Mapping) -> str | None:
-    ds = config.get("dataset")
+def _dataset_name(saved: Mapping) -> str | None:
+    ds = saved.get("dataset")
     if isinstance(ds, Mapping):
         ds = ds.get("name")
     return str(ds).lower() if ds is not None else None
@@ -359,19 +360,19 @@ def diagnose_workdir(
     summary.csv, else from config.json, else (classes and inputs) from the embedded data set's
     known shape. ``too_few_units`` is only checked for dense models (not CNNs or RNNs).
     """
-    config, metrics, summary = files.read_workdir(workdir)
+    saved, metrics, summary = files.read_workdir(workdir)
     curves = files.curves_by_trial(metrics)
     rows = {int(r["trial"]): r for r in summary if r.get("trial") is not None}
-    known = _KNOWN_DATASETS.get(_dataset_name(config) or "", (None, None))
+    known = _KNOWN_DATASETS.get(_dataset_name(saved) or "", (None, None))
     out: list[Diagnostic] = []
     for trial in sorted(set(curves) | set(rows)):
         row = rows.get(trial, {})
-        num_classes = _lookup(config, row, "num_classes") or known[1]
-        input_dim = _lookup(config, row, "input_dim") or known[0]
+        num_classes = _lookup(saved, row, "num_classes") or known[1]
+        input_dim = _lookup(saved, row, "input_dim") or known[0]
         model = row.get("model")
-        if model is None and isinstance(config.get("model"), Mapping):
-            model = config["model"].get("name")
-        hidden = _lookup(config, row, "hidden_units")
+        if model is None and isinstance(saved.get("model"), Mapping):
+            model = saved["model"].get("name")
+        hidden = _lookup(saved, row, "hidden_units")
         if any(name in str(model or "").lower() for name in _NOT_DENSE) or row.get("cell"):
             hidden = None
         out += diagnose_trial(

@@ -26,33 +26,33 @@ def _distinct(summary: Sequence[Mapping], key: str) -> str | None:
 
 
 def _intro(
-    config: Mapping, summary: Sequence[Mapping], fallback_name: str
+    saved: Mapping, summary: Sequence[Mapping], fallback_name: str
 ) -> tuple[str, list[str]]:
-    study = config.get("study")
+    study = saved.get("study")
     name = _name(study) or fallback_name
     lines = []
     if isinstance(study, Mapping) and study.get("description"):
         lines.append(str(study["description"]).rstrip(".") + ".")
-    elif config.get("description"):
-        lines.append(str(config["description"]).rstrip(".") + ".")
+    elif saved.get("description"):
+        lines.append(str(saved["description"]).rstrip(".") + ".")
     n = len(summary)
     pops = {r.get("population") for r in summary if r.get("population") is not None}
     what = f"{n} trial{'s' if n != 1 else ''}"
     if pops:
         what += f" in {len(pops)} population{'s' if len(pops) != 1 else ''}"
-    model = _distinct(summary, "model") or _name(config.get("model"))
-    dataset = _name(config.get("dataset"))
+    model = _distinct(summary, "model") or _name(saved.get("model"))
+    dataset = _name(saved.get("dataset"))
     sentence = f"Study `{name}` trained {what}"
     if model:
         sentence += f" of `{model}`"
     if dataset:
         sentence += f" on `{dataset}`"
-    opt = _distinct(summary, "optimizer") or _name(config.get("optimizer"))
-    sched = _distinct(summary, "schedule") or _name(config.get("schedule"))
+    opt = _distinct(summary, "optimizer") or _name(saved.get("optimizer"))
+    sched = _distinct(summary, "schedule") or _name(saved.get("schedule"))
     if opt:
         sentence += f" with `{opt}`" + (f" and a `{sched}` schedule" if sched else "")
-    if config.get("patience") is not None:
-        sentence += f", stopping each after {config['patience']} evaluations without improvement"
+    if saved.get("patience") is not None:
+        sentence += f", stopping each after {saved['patience']} evaluations without improvement"
     lines.append(sentence + ".")
     varying = varying_hparams(summary)
     if varying:
@@ -86,10 +86,10 @@ def _group_key(summary: Sequence[Mapping], x: str) -> str | None:
     return next((k for k in prefer + varying if k in varying), None)
 
 
-def _adaptive(workdir: str, config: Mapping, summary: Sequence[Mapping]):
+def _adaptive(workdir: str, saved: Mapping, summary: Sequence[Mapping]):
     """The intro lines, tables and plots of an adaptive study (slots, ASHA, PBT); empty else."""
-    scheduler = config.get("scheduler", "none")
-    if not (config.get("slots") or scheduler not in (None, "none")):
+    scheduler = saved.get("scheduler", "none")
+    if not (saved.get("slots") or scheduler not in (None, "none")):
         return [], [], []
     lines, tables, plots = [], [], []
     path = os.path.join(workdir, "populations.csv")
@@ -99,7 +99,7 @@ def _adaptive(workdir: str, config: Mapping, summary: Sequence[Mapping]):
     if scheduler == "pbt":
         sentence = f"Population-based training of {len(summary)} members"
     else:
-        slots = config.get("slots") or len(summary)
+        slots = saved.get("slots") or len(summary)
         sentence = f"Adaptive study: {len(summary)} trials through {slots} slots"
         sentence += f", scheduler `{scheduler}`" if scheduler != "none" else ""
     sentence += f"; {steps} trial-steps in all"
@@ -109,7 +109,7 @@ def _adaptive(workdir: str, config: Mapping, summary: Sequence[Mapping]):
     if scheduler == "asha":
         rungs: dict[int, list[int]] = {}
         for r in summary:
-            for rung in _rungs(config, r):
+            for rung in _rungs(saved, r):
                 rungs.setdefault(rung, [0, 0])[0] += 1
             if r.get("status") == "pruned":
                 rungs.setdefault(int(r["rung"]), [0, 0])[1] += 1
@@ -127,9 +127,9 @@ def _adaptive(workdir: str, config: Mapping, summary: Sequence[Mapping]):
     return lines, tables, plots
 
 
-def _rungs(config: Mapping, row: Mapping) -> list[int]:
+def _rungs(saved: Mapping, row: Mapping) -> list[int]:
     """The ASHA rungs (steps) a trial reached."""
-    asha = config.get("asha") or {}
+    asha = saved.get("asha") or {}
     rung, eta, out = float(asha.get("min_steps", 0) or 0), float(asha.get("eta", 3)), []
     while rung >= 1 and rung <= (row.get("steps") or 0):
         out.append(int(round(rung)))
@@ -145,9 +145,9 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     report with the summary table sorted by best validation loss.
     """
     workdir = os.fspath(workdir)
-    config, metrics, summary = read_workdir(workdir)
-    name, intro = _intro(config, summary, os.path.basename(os.path.abspath(workdir)))
-    adaptive_lines, adaptive_tables, adaptive_plots = _adaptive(workdir, config, summary)
+    saved, metrics, summary = read_workdir(workdir)
+    name, intro = _intro(saved, summary, os.path.basename(os.path.abspath(workdir)))
+    adaptive_lines, adaptive_tables, adaptive_plots = _adaptive(workdir, saved, summary)
     intro += adaptive_lines
 
     plots = [os.path.join("plots", "learning_curves.png")]

@@ -90,7 +90,7 @@ def params_of(summary: Sequence[Mapping]) -> list[str]:
 def record_study(workdir: str, storage: str = "auto", study_name: str | None = None) -> str:
     """Writes the finished study in ``workdir`` to ``storage``; returns the study's name."""
     require()
-    config, metrics, summary = files.read_workdir(workdir)
+    saved, metrics, summary = files.read_workdir(workdir)
     name = study_name or os.path.basename(os.path.abspath(workdir))
     url = storage_url(workdir, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,7 +100,7 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
         pass
     study = optuna.create_study(study_name=name, storage=url, direction="minimize")
     study.set_user_attr("workdir", os.path.abspath(workdir))
-    study.set_user_attr("dataset", str(config.get("dataset")))
+    study.set_user_attr("dataset", str(saved.get("dataset")))
     keys = params_of(summary)
     distributions = {
         k: _distribution(k, [r[k] for r in summary if r.get(k) is not None]) for k in keys

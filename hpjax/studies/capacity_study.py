@@ -16,22 +16,23 @@ from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.labels import is_finite_number
 from hpjax.results import files
 from hpjax.studies import capacity, capacity_plot
+from hpjax.study import spec as spec_lib
 from hpjax.study.run import train_and_evaluate
 
 
-def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[str, str]:
+def write_capacity_outputs(workdir: str, saved: Mapping | None = None) -> dict[str, str]:
     """Writes capacity.csv, plots/capacity.png and capacity_report.md from a finished workdir.
 
-    Returns the paths written, by name. ``config`` defaults to the workdir's config.json.
+    Returns the paths written, by name. ``saved`` defaults to the workdir's config.json.
     """
     workdir = os.fspath(workdir)
-    config = dict(config) if config is not None else files.read_config(workdir)
+    saved = dict(saved) if saved is not None else files.read_config(workdir)
     summary = files.read_summary(workdir)
-    model_cfg = config.get("model") or {}
+    model_cfg = saved.get("model") or {}
     model = str(model_cfg.get("name", summary[0].get("model") if summary else "mlp"))
     width = capacity.WIDTH_KEYS.get(model, "hidden_units")
     keys = [capacity.DEPTH_KEY, width]
-    extra = [k for k in labels.varying_hparams(summary) if k in (config.get("model_grid") or {})]
+    extra = [k for k in labels.varying_hparams(summary) if k in (saved.get("model_grid") or {})]
     keys += [k for k in extra if k not in keys]
     table = capacity.architecture_table(summary, keys)
     input_dim = next(
@@ -45,11 +46,11 @@ def write_capacity_outputs(workdir: str, config: Mapping | None = None) -> dict[
         table,
         width,
         os.path.join(workdir, "plots", "capacity.png"),
-        title=f"{model.upper()} capacity on {config.get('dataset', 'the data')}",
+        title=f"{model.upper()} capacity on {saved.get('dataset', 'the data')}",
         input_dim=input_dim if model == "mlp" else None,
     )
 
-    lines = _report_lines(workdir, config, summary, table, keys, findings, (model, input_dim))
+    lines = _report_lines(workdir, saved, summary, table, keys, findings, (model, input_dim))
     paths["report"] = os.path.join(workdir, "capacity_report.md")
     files.write_markdown(paths["report"], lines)
     return paths
@@ -78,7 +79,7 @@ MEAN_COLUMNS = (
 )
 
 
-def _report_lines(workdir, config, summary, table, keys, findings, model_and_inputs) -> list[str]:
+def _report_lines(workdir, saved, summary, table, keys, findings, model_and_inputs) -> list[str]:
     """The lines of ``capacity_report.md``: setup, findings, both tables, plot, diagnostics."""
     model, input_dim = model_and_inputs
     seeds = sorted({r.get("seed") for r in summary})
@@ -90,7 +91,7 @@ def _report_lines(workdir, config, summary, table, keys, findings, model_and_inp
         f"{len(table)} architectures ({', '.join(keys)}), each its own population of "
         f"{len(rates)} learning rate{'s' if len(rates) != 1 else ''} x {len(seeds)} "
         f"seed{'s' if len(seeds) != 1 else ''} trained at once; {len(summary)} trials on "
-        f"`{config.get('dataset', '?')}`"
+        f"`{saved.get('dataset', '?')}`"
         + (f" ({input_dim} inputs)" if input_dim else "")
         + ". Every loss is taken at the trial's early-stop point (its lowest validation loss); "
         "the gap is validation minus training loss there.",
@@ -116,15 +117,15 @@ def _report_lines(workdir, config, summary, table, keys, findings, model_and_inp
 
 def validate_capacity_config(config: Any) -> None:
     """A capacity sweep needs a model with a width axis and a grid over width and/or depth."""
-    model = config.model.get("name") if hasattr(config.model, "get") else None
+    study = spec_lib.parse(config)
+    model = study.model.get("name")
     if model not in capacity.WIDTH_KEYS:
         raise ConfigError(
             f"config.model.name={model!r} has no capacity axis; allowed: "
             + ", ".join(capacity.WIDTH_KEYS)
         )
-    grid = config.get("model_grid", None) or {}
-    grid_keys = set(grid.keys()) if hasattr(grid, "keys") else set()
-    if not grid_keys & {capacity.WIDTH_KEYS[model], capacity.DEPTH_KEY}:
+    grid = dict(study.source.model_grid)
+    if not set(grid) & {capacity.WIDTH_KEYS[model], capacity.DEPTH_KEY}:
         raise ConfigError(
             f"config.model_grid={dict(grid)!r} varies neither "
             f"model.{capacity.WIDTH_KEYS[model]} nor model.{capacity.DEPTH_KEY}; list values of "

@@ -16,6 +16,7 @@ tuple of choices, for any per-trial hyperparameter of
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -36,6 +37,7 @@ from hpjax.results import files, optuna_storage
 from hpjax.study import space as space_lib
 from hpjax.study import spec as spec_lib
 from hpjax.study.run import build_models, chosen_outputs, train_study
+from hpjax.study.sections import StudySpec
 
 try:
     import optuna
@@ -121,11 +123,18 @@ def make_sampler(config):
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, int(s.population)))
 
 
-def base_study(config) -> spec_lib.StudySpec:
+def base_study(config) -> tuple[StudySpec, str]:
     """The study every round runs, parsed once: the config's keys but ``search`` (each round's
-    trials are handed to it in memory, :func:`hpjax.study.spec.with_points`)."""
+    trials are handed to it in memory, :func:`hpjax.study.spec.with_points`); and the search's
+    Optuna storage (the rounds write none of their own)."""
     base = {k: v for k, v in config.to_dict().items() if k != "search"}
-    return spec_lib.parse(ml_collections.ConfigDict(base | {"optuna_storage": "off"}))
+    study = spec_lib.parse(ml_collections.ConfigDict(base))
+    rounds = dataclasses.replace(
+        study,
+        outputs=dataclasses.replace(study.outputs, optuna_storage="off"),
+        config=dict(study.config) | {"optuna_storage": "off"},
+    )
+    return rounds, study.outputs.optuna_storage
 
 
 def _asked(study, distributions: dict, count: int, path: str) -> list[dict]:
@@ -174,14 +183,13 @@ def run_search(
     if dataset is None:
         dataset = data_lib.load_dataset(config)
     # the first round's study is checked in full before the workdir is touched
-    study = base_study(config)
+    study, setting = base_study(config)
     first = spec_lib.with_points(study, [{k: _example(d) for k, d in distributions.items()}])
     spec_lib.check_data(first, dataset.num_train)
     chosen_outputs(first.outputs)
     build_models(first, dataset, model)
     os.makedirs(workdir, exist_ok=True)
     with files.workdir_lock(workdir):
-        setting = str(config.get("optuna_storage", "auto"))
         storage = optuna_storage.storage_url(workdir, setting, database="search.db")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         optuna_study = optuna.create_study(

@@ -37,7 +37,7 @@ from hpjax.study import progress, summary
 from hpjax.study import schedulers as schedulers_lib
 from hpjax.study.populations import PopulationPlan, population_spec
 from hpjax.study.rows import RowLayout
-from hpjax.study.spec import StudySpec
+from hpjax.study.sections import StudySpec
 
 ADAPTIVE_SHRINK = 0.5  # an adaptive study's program shrinks once at most half its rows train
 

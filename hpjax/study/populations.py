@@ -18,7 +18,7 @@ from hpjax.engine import memory, population, tasks
 from hpjax.engine.population import PopulationSpec
 from hpjax.errors import config_error
 from hpjax.models import Model
-from hpjax.study.spec import StudySpec, batch_groups
+from hpjax.study.sections import StudySpec
 from hpjax.study.trials import Trial
 
 
@@ -156,6 +156,26 @@ def population_spec(
         task=task,
         per_trial_momentum=any(t.momentum is not None for t in plan.trials),
     )
+
+
+def batch_groups(sizes: Sequence[int], axis: str, max_accumulation: int) -> dict[int, int]:
+    """Which population group each batch size joins.
+
+    vmap: all in one (micro-batch = their gcd); split: one each; auto: consecutive sizes share a
+    population while the largest is at most ``max_accumulation`` micro-batches of their gcd, so
+    that no trial sums many tiny micro-batches (e.g. 1..2048 -> {1..8}, {16..128}, {256..2048}).
+    """
+    if axis == "vmap":
+        return dict.fromkeys(sizes, 0)
+    if axis == "split":
+        return {size: i for i, size in enumerate(sizes)}
+    group_of, group, members = {}, 0, []
+    for size in sizes:
+        if members and size > max_accumulation * math.gcd(*members, size):
+            group, members = group + 1, []
+        members.append(size)
+        group_of[size] = group
+    return group_of
 
 
 def take_trials(plan: PopulationPlan, positions) -> PopulationPlan:

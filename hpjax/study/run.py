@@ -38,14 +38,14 @@ from hpjax.study.populations import (
     plan_waves,
     population_spec,
 )
-from hpjax.study.spec import StudySpec
+from hpjax.study.sections import OutputSpec, StudySpec
 from hpjax.study.trials import varying_keys
 
 ModelFactory = Callable[..., nnx.Module]
 
 
 def build_models(
-    study: spec_lib.StudySpec,
+    study: StudySpec,
     dataset: data_lib.Dataset,
     model_factory: ModelFactory | None = None,
     architectures: Sequence[tuple] | None = None,
@@ -106,7 +106,7 @@ def train_and_evaluate(
 
 
 def train_study(
-    study: spec_lib.StudySpec,
+    study: StudySpec,
     workdir: str,
     *,
     dataset: data_lib.Dataset,
@@ -172,7 +172,7 @@ def _run(study, workdir, dataset, plans, models, sharding, task, hooks, outputs)
     return rows
 
 
-def chosen_outputs(outputs: spec_lib.OutputSpec) -> set[str]:
+def chosen_outputs(outputs: OutputSpec) -> set[str]:
     """Which optional outputs this study writes (``tensorboard``, ``optuna_storage``); asking
     for one whose extra is missing is a one-line error."""
     out = set()

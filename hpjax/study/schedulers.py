@@ -27,7 +27,7 @@ import numpy as np
 from hpjax.config import plain
 from hpjax.engine import hparams
 from hpjax.results import files
-from hpjax.study.spec import AdaptiveSpec
+from hpjax.study.sections import AdaptiveSpec
 
 PERTURB_FACTORS = (0.8, 1.25)
 

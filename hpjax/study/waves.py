@@ -24,6 +24,7 @@ from hpjax.config import NON_STUDY_KEYS
 from hpjax.errors import ConfigError
 from hpjax.results import files
 from hpjax.study import spec as spec_lib
+from hpjax.study.sections import StudySpec
 from hpjax.study.trials import Trial
 
 WAVES_FILE = "trials.json"
@@ -86,7 +87,7 @@ def write_waves(workdir: str, waves: list[list[Trial]]) -> None:
 
 
 def waves(
-    workdir: str, study: spec_lib.StudySpec, *, restart: bool, overwrite: bool
+    workdir: str, study: StudySpec, *, restart: bool, overwrite: bool
 ) -> list[list[Trial]]:
     """The waves of trials this run holds: the workdir's, plus a new one when ``study``
     defines trials it lacks. Raises :class:`ConfigError` for a change that would alter the
