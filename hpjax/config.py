@@ -51,19 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
     # accumulation; parameters, optimizer state, activations and loss stay float32).
     config.precision = "float32"
 
-    # Optimizer and schedule; the peak learning rate is per trial.
-    config.optimizer = "adam"  # adagrad | adam | momentum | rmsprop | sgd
-    config.momentum = 0.9  # with optimizer='momentum'
-    config.nesterov = False  # with optimizer='momentum' (Nesterov's accelerated gradient)
-    config.b1 = 0.9  # Adam's first-moment decay (a per-trial `momentum` in a space replaces it)
-    config.b2 = 0.999  # Adam's second-moment decay
-    config.eps = 0.0  # Adam, Adagrad, RMSProp; 0 = optax's default (1e-8; Adagrad 1e-7)
-    config.initial_accumulator_value = 0.1  # Adagrad's initial sum of squares
-    config.rms_decay = 0.9  # RMSProp's decay of the squared gradients
-    config.schedule = "cosine"  # constant | linear | exponential | cosine
-    config.warmup_steps = 0
-    config.decay_rate = 0.1  # exponential: factor reached at the end of the budget
-    config.end_factor = 0.0  # linear, cosine: final fraction of the peak rate
+    _add_optimizer_keys(config)
 
     # The sweep: the Cartesian product of these axes.
     config.learning_rates = (0.0003, 0.0006, 0.0012, 0.0025, 0.005, 0.01, 0.02, 0.04)
@@ -116,6 +104,22 @@ def default_config() -> ml_collections.ConfigDict:
     config.optuna_storage = "auto"
     config.report_x = "learning_rate"
     return config
+
+
+def _add_optimizer_keys(config: ml_collections.ConfigDict) -> None:
+    """The optimizer, its options and the schedule; the peak learning rate is per trial."""
+    config.optimizer = "adam"  # adagrad | adam | momentum | rmsprop | sgd
+    config.momentum = 0.9  # with optimizer='momentum'
+    config.nesterov = False  # with optimizer='momentum' (Nesterov's accelerated gradient)
+    config.b1 = 0.9  # Adam's first-moment decay (a per-trial `momentum` in a space replaces it)
+    config.b2 = 0.999  # Adam's second-moment decay
+    config.eps = 0.0  # Adam, Adagrad, RMSProp; 0 = optax's default (1e-8; Adagrad 1e-7)
+    config.initial_accumulator_value = 0.1  # Adagrad's initial sum of squares
+    config.rms_decay = 0.9  # RMSProp's decay of the squared gradients
+    config.schedule = "cosine"  # constant | linear | exponential | cosine
+    config.warmup_steps = 0
+    config.decay_rate = 0.1  # exponential: factor reached at the end of the budget
+    config.end_factor = 0.0  # linear, cosine: final fraction of the peak rate
 
 
 def _add_placement_keys(config: ml_collections.ConfigDict) -> None:

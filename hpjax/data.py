@@ -481,6 +481,23 @@ def _load_npz(path: str) -> tuple[np.ndarray | None, ...]:
                     f"({_one_line(e)})"
                 ) from None
 
+    arrays = _validated_npz_splits(arrays, where, path)
+    return (
+        arrays["x_train"],
+        arrays["y_train"],
+        arrays.get("x_val"),
+        arrays.get("y_val"),
+        arrays["x_test"],
+        arrays["y_test"],
+    )
+
+
+def _validated_npz_splits(
+    arrays: dict[str, np.ndarray], where: str, path: str
+) -> dict[str, np.ndarray]:
+    """Check each split's shapes, row counts and feature shape (against train), then its features
+    and labels; returns the checked arrays under the same keys."""
+    checked: dict[str, np.ndarray] = {}
     splits = ["train"] + (["val"] if "x_val" in arrays else []) + ["test"]
     feature_shape = None
     for split in splits:
@@ -508,17 +525,9 @@ def _load_npz(path: str) -> tuple[np.ndarray | None, ...]:
                 f"{where}: file {path} feature shapes differ: {xk!r} has {x.shape[1:]} but "
                 f"'x_train' has {feature_shape}"
             )
-        arrays[xk] = check_features(x, xk, where, path)
-        arrays[yk] = check_labels(y, yk, where, path)
-
-    return (
-        arrays["x_train"],
-        arrays["y_train"],
-        arrays.get("x_val"),
-        arrays.get("y_val"),
-        arrays["x_test"],
-        arrays["y_test"],
-    )
+        checked[xk] = check_features(x, xk, where, path)
+        checked[yk] = check_labels(y, yk, where, path)
+    return checked
 
 
 def _one_line(e: BaseException) -> str:

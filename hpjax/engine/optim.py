@@ -120,7 +120,7 @@ def learning_rate(
     )
 
 
-def direction(
+def _options(
     name: str,
     *,
     momentum: ArrayLike = 0.9,
@@ -130,43 +130,46 @@ def direction(
     eps: ArrayLike | None = None,
     initial_accumulator_value: ArrayLike = 0.1,
     rms_decay: ArrayLike = 0.9,
-) -> optax.GradientTransformation:
+) -> dict[str, Any]:
+    """Every option of optimizer ``name`` with optax's defaults filled in; ``eps=None`` takes
+    optax's default for that optimizer (1e-7 for adagrad, 1e-8 otherwise)."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    return dict(
+        momentum=momentum,
+        nesterov=nesterov,
+        b1=b1,
+        b2=b2,
+        eps=_DEFAULT_EPS.get(name, 1e-8) if eps is None else eps,
+        initial_accumulator_value=initial_accumulator_value,
+        rms_decay=rms_decay,
+    )
+
+
+def direction(name: str, **options: Any) -> optax.GradientTransformation:
     """The learning-rate-free part of optimizer ``name``, as an optax transformation.
 
     ``sgd``: identity; ``momentum``: ``optax.trace(momentum, nesterov)``; ``adam``:
     ``scale_by_adam(b1, b2, eps)``; ``adagrad``: ``scale_by_rss(initial_accumulator_value, eps)``;
-    ``rmsprop``: ``scale_by_rms(rms_decay, eps)``. ``eps=None`` takes optax's default for that
-    optimizer (1e-7 for adagrad, 1e-8 otherwise). Numeric arguments may be traced; build the
-    transformation inside the per-trial function and call its ``init`` there too.
+    ``rmsprop``: ``scale_by_rms(rms_decay, eps)`` (the options and their defaults:
+    :func:`_options`). Numeric options may be traced; build the transformation inside the
+    per-trial function and call its ``init`` there too.
     """
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    if eps is None:
-        eps = _DEFAULT_EPS.get(name, 1e-8)
+    o = _options(name, **options)
     if name == "sgd":
         return optax.identity()
     if name == "momentum":
-        return optax.trace(decay=momentum, nesterov=nesterov)
+        return optax.trace(decay=o["momentum"], nesterov=o["nesterov"])
     if name == "adam":
-        return optax.scale_by_adam(b1=b1, b2=b2, eps=eps, nesterov=nesterov)
+        return optax.scale_by_adam(b1=o["b1"], b2=o["b2"], eps=o["eps"], nesterov=o["nesterov"])
     if name == "adagrad":
-        return optax.scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps)
-    return optax.scale_by_rms(decay=rms_decay, eps=eps)
+        return optax.scale_by_rss(
+            initial_accumulator_value=o["initial_accumulator_value"], eps=o["eps"]
+        )
+    return optax.scale_by_rms(decay=o["rms_decay"], eps=o["eps"])
 
 
-def direction_of_state(
-    name: str,
-    grads: Any,
-    new_state: Any,
-    *,
-    momentum: ArrayLike = 0.9,
-    nesterov: bool = False,
-    b1: ArrayLike = 0.9,
-    b2: ArrayLike = 0.999,
-    eps: ArrayLike | None = None,
-    initial_accumulator_value: ArrayLike = 0.1,
-    rms_decay: ArrayLike = 0.9,
-) -> Any:
+def direction_of_state(name: str, grads: Any, new_state: Any, **options: Any) -> Any:
     """The direction ``direction(name, ...).update(grads, state)`` returns, computed from the
     state that update returned (``new_state``) and the same ``grads``, with optax's formulas.
 
@@ -175,11 +178,8 @@ def direction_of_state(
     reads the state just written instead of recomputing it from the old state, which would make
     XLA keep a copy of every moment buffer on each step.
     """
-    del initial_accumulator_value, rms_decay  # already in new_state
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-    if eps is None:
-        eps = _DEFAULT_EPS.get(name, 1e-8)
+    o = _options(name, **options)  # Adagrad's and RMSProp's other options are in new_state
+    momentum, nesterov, b1, b2, eps = (o[k] for k in ("momentum", "nesterov", "b1", "b2", "eps"))
     if name == "sgd":
         return grads
     if name == "momentum":

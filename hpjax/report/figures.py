@@ -171,12 +171,19 @@ def plot_learning_curves(
     ax.set_ylabel("loss" + (" (cut at 5x the starting loss)" if clipped else ""))
     ax.set_title(title or f"Learning curves ({len(trials)} trials)")
     ax.grid(True, which="major", alpha=0.3)
+    _curves_legend(fig, ax, few, colour_key, norm, cmap)
+    return save_figure(fig, path)
+
+
+def _curves_legend(fig, ax, few: bool, colour_key, norm, cmap) -> None:
+    """The learning-curves legend: per-trial labels plus line styles when there are ``few``
+    trials; otherwise only the line styles, with a colorbar for the colour scale."""
     style_handles = [
         Line2D([], [], color="grey", ls="-", label="validation"),
         Line2D([], [], color="grey", ls="--", label="train"),
         Line2D([], [], color="grey", ls="", marker="*", ms=10, mec="black", label="early stop"),
     ]
-    if len(trials) <= max_legend:
+    if few:
         handles, _ = ax.get_legend_handles_labels()
         ax.legend(
             handles=handles + style_handles,
@@ -189,7 +196,6 @@ def plot_learning_curves(
         ax.legend(handles=style_handles, fontsize="small", loc="upper right")
         mappable = ScalarMappable(norm=norm, cmap=cmap)
         fig.colorbar(mappable, ax=ax, label=colour_key or "trial")
-    return save_figure(fig, path)
 
 
 def _x_positions(values: Sequence[Any]) -> tuple[dict[Any, float], list[Any] | None]:
@@ -245,6 +251,27 @@ def plot_hparam(
         for r in ok:
             if best is None or (r[y] > best[1] if higher_better else r[y] < best[1]):
                 best = (pos[r[x]], r[y])
+    _mark_best_and_failed(ax, best, failed_x)
+    if cats is not None:
+        ax.set_xticks(range(len(cats)), cats)
+    elif logx and rows and all(v > 0 for v in pos.values()):
+        ax.set_xscale("log")
+    if logy and best is not None and all(r[y] > 0 for r in rows if is_number(r.get(y))):
+        ax.set_yscale("log")
+    if not rows:
+        ax.text(0.5, 0.5, f"no trial has {x}", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(y.replace("_", " "))
+    ax.set_title(title or f"{y} against {x}" + (f" by {group_by}" if group_by else ""))
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="best")
+    return save_figure(fig, path)
+
+
+def _mark_best_and_failed(ax, best: tuple[float, float] | None, failed_x: Sequence[float]) -> None:
+    """Star the best (x, y) point, and put a red x at the top of the axis for each failed trial's
+    x (diverged or without a value), so failures show without a y to plot them at."""
     if best is not None:
         ax.plot(
             [best[0]],
@@ -268,18 +295,3 @@ def plot_hparam(
             clip_on=False,
             label="diverged / no value",
         )
-    if cats is not None:
-        ax.set_xticks(range(len(cats)), cats)
-    elif logx and rows and all(v > 0 for v in pos.values()):
-        ax.set_xscale("log")
-    if logy and best is not None and all(r[y] > 0 for r in rows if is_number(r.get(y))):
-        ax.set_yscale("log")
-    if not rows:
-        ax.text(0.5, 0.5, f"no trial has {x}", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel(y.replace("_", " "))
-    ax.set_title(title or f"{y} against {x}" + (f" by {group_by}" if group_by else ""))
-    ax.grid(True, which="major", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", loc="best")
-    return save_figure(fig, path)

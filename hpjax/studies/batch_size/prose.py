@@ -269,27 +269,7 @@ def describe_steps(
             f"- Perfect scaling (steps x B constant, within 25%) holds over the whole range "
             f"B={sizes[0]}..{sizes[-1]}: no knee seen."
         )
-    k = min(3, len(reached))
-    small = log_slope(sizes[:k], steps[:k])
-    large = log_slope(sizes[-k:], steps[-k:])
-    out.append(
-        f"- **Small batches** (B={sizes[0]}..{sizes[k - 1]}): log-log slope {small:.2f}; "
-        + (
-            "close to -1, perfect scaling as Shallue et al. found."
-            if small <= -0.7
-            else "shallower than the -1 of perfect scaling: this differs."
-        )
-    )
-    if len(reached) > k:
-        if large > -0.15:
-            verdict = "a plateau: more batch buys no fewer steps, as Shallue et al. found."
-        elif large > -0.6:
-            verdict = "diminishing returns, as Shallue et al. found."
-        else:
-            verdict = "still near perfect scaling: no flattening within the range (differs)."
-        out.append(
-            f"- **Large batches** (B={sizes[-k]}..{sizes[-1]}): slope {large:.2f}; {verdict}"
-        )
+    out += _slope_sentences(sizes, steps)
     if fit is not None:
         note = (
             " The best B_crit lies at the edge of the search: the range shows no clear knee."
@@ -300,6 +280,34 @@ def describe_steps(
             f"- Fit S(B) = S_min (1 + B_crit / B) (McCandlish et al.): S_min={fit['s_min']:.3g} "
             f"steps, B_crit={fit['b_crit']:.3g} (RMS error of log S {fit['rms_log_error']:.2f})."
             + note
+        )
+    return out
+
+
+def _slope_sentences(sizes: Sequence[int], steps: Sequence[int]) -> list[str]:
+    """The log-log slope of steps against batch size over the smallest and the largest (up to)
+    three batch sizes that reached the target, each judged against Shallue et al. (2018)."""
+    out = []
+    k = min(3, len(sizes))
+    small = log_slope(sizes[:k], steps[:k])
+    large = log_slope(sizes[-k:], steps[-k:])
+    out.append(
+        f"- **Small batches** (B={sizes[0]}..{sizes[k - 1]}): log-log slope {small:.2f}; "
+        + (
+            "close to -1, perfect scaling as Shallue et al. found."
+            if small <= -0.7
+            else "shallower than the -1 of perfect scaling: this differs."
+        )
+    )
+    if len(sizes) > k:
+        if large > -0.15:
+            verdict = "a plateau: more batch buys no fewer steps, as Shallue et al. found."
+        elif large > -0.6:
+            verdict = "diminishing returns, as Shallue et al. found."
+        else:
+            verdict = "still near perfect scaling: no flattening within the range (differs)."
+        out.append(
+            f"- **Large batches** (B={sizes[-k]}..{sizes[-1]}): slope {large:.2f}; {verdict}"
         )
     return out
 

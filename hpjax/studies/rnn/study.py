@@ -338,11 +338,20 @@ def _report_lines(workdir, config, keys, table, rows, best, sub_best, full, summ
         "",
         "![curves](plots/rnn_curves.png)",
         "",
+        *_diagnostics_section(sub_diag, full_diag, sub_summary, keys, bool(full_summary)),
+    ]
+    return lines
+
+
+def _diagnostics_section(sub_diag, full_diag, sub_summary, keys, full_ran: bool) -> list[str]:
+    """The report's diagnostics: counts for both stages (stage 2 only if it ran), then a table
+    of the subset stage's diagnostics per architecture when any fired."""
+    lines = [
         "## Diagnostics",
         "",
         f"Stage 1: {_diag_counts(sub_diag)} (details in [subset/report.md](subset/report.md)). "
-        f"Stage 2: {_diag_counts(full_diag) if full_summary else 'not run'}"
-        + (" (details in [full/report.md](full/report.md))." if full_summary else "."),
+        f"Stage 2: {_diag_counts(full_diag) if full_ran else 'not run'}"
+        + (" (details in [full/report.md](full/report.md))." if full_ran else "."),
         "",
     ]
     if sub_diag:
