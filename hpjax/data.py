@@ -25,6 +25,7 @@ the config key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -87,6 +88,17 @@ class Dataset:
     def is_classification(self) -> bool:
         """Integer class labels (else real-valued regression targets)."""
         return self.num_classes > 0
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of every array's dtype, shape and bytes: what a workdir records of its data, so
+        that a rerun with other data is never answered with the old results."""
+        digest = hashlib.sha256()
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            array = np.ascontiguousarray(getattr(self, name))
+            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
         return (

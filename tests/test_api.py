@@ -308,3 +308,54 @@ def test_example_script_trains_and_restores(tmp_path):
     summary = files.read_summary(tmp_path / "digits")
     best = min(summary, key=lambda r: r["best_val_loss"])
     assert f"test accuracy {best['test_accuracy']:.4f}" in lines[2]
+
+
+class FiveOutputs(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.out = nnx.Linear(16, 5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(x)
+
+
+class SevenInputs(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.out = nnx.Linear(7, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(x)
+
+
+def five_outputs(rngs):
+    return FiveOutputs(rngs=rngs)
+
+
+def seven_inputs(rngs):
+    return SevenInputs(rngs=rngs)
+
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (five_outputs, r"gives outputs of shape \[5\] per example, but 'arrays' has 3 classes"),
+        (seven_inputs, r"does not take the data's inputs of shape \[16\]"),
+    ],
+)
+def test_a_model_that_does_not_fit_the_data_is_refused_before_compiling(
+    classification_data, tmp_path, factory, match
+):
+    with pytest.raises(hpjax.ConfigError, match=match) as error:
+        hpjax.train(factory, classification_data, str(tmp_path / "w"), **STEPS)
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / "w")
+
+
+def test_another_model_under_the_same_name_is_refused_in_one_line(classification_data, tmp_path):
+    workdir = str(tmp_path / "w")
+    hpjax.train(tiny_cnn, classification_data, workdir, learning_rates=(0.01,), **STEPS)
+
+    def tiny_cnn_wider(rngs):  # another model, given under the first one's name
+        return nnx.Sequential(nnx.Linear(16, 8, rngs=rngs), nnx.relu, nnx.Linear(8, 3, rngs=rngs))
+
+    tiny_cnn_wider.__name__ = "tiny_cnn"
+    with pytest.raises(hpjax.ConfigError, match="holds a study of other model"):
+        hpjax.train(tiny_cnn_wider, classification_data, workdir, learning_rates=(0.01,), **STEPS)

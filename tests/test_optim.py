@@ -241,7 +241,7 @@ def test_direction_hyperparameters_match_optax(name, ours_kw, ref):
 
 
 def test_default_hyperparameters_equal_optax_defaults():
-    sig = inspect.signature(optim.direction).parameters
+    sig = inspect.signature(optim._options).parameters
 
     def default(fn, arg):
         return inspect.signature(fn).parameters[arg].default

@@ -137,3 +137,17 @@ def test_a_truncated_summary_is_an_error_not_zero_trials(tiny_config, tmp_path):
     assert out.returncode == 2 and "holds no trial rows" in out.stderr
     with pytest.raises(ConfigError, match="trial='0' must be an integer"):
         checkpoints.restore_best(str(workdir), trial="0")
+
+
+def test_a_state_checkpoint_keeps_the_host_state_of_the_moment_it_was_saved(tmp_path):
+    """Orbax writes the JSON after save() returns: a scheduler changing its lists right after
+    must not change what the checkpoint holds."""
+    saver = checkpoints.StateCheckpoints(str(tmp_path), 0)
+    rungs = {"recorded": [[0.5]], "passed": {"0": 1}}
+    host = {"metrics_lines": 3, "scheduler": rungs}
+    saver.save(1, {"w": np.zeros(2)}, host)
+    rungs["recorded"][0].append(0.9)  # the next evaluation, at once
+    host["metrics_lines"] = 99
+    saver.close()
+    _, restored = checkpoints.StateCheckpoints(str(tmp_path), 0).restore_latest({"w": np.zeros(2)})
+    assert restored["scheduler"]["recorded"] == [[0.5]] and restored["metrics_lines"] == 3

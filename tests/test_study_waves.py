@@ -84,3 +84,22 @@ def test_an_unfinished_study_is_not_extended(tiny_config, tmp_path):
     tiny_config.learning_rates = (0.01,)
     with pytest.raises(ConfigError, match="has not finished"):
         train_and_evaluate(tiny_config, workdir)
+
+
+def test_changed_data_under_the_same_path_is_refused_and_overwrite_retrains(tiny_config, tmp_path):
+    """The same config and npz_path with other labels: never the first study's results."""
+    import shutil
+
+    path = str(tmp_path / "data.npz")
+    shutil.copy(tiny_config.npz_path, path)
+    tiny_config.npz_path, tiny_config.num_steps = path, 40
+    workdir = str(tmp_path / "study")
+    first = train_and_evaluate(tiny_config, workdir)
+    arrays = dict(np.load(path))
+    arrays["y_train"] = (arrays["y_train"] + 1) % 4
+    np.savez(path, **arrays)
+    with pytest.raises(ConfigError, match="holds a study of other data: its data fingerprint"):
+        train_and_evaluate(tiny_config, workdir)
+    tiny_config.overwrite = True
+    second = train_and_evaluate(tiny_config, workdir)
+    assert [r["best_val_loss"] for r in second] != [r["best_val_loss"] for r in first]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,7 @@ class Model:
     apply: Callable[[dict, jax.Array], jax.Array]
     module: Callable[[dict], nnx.Module]
     num_params: int
+    structure: str = ""  # a hash of the parameter tree (paths and shapes): the model's identity
 
 
 def from_factory(
@@ -127,10 +129,12 @@ def _functional(make: Callable[[nnx.Rngs], nnx.Module], name: str) -> Model:
         return module(params)(x)
 
     # jit makes direct (eager) calls fast; nested inside the engine's own jit/vmap it is inlined.
+    structure = hashlib.sha256(repr(sorted(flat_abstract.items())).encode()).hexdigest()[:16]
     return Model(
         name=name,
         init=jax.jit(init),
         apply=jax.jit(apply),
         module=module,
         num_params=num_params,
+        structure=structure,
     )

@@ -200,7 +200,9 @@ class StateCheckpoints:
         after it) is replaced.
         """
         _clear_step(self.manager, tick)
-        host = host | {"checksums": checksums(jax.device_get(state))}
+        # A deep copy: Orbax writes the JSON after save() returns, and the caller goes on
+        # changing its own objects (a scheduler's rungs) meanwhile.
+        host = json.loads(json.dumps(host | {"checksums": checksums(jax.device_get(state))}))
         self.manager.save(
             tick,
             args=ocp.args.Composite(

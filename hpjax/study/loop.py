@@ -16,7 +16,6 @@ resumes to the same results as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -124,11 +123,6 @@ def _ended_store(fresh: population.PopulationState, num_trials: int) -> dict:
         "step": np.zeros(num_trials, np.int32),
         "diverged": np.zeros(num_trials, bool),
     }
-
-
-def _snapshot(host: dict) -> dict:
-    """A deep copy of JSON state, so that a background writer never sees later changes."""
-    return json.loads(json.dumps(host))
 
 
 class PopulationRun:
@@ -465,7 +459,7 @@ class PopulationRun:
         }
         if extra.get("finished"):
             host["finished"], host["rows"] = True, extra["rows"]
-        saved.save(int(state.tick), {"live": live, "ended": self.ended}, _snapshot(host))
+        saved.save(int(state.tick), {"live": live, "ended": self.ended}, host)
         return lines
 
     def _resume(self, saved, fresh, lines_before: int):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from flax import nnx
@@ -62,7 +63,45 @@ def build_models(
     keys = {k for arch in architectures for k, _ in arch}
     if keys:
         _check_factory_keys(model_factory, keys)
-    return {arch: from_factory(model_factory, name, arch) for arch in architectures}
+    models = {arch: from_factory(model_factory, name, arch) for arch in architectures}
+    for built in models.values():
+        check_model_fits(built, dataset)
+    return models
+
+
+def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
+    """The model's input and output shapes against the data's, before anything compiles: one
+    line naming the shapes when they do not fit."""
+    x = jax.ShapeDtypeStruct((1, *dataset.input_shape), jnp.float32)
+    try:
+        params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+        out = jax.eval_shape(model.apply, params, x)
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 (a user's module fails in many ways)
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"model {model.name!r} does not take the data's inputs of shape "
+            f"{list(dataset.input_shape)} (per example): {type(error).__name__}: {first}"
+        ) from None
+    if dataset.is_classification:
+        wanted, what = (1, dataset.num_classes), f"{dataset.num_classes} classes"
+    else:
+        wanted, what = (1, *dataset.y_train.shape[1:]), "the regression targets"
+    if tuple(out.shape) != wanted:
+        raise ConfigError(
+            f"model {model.name!r} gives outputs of shape {list(out.shape[1:])} per example, but "
+            f"{dataset.name!r} has {what} (shape {list(wanted[1:])}): its last layer must have "
+            f"{wanted[-1] if len(wanted) > 1 else 'no'} outputs"
+        )
+
+
+def _model_fingerprint(models: dict[tuple, Model], factory: ModelFactory | None) -> str:
+    """A user model's parameter structure (its identity beside its factory's name); "" for
+    built-in models, which their config names, and for a sweep of architectures."""
+    if factory is None or len(models) != 1:
+        return ""
+    return next(iter(models.values())).structure
 
 
 def _check_factory_keys(factory: ModelFactory, keys: set[str]) -> None:
@@ -117,6 +156,7 @@ def train_study(
     """Runs the parsed study into ``workdir``; returns the summary rows."""
     spec_lib.check_data(study, dataset.num_train)
     models = build_models(study, dataset, model)  # every model checked before the workdir
+    study = spec_lib.with_inputs(study, dataset.fingerprint, _model_fingerprint(models, model))
     outputs = chosen_outputs(study.outputs)
     sharding = TrialSharding(study.placement.num_devices)
     if not sharding.is_writer:  # process 0 alone sees the workdir: no extension elsewhere

@@ -61,6 +61,14 @@ def with_points(study: StudySpec, points: Sequence[Mapping[str, Any]]) -> StudyS
     )
 
 
+def with_inputs(study: StudySpec, data: str, model: str) -> StudySpec:
+    """The study with the fingerprints of its data and (a user's) model in its config, which
+    config.json records: a rerun with other data or another model under the same name then
+    differs from the workdir's study, and is refused instead of answered with old results."""
+    config = dict(study.config) | {"data_fingerprint": data, "model_fingerprint": model}
+    return dataclasses.replace(study, config=config)
+
+
 def _fail(key: str, value: Any, why: str) -> None:
     raise config_error(key, value, why)
 

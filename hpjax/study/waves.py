@@ -86,9 +86,7 @@ def write_waves(workdir: str, waves: list[list[Trial]]) -> None:
     )
 
 
-def waves(
-    workdir: str, study: StudySpec, *, restart: bool, overwrite: bool
-) -> list[list[Trial]]:
+def waves(workdir: str, study: StudySpec, *, restart: bool, overwrite: bool) -> list[list[Trial]]:
     """The waves of trials this run holds: the workdir's, plus a new one when ``study``
     defines trials it lacks. Raises :class:`ConfigError` for a change that would alter the
     finished trials (unless ``overwrite`` starts afresh)."""
@@ -109,6 +107,15 @@ def waves(
     if blocking:
         if overwrite:
             return fresh
+        inputs = [k for k in ("data_fingerprint", "model_fingerprint") if k in blocking]
+        if inputs:
+            what = inputs[0].split("_")[0]
+            raise ConfigError(
+                f"workdir {workdir!r} holds a study of other {what}: its {what} fingerprint is "
+                f"{old.get(inputs[0])!r} there and {new.get(inputs[0])!r} here (arrays' shapes, "
+                "dtypes and values; a model's parameter shapes); choose another --workdir, or "
+                "pass overwrite=True (--config.overwrite=True) to train afresh on these"
+            )
         key = blocking[0]
         raise ConfigError(
             f"workdir {workdir!r} holds a different study: config.{key} is "
