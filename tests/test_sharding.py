@@ -1,5 +1,6 @@
 """The trial axis sharded over several devices (4 CPU devices made by XLA in a subprocess)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -238,3 +239,68 @@ def test_two_processes_killed_and_resumed_equal_one_uninterrupted_process(
     with open(workdir / "metrics.jsonl") as f:
         lines = f.read().splitlines()
     assert len(lines) == 3 * (600 // 10 + 1)  # every evaluation once: none lost, none repeated
+
+
+def _run_two(flags) -> list[tuple[str, str]]:
+    processes = _start_two(flags)
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (_, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return outputs
+
+
+def _kill_two_at_a_checkpoint(flags, state) -> None:
+    """Starts two processes and SIGKILLs both once a state checkpoint is committed."""
+    import signal
+    import time
+
+    processes = _start_two(flags)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        if state.is_dir() and any(
+            (state / s / "commit_success.txt").exists() for s in os.listdir(state) if s.isdigit()
+        ):
+            break
+        time.sleep(0.05)
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert [s for s in os.listdir(state) if s.isdigit()], "no state checkpoint before the kill"
+
+
+def test_an_adaptive_study_of_two_processes_killed_and_resumed_ends_as_uninterrupted(
+    tiny_npz, tmp_path
+):
+    """ASHA through 2 slots of a program sharded over 2 processes x 2 CPU devices: killed at a
+    checkpoint and resumed, it gives the summary and metrics of the same study uninterrupted
+    (the one resume path: rows, ended trials, layout and rungs restored and broadcast)."""
+    adaptive = [
+        "--config.learning_rates=(0.001,0.003,0.01,0.03,0.1,0.3)",
+        "--config.slots=2",
+        "--config.scheduler=asha",
+        "--config.asha.min_steps=40",
+        "--config.asha.eta=2.0",
+        "--config.tensorboard=off",
+        "--config.optuna_storage=off",
+    ]
+
+    def flags(workdir):
+        base = _two_process_flags(tiny_npz, workdir, _free_port(), 160)
+        return [f for f in base if not f.startswith("--config.learning_rates=")] + adaptive
+
+    _run_two(flags(tmp_path / "uninterrupted"))
+    resumed = tmp_path / "resumed"
+    _kill_two_at_a_checkpoint(flags(resumed), resumed / "state" / "population_0")
+    outputs = _run_two(flags(resumed))
+    assert "resuming at tick" in outputs[0][1] + outputs[1][1]
+    drop = ("peak_memory_mb", "memory_estimate_mb")
+    rows = []
+    for workdir in (tmp_path / "uninterrupted", resumed):
+        with open(workdir / "summary.csv") as f:
+            rows.append([{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)])
+    assert rows[0] == rows[1] and len(rows[0]) == 6
+    assert {r["status"] for r in rows[0]} >= {"pruned"}
+    workdirs = (tmp_path / "uninterrupted", resumed)
+    metrics = [(w / "metrics.jsonl").read_text().splitlines() for w in workdirs]
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "elapsed_s"}  # noqa: E731
+    assert [strip(m) for m in metrics[0]] == [strip(m) for m in metrics[1]]
