@@ -3,6 +3,7 @@
 import importlib.util
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -27,16 +28,26 @@ def trial_hparams(trials: list[dict], **defaults) -> population.TrialHParams:
     return population.make_hparams(**{k: [t.get(k, v) for t in trials] for k, v in base.items()})
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each test module's compiled programs are dropped when it ends. XLA:CPU maps every
+    program's code into memory; one pytest process holding the ~thousands of programs of the
+    whole suite hit the kernel's limit of memory maps (vm.max_map_count, 65530 here) and
+    segfaulted inside the compiler, late in the run (a study runs a few dozen programs)."""
+    yield
+    jax.clear_caches()
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name: str):
-    """``get_config()`` of ``experiments/configs/<name>.py``."""
+def load_config(name: str, variant: str | None = None):
+    """``get_config(variant)`` of ``experiments/configs/<name>.py``."""
     path = os.path.join(ROOT, "experiments", "configs", f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"config_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(variant)
 
 
 def write_tiny_npz(path: str, num_train: int = 240, seed: int = 0) -> str:

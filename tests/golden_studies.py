@@ -42,29 +42,16 @@ def default_study(npz: str):
 
 
 def asha_study(npz: str):
-    config = _tiny(_variant("asha"), npz)
+    config = _tiny(load_config("lr_sweep", "asha"), npz)
     config.num_samples, config.slots, config.num_steps = 8, 3, 60
     config.asha.min_steps, config.asha.eta = 10, 2.0
     return config
 
 
 def pbt_study(npz: str):
-    config = _tiny(_variant("pbt"), npz)
+    config = _tiny(load_config("lr_sweep", "pbt"), npz)
     config.num_samples, config.num_steps, config.pbt.interval = 4, 60, 20
     return config
-
-
-def _variant(name: str):
-    import importlib.util
-    import os
-
-    from tests.conftest import ROOT
-
-    path = os.path.join(ROOT, "experiments", "configs", "lr_sweep.py")
-    spec = importlib.util.spec_from_file_location("lr_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(name)
 
 
 CONFIGS = {"default": default_study, "asha": asha_study, "pbt": pbt_study}

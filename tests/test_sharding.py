@@ -198,30 +198,12 @@ def test_two_processes_killed_and_resumed_equal_one_uninterrupted_process(
 ):
     """Multi-host resume: process 0 saves the state and, on the rerun, restores and broadcasts
     it to the other process."""
-    import signal
-    import time
-
     from hpjax.study.run import train_and_evaluate
 
     workdir = tmp_path / "multi"
     state = workdir / "state" / "population_0"
-    processes = _start_two(_two_process_flags(tiny_npz, workdir, _free_port(), 600))
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
-        if state.is_dir() and any(
-            (state / s / "commit_success.txt").exists() for s in os.listdir(state) if s.isdigit()
-        ):
-            break
-        time.sleep(0.05)
-    for p in processes:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    saved = [s for s in os.listdir(state) if s.isdigit()]
-    assert saved, "no state checkpoint before the kill"
-    processes = _start_two(_two_process_flags(tiny_npz, workdir, _free_port(), 600))
-    outputs = [p.communicate(timeout=300) for p in processes]
-    for p, (_, err) in zip(processes, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    _kill_two_at_a_checkpoint(_two_process_flags(tiny_npz, workdir, _free_port(), 600), state)
+    outputs = _run_two(_two_process_flags(tiny_npz, workdir, _free_port(), 600))
     assert "resuming at tick" in outputs[0][1] + outputs[1][1]
     with open(workdir / "summary.csv") as f:
         multi = list(__import__("csv").DictReader(f))

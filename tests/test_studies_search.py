@@ -1,7 +1,6 @@
 """Optuna's samplers proposing populations: batched ask, one program per round, tell."""
 
 import csv
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import pytest
 from hpjax.errors import ConfigError
 from hpjax.studies.search import run_search
 from hpjax.study.run import train_and_evaluate
-from tests.conftest import ROOT
+from tests.conftest import load_config
 
 
 def search_config(variant: str, tiny_npz: str):
@@ -27,11 +26,7 @@ def search_config(variant: str, tiny_npz: str):
 
 
 def load_config_variant(variant: str):
-    path = os.path.join(ROOT, "experiments", "configs", "search.py")
-    spec = importlib.util.spec_from_file_location("search_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config("search", variant)
 
 
 @pytest.fixture(scope="module")
