@@ -16,7 +16,7 @@ from typing import Any
 from flax import nnx
 
 from hpjax.errors import ConfigError
-from hpjax.results import checkpoints, files
+from hpjax.results import checkpoints
 
 
 def monitored_column(monitor: str = "loss") -> str:
@@ -70,13 +70,6 @@ class Study:
     rows: tuple[Mapping[str, Any], ...]
     monitor: str = "loss"
     model: Callable[..., nnx.Module] | None = None  # your own model's factory, to restore it
-
-    @classmethod
-    def from_workdir(
-        cls, workdir: str, *, monitor: str = "loss", model: Callable | None = None
-    ) -> Study:
-        """The study a workdir holds, from its ``summary.csv``."""
-        return cls(str(workdir), tuple(files.read_summary(workdir)), monitor, model)
 
     @property
     def best(self) -> TrialResult:

@@ -264,8 +264,7 @@ class PopulationRun:
         evaluations = 0
         while True:
             state = self._schedule(state)
-            state = self._refill(state)
-            active = self._active(state) & layout.real
+            state, active = self._refill(state, self._active(state) & layout.real)
             if not active.any():
                 break
             if self.refills and (smaller := layout.shrink(state, active)) is not None:
@@ -365,25 +364,23 @@ class PopulationRun:
             state = population.copy_rows(state, jnp.asarray(source), jnp.asarray(copies))
         return state
 
-    def _refill(self, state):
-        """Rows whose trial ended go to the host store; the next pending trials take them."""
+    def _refill(self, state, active: np.ndarray):
+        """Rows whose trial ended go to the host store; the next pending trials take them.
+        Returns the state and the rows that train (``active``: those that trained before)."""
         layout = self.rows
-        if not self.refills:
-            return state
-        ended = layout.real & ~(self._active(state))
-        if not ended.any():
-            return state
+        ended = layout.real & ~active
+        if not self.refills or not ended.any():
+            return state, active
         self._finish(state, ended)
         allowed = True
         if self.budget:  # a trial starts only if the next window still fits in the budget
-            running = self._active(state) & layout.real
-            next_window = self._window_steps(running) + self._window_steps(ended)
+            next_window = self._window_steps(active) + self._window_steps(ended)
             allowed = self._spent(state) + next_window <= self.budget
         started = layout.start(ended, allowed)
         if started.any():
             state = population.restart_rows(self.spec, state, layout.hparams, started)
             state = self.evaluate(state, started)
-        return state
+        return state, active | started
 
     def _stop_for_budget(self, state) -> None:
         active = self._active(state) & self.rows.real
