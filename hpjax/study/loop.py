@@ -489,8 +489,11 @@ class PopulationRun:
             state = self.sharding.put_rows(jax.device_get(fresh))
             return self.evaluate(state, self.rows.real), None
         tree, host = restored
-        if writer:  # the other processes see no workdir (it may be on process 0's host only)
+        # The other processes see no workdir (it may be on process 0's host only). A finished
+        # population's rows are all written; the lines after them are later populations'.
+        if writer and not host.get("finished"):
             self.writer.truncate_to(host["metrics_lines"])
+        if writer:
             for row in files.read_metrics(self.workdir):
                 if row["trial"] in self.history:
                     self.history[row["trial"]].append(row)
