@@ -120,4 +120,3 @@ def test_the_config_is_read_by_its_parsers_alone():
         assert not gets, gets
         if path.relative_to(PACKAGE).parts[0] in ("engine", "models", "results"):
             assert not reads, reads
-

@@ -25,6 +25,7 @@ def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> set[str]:
 def test_every_key_the_parser_reads_has_its_default_in_the_one_table(monkeypatch):
     read = []
     original = spec._Reader.raw
+
     def recording(self, key):
         read.append(key)
         return original(self, key)

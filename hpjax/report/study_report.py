@@ -25,9 +25,7 @@ def _distinct(summary: Sequence[Mapping], key: str) -> str | None:
     return "/".join(values) if values else None
 
 
-def _intro(
-    saved: Mapping, summary: Sequence[Mapping], fallback_name: str
-) -> tuple[str, list[str]]:
+def _intro(saved: Mapping, summary: Sequence[Mapping], fallback_name: str) -> tuple[str, list[str]]:
     study = saved.get("study")
     name = _name(study) or fallback_name
     lines = []
