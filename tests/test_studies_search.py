@@ -130,3 +130,48 @@ def test_every_sampler_runs_a_round_and_is_told(tiny_npz, tmp_path, variant):
         study_name="search", storage=f"sqlite:///{tmp_path / variant}/search.db"
     )
     assert len(rows) == 4 and all(t.state.is_finished() for t in study.trials)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sampler, asked_before_kill", [("tpe", 0), ("tpe", 1), ("cmaes", 2)])
+def test_a_search_killed_after_its_first_round_asks_what_the_uninterrupted_one_asked(
+    tpe_search, tiny_npz, tmp_path, monkeypatch, sampler, asked_before_kill
+):
+    """Killed in round 1 after 0, 1 or 2 of its 3 trials were asked (before ``asked.json``):
+    the resumed search takes the asked ones from the storage, asks the rest, and ends with the
+    trials and ``search.csv`` of the uninterrupted search."""
+    from hpjax.studies import search
+
+    config = search_config(f"{sampler},quick", tiny_npz)
+    if sampler == "tpe":
+        _, reference_dir, reference = tpe_search
+    else:
+        reference_dir = str(tmp_path / "reference")
+        reference = run_search(config, reference_dir)
+    asks = {"count": 0}
+    ask = optuna.Study.ask
+
+    def ask_then_die(study, *args, **kwargs):
+        if asks["count"] == 3 + asked_before_kill:  # round 0 asks 3
+            raise _Killed
+        asks["count"] += 1
+        return ask(study, *args, **kwargs)
+
+    workdir = str(tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        patch.setattr(optuna.Study, "ask", ask_then_die)
+        with pytest.raises(_Killed):
+            search.run_search(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "round_001", "asked.json"))
+    resumed = run_search(config, workdir)
+    params = lambda rows: [(r["number"], r["learning_rate"], r["weight_decay"]) for r in rows]  # noqa: E731
+    assert params(resumed) == params(reference)
+    assert [r["best_val_loss"] for r in resumed] == [r["best_val_loss"] for r in reference]
+    read = lambda w: [  # noqa: E731
+        {k: v for k, v in r.items() if k not in ("elapsed_s", "peak_memory_mb")}
+        for r in csv.DictReader(open(os.path.join(w, "search.csv")))
+    ]
+    assert read(workdir) == read(reference_dir)

@@ -216,13 +216,46 @@ def read_csv(path: PathLike, key: str = "trial") -> list[dict]:
     return rows
 
 
+def read_json_file(path: PathLike, what: str, way_out: str = "") -> Any:
+    """A JSON file hpjax wrote; a corrupt or unreadable one is a :class:`ConfigError` naming
+    the file, what it holds and ``way_out`` (what the user can do)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else f"not valid JSON ({error})"
+        raise ConfigError(
+            f"cannot read {os.fspath(path)!r} ({what}): {reason}"
+            + (f"; {way_out}" if way_out else "")
+        ) from None
+
+
+CONFIG_WAY_OUT = (
+    "it records which study the workdir holds: restore it, choose another --workdir, or pass "
+    "--config.overwrite=True to train this study afresh there"
+)
+
+
 def read_config(workdir: PathLike) -> dict:
-    """``config.json`` as a dict ({} when absent)."""
+    """``config.json`` as a dict ({} when absent); a corrupt one is refused in one line."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    config = read_json_file(path, "the study's config", CONFIG_WAY_OUT)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path!r} holds no config (a JSON object); {CONFIG_WAY_OUT}")
+    return config
+
+
+def read_config_unless_overwritten(workdir: PathLike, overwrite: bool) -> dict:
+    """``config.json``; a corrupt one reads as ``{}`` (another study) when ``overwrite`` is
+    going to replace it anyway."""
+    try:
+        return read_config(workdir)
+    except ConfigError:
+        if overwrite:
+            return {}
+        raise
 
 
 def curves_by_trial(metrics: Iterable[Mapping]) -> dict[int, list[dict]]:
@@ -303,14 +336,16 @@ def prepare_workdir(workdir: str, config_dict: dict, extendable: Sequence[str] =
         foreign = sorted(
             name for name in OUTPUTS if name != "config.json" and _holds(workdir, name)
         )
-        if foreign:
+        if foreign and not config_dict.get("overwrite", False):
             raise ConfigError(
-                f"workdir {workdir!r} holds {', '.join(foreign)} but no config.json: files "
-                "hpjax did not write (or from another tool); choose another --workdir"
+                f"workdir {workdir!r} holds {', '.join(foreign)} but no config.json (deleted, "
+                "or written by another tool), so which study it holds is unknown; choose "
+                "another --workdir, or pass --config.overwrite=True to replace hpjax's files "
+                "there"
             )
+        _remove_outputs(workdir)
     else:
-        with open(path) as f:
-            old = json.load(f)
+        old = read_config_unless_overwritten(workdir, config_dict.get("overwrite", False))
         ignore = lambda d: {k: v for k, v in study_identity(d).items() if k not in extendable}  # noqa: E731
         same = ignore(old) == ignore(config_dict)
         if same and not config_dict.get("restart", False):

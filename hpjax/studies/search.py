@@ -7,7 +7,9 @@ study has), and tells Optuna each trial's best validation loss (and, for two obj
 parameter count). The Optuna study lives in ``sqlite:///WORKDIR/search.db`` (or
 ``config.optuna_storage``), so optuna-dashboard shows it; ``search.csv``, ``plots/search.png``
 and ``search_report.md`` sum it up. A killed search resumes: the trials a round asked for are
-kept in its ``asked.json`` and trained (or resumed) before anything new is asked.
+kept in its ``asked.json`` and trained (or resumed) before anything new is asked, and each
+trial is proposed by a sampler seeded from the search's seed and the trial's number, so a
+resumed search asks exactly what the uninterrupted one would have asked.
 
 The search space (``config.search.space``): a key -> ``(low, high, "log" | "linear")`` or a
 tuple of choices, for any per-trial hyperparameter of
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import time
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from hpjax import data as data_lib
@@ -107,13 +109,19 @@ def _distribution(key: str, value: Any):
     return optuna.distributions.FloatDistribution(dim.low, dim.high, log=log)
 
 
-def make_sampler(config):
+def make_sampler(config, number: int = 0):
+    """The sampler that proposes trial ``number``: a fresh one seeded from the search's seed and
+    the number, so what it proposes depends only on the storage (the trials told and pending),
+    never on how many times this process asked before. A resumed search therefore asks what
+    the uninterrupted one asked. Sobol keeps the search's seed: its scrambling spans the
+    sequence, and it takes its place in the sequence from the storage."""
     s = config.search
     seed = int(s.seed)
-    if s.sampler == "optuna_tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
     if s.sampler == "optuna_qmc":
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+    seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+    if s.sampler == "optuna_tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
     if s.sampler == "optuna_random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "optuna_gp":
@@ -137,14 +145,25 @@ def base_study(config) -> tuple[StudySpec, str]:
     return rounds, study.outputs.optuna_storage
 
 
-def _asked(study, distributions: dict, count: int, path: str) -> list[dict]:
-    """The round's trials: kept from ``asked.json`` when resuming, else asked now and kept."""
+def _asked(study, config, distributions: dict, first: int, count: int, path: str) -> list[dict]:
+    """The round's trials, numbers ``first`` to ``first + count - 1``: kept from ``asked.json``
+    when resuming, else asked now and kept. Trials a killed run had asked before it could
+    write ``asked.json`` are in the storage already: they are taken as they are."""
     if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+        return files.read_json_file(path, "the trials a search round asked")
+    pending = {
+        t.number: t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if first <= t.number < first + count
+    }
     asked = []
-    for _ in range(count):
-        trial = study.ask(distributions)
+    for number in range(first, first + count):
+        trial = pending.get(number)
+        if trial is None or set(trial.params) != set(distributions):
+            if trial is not None:  # killed while its parameters were drawn
+                study.tell(number, state=optuna.trial.TrialState.FAIL)
+            study.sampler = make_sampler(config, len(study.get_trials(deepcopy=False)))
+            trial = study.ask(distributions)
         asked.append({"number": trial.number, "params": trial.params})
     os.makedirs(os.path.dirname(path), exist_ok=True)
     files.write_json(path, asked)
@@ -201,12 +220,17 @@ def run_search(
         )
         rows: list[dict] = []
         start = time.perf_counter()
-        done, index = 0, 0
+        done, index, first_number = 0, 0, 0
         while done < int(s.num_trials):
             count = min(int(s.population), int(s.num_trials) - done)
             round_dir = os.path.join(workdir, f"round_{index:03d}")
             asked = _asked(
-                optuna_study, distributions, count, os.path.join(round_dir, "asked.json")
+                optuna_study,
+                config,
+                distributions,
+                first_number,
+                count,
+                os.path.join(round_dir, "asked.json"),
             )
             trials = [_trial_dict(a["params"]) for a in asked]
             logging.info("search round %d: %d trials asked of %s", index, len(trials), s.sampler)
@@ -221,6 +245,7 @@ def run_search(
             for entry, row in zip(asked, round_rows, strict=True):
                 rows.append({"round": index, "number": entry["number"], **entry["params"], **row})
             done += len(asked)
+            first_number = max(a["number"] for a in asked) + 1
             index += 1
         wall = time.perf_counter() - start
         write_outputs(workdir, config, optuna_study, rows, objectives, wall)

@@ -72,11 +72,20 @@ def _trial_from_dict(d: dict) -> Trial:
 
 
 def read_waves(workdir: str) -> list[list[Trial]] | None:
+    """The workdir's waves of trials (None when it has no ``trials.json``); a corrupt file is
+    refused in one line."""
     path = os.path.join(workdir, WAVES_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return [[_trial_from_dict(t) for t in wave] for wave in json.load(f)]
+    way_out = (
+        "it lists the study's trials in the order they were added: restore it, or pass "
+        "--config.restart=True to train this study afresh"
+    )
+    saved = files.read_json_file(path, "the study's trials", way_out)
+    try:
+        return [[_trial_from_dict(t) for t in wave] for wave in saved]
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ConfigError(f"{path!r} does not list trials ({error}); {way_out}") from None
 
 
 def write_waves(workdir: str, waves: list[list[Trial]]) -> None:
@@ -95,14 +104,13 @@ def waves(workdir: str, study: StudySpec, *, restart: bool, overwrite: bool) -> 
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path) or restart:
         return fresh
-    old = files.read_config(workdir)
+    old = files.read_config_unless_overwritten(workdir, overwrite)
     new = dict(study.config)
     differing = sorted(
         k for k in set(old) | set(new) if k not in NON_STUDY_KEYS and old.get(k) != new.get(k)
     )
-    kept = read_waves(workdir) or [list(spec_lib.parse(ml_collections.ConfigDict(old)).trials)]
     if not differing:
-        return kept
+        return _kept(workdir, old)
     blocking = [k for k in differing if k not in TRIAL_SET_KEYS]
     if blocking:
         if overwrite:
@@ -129,6 +137,7 @@ def waves(workdir: str, study: StudySpec, *, restart: bool, overwrite: bool) -> 
             f"workdir {workdir!r} holds a study that has not finished: rerun it with its own "
             "config to finish it before adding trials, or pass --config.restart=True"
         )
+    kept = _kept(workdir, old)
     known = {definition(t) for wave in kept for t in wave}
     count = sum(len(w) for w in kept)
     added = [t for t in trials if definition(t) not in known]
@@ -141,3 +150,14 @@ def waves(workdir: str, study: StudySpec, *, restart: bool, overwrite: bool) -> 
         ", ".join(differing),
     )
     return kept + [added] if added else kept
+
+
+def _kept(workdir: str, old: dict) -> list[list[Trial]]:
+    """The waves the workdir holds; without ``trials.json``, the trials of its config."""
+    kept = read_waves(workdir)
+    if kept is None:
+        logging.warning(
+            "%s has no %s: taking the trials of its config.json as one wave", workdir, WAVES_FILE
+        )
+        kept = [list(spec_lib.parse(ml_collections.ConfigDict(old)).trials)]
+    return kept
