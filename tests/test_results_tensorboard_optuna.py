@@ -81,6 +81,13 @@ def test_optuna_storage_holds_every_trial_with_its_curve_state_and_value(finishe
     train_and_evaluate(config, workdir)
     again = optuna.load_study(study_name="study", storage=f"sqlite:///{workdir}/optuna.db")
     assert sorted(t.user_attrs["hpjax_trial"] for t in again.trials) == [0, 1, 2]
+    # a damaged database is moved aside and written afresh from the summary and metrics
+    with open(os.path.join(workdir, "optuna.db"), "wb") as f:
+        f.write(b"not a database")
+    train_and_evaluate(config, workdir)
+    again = optuna.load_study(study_name="study", storage=f"sqlite:///{workdir}/optuna.db")
+    assert sorted(t.user_attrs["hpjax_trial"] for t in again.trials) == [0, 1, 2]
+    assert open(os.path.join(workdir, "optuna.db.damaged"), "rb").read() == b"not a database"
 
 
 def test_dashboard_lists_every_trial_through_its_http_api(finished):

@@ -35,11 +35,11 @@ def pbt_workdir(tmp_path_factory, tiny_npz):
     config.pbt.fraction = 0.25
     workdir = str(tmp_path_factory.mktemp("pbt"))
     rows = train_and_evaluate(config, workdir)
-    return workdir, rows
+    return workdir, rows, config
 
 
 def test_lineage_is_written_and_metrics_name_the_parent(pbt_workdir):
-    workdir, rows = pbt_workdir
+    workdir, rows, _ = pbt_workdir
     lineage = files.read_csv(os.path.join(workdir, "lineage.csv"))
     assert len(lineage) == 3  # one exploit per round (a quarter of 4), at steps 20, 40, 60
     assert [e["step"] for e in lineage] == [20, 40, 60]
@@ -60,7 +60,7 @@ def test_lineage_is_written_and_metrics_name_the_parent(pbt_workdir):
 
 
 def test_every_member_replays_alone_to_its_recorded_validation_losses(pbt_workdir):
-    workdir, rows = pbt_workdir
+    workdir, rows, _ = pbt_workdir
     for member in range(4):
         replayed = pbt.replay(workdir, member)
         assert len(replayed) == 9  # steps 0, 10, ..., 80
@@ -86,7 +86,7 @@ def _replay_tool(*args, capsys):
 
 
 def test_replay_tool_prints_the_comparison(pbt_workdir, capsys):
-    workdir, _ = pbt_workdir
+    workdir, _, _ = pbt_workdir
     lineage = files.read_csv(os.path.join(workdir, "lineage.csv"))
     code, out, err = _replay_tool(workdir, str(lineage[-1]["trial"]), capsys=capsys)
     assert code == 0, err[-2000:]
@@ -175,3 +175,18 @@ def test_pbt_resumed_at_an_exploit_tick_ends_as_the_uninterrupted_run(tiny_npz, 
     assert [(r["trial"], r["step"], r["val_loss"]) for r in metrics[0]] == [
         (r["trial"], r["step"], r["val_loss"]) for r in metrics[1]
     ]
+
+
+def test_a_damaged_lineage_is_written_again_from_the_saved_state(pbt_workdir, tmp_path):
+    import shutil
+
+    workdir, rows, config = pbt_workdir
+    copy = str(tmp_path / "copy")
+    shutil.copytree(workdir, copy)
+    lineage = open(os.path.join(workdir, "lineage.csv")).read()
+    with open(os.path.join(copy, "lineage.csv"), "w") as f:
+        f.write(lineage[: len(lineage) // 2])
+    assert [r["best_val_loss"] for r in train_and_evaluate(config, copy)] == [
+        r["best_val_loss"] for r in rows
+    ]
+    assert open(os.path.join(copy, "lineage.csv")).read() == lineage

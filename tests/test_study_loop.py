@@ -311,3 +311,44 @@ def test_memory_estimate_counts_state_and_activations(tiny_config):
     # adam: params, best copy, gradient sum, candidate (4x) + mu, nu and their candidates (4x)
     assert estimate.state_bytes == 8 * model.num_params * 4 + 2 * 4  # + adam's int32 count, x2
     assert estimate.activation_bytes > 16 * 16 * 4  # at least one hidden activation matrix
+
+
+def _cut_line(path, number):
+    lines = open(path).read().splitlines(keepends=True)
+    lines[number] = lines[number][:15]  # cut mid-record, its newline gone
+    open(path, "w").write("".join(lines))
+
+
+def _cut_last_line(path):
+    text = open(path).read()
+    open(path, "w").write(text[:-40])
+
+
+DAMAGE = {
+    "a metrics line cut mid-file": lambda w: _cut_line(os.path.join(w, "metrics.jsonl"), 4),
+    "the last metrics line cut": lambda w: _cut_last_line(os.path.join(w, "metrics.jsonl")),
+    "metrics.jsonl deleted": lambda w: os.remove(os.path.join(w, "metrics.jsonl")),
+    "checkpoints/ deleted": lambda w: __import__("shutil").rmtree(os.path.join(w, "checkpoints")),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_finished_study_with_damaged_outputs_is_rebuilt_to_the_same_results(
+    tiny_config, tmp_path, damage
+):
+    """Rows of metrics.jsonl are written again by training the populations that lost them;
+    best checkpoints are written again from the finished state; nothing is left damaged."""
+    tiny_config.learning_rates = (0.003, 0.03, 0.3, 0.1)
+    tiny_config.max_population = 2  # two populations: the damage hits the first one
+    workdir = str(tmp_path / "study")
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    reference = train_and_evaluate(tiny_config, workdir)
+    metrics = drop(read_jsonl(os.path.join(workdir, "metrics.jsonl")))
+    DAMAGE[damage](workdir)
+    measured = ("peak_memory_mb", "memory_estimate_mb")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in measured} for r in rows]  # noqa: E731
+    assert strip(train_and_evaluate(tiny_config, workdir)) == strip(reference)
+    assert drop(read_jsonl(os.path.join(workdir, "metrics.jsonl"))) == metrics
+    for row in reference:
+        restored = checkpoint.restore_best(workdir, row["trial"])
+        assert restored.metadata["best_val_loss"] == row["best_val_loss"]

@@ -251,9 +251,25 @@ class StateCheckpoints:
             + "); pass --config.restart=True to discard them and train this study afresh"
         )
 
+    def clear(self) -> None:
+        """Deletes every checkpoint of this population (it trains again from the start)."""
+        self.manager.wait_until_finished()
+        for step in self.manager.all_steps():
+            self.manager.delete(step)
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def has_best(workdir: str, trial: int) -> bool:
+    """Whether ``trial`` has a committed best checkpoint (its contents are verified when
+    restored)."""
+    directory = best_dir(workdir, trial)
+    return os.path.isdir(directory) and any(
+        name.isdigit() and os.path.exists(os.path.join(directory, name, "_CHECKPOINT_METADATA"))
+        for name in os.listdir(directory)
+    )
 
 
 def read_json(path: str) -> Any:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from absl import logging
+
 from hpjax.config import NON_STUDY_KEYS, study_identity
 from hpjax.errors import ConfigError
 
@@ -66,6 +68,7 @@ OUTPUTS = (
     "state",
     "tensorboard",
     "optuna.db",
+    "optuna.db.damaged",
     "trials.json",
     "lineage.csv",
 )
@@ -96,9 +99,41 @@ class JsonlWriter:
         """Keeps the first ``num_lines`` lines (to drop rows a resumed study will write again)."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            lines = f.readlines()[:num_lines]
-        write_text_atomic(self.path, "".join(lines))
+        with open(self.path, "rb") as f:
+            lines = f.read().splitlines()[:num_lines]
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+        os.replace(tmp, self.path)
+
+    def keep_intact_lines(self) -> None:
+        """Cuts the file at its first line that is not a whole JSON object (a line cut by a
+        crash or damaged on disk), so that every line kept is a record; the populations whose
+        rows are cut off train again (their checkpoints count more lines than remain)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as f:
+            lines = f.read().split(b"\n")
+        kept = 0
+        for line in lines:
+            try:
+                if not isinstance(json.loads(line), dict):
+                    break
+            except ValueError:
+                break
+            kept += 1
+        whole = len(lines) - (lines[-1] == b"")  # the text after the last newline, if any
+        if kept == whole and lines[-1] != b"":  # whole, but its newline was lost
+            self.truncate_to(kept)
+        elif kept < whole:
+            logging.warning(
+                "%s: line %d is not a whole record; keeping the %d lines before it (the "
+                "populations whose rows followed train again)",
+                self.path,
+                kept + 1,
+                kept,
+            )
+            self.truncate_to(kept)
 
     def count_lines(self) -> int:
         if not os.path.exists(self.path):

@@ -20,6 +20,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from absl import logging
+
 from hpjax.errors import ConfigError
 from hpjax.results import checkpoints, files
 from hpjax.results.files import is_result_column
@@ -87,6 +89,15 @@ def params_of(summary: Sequence[Mapping]) -> list[str]:
     return [k for k in keys if not is_result_column(k) and k not in NOT_PARAMS]
 
 
+def _fresh_study(name: str, url: str):
+    """An empty Optuna study ``name`` in ``url`` (one recorded there before is replaced)."""
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:  # not recorded before
+        pass
+    return optuna.create_study(study_name=name, storage=url, direction="minimize")
+
+
 def record_study(workdir: str, storage: str = "auto", study_name: str | None = None) -> str:
     """Writes the finished study in ``workdir`` to ``storage``; returns the study's name."""
     require()
@@ -95,10 +106,25 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
     url = storage_url(workdir, storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        optuna.delete_study(study_name=name, storage=url)
-    except KeyError:  # not recorded before
-        pass
-    study = optuna.create_study(study_name=name, storage=url, direction="minimize")
+        study = _fresh_study(name, url)
+    except Exception as error:  # noqa: BLE001 (SQLAlchemy and the drivers raise many kinds)
+        local = os.path.join(workdir, DATABASE)
+        if "://" in storage or not os.path.exists(local):
+            raise ConfigError(
+                f"cannot write the study to the Optuna storage {url!r} "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); fix it, or "
+                "pass --config.optuna_storage=off"
+            ) from None
+        damaged = local + ".damaged"
+        os.replace(local, damaged)
+        logging.warning(
+            "%s could not be opened (%s); moved to %s and written afresh from the study's "
+            "summary and metrics",
+            local,
+            type(error).__name__,
+            damaged,
+        )
+        study = _fresh_study(name, url)
     study.set_user_attr("workdir", os.path.abspath(workdir))
     study.set_user_attr("dataset", str(saved.get("dataset")))
     keys = params_of(summary)

@@ -459,6 +459,45 @@ class PopulationRun:
         saved.save(int(state.tick), {"live": live, "ended": self.ended}, host)
         return lines
 
+    def _unless_rows_lost(self, saved, restored):
+        """``restored``, or None (its checkpoints deleted) when ``metrics.jsonl`` lost rows the
+        checkpoint counts: the population trains again from the start and writes them anew."""
+        if restored is None:
+            return None
+        counted = restored[1]["metrics_lines"]
+        lost = self.sharding.is_writer and self.writer.count_lines() < counted
+        if jax.process_count() > 1:
+            lost = broadcast_flag(lost)
+        if not lost:
+            return restored
+        logging.warning(
+            "%s: metrics.jsonl holds fewer than the %d lines its checkpoint counts (rows were "
+            "lost or cut); training it again from the start to write them anew",
+            self.label,
+            counted,
+        )
+        if saved:
+            saved.clear()
+        return None
+
+    def _rebuild_best_checkpoints(self, tree, host) -> None:
+        """A finished population's best checkpoints, written again from its final state when
+        ``checkpoints/`` lost any of them."""
+        missing = [
+            r["trial"] for r in host["rows"] if not checkpoints.has_best(self.workdir, r["trial"])
+        ]
+        if not missing:
+            return
+        logging.warning(
+            "%s: best checkpoints of trials %s are missing; writing them again from the "
+            "population's final state",
+            self.label,
+            missing,
+        )
+        self.ended = jax.tree.map(np.array, tree["ended"])
+        self.rows.load(host["layout"])
+        summary.write_best_checkpoints(self, host["rows"])
+
     def _resume(self, saved, fresh, lines_before: int):
         """The state to start from: restored (every process alike), or ``fresh`` evaluated;
         ``(None, host)`` when the population had finished."""
@@ -475,6 +514,7 @@ class PopulationRun:
         if jax.process_count() > 1:  # process 0 read it; every process resumes from it
             restored = broadcast_restored(restored, template)
         writer = self.sharding.is_writer
+        restored = self._unless_rows_lost(saved, restored)
         if restored is None:
             dropped = self.writer.count_lines() - lines_before if writer else 0
             if dropped > 0:
@@ -499,6 +539,11 @@ class PopulationRun:
                     self.history[row["trial"]].append(row)
         if host.get("finished"):
             logging.info("%s: already finished, taking its saved results", self.label)
+            if writer:
+                self._rebuild_best_checkpoints(tree, host)
+                if self.scheduler is not None:  # its files (lineage.csv), from its saved state
+                    self.scheduler.load_state(host["scheduler"])
+                    self.scheduler.write_files(self.workdir)
             return None, host
         self.ended = jax.tree.map(np.array, tree["ended"])
         self.rows.load(host["layout"])

@@ -310,6 +310,8 @@ def run_plans(
     populations: list[dict] = []
     lines = 0
     measured = _earlier_measurements(workdir) if sharding.is_writer else {}
+    if sharding.is_writer:
+        files.JsonlWriter(os.path.join(workdir, "metrics.jsonl")).keep_intact_lines()
     for plan, estimate in zip(plans, estimates, strict=True):
         start = time.perf_counter()
         run = loop.PopulationRun(

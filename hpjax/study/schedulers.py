@@ -118,8 +118,11 @@ class Asha:
                 pruned[int(r)] = rung
         return Decision(pruned=pruned)
 
-    def annotate(self, rows, started, layout, workdir: str, writer: bool) -> None:
+    def annotate(self, rows, started, layout) -> None:
         """Nothing to add: the loop marks pruned trials with their rung."""
+
+    def write_files(self, workdir: str) -> None:
+        """None of its own."""
 
     def state_dict(self) -> dict:
         return {"recorded": self.recorded, "passed": self.passed}
@@ -191,19 +194,22 @@ class Pbt:
         self.next_step += self.interval
         return exploits
 
-    def annotate(self, rows, started, layout, workdir: str, writer: bool) -> None:
-        """Each member's final values and exploit count; ``lineage.csv`` (process 0)."""
+    def annotate(self, rows, started, layout) -> None:
+        """Each member's final values and exploit count."""
         for row, pos in zip(rows, started, strict=True):
             r = int(np.flatnonzero(layout.positions == pos)[0])
             for k in self.keys:
                 row[k] = plain(layout.columns[k][r])
             row["exploits"] = sum(e.trial == pos for e in self.history)
-        if writer:
-            columns = ["tick", "step", "trial", "parent"] + [
-                f"{w}_{k}" for w in ("before", "after") for k in self.keys
-            ]
-            path = os.path.join(workdir, "lineage.csv")
-            files.write_csv(path, [e.row() for e in self.history], columns, exact=True)
+
+    def write_files(self, workdir: str) -> None:
+        """``lineage.csv``: every exploit, from the saved history (so also rewritten whole when
+        a finished study is rerun)."""
+        columns = ["tick", "step", "trial", "parent"] + [
+            f"{w}_{k}" for w in ("before", "after") for k in self.keys
+        ]
+        path = os.path.join(workdir, "lineage.csv")
+        files.write_csv(path, [e.row() for e in self.history], columns, exact=True)
 
     def state_dict(self) -> dict:
         return {

@@ -67,20 +67,30 @@ def summarise(run: PopulationRun) -> list[dict]:
         for j, pos in enumerate(started)
     ]
     if run.scheduler is not None:
-        run.scheduler.annotate(rows, started, layout, run.workdir, run.sharding.is_writer)
+        run.scheduler.annotate(rows, started, layout)
     if run.sharding.is_writer:
-        checkpoints.save_best(
-            run.workdir,
-            best_params,
-            rows,
-            {
-                "model_config": dict(run.model_config),
-                "input_shape": list(d.dataset.input_shape),
-                "num_classes": int(d.dataset.num_classes),
-                "task": run.task.name,
-            },
-        )
+        write_best_checkpoints(run, rows)
+        if run.scheduler is not None:
+            run.scheduler.write_files(run.workdir)
     return rows
+
+
+def write_best_checkpoints(run: PopulationRun, rows: list[dict]) -> None:
+    """Each started trial's best parameters (from the loop's ended store) with its summary row
+    (``rows``, in plan order of the started trials), in ``checkpoints/``."""
+    started = np.asarray(sorted(run.rows.finished), int)
+    best_params = jax.tree.map(lambda a: a[started], run.ended["best_params"])
+    checkpoints.save_best(
+        run.workdir,
+        best_params,
+        rows,
+        {
+            "model_config": dict(run.model_config),
+            "input_shape": list(run.data.dataset.input_shape),
+            "num_classes": int(run.data.dataset.num_classes),
+            "task": run.task.name,
+        },
+    )
 
 
 def _summary_row(run: PopulationRun, plan: PopulationPlan, j: int, pos: int, test: dict) -> dict:
