@@ -9,8 +9,6 @@
 See experiments/configs/batch_size_study.py for every study and its quick variant.
 """
 
-from absl import app
-
 from hpjax import cli
 from hpjax.studies.batch_size import runner
 
@@ -22,8 +20,7 @@ _CONFIG, _WORKDIR = cli.define_flags(
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # parse_flags refuses extra arguments
     reports = cli.run(runner.run, _CONFIG.value, _WORKDIR.value)
     for name, path in reports.items():
         print(f"{name}: report {path}")

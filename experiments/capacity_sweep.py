@@ -9,7 +9,7 @@ checkpoints/) and capacity.csv, plots/capacity.png and capacity_report.md. A bad
 with status 2 and one line before anything compiles.
 """
 
-from absl import app, logging
+from absl import logging
 
 from hpjax import cli
 from hpjax.studies.capacity_study import run_capacity_study
@@ -18,8 +18,7 @@ _CONFIG, _WORKDIR = cli.define_flags(__file__, "capacity_sweep.py")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # parse_flags refuses extra arguments
     paths = cli.run(run_capacity_study, _CONFIG.value, _WORKDIR.value)
     if paths:  # process 0
         logging.info("capacity outputs: %s", paths)

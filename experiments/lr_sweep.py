@@ -5,16 +5,13 @@
     --config.learning_rates="(0.01,0.03,0.1,0.3)" --config.seeds="(0,1)"
 """
 
-from absl import app
-
 from hpjax import cli
 
 _CONFIG, _WORKDIR = cli.define_flags(__file__, "lr_sweep.py")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # parse_flags refuses extra arguments
     cli.run_study(_CONFIG.value, _WORKDIR.value)
 
 

@@ -10,7 +10,7 @@ rnn_report.md. A bad config exits with status 2 and one line before anything com
 
 import sys
 
-from absl import app, logging
+from absl import logging
 
 from hpjax import cli
 from hpjax.studies.rnn import NothingToRetrainError, run_rnn_study
@@ -19,8 +19,7 @@ _CONFIG, _WORKDIR = cli.define_flags(__file__, "rnn_study.py")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # parse_flags refuses extra arguments
     try:
         result = cli.run(run_rnn_study, _CONFIG.value, _WORKDIR.value)
     except NothingToRetrainError as error:  # every subset trial diverged

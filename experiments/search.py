@@ -8,8 +8,6 @@ Writes round_NNN/ (each round a full study workdir), search.db (the Optuna study
 plots/search.png and search_report.md. A bad config exits with status 2 and one line.
 """
 
-from absl import app
-
 from hpjax import cli
 from hpjax.studies.search import run_search
 
@@ -21,8 +19,7 @@ _CONFIG, _WORKDIR = cli.define_flags(
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # parse_flags refuses extra arguments
     rows = cli.run(run_search, _CONFIG.value, _WORKDIR.value)
     ok = [r for r in rows if r["status"] != "diverged" and r.get("best_val_loss") is not None]
     if ok:

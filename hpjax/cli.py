@@ -54,6 +54,8 @@ def define_flags(binary: str, config_file: str, help_text: str = "") -> tuple[An
         )
     except (AttributeError, KeyError, OSError) as error:
         _config_flag_error(error, sys.argv)
+    except Exception as error:  # noqa: BLE001 (a config file can raise anything on import)
+        fail(_load_failure(error, sys.argv))
     workdir = flags.DEFINE_string(
         "workdir", None, "Directory for the study's outputs.", required=True
     )
@@ -86,15 +88,62 @@ def _config_flag_error(error: BaseException, argv: list[str]) -> None:
     fail(_unknown_key_message(error, argv))  # an override of a key that does not exist
 
 
+def last_override_wins(argv: list[str]) -> list[str]:
+    """``argv`` with only the last of repeated ``--config.KEY=VALUE`` overrides (ml_collections
+    would append a repeated tuple override to the first instead of replacing it)."""
+    last = {a.split("=", 1)[0]: i for i, a in enumerate(argv) if a.startswith("--config.")}
+    return [
+        a
+        for i, a in enumerate(argv)
+        if not a.startswith("--config.") or last[a.split("=", 1)[0]] == i
+    ]
+
+
+def _config_file(argv: list[str]) -> str:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "(the default)")
+
+
+def _load_failure(error: BaseException, argv: list[str]) -> str:
+    """One line for a --config file that cannot be loaded: the file and its error's last line
+    (ml_collections wraps the error's whole traceback into its message)."""
+    text = str(error)
+    if "Error whilst parsing config file" in text:
+        text = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+    elif isinstance(error, SyntaxError):
+        text = f"SyntaxError: {error.msg} (line {error.lineno})"
+    else:
+        text = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    return f"--config={_config_file(argv)}: cannot load it ({text})"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with every mistake as one line and exit status 2."""
+    """absl's flag parsing, with every mistake as one line and exit status 2: an unknown flag
+    or key, a --config file that fails to load or returns no config, an extra argument."""
+    argv = last_override_wins(argv)
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if given and not os.path.isfile(given[-1].split(":", 1)[0]):
+        fail(f"--config={given[-1]}: no such file")
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        config = flags.FLAGS["config"].value if "config" in flags.FLAGS else {}  # loads it
     except flags.Error as error:
+        if "Error whilst parsing config file" in str(error):
+            fail(_load_failure(error, argv))
+        if "Unexpected None value for flag config" in str(error):
+            fail(f"--config={_config_file(argv)}: get_config() returned None, not a ConfigDict")
         fail(str(error).replace("flag --workdir=None: ", ""))
-    except (AttributeError, KeyError, OSError) as error:
+    except (AttributeError, KeyError) as error:
         _config_flag_error(error, argv)
-    return []
+    except Exception as error:  # noqa: BLE001 (a config file can raise anything on import)
+        fail(_load_failure(error, argv))
+    if config is None:
+        fail(f"--config={_config_file(argv)}: get_config() returned None, not a ConfigDict")
+    if len(rest) > 1:
+        fail(
+            f"unexpected argument(s) {' '.join(rest[1:])!r}: every setting is a flag "
+            "(--workdir=DIR, --config=FILE, --config.KEY=VALUE)"
+        )
+    return rest
 
 
 def main(entry: Callable[[list[str]], None]) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from hpjax.config import default_config
 from hpjax.errors import ConfigError
+from hpjax.results import files
 from hpjax.study import spec
 from tests.conftest import ROOT
 
@@ -49,7 +50,9 @@ def error_lines(result) -> list[str]:
         (["--config.nosuchkey=1"], "--config.nosuchkey: config has no key 'nosuchkey'"),
         (["--config.model.nosuchkey=3"], "--config.model.nosuchkey: config has no key"),
         (["--config.num_steps=abc"], "flag --config.num_steps=abc: invalid literal"),
-        (["--config=/no/such/config.py"], "--config=/no/such/config.py: cannot load it"),
+        (["--config=/no/such/config.py"], "--config=/no/such/config.py: no such file"),
+        ([f"{CONFIGS}:nosuch"], "cannot load it (ValueError: unknown variants ['nosuch']"),
+        (["extra"], "unexpected argument(s) 'extra': every setting is a flag"),
         (["--config.train_eval_examples=0"], "config.train_eval_examples=0 must be an integer"),
         (["--config.memory_fraction=2.0"], "config.memory_fraction=2.0 must be in (0, 1]"),
         (["--config.report_x=bogus"], "config.report_x='bogus' is not a hyperparameter"),
@@ -60,12 +63,45 @@ def error_lines(result) -> list[str]:
 )
 def test_bad_flags_are_one_line_and_exit_2_leaving_nothing(tmp_path, args, expected):
     workdir = tmp_path / "w"
-    result = run_binary(f"--workdir={workdir}", *args, *TINY)
+    config_file = [a for a in args if a.startswith("--config=")]  # first: ml_collections' rule
+    rest = [a for a in args if a not in config_file]
+    result = run_binary(f"--workdir={workdir}", *config_file, *TINY, *rest)
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = error_lines(result)
     assert expected in line
     assert "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def get_config(:\n", "cannot load it (SyntaxError: invalid syntax (line 1))"),
+        ("def get_config():\n    raise ValueError('boom')\n", "cannot load it (ValueError: boom)"),
+        ("def get_config():\n    return None\n", "get_config() returned None"),
+        ("import no_such_module\n", "(ModuleNotFoundError: No module named 'no_such_module')"),
+    ],
+)
+def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, source, expected):
+    path = tmp_path / "config.py"
+    path.write_text(source)
+    result = run_binary(f"--workdir={tmp_path / 'w'}", f"--config={path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = error_lines(result)
+    assert line.startswith(f"error: --config={path}: ") and expected in line
+    assert "Traceback" not in result.stderr
+
+
+def test_a_repeated_override_replaces_the_earlier_one(tmp_path):
+    from hpjax.cli import last_override_wins
+
+    argv = ["x", "--config.seeds=(0,)", "--config.batch_size=8", "--config.seeds=(1,)"]
+    assert last_override_wins(argv) == ["x", "--config.batch_size=8", "--config.seeds=(1,)"]
+    result = run_binary(
+        f"--workdir={tmp_path}", *TINY, "--config.seeds=(0,)", "--config.seeds=(1,)"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert files.read_config(tmp_path)["seeds"] == [1]
 
 
 def test_missing_workdir_and_a_workdir_that_is_a_file(tmp_path):

@@ -23,7 +23,13 @@ from hpjax.config import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variants = set((arg or "tpe").split(","))
+    variants = set((arg or "tpe").split(",")) - {""}
+    known = ("tpe", "qmc", "random", "cmaes", "gp", "sequential", "pareto", "quick")
+    if variants - set(known):
+        raise ValueError(
+            f"unknown config variant(s) {sorted(variants - set(known))}; allowed: "
+            f"{', '.join(known)} (joined with commas)"
+        )
     config = default_config()
     config.description = "Optuna's sampler proposing populations of the default MLP study"
     config.num_steps = 1500
