@@ -27,6 +27,7 @@ and resumes like them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,9 +76,20 @@ def make_config(model_name: str, dataset_name: str, **overrides: Any) -> ml_coll
                 "pass your own model factory and data instead"
             )
     for key, value in {**API_DEFAULTS, **overrides}.items():
-        if isinstance(config[key], ml_collections.ConfigDict):
+        default = config[key]
+        if isinstance(default, ml_collections.ConfigDict):
             value = ml_collections.ConfigDict(_as_config_section(key, value))
-        config[key] = value
+        try:
+            config[key] = value
+        except TypeError:  # ml_collections keeps each key's type
+            kind = {"int": "an integer", "float": "a number", "tuple": "a tuple"}.get(
+                type(default).__name__, f"a {type(default).__name__}"
+            )
+            example = f" such as ({value!r},)" if isinstance(default, tuple) else ""
+            raise ConfigError(
+                f"{key}={value!r} is a {type(value).__name__}; it must be {kind}{example} "
+                f"(its default is {API_DEFAULTS.get(key, default)!r})"
+            ) from None
     config.model = ml_collections.ConfigDict({"name": model_name})
     config.dataset = dataset_name
     return config
@@ -112,6 +124,13 @@ def train(
     own; ``monitor`` names the lower-is-better value early stopping watches (``"loss"`` by
     default, or a metric).
     """
+    if not callable(model):
+        raise ConfigError(
+            f"model must be a factory make(rngs, **architecture) -> nnx.Module; got "
+            f"{type(model).__name__}"
+        )
+    if not isinstance(workdir, str | os.PathLike):
+        raise ConfigError(f"workdir must be a path (str); got {type(workdir).__name__}")
     if not isinstance(data, data_lib.Dataset):
         raise ConfigError(
             f"data must be an hpjax Dataset (hpjax.from_arrays(...)); got {type(data).__name__}"

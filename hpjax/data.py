@@ -39,7 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from hpjax.data_checks import check_classes, check_features, check_input_scale, check_labels
+from hpjax.data_checks import (
+    as_array,
+    check_classes,
+    check_features,
+    check_input_scale,
+    check_labels,
+    setting_count,
+    setting_limit,
+)
 from hpjax.errors import ConfigError
 
 DATASETS = ("mnist1d", "digits", "npz")
@@ -152,12 +160,12 @@ def load_dataset(config: Any) -> Dataset:
     where = f"dataset {name!r}" + (f" ({_get_npz_path(config)})" if name == "npz" else "")
     num_classes = check_classes(
         {"y_train": y_train, "y_val": y_val, "y_test": y_test},
-        int(getattr(config, "num_classes", 0) or 0),
+        setting_count(getattr(config, "num_classes", 0), "num_classes"),
         where,
     )
     check_input_scale(
         {"x_train": x_train, "x_val": x_val, "x_test": x_test},
-        float(getattr(config, "max_abs_input", 1e6) or 0.0),
+        setting_limit(getattr(config, "max_abs_input", 1e6), "max_abs_input"),
         where,
     )
 
@@ -232,12 +240,14 @@ def from_arrays(
     if (x_val is None) != (y_val is None):
         raise ConfigError("from_arrays: give both x_val and y_val, or neither")
     where, source = "from_arrays", name
+    num_classes = setting_count(num_classes, "num_classes")
+    max_abs_input = setting_limit(max_abs_input, "max_abs_input")
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     if x_val is not None:
         arrays |= {"x_val": x_val, "y_val": y_val}
     checked: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
-        value = np.asarray(value)
+        value = as_array(value, key, where)
         if len(value) == 0:
             raise ConfigError(f"{where}: {key} is empty")
         if key.startswith("x"):

@@ -6,12 +6,53 @@ learning-rate one."""
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+from typing import Any
 
 import numpy as np
 
 from hpjax.errors import ConfigError
 
 log = logging.getLogger("hpjax.data")
+
+
+def setting_count(value: Any, key: str) -> int:
+    """``value`` as an integer >= 0 (``config.num_classes``; booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ConfigError(f"config.{key}={value!r} must be an integer >= 0 (0: found in the data)")
+    return int(value)
+
+
+def setting_limit(value: Any, key: str) -> float:
+    """``value`` as a finite number >= 0 (``config.max_abs_input``; 0 turns the check off)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(f"config.{key}={value!r} must be a finite number >= 0 (0: no check)")
+    return float(value)
+
+
+def as_array(value: Any, key: str, where: str) -> np.ndarray:
+    """``value`` as a numpy array; None, a ragged list or a non-numeric object is refused."""
+    if value is None:
+        raise ConfigError(f"{where}: {key} is None; give an array")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(
+            f"{where}: {key} is not an array ({str(error).splitlines()[0][:120]}); ragged "
+            "lists cannot be stacked"
+        ) from None
+    if array.ndim == 0 or array.dtype == object:
+        raise ConfigError(
+            f"{where}: {key} is not an array of numbers (a {type(value).__name__} of dtype "
+            f"{array.dtype}, shape {array.shape})"
+        )
+    return array
 
 
 def check_classes(labels: dict[str, np.ndarray | None], num_classes: int, where: str) -> int:

@@ -169,6 +169,13 @@ def test_a_task_of_your_own(regression_data, tmp_path):
         ({"task": "regression"}, "does not fit data"),
         ({"task": "ranking"}, "task='ranking' is unknown"),
         ({"optimizer": "adamw"}, r"config\.optimizer='adamw' is unknown"),
+        (
+            {"num_steps": "60"},
+            r"num_steps='60' is a str; it must be an integer \(its default is 2000",
+        ),
+        ({"learning_rates": 0.01}, r"learning_rates=0.01 is a float; it must be a tuple such as"),
+        ({"learning_rates": (True,)}, r"learning_rates=\(True,\) must hold positive finite"),
+        ({"batch_size": True}, "batch_size=True must hold positive integers"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_before_anything_is_written(
@@ -177,6 +184,13 @@ def test_bad_arguments_fail_in_one_line_before_anything_is_written(
     with pytest.raises(hpjax.ConfigError, match=match):
         hpjax.train(tiny_cnn, classification_data, str(tmp_path / "w"), **kwargs)
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_model_or_workdir_of_the_wrong_type_is_one_line(classification_data):
+    with pytest.raises(hpjax.ConfigError, match="model must be a factory"):
+        hpjax.train(3, classification_data, "w")
+    with pytest.raises(hpjax.ConfigError, match="workdir must be a path"):
+        hpjax.train(tiny_cnn, classification_data, 5)
 
 
 class WidthRegressor(nnx.Module):
@@ -266,6 +280,11 @@ def test_a_factory_that_cannot_build_is_one_line():
         (dict(y_test=np.array([0, 1, 5])), "y_test holds label.s. 5 that y_train never shows"),
         (dict(y_train=np.ones(10, int)), "single class"),
         (dict(x_train=np.full((10, 2), 1e9)), r"x_train reaches \|x\| = 1e\+09"),
+        (dict(x_train=None), "x_train is None; give an array"),
+        (dict(x_train=[[1.0, 2.0], [3.0]]), "x_train is not an array .*ragged"),
+        (dict(x_train="abc"), "x_train is not an array of numbers"),
+        (dict(num_classes=-3), r"num_classes=-3 must be an integer >= 0"),
+        (dict(max_abs_input=-1.0), r"max_abs_input=-1.0 must be a finite number >= 0"),
     ],
 )
 def test_from_arrays_checks_like_an_npz(arrays, match):

@@ -198,6 +198,19 @@ def test_train_subset_negative(mnist):
         mnist(train_subset=-1)
 
 
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("num_classes", -3, r"config\.num_classes=-3 must be an integer >= 0"),
+        ("num_classes", True, r"config\.num_classes=True must be an integer >= 0"),
+        ("max_abs_input", -1.0, r"config\.max_abs_input=-1.0 must be a finite number >= 0"),
+    ],
+)
+def test_data_settings_out_of_range_are_refused(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        data.load_dataset(make_config(dataset="digits", **{key: value}))
+
+
 # ---------------------------------------------------------------------------------------------
 # digits
 
