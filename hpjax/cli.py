@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hpjax import runtime
-from hpjax.errors import ConfigError
+from hpjax.errors import ConfigError, disk_error_message
 from hpjax.results.study import best_row
 from hpjax.study.run import train_and_evaluate
 from hpjax.study.sections import ProcessSpec
@@ -191,6 +191,11 @@ def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
         return study(config, workdir)
     except ConfigError as error:
         fail(str(error))
+    except Exception as error:  # noqa: BLE001 (a full disk surfaces through many layers)
+        message = disk_error_message(error, workdir)
+        if message is None:
+            raise
+        fail(message)
     except KeyboardInterrupt:
         # Leave at once: a normal interpreter exit with XLA and Orbax threads mid-flight can
         # crash; what is on disk is what a SIGKILL leaves, which resumes exactly.

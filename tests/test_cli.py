@@ -157,3 +157,35 @@ def test_run_keys_out_of_range_name_the_key_and_the_range(key, value):
     pattern = rf"config\.{key}={value!r} (must be in|must be an integer >=|is not below)"
     with pytest.raises(ConfigError, match=pattern):
         spec.parse(config, num_train=3600)
+
+
+def test_a_full_disk_is_one_line_and_the_study_resumes(tiny_config, tmp_path, monkeypatch, capsys):
+    """ENOSPC while metrics are appended: exit 2 with one line; the same command later
+    finishes the study as if nothing had happened."""
+    import errno
+
+    from hpjax import cli
+    from hpjax.study.run import train_and_evaluate
+
+    reference = train_and_evaluate(tiny_config.copy_and_resolve_references(), str(tmp_path / "r"))
+    write = files.JsonlWriter.write
+    calls = {"n": 0}
+
+    def fills_up(self, rows):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        return write(self, rows)
+
+    workdir = str(tmp_path / "w")
+    with monkeypatch.context() as patch:
+        patch.setattr(files.JsonlWriter, "write", fills_up)
+        with pytest.raises(SystemExit) as stopped:
+            cli.run(train_and_evaluate, tiny_config.copy_and_resolve_references(), workdir)
+    assert stopped.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert "the disk is full" in line and "run the same command again to resume" in line
+    rows = cli.run(train_and_evaluate, tiny_config.copy_and_resolve_references(), workdir)
+    measured = ("peak_memory_mb", "memory_estimate_mb")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in measured} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(reference)

@@ -314,3 +314,22 @@ def test_tool_rejects_a_directory_without_summary(tmp_path):
     )
     assert done.returncode != 0 and "summary.csv" in done.stderr
     assert not (tmp_path / "report.md").exists()
+
+
+def test_tool_on_a_workdir_it_cannot_write_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import runpy
+
+    make_workdir(tmp_path)
+    tool = runpy.run_path(os.path.join(ROOT, "tools", "report.py"))
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(files, "write_text_atomic", read_only)
+    monkeypatch.setattr(files, "write_markdown", read_only)
+    assert tool["main"]([str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"error: cannot write to {str(tmp_path)!r}: the file system is read-only"
+    )

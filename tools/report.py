@@ -37,7 +37,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if not rows:
         parser.error(f"{args.workdir}/summary.csv holds no trial rows (truncated?)")
-    print(study_report.default_report(args.workdir, x_hparam=args.x))
+    from hpjax.errors import disk_error_message
+
+    try:
+        print(study_report.default_report(args.workdir, x_hparam=args.x))
+    except OSError as error:
+        message = disk_error_message(error, args.workdir)
+        if message is None:
+            raise
+        print(
+            f"error: {message.replace('run the same command again to resume', 'rerun')}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
