@@ -13,6 +13,7 @@ def test_faults_end_identical_or_refused_cleanly(tmp_path):
             sys.executable,
             "tools/fault_inject.py",
             f"--workdir={tmp_path}",
+            "--kinds=plain",
             "--kills=1",
             "--corruptions=1",
             "--concurrent=1",
@@ -24,8 +25,8 @@ def test_faults_end_identical_or_refused_cleanly(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    table = result.stdout.split("case        tried")[1]
-    for kind in ("kill", "corrupt", "concurrent", "restore"):
+    table = result.stdout.split("tried  identical")[1]
+    for kind in ("kill plain", "corrupt", "concurrent", "restore"):
         row = next(line for line in table.splitlines() if line.startswith(kind)).split()
-        tried, identical, refused, bad = map(int, row[1:])
+        tried, identical, refused, bad = map(int, row[-4:])
         assert tried >= 1 and identical + refused == tried and bad == 0, row

@@ -1,23 +1,33 @@
-"""Fault injection: kill a study at random moments, corrupt its checkpoints, run two at once.
+"""Fault injection: kill every kind of study at random moments and at its checkpoint commits,
+corrupt its checkpoints, run two at once.
 
-Each case runs the learning-rate binary on a small study (an MLP on scikit-learn's digits, four
-learning rates, state checkpoints every two evaluations) and checks that the final
-``summary.csv`` and ``metrics.jsonl`` equal those of an uninterrupted run, or that the run
-refused cleanly (exit status 2 and one ``error:`` line):
+Each kind runs an experiment binary on a small study (the digits, a small MLP, state
+checkpoints every two evaluations) and checks that the final results (every ``summary.csv``,
+``metrics.jsonl``, ``lineage.csv`` and ``search.csv`` under the workdir, timings left out)
+equal those of an uninterrupted run, or that the run refused cleanly (exit status 2 and one
+``error:`` line):
 
-- kill: SIGKILL at a random moment, then the same command again;
-- corrupt: SIGKILL once a state checkpoint exists, XOR random bytes into a random file of the
-  saved state or best checkpoints, then the same command again; afterwards, random bytes of a
-  finished trial's best checkpoint, which ``restore_best`` must refuse with a clear error;
-- concurrent: two copies started together into one workdir.
+- kill (every kind): SIGKILL, then the same command again. Half the kills come at a random
+  moment, half just after a state checkpoint is committed (for PBT those are exploit ticks;
+  for ASHA, rung ticks; for a search, also between its rounds);
+- corrupt (plain): SIGKILL once a state checkpoint exists, XOR random bytes into a random file
+  of the saved state or best checkpoints, then the same command again; afterwards, random
+  bytes of a finished trial's best checkpoint, which ``restore_best`` must refuse;
+- concurrent (plain): two copies started together into one workdir.
 
-    python tools/fault_inject.py --workdir /tmp/faults --kills 8 --corruptions 6 --concurrent 3
+Kinds: plain (a grid of rates), slots (quasi-random trials through few slots), asha, pbt,
+search (Optuna's TPE, rounds of 3), extension (a finished study given more rates, killed while
+it trains them), batch_size (the fixed-epochs batch-size study).
+
+    python tools/fault_inject.py --workdir /tmp/faults --kills 10 --corruptions 6 --concurrent 3
+    python tools/fault_inject.py --workdir /tmp/faults --kinds pbt,asha --kills 10
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -28,27 +38,97 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "experiments", "lr_sweep.py")
-STUDY = [
+SMALL = [
     "--config.dataset=digits",
     "--config.model.hidden_units=32",
     "--config.model.num_layers=2",
-    "--config.learning_rates=(0.001,0.003,0.01,0.03)",
-    "--config.weight_decays=(0.0,)",
     "--config.batch_size=32",
-    "--config.num_steps=400",
     "--config.eval_every=20",
-    "--config.patience=4",
     "--config.checkpoint_every=2",
     "--config.make_report=False",
 ]
+GRID = [
+    "--config.learning_rates=(0.001,0.003,0.01,0.03)",
+    "--config.weight_decays=(0.0,)",
+    "--config.num_steps=400",
+    "--config.patience=4",
+]
+LR_CONFIG = os.path.join(ROOT, "experiments", "configs", "lr_sweep.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    binary: str
+    args: tuple[str, ...]
+    before: tuple[str, ...] = ()  # a first run that finishes before the one that is killed
+
+
+KINDS = {
+    "plain": Kind("lr_sweep.py", (*SMALL, *GRID)),
+    "slots": Kind(
+        "lr_sweep.py",
+        (
+            f"--config={LR_CONFIG}:quasi_random",
+            *SMALL,
+            "--config.num_samples=8",
+            "--config.slots=3",
+            "--config.num_steps=300",
+            "--config.patience=3",
+        ),
+    ),
+    "asha": Kind(
+        "lr_sweep.py",
+        (
+            f"--config={LR_CONFIG}:asha",
+            *SMALL,
+            "--config.num_samples=8",
+            "--config.slots=4",
+            "--config.num_steps=320",
+            "--config.asha.min_steps=40",
+            "--config.asha.eta=2.0",
+        ),
+    ),
+    "pbt": Kind(
+        "lr_sweep.py",
+        (
+            f"--config={LR_CONFIG}:pbt",
+            *SMALL,
+            "--config.num_samples=4",
+            "--config.num_steps=320",
+            "--config.pbt.interval=40",  # every state checkpoint is at an exploit tick
+        ),
+    ),
+    "search": Kind(
+        "search.py",
+        (
+            "--config=" + os.path.join(ROOT, "experiments", "configs", "search.py") + ":tpe,quick",
+            "--config.num_steps=200",
+            "--config.checkpoint_every=2",
+        ),
+    ),
+    "extension": Kind(
+        "lr_sweep.py",
+        (*SMALL, *GRID[1:], "--config.learning_rates=(0.001,0.003,0.01,0.03)"),
+        before=(*SMALL, *GRID[1:], "--config.learning_rates=(0.001,0.03)"),
+    ),
+    "batch_size": Kind(
+        "batch_size_study.py",
+        (
+            "--config="
+            + os.path.join(ROOT, "experiments", "configs", "batch_size_study.py")
+            + ":fixed_epochs,quick",
+        ),
+    ),
+}
+RESULT_FILES = ("summary.csv", "metrics.jsonl", "lineage.csv", "search.csv")
 VOLATILE = {"elapsed_s", "peak_memory_mb", "wall_s"}  # timings and measurements, not results
 
 
-def start(workdir: str) -> subprocess.Popen:
+def start(kind: Kind, workdir: str, args: tuple[str, ...] | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=ROOT)
+    binary = os.path.join(ROOT, "experiments", kind.binary)
     return subprocess.Popen(
-        [sys.executable, BINARY, f"--workdir={workdir}", *STUDY],
+        [sys.executable, binary, f"--workdir={workdir}", *(kind.args if args is None else args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,7 +137,7 @@ def start(workdir: str) -> subprocess.Popen:
     )
 
 
-def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+def finish(process: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
     """The exit status and what the run said last: its ``error:`` line, else its last line of
     output."""
     out, err = process.communicate(timeout=timeout)
@@ -66,22 +146,32 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
     return process.returncode, said[-1][:300]
 
 
-def results(workdir: str) -> tuple[list[dict], list[dict]]:
-    """summary.csv rows and metrics.jsonl records without their timing columns."""
-    with open(os.path.join(workdir, "summary.csv"), newline="") as f:
-        summary = [{k: v for k, v in r.items() if k not in VOLATILE} for r in csv.DictReader(f)]
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        metrics = [
-            {k: v for k, v in json.loads(line).items() if k not in VOLATILE}
-            for line in f
-            if line.strip()
-        ]
-    return summary, metrics
+def prepare(kind: Kind, workdir: str, base: str | None) -> None:
+    """The workdir as the killed command finds it: empty, or the finished first run."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    if base is not None:
+        shutil.copytree(base, workdir)
 
 
-def same(a, b) -> bool:
-    """Identical results: every summary cell and metrics value equal, as written."""
-    return a == b
+def _rows(path: str) -> list[dict]:
+    if path.endswith(".jsonl"):
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    else:
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+def results(workdir: str) -> dict[str, list[dict]]:
+    """Every result file under the workdir, by relative path, without timing columns."""
+    found = {}
+    for directory, _, names in os.walk(workdir):
+        for name in names:
+            if name in RESULT_FILES:
+                path = os.path.join(directory, name)
+                found[os.path.relpath(path, workdir)] = _rows(path)
+    return found
 
 
 def corrupt_random_file(directory: str, rng: random.Random) -> str | None:
@@ -108,18 +198,24 @@ def corrupt_random_file(directory: str, rng: random.Random) -> str | None:
     return path
 
 
-def wait_for_state(workdir: str, process: subprocess.Popen, limit_s: float) -> bool:
+def committed_checkpoints(workdir: str) -> set[str]:
+    """The state checkpoints committed so far (any population, any round)."""
+    return {
+        os.path.join(d, name)
+        for d, dirs, _ in os.walk(workdir)
+        if os.path.basename(os.path.dirname(d)) == "state"
+        for name in dirs
+        if name.isdigit() and os.path.exists(os.path.join(d, name, "commit_success.txt"))
+    }
+
+
+def wait_for_commit(workdir: str, process: subprocess.Popen, limit_s: float, nth: int) -> bool:
+    """Waits until ``nth`` state checkpoints have been committed (or the run ends)."""
     deadline = time.monotonic() + limit_s
-    state = os.path.join(workdir, "state")
     while time.monotonic() < deadline and process.poll() is None:
-        steps = (
-            [d for _, dirs, _ in os.walk(state) for d in dirs if d.isdigit()]
-            if os.path.isdir(state)
-            else []
-        )
-        if steps:
+        if len(committed_checkpoints(workdir)) >= nth:
             return True
-        time.sleep(0.05)
+        time.sleep(0.02)
     return False
 
 
@@ -139,49 +235,89 @@ def restore_refuses(workdir: str, trial: int) -> tuple[bool, str]:
     return out.returncode in (0, 3), (out.stdout.strip() or out.stderr.strip()[-300:])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--kills", type=int, default=8)
-    parser.add_argument("--corruptions", type=int, default=6)
-    parser.add_argument("--concurrent", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    rng = random.Random(args.seed)
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    os.makedirs(args.workdir)
+class Tally:
+    def __init__(self):
+        self.rows: dict[str, list[int]] = {}
 
-    reference_dir = os.path.join(args.workdir, "reference")
-    begin = time.monotonic()
-    code, line = finish(start(reference_dir))
-    wall = time.monotonic() - begin
-    if code != 0:
-        print(f"reference run failed ({code}): {line}")
-        return 1
-    reference = results(reference_dir)
-    print(f"reference: {len(reference[0])} trials, {len(reference[1])} metric rows, {wall:.1f} s")
-    tally = {"kill": [0, 0, 0], "corrupt": [0, 0, 0], "concurrent": [0, 0, 0], "restore": [0, 0, 0]}
-
-    def record(kind: str, outcome: str, detail: str) -> None:
+    def record(self, case: str, outcome: str, detail: str) -> None:
         column = {"identical": 0, "refused": 1}.get(outcome, 2)
-        tally[kind][column] += 1
-        print(f"{kind}: {outcome}: {detail}")
+        self.rows.setdefault(case, [0, 0, 0])[column] += 1
+        print(f"{case}: {outcome}: {detail}", flush=True)
 
-    for i in range(args.kills):
-        workdir = os.path.join(args.workdir, f"kill_{i}")
-        process = start(workdir)
-        delay = rng.uniform(0.5, wall)
-        time.sleep(delay)
+    def print(self) -> int:
+        print("\ncase              tried  identical  refused cleanly  bad")
+        bad = 0
+        for case, (same, refused, wrong) in self.rows.items():
+            print(f"{case:<17} {same + refused + wrong:>5}  {same:>9}  {refused:>15}  {wrong:>3}")
+            bad += wrong
+        return bad
+
+
+_REFERENCES: dict[str, tuple[dict, float, str | None]] = {}
+
+
+def reference_run(name: str, kind: Kind, root: str) -> tuple[dict, float, str | None]:
+    """The uninterrupted run's results and wall time, and the finished first run to start
+    from (extension); run once per kind."""
+    if name not in _REFERENCES:
+        _REFERENCES[name] = _reference_run(name, kind, root)
+    return _REFERENCES[name]
+
+
+def _reference_run(name: str, kind: Kind, root: str) -> tuple[dict, float, str | None]:
+    base = None
+    if kind.before:
+        base = os.path.join(root, f"{name}_base")
+        code, line = finish(start(kind, base, kind.before))
+        if code != 0:
+            raise SystemExit(f"{name}: first run failed ({code}): {line}")
+    workdir = os.path.join(root, f"{name}_reference")
+    prepare(kind, workdir, base)
+    began = time.monotonic()
+    code, line = finish(start(kind, workdir))
+    wall = time.monotonic() - began
+    if code != 0:
+        raise SystemExit(f"{name}: reference run failed ({code}): {line}")
+    reference = results(workdir)
+    rows = sum(len(v) for v in reference.values())
+    print(f"{name} reference: {len(reference)} result files, {rows} rows, {wall:.1f} s", flush=True)
+    return reference, wall, base
+
+
+def kills(name, kind, count, root, rng, tally) -> None:
+    reference, wall, base = reference_run(name, kind, root)
+    for i in range(count):
+        workdir = os.path.join(root, f"{name}_kill_{i}")
+        prepare(kind, workdir, base)
+        before = len(committed_checkpoints(workdir))
+        process = start(kind, workdir)
+        if i % 2:
+            when = f"after state checkpoint {i // 2 + 1}"
+            if not wait_for_commit(workdir, process, wall + 60, before + i // 2 + 1):
+                when += " (the run ended first)"
+            time.sleep(rng.uniform(0.0, 0.2))
+        else:
+            delay = rng.uniform(0.5, wall)
+            when = f"after {delay:.1f} s"
+            time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        code, line = finish(start(workdir))
-        ok = code == 0 and same(results(workdir), reference)
-        record("kill", "identical" if ok else "DIFFERENT", f"killed after {delay:.1f} s, {line}")
+        code, line = finish(start(kind, workdir))
+        if code == 0 and results(workdir) == reference:
+            tally.record(f"kill {name}", "identical", f"killed {when}")
+        elif code == 2:
+            tally.record(f"kill {name}", "refused", f"killed {when}: {line}")
+        else:
+            tally.record(f"kill {name}", "DIFFERENT", f"killed {when}: exit {code}: {line}")
 
-    for i in range(args.corruptions):
-        workdir = os.path.join(args.workdir, f"corrupt_{i}")
-        process = start(workdir)
-        wait_for_state(workdir, process, wall)
+
+def corruptions(count, root, rng, tally) -> None:
+    kind = KINDS["plain"]
+    reference, wall, _ = reference_run("plain", kind, root)
+    for i in range(count):
+        workdir = os.path.join(root, f"corrupt_{i}")
+        process = start(kind, workdir)
+        wait_for_commit(workdir, process, wall + 60, 1)
         time.sleep(rng.uniform(0.0, 1.0))
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -191,44 +327,66 @@ def main(argv: list[str] | None = None) -> int:
             if any(files for _, _, files in os.walk(os.path.join(workdir, t)))
         ]
         if not targets:
-            record("corrupt", "BAD", "no checkpoint was written before the kill")
+            tally.record("corrupt", "BAD", "no checkpoint was written before the kill")
             continue
         path = corrupt_random_file(os.path.join(workdir, rng.choice(targets)), rng)
-        code, line = finish(start(workdir))
+        code, line = finish(start(kind, workdir))
         where = os.path.relpath(path, workdir)
-        if code == 0 and same(results(workdir), reference):
-            record("corrupt", "identical", f"{where}")
+        if code == 0 and results(workdir) == reference:
+            tally.record("corrupt", "identical", where)
         elif code == 2 and line:
-            record("corrupt", "refused", f"{where}: {line}")
+            tally.record("corrupt", "refused", f"{where}: {line}")
         else:
-            record("corrupt", "BAD", f"{where}: exit {code}: {line}")
+            tally.record("corrupt", "BAD", f"{where}: exit {code}: {line}")
+    best = os.path.join(root, "plain_reference", "checkpoints")
+    for trial in sorted(os.listdir(best))[: max(1, count // 2)]:
+        path = corrupt_random_file(os.path.join(best, trial), rng)
+        clean, message = restore_refuses(os.path.dirname(best), int(trial.split("_")[1]))
+        outcome = "refused" if message.startswith("refused") else "identical"
+        tally.record("restore", outcome if clean else "BAD", f"{trial}: {message}")
 
-    for i in range(args.concurrent):
-        workdir = os.path.join(args.workdir, f"concurrent_{i}")
-        first, second = start(workdir), start(workdir)
+
+def concurrent(count, root, tally) -> None:
+    kind = KINDS["plain"]
+    reference, _, _ = reference_run("plain", kind, root)
+    for i in range(count):
+        workdir = os.path.join(root, f"concurrent_{i}")
+        first, second = start(kind, workdir), start(kind, workdir)
         (code1, line1), (code2, line2) = finish(first), finish(second)
         codes = sorted((code1, code2))
         refusal = line2 if code2 else line1
-        if codes == [0, 0] and same(results(workdir), reference):
-            record("concurrent", "identical", "both finished (one after the other)")
-        elif codes == [0, 2] and "in use by" in str(refusal) and same(results(workdir), reference):
-            record("concurrent", "refused", f"one refused: {refusal}")
+        if codes == [0, 0] and results(workdir) == reference:
+            tally.record("concurrent", "identical", "both finished (one after the other)")
+        elif codes == [0, 2] and "in use by" in str(refusal) and results(workdir) == reference:
+            tally.record("concurrent", "refused", f"one refused: {refusal}")
         else:
-            record("concurrent", "BAD", f"exits {code1}, {code2}: {line1} / {line2}")
+            tally.record("concurrent", "BAD", f"exits {code1}, {code2}: {line1} / {line2}")
 
-    best = os.path.join(args.workdir, "reference", "checkpoints")
-    for trial in sorted(os.listdir(best))[: max(1, args.corruptions // 2)]:
-        path = corrupt_random_file(os.path.join(best, trial), rng)
-        clean, message = restore_refuses(reference_dir, int(trial.split("_")[1]))
-        outcome = "refused" if message.startswith("refused") else "identical"
-        record("restore", outcome if clean else "BAD", f"{os.path.relpath(path, best)}: {message}")
 
-    print("\ncase        tried  identical  refused cleanly  bad")
-    bad = 0
-    for kind, (same_n, refused, wrong) in tally.items():
-        print(f"{kind:<11} {same_n + refused + wrong:>5}  {same_n:>9}  {refused:>15}  {wrong:>3}")
-        bad += wrong
-    return 1 if bad else 0
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated study kinds")
+    parser.add_argument("--kills", type=int, default=10, help="per kind")
+    parser.add_argument("--corruptions", type=int, default=6)
+    parser.add_argument("--concurrent", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    unknown = set(args.kinds.split(",")) - set(KINDS)
+    if unknown:
+        parser.error(f"--kinds: unknown {sorted(unknown)}; allowed: {', '.join(KINDS)}")
+    rng = random.Random(args.seed)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    os.makedirs(args.workdir)
+    tally = Tally()
+    for name in args.kinds.split(","):
+        if args.kills:
+            kills(name, KINDS[name], args.kills, args.workdir, rng, tally)
+    if args.corruptions:
+        corruptions(args.corruptions, args.workdir, rng, tally)
+    if args.concurrent:
+        concurrent(args.concurrent, args.workdir, tally)
+    return 1 if tally.print() else 0
 
 
 if __name__ == "__main__":
