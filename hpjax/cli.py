@@ -215,7 +215,8 @@ def run_study(config, workdir: str) -> list[dict]:
         return rows
     best = best_row(rows)
     print(
-        f"best trial {best['trial']}: learning_rate={best['learning_rate']:.3g} "
+        f"best trial {best['trial']}: "
+        f"learning_rate={best.get('learning_rate_at_best', best['learning_rate']):.3g} "
         f"batch_size={best['batch_size']} best_val_loss={best['best_val_loss']:.4f} "
         f"test_accuracy={best['test_accuracy']:.4f} (summary: {workdir}/summary.csv, "
         f"report: {workdir}/report.md)"

@@ -229,8 +229,12 @@ def test_copied_rows_take_the_donor_state_and_keep_their_stream(problem):
     state = population.init_population(spec, hparams)
     state = population.train_ticks(spec, state, hparams, x, y, jnp.int32(9))
     donor_params = trial_slice(state.trials.params, 0)
+    own_best = trial_slice(state.best_params, 1), float(state.early_stop.best_value[1])
     state = population.copy_rows(state, jnp.asarray([0, 0]), jnp.asarray([False, True]))
     jax.tree.map(np.testing.assert_array_equal, trial_slice(state.trials.params, 1), donor_params)
+    # its best point stays its own: a result is credited to the row that reached it
+    jax.tree.map(np.testing.assert_array_equal, trial_slice(state.best_params, 1), own_best[0])
+    assert float(state.early_stop.best_value[1]) == own_best[1]
     assert int(state.trials.ticks[1]) == 9 and int(state.trials.step[1]) == 9
     state = population.train_ticks(spec, state, hparams, x, y, jnp.int32(7))
     # Alone: trial 0 for 9 ticks, then with trial 1's rate, key and position.

@@ -190,3 +190,30 @@ def test_a_damaged_lineage_is_written_again_from_the_saved_state(pbt_workdir, tm
         r["best_val_loss"] for r in rows
     ]
     assert open(os.path.join(copy, "lineage.csv")).read() == lineage
+
+
+def test_each_member_is_credited_with_its_own_best_and_the_values_that_trained_it(pbt_workdir):
+    """A member that copies another keeps its own best: its best_val_loss is the lowest of its
+    own metrics rows, at its best_step; KEY_at_best are the values in force up to that step."""
+    workdir, rows, _ = pbt_workdir
+    curves = files.curves_by_trial(files.read_metrics(workdir))
+    lineage = files.read_csv(os.path.join(workdir, "lineage.csv"))
+    assert any(
+        e["step"] < r["best_step"] for r in rows for e in lineage if e["trial"] == r["trial"]
+    )
+    for row in rows:
+        own = [r for r in curves[row["trial"]] if r["val_loss"] is not None]
+        lowest = min(own, key=lambda r: r["val_loss"])
+        assert (row["best_val_loss"], row["best_step"]) == (
+            pytest.approx(lowest["val_loss"], rel=1e-6),
+            lowest["step"],
+        )
+        copies = [e for e in lineage if e["trial"] == row["trial"] and e["step"] < row["best_step"]]
+        if copies:
+            expected = max(copies, key=lambda e: e["step"])["after_learning_rate"]
+            assert row["learning_rate_at_best"] == pytest.approx(expected)
+    report = open(os.path.join(workdir, "report.md")).read()
+    best = min(rows, key=lambda r: r["best_val_loss"])
+    assert f"is member {best['trial']}'s own evaluation at step {best['best_step']}" in report
+    assert f"**Best trial:** member {best['trial']} (learning_rate=" in report
+    assert "without early stopping" in report and "after 0 evaluations" not in report

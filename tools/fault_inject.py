@@ -7,9 +7,10 @@ checkpoints every two evaluations) and checks that the final results (every ``su
 equal those of an uninterrupted run, or that the run refused cleanly (exit status 2 and one
 ``error:`` line):
 
-- kill (every kind): SIGKILL, then the same command again. Half the kills come at a random
-  moment, half just after a state checkpoint is committed (for PBT those are exploit ticks;
-  for ASHA, rung ticks; for a search, also between its rounds);
+- kill (every kind): SIGKILL, then the same command again. The kills come at random moments,
+  just after a state checkpoint is committed (for PBT those are exploit ticks; for ASHA, rung
+  ticks; for a search, also between its rounds), or (every fourth) at a random moment of a run
+  whose every checkpoint commit is delayed by a second, so that saves are in flight;
 - corrupt (plain): SIGKILL once a state checkpoint exists, XOR random bytes into a random file
   of the saved state or best checkpoints, then the same command again; afterwards, random
   bytes of a finished trial's best checkpoint, which ``restore_best`` must refuse;
@@ -124,11 +125,29 @@ RESULT_FILES = ("summary.csv", "metrics.jsonl", "lineage.csv", "search.csv")
 VOLATILE = {"elapsed_s", "peak_memory_mb", "wall_s"}  # timings and measurements, not results
 
 
-def start(kind: Kind, workdir: str, args: tuple[str, ...] | None = None) -> subprocess.Popen:
+# Runs a binary with Orbax's commit of every checkpoint delayed (the background thread sleeps
+# before it finalizes), so that kills land while saves are still being written.
+SLOW_WRITES = """
+import runpy, sys, time
+import orbax.checkpoint as ocp
+finalize = ocp.CompositeCheckpointHandler.finalize
+def slow(self, directory):
+    time.sleep({delay})
+    return finalize(self, directory)
+ocp.CompositeCheckpointHandler.finalize = slow
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def start(
+    kind: Kind, workdir: str, args: tuple[str, ...] | None = None, slow_writes: float = 0.0
+) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=ROOT)
     binary = os.path.join(ROOT, "experiments", kind.binary)
+    wrapper = ["-c", SLOW_WRITES.format(delay=slow_writes), binary] if slow_writes else [binary]
     return subprocess.Popen(
-        [sys.executable, binary, f"--workdir={workdir}", *(kind.args if args is None else args)],
+        [sys.executable, *wrapper, f"--workdir={workdir}", *(kind.args if args is None else args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -290,8 +309,13 @@ def kills(name, kind, count, root, rng, tally) -> None:
         workdir = os.path.join(root, f"{name}_kill_{i}")
         prepare(kind, workdir, base)
         before = len(committed_checkpoints(workdir))
-        process = start(kind, workdir)
-        if i % 2:
+        slow = i % 4 == 3  # every fourth kill: while slow background writes are in flight
+        process = start(kind, workdir, slow_writes=1.0 if slow else 0.0)
+        if slow:
+            delay = rng.uniform(0.5, wall)
+            when = f"after {delay:.1f} s, each checkpoint's commit delayed by 1 s"
+            time.sleep(delay)
+        elif i % 2:
             when = f"after state checkpoint {i // 2 + 1}"
             if not wait_for_commit(workdir, process, wall + 60, before + i // 2 + 1):
                 when += " (the run ended first)"

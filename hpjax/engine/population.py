@@ -392,14 +392,11 @@ def restart_rows(
 @jit(donate_argnums=0)
 def copy_rows(state: PopulationState, source: jax.Array, rows: jax.Array) -> PopulationState:
     """Each row in ``rows`` takes the training state of row ``source[r]``: parameters, optimizer
-    state, step count, best point (population-based training's exploit, a gather along the trial
-    axis on the device). It keeps its own data stream (key and position)."""
+    state, step count (population-based training's exploit, a gather along the trial axis on the
+    device). It keeps its own data stream (key and position) and its own best point: a row's
+    best is the best of its own evaluations, so a result is credited to the row that reached it,
+    never to one that copied it later."""
     donor = jax.tree.map(lambda a: a[source], state.trials)
     own = state.trials
     copied = donor.replace(data_key=own.data_key, ticks=own.ticks)
-    take = lambda tree: jax.tree.map(lambda a: a[source], tree)  # noqa: E731
-    return state.replace(
-        trials=_select_rows(rows, copied, own),
-        best_params=_select_rows(rows, take(state.best_params), state.best_params),
-        early_stop=_select_rows(rows, take(state.early_stop), state.early_stop),
-    )
+    return state.replace(trials=_select_rows(rows, copied, own))

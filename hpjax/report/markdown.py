@@ -53,8 +53,26 @@ def _best_line(summary: Sequence[Mapping]) -> str:
     ):
         if is_number(row.get(key)):
             parts.append(f"{name} {row[key]:.4g}")
-    label = trial_label(row, varying_hparams(summary) or ["learning_rate", "batch_size"])
+    at_best = pbt_values_at_best(row)
+    if at_best:  # PBT: the values that trained the member up to its best, not its final ones
+        label = (
+            f"member {row['trial']} ("
+            + ", ".join(f"{k}={v:.3g}" if is_number(v) else f"{k}={v}" for k, v in at_best.items())
+            + " in force up to that step)"
+        )
+    else:
+        label = trial_label(row, varying_hparams(summary) or ["learning_rate", "batch_size"])
     return f"**Best trial:** {label}: " + ", ".join(parts) + "."
+
+
+def pbt_values_at_best(row: Mapping) -> dict:
+    """A PBT member's searched values while it trained up to its best step (``KEY_at_best``);
+    empty for other studies."""
+    return {
+        k.removesuffix("_at_best"): v
+        for k, v in row.items()
+        if k.endswith("_at_best") and k != "train_loss_at_best"
+    }
 
 
 _KIND_TITLES = {

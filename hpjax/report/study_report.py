@@ -10,7 +10,7 @@ from typing import Any
 from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.figures import plot_hparam, plot_learning_curves
 from hpjax.report.labels import is_number, varying_hparams
-from hpjax.report.markdown import write_report
+from hpjax.report.markdown import best_trial, write_report
 from hpjax.results.files import PathLike, read_csv, read_workdir
 
 
@@ -49,7 +49,9 @@ def _intro(saved: Mapping, summary: Sequence[Mapping], fallback_name: str) -> tu
     sched = _distinct(summary, "schedule") or _name(saved.get("schedule"))
     if opt:
         sentence += f" with `{opt}`" + (f" and a `{sched}` schedule" if sched else "")
-    if saved.get("patience") is not None:
+    if saved.get("patience") == 0:
+        sentence += ", without early stopping (each trial trains to its budget)"
+    elif saved.get("patience") is not None:
         sentence += f", stopping each after {saved['patience']} evaluations without improvement"
     lines.append(sentence + ".")
     varying = varying_hparams(summary)
@@ -119,6 +121,7 @@ def _adaptive(workdir: str, saved: Mapping, summary: Sequence[Mapping]):
     lineage_path = os.path.join(workdir, "lineage.csv")
     if scheduler == "pbt" and os.path.exists(lineage_path):
         lineage = read_csv(lineage_path)
+        lines.append(_best_lineage(summary, lineage))
         tables.append(("PBT exploits (lineage.csv)", lineage, list(lineage[0]) if lineage else []))
         if os.path.exists(os.path.join(workdir, "plots", "pbt_schedules.png")):
             plots.append(os.path.join("plots", "pbt_schedules.png"))
@@ -199,4 +202,28 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
         plots,
         diagnose_workdir(workdir),
         summary=summary,
+    )
+
+
+def _best_lineage(summary: Sequence[Mapping], lineage: Sequence[Mapping]) -> str:
+    """Which members trained the state that reached the best validation loss, step by step: a
+    member's best is its own evaluation, but the state may have been copied from others."""
+    best = best_trial(summary)
+    if best is None:
+        return ""
+    member, step = int(best["trial"]), int(best["best_step"])
+    chain = []
+    while True:
+        copies = [e for e in lineage if int(e["trial"]) == member and int(e["step"]) < step]
+        if not copies:
+            chain.append(f"member {member} (steps 0-{step})")
+            break
+        last = max(copies, key=lambda e: int(e["step"]))
+        chain.append(f"member {member} (steps {last['step']}-{step})")
+        member, step = int(last["parent"]), int(last["step"])
+    return (
+        f"The best validation loss ({best['best_val_loss']:.4g}) is member {best['trial']}'s own "
+        f"evaluation at step {best['best_step']}; the state it evaluated was trained by "
+        + " after ".join(chain)
+        + "."
     )

@@ -53,7 +53,9 @@ RESULT_COLUMNS = (
 
 def is_result_column(key: str) -> bool:
     """A summary column that holds a result or bookkeeping, not a hyperparameter."""
-    return key in RESULT_COLUMNS or key.startswith(("best_val_", "test_"))
+    return (
+        key in RESULT_COLUMNS or key.startswith(("best_val_", "test_")) or key.endswith("_at_best")
+    )
 
 
 # What a study writes into its workdir (and ``overwrite`` removes).

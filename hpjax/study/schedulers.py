@@ -195,12 +195,25 @@ class Pbt:
         return exploits
 
     def annotate(self, rows, started, layout) -> None:
-        """Each member's final values and exploit count."""
+        """Each member's final values, the values in force when it reached its best
+        (``KEY_at_best``) and its exploit count."""
         for row, pos in zip(rows, started, strict=True):
             r = int(np.flatnonzero(layout.positions == pos)[0])
-            for k in self.keys:
-                row[k] = plain(layout.columns[k][r])
-            row["exploits"] = sum(e.trial == pos for e in self.history)
+            final = {k: plain(layout.columns[k][r]) for k in self.keys}
+            row |= final
+            mine = sorted((e for e in self.history if e.trial == pos), key=lambda e: e.step)
+            row["exploits"] = len(mine)
+            row |= {
+                f"{k}_at_best": v for k, v in self.in_force(mine, row["best_step"], final).items()
+            }
+
+    def in_force(self, exploits: list[Exploit], step: int, final: dict) -> dict:
+        """A member's values while it trained up to the evaluation at ``step``: set by its last
+        exploit before that step, else its first values (``exploits`` sorted by step)."""
+        before = [e for e in exploits if e.step < step]
+        if before:
+            return dict(before[-1].after)
+        return dict(exploits[0].before) if exploits else dict(final)
 
     def write_files(self, workdir: str) -> None:
         """``lineage.csv``: every exploit, from the saved history (so also rewritten whole when
