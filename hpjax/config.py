@@ -28,6 +28,7 @@ NON_STUDY_KEYS = (
     "coordinator_address",
     "num_processes",
     "process_id",
+    "data_sizes",  # recorded from the data (its fingerprint is the study's), for the reports
 )
 
 

@@ -77,6 +77,44 @@ def test_oscillating_fires_with_its_numbers():
     assert "decaying" in d.message and "Adam" in d.message and "40.0%" in d.message
 
 
+def test_advice_leaves_out_what_the_trial_already_does():
+    from hpjax.report.diagnostics import Setting
+
+    adam_cosine = Setting(optimizer="adam", schedule="cosine", weight_decay=1.0, patience=10)
+    (d,) = diagnose_trial(3, oscillating(), num_classes=10, setting=adam_cosine)
+    assert "decaying" not in d.message and "Adam, Adagrad" not in d.message
+    assert "lower its learning rate (it already uses a cosine schedule and adam)" in d.message
+    (d,) = diagnose_trial(3, oscillating(), num_classes=10, setting=Setting(optimizer="sgd"))
+    assert "decaying" in d.message and "adaptive optimizer" in d.message
+    rising = [
+        {
+            "step": 10 * i,
+            "train_loss": 1.0 - 0.05 * i,
+            "val_loss": 0.8 - 0.05 * min(i, 6) + 0.05 * max(0, i - 6),
+        }
+        for i in range(14)
+    ]
+    (d,) = diagnose_trial(0, rising, num_classes=10, setting=adam_cosine)
+    assert d.kind == "overfitting" and "more weight decay than its 1" in d.message
+    assert "add weight decay" not in d.message and "stop early" not in d.message
+
+
+def test_changes_within_the_noise_of_a_small_split_are_not_symptoms():
+    """Alternating by 40% of its level oscillates on a large split, not on one of 16 examples
+    (2/sqrt(16) = 50%)."""
+    from hpjax.report.diagnostics import Setting
+
+    assert kinds(
+        diagnose_trial(3, oscillating(), num_classes=10, setting=Setting(val_examples=4000))
+    ) == ["oscillating"]
+    assert (
+        diagnose_trial(
+            3, oscillating(), num_classes=10, setting=Setting(val_examples=16, train_examples=16)
+        )
+        == []
+    )
+
+
 def test_oscillating_on_train_loss_when_validation_is_missing():
     c = oscillating()
     for p in c:
@@ -269,3 +307,22 @@ def test_diagnose_workdir_takes_classes_and_inputs_from_config(tmp_path):
     got = diagnose_workdir(tmp_path)
     assert [d.kind for d in got] == ["not_learning", "too_few_units"]
     assert got[0].numbers["num_classes"] == 2 and got[1].numbers["input_dim"] == 60
+
+
+def test_a_study_report_gives_no_advice_its_config_already_follows(tiny_config, tmp_path):
+    """Adam, a cosine decay, weight decay and early stopping, as the default study: the report
+    never tells a trial to adopt them, and says how noisy its validation loss is."""
+    from hpjax.study.run import train_and_evaluate
+
+    tiny_config.schedule = "cosine"
+    tiny_config.weight_decays = (0.5,)
+    tiny_config.learning_rates = (0.003, 0.3, 3.0, 30.0)  # the high ones misbehave
+    tiny_config.make_report = True
+    workdir = tmp_path / "study"
+    train_and_evaluate(tiny_config, str(workdir))
+    report = (workdir / "report.md").read_text()
+    diagnostics = report[report.index("## Diagnostics") :]
+    assert "Trial" in diagnostics  # something fired
+    followed = ("decaying learning rate", "adaptive optimizer", "add weight decay", "stop early")
+    assert not [advice for advice in followed if advice in diagnostics]
+    assert "A validation loss is a mean over 80 examples" in diagnostics

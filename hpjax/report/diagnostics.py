@@ -101,7 +101,59 @@ def _g(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _diverged(trial: int, curve: Sequence[Mapping], status: str | None) -> Diagnostic | None:
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a trial already does, so that no advice repeats it, and how many examples its
+    losses are measured on, so that noise is not read as a symptom."""
+
+    optimizer: str | None = None
+    schedule: str | None = None
+    weight_decay: float | None = None
+    patience: int | None = None
+    val_examples: int | None = None
+    train_examples: int | None = None
+
+    def noise(self, key: str) -> float:
+        """The relative noise of a loss measured on the split behind ``key``: about
+        1/sqrt(examples) for a mean of per-example losses of a similar spread; twice that is
+        taken as what an evaluation can move by chance (0 when the size is unknown)."""
+        n = self.val_examples if key == "val_loss" else self.train_examples
+        return 2.0 / math.sqrt(n) if n else 0.0
+
+
+_ADAPTIVE = ("adam", "adagrad", "rmsprop")
+
+
+def _rate_advice(setting: Setting) -> str:
+    """Lower the rate; a decaying schedule and an adaptive optimizer only where it lacks them."""
+    options = ["lower its learning rate"]
+    already = []
+    if setting.schedule in (None, "constant"):
+        options.append("use a decaying learning rate (linear or exponential)")
+    else:
+        already.append(f"a {setting.schedule} schedule")
+    if setting.optimizer in _ADAPTIVE:
+        already.append(setting.optimizer)
+    else:
+        options.append("use an adaptive optimizer (Adam, Adagrad)")
+    text = ", or ".join(options)
+    return text + (f" (it already uses {' and '.join(already)})" if already else "") + "."
+
+
+def _overfit_advice(setting: Setting) -> str:
+    options = ["use fewer hidden units"]
+    if setting.patience == 0:
+        options.append("stop early (patience > 0 keeps the best checkpoint)")
+    if not setting.weight_decay:
+        options.append("add weight decay")
+    else:
+        options.append(f"use more weight decay than its {setting.weight_decay:g}")
+    return ", or ".join(options) + "."
+
+
+def _diverged(
+    trial: int, curve: Sequence[Mapping], status: str | None, setting: Setting = Setting()
+) -> Diagnostic | None:
     first_bad: tuple[int, str, float | None, int | None] | None = None
     for key in ("train_loss", "val_loss"):
         seen: tuple[int, float] | None = None
@@ -131,8 +183,7 @@ def _diverged(trial: int, curve: Sequence[Mapping], status: str | None) -> Diagn
     return Diagnostic(
         "diverged",
         trial,
-        f"Trial {trial} diverged: {what}; lower its learning rate, or use a decaying rate or "
-        "an adaptive optimizer (Adam, Adagrad).",
+        f"Trial {trial} diverged: {what}; " + _rate_advice(setting),
         numbers,
     )
 
@@ -172,8 +223,9 @@ def _not_learning(
     )
 
 
-def _oscillation(values: list[float], th: Thresholds) -> dict | None:
-    """The oscillation numbers of one series if it oscillates without settling, else None."""
+def _oscillation(values: list[float], th: Thresholds, noise: float = 0.0) -> dict | None:
+    """The oscillation numbers of one series if it oscillates without settling, by more than
+    ``noise`` (relative) as well as the threshold, else None."""
     n = len(values)
     if n < max(th.osc_min_points, 4):
         return None
@@ -190,7 +242,8 @@ def _oscillation(values: list[float], th: Thresholds) -> dict | None:
     first_half_min = min(values[: n // 2])
     last_quarter_min = min(values[n - max(n // 4, 1) :])
     settled = last_quarter_min < first_half_min * (1 - th.osc_settle_margin)
-    if sign_frac <= th.osc_sign_change_frac or amplitude <= th.osc_rel_amplitude or settled:
+    floor = max(th.osc_rel_amplitude, noise)
+    if sign_frac <= th.osc_sign_change_frac or amplitude <= floor or settled:
         return None
     return {
         "sign_change_frac": sign_frac,
@@ -198,13 +251,16 @@ def _oscillation(values: list[float], th: Thresholds) -> dict | None:
         "first_half_min": first_half_min,
         "last_quarter_min": last_quarter_min,
         "num_points": n,
+        "noise": noise,
     }
 
 
-def _oscillating(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagnostic | None:
+def _oscillating(
+    trial: int, curve: Sequence[Mapping], th: Thresholds, setting: Setting = Setting()
+) -> Diagnostic | None:
     for key in ("val_loss", "train_loss"):
         values = [v for _, v in _series(curve, key)]
-        numbers = _oscillation(values, th)
+        numbers = _oscillation(values, th, setting.noise(key))
         if numbers is None:
             continue
         numbers = {"loss": key, **numbers}
@@ -215,14 +271,15 @@ def _oscillating(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagno
             f"{key.replace('_', ' ')} changes direction at {numbers['sign_change_frac']:.0%} of "
             f"evaluations by {numbers['rel_amplitude']:.1%} of its level on average, and its "
             f"last-quarter minimum {_g(numbers['last_quarter_min'])} is not below its "
-            f"first-half minimum {_g(numbers['first_half_min'])}; use a decaying learning rate "
-            "(linear or exponential) or an adaptive optimizer (Adam, Adagrad).",
+            f"first-half minimum {_g(numbers['first_half_min'])}; " + _rate_advice(setting),
             numbers,
         )
     return None
 
 
-def _overfitting(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagnostic | None:
+def _overfitting(
+    trial: int, curve: Sequence[Mapping], th: Thresholds, setting: Setting = Setting()
+) -> Diagnostic | None:
     points = [
         (int(p.get("step", i)), float(p["train_loss"]), float(p["val_loss"]))
         for i, p in enumerate(curve)
@@ -233,10 +290,10 @@ def _overfitting(trial: int, curve: Sequence[Mapping], th: Thresholds) -> Diagno
     best = min(range(len(points)), key=lambda i: points[i][2])
     best_step, train_at_best, best_val = points[best]
     final_step, final_train, final_val = points[-1]
-    advice = "use fewer hidden units, stop early (keep the best checkpoint) or add weight decay."
+    advice = _overfit_advice(setting)
     if best < len(points) - 1 and best_val > 0:
         rise = final_val / best_val - 1
-        if rise > th.overfit_rise and final_train < train_at_best:
+        if rise > max(th.overfit_rise, setting.noise("val_loss")) and final_train < train_at_best:
             numbers = {
                 "reason": "val_rising",
                 "best_step": best_step,
@@ -300,18 +357,20 @@ def diagnose_trial(
     hidden_units: int | Sequence[int] | None = None,
     input_dim: int | None = None,
     thresholds: Thresholds = Thresholds(),
+    setting: Setting = Setting(),
 ) -> list[Diagnostic]:
-    """The diagnostics that fire for one trial's curve (its ``metrics.jsonl`` records)."""
+    """The diagnostics that fire for one trial's curve (its ``metrics.jsonl`` records), with
+    advice that fits what the trial already does (``setting``)."""
     curve = sorted(curve, key=lambda p: p.get("step", 0) or 0)
     out: list[Diagnostic | None] = []
-    diverged = _diverged(trial, curve, status)
+    diverged = _diverged(trial, curve, status, setting)
     if diverged is not None:
         out.append(diverged)
     else:
         out += [
             _not_learning(trial, curve, num_classes, thresholds),
-            _oscillating(trial, curve, thresholds),
-            _overfitting(trial, curve, thresholds),
+            _oscillating(trial, curve, thresholds, setting),
+            _overfitting(trial, curve, thresholds, setting),
         ]
     out.append(_too_few_units(trial, hidden_units, input_dim))
     return [d for d in out if d is not None]
@@ -383,5 +442,28 @@ def diagnose_workdir(
             hidden_units=hidden,
             input_dim=int(input_dim) if is_finite_number(input_dim) else None,
             thresholds=thresholds,
+            setting=trial_setting(saved, row),
         )
     return out
+
+
+def trial_setting(saved: Mapping, row: Mapping) -> Setting:
+    """A trial's :class:`Setting` from its summary row and the study's config.json."""
+    sizes = saved.get("data_sizes") or {}
+    train = sizes.get("train")
+    evaluated = saved.get("train_eval_examples")
+    if train and is_finite_number(evaluated) and evaluated > 0:
+        train = min(int(train), int(evaluated))
+    decay = _lookup(saved, row, "weight_decay")
+    if decay is None:
+        decays = saved.get("weight_decays") or ()
+        decay = decays[0] if len(decays) == 1 else None
+    patience = saved.get("patience")
+    return Setting(
+        optimizer=_lookup(saved, row, "optimizer"),
+        schedule=_lookup(saved, row, "schedule"),
+        weight_decay=float(decay) if is_finite_number(decay) else None,
+        patience=int(patience) if is_finite_number(patience) else None,
+        val_examples=sizes.get("val"),
+        train_examples=train,
+    )

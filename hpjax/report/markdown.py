@@ -84,8 +84,10 @@ _KIND_TITLES = {
 }
 
 
-def _diagnostics_md(diagnostics: Sequence[Diagnostic], max_per_kind: int = 10) -> list[str]:
-    lines = ["## Diagnostics", ""]
+def _diagnostics_md(
+    diagnostics: Sequence[Diagnostic], max_per_kind: int = 10, note: str = ""
+) -> list[str]:
+    lines = ["## Diagnostics", ""] + ([note, ""] if note else [])
     if not diagnostics:
         return lines + [
             "None fired: no trial diverged, stalled near chance, oscillated, "
@@ -120,6 +122,7 @@ def write_report(
     diagnostics: Sequence[Diagnostic],
     *,
     summary: Sequence[Mapping] | None = None,
+    diagnostics_note: str = "",
 ) -> str:
     """Write ``workdir/report.md`` and return its path.
 
@@ -143,5 +146,5 @@ def write_report(
         for plot in plots:
             name = os.path.splitext(os.path.basename(plot))[0].replace("_", " ")
             lines += [f"![{name}]({plot})", ""]
-    lines += _diagnostics_md(diagnostics)
+    lines += _diagnostics_md(diagnostics, note=diagnostics_note)
     return write_markdown(os.path.join(workdir, "report.md"), lines)

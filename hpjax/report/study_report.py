@@ -202,6 +202,20 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
         plots,
         diagnose_workdir(workdir),
         summary=summary,
+        diagnostics_note=_noise_note(saved),
+    )
+
+
+def _noise_note(saved: Mapping) -> str:
+    """How much of a loss's movement the diagnostics read as chance, from the split sizes."""
+    val = (saved.get("data_sizes") or {}).get("val")
+    if not val:
+        return ""
+    return (
+        f"A validation loss is a mean over {val} examples: the diagnostics count oscillation "
+        f"or a rising validation loss only beyond {2 / val**0.5:.1%} of its level (2/sqrt(n), "
+        "about what a split of that size moves by chance), and give no advice the config "
+        "already follows."
     )
 
 

@@ -156,7 +156,10 @@ def train_study(
     """Runs the parsed study into ``workdir``; returns the summary rows."""
     spec_lib.check_data(study, dataset.num_train)
     models = build_models(study, dataset, model)  # every model checked before the workdir
-    study = spec_lib.with_inputs(study, dataset.fingerprint, _model_fingerprint(models, model))
+    sizes = {split: len(getattr(dataset, f"y_{split}")) for split in ("train", "val", "test")}
+    study = spec_lib.with_inputs(
+        study, dataset.fingerprint, _model_fingerprint(models, model), sizes
+    )
     outputs = chosen_outputs(study.outputs)
     sharding = TrialSharding(study.placement.num_devices)
     if not sharding.is_writer:  # process 0 alone sees the workdir: no extension elsewhere

@@ -61,11 +61,16 @@ def with_points(study: StudySpec, points: Sequence[Mapping[str, Any]]) -> StudyS
     )
 
 
-def with_inputs(study: StudySpec, data: str, model: str) -> StudySpec:
+def with_inputs(
+    study: StudySpec, data: str, model: str, sizes: dict[str, int] | None = None
+) -> StudySpec:
     """The study with the fingerprints of its data and (a user's) model in its config, which
     config.json records: a rerun with other data or another model under the same name then
-    differs from the workdir's study, and is refused instead of answered with old results."""
+    differs from the workdir's study, and is refused instead of answered with old results.
+    ``sizes`` (examples per split) tell the reports how noisy a validation loss is."""
     config = dict(study.config) | {"data_fingerprint": data, "model_fingerprint": model}
+    if sizes is not None:
+        config["data_sizes"] = dict(sizes)
     return dataclasses.replace(study, config=config)
 
 
