@@ -5,6 +5,7 @@ flag, config, workdir or data; 130 after Ctrl-C, with how to resume)."""
 import logging as std_logging
 import os
 import re
+import runpy
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from hpjax import runtime
+from hpjax.config import describe_keys
 from hpjax.errors import ConfigError, disk_error_message
 from hpjax.results.study import best_row
 from hpjax.study.run import train_and_evaluate
@@ -42,13 +44,20 @@ def initialize_distributed(process: ProcessSpec) -> None:
     )
 
 
+_DEFAULT_CONFIG_FILE = ""  # the binary's own config file, set by define_flags
+
+
 def define_flags(binary: str, config_file: str, help_text: str = "") -> tuple[Any, Any]:
     """``--config`` (default ``experiments/configs/<config_file>`` beside ``binary``) and
     ``--workdir``, the two flags every experiment binary takes."""
+    global _DEFAULT_CONFIG_FILE
+    _DEFAULT_CONFIG_FILE = os.path.join(
+        os.path.dirname(os.path.abspath(binary)), "configs", config_file
+    )
     try:  # ml_collections applies the --config overrides of sys.argv right here
         config = config_flags.DEFINE_config_file(
             "config",
-            os.path.join(os.path.dirname(os.path.abspath(binary)), "configs", config_file),
+            _DEFAULT_CONFIG_FILE,
             help_text or "Study config file; override any key with --config.KEY=VALUE.",
             lock_config=True,
         )
@@ -70,15 +79,20 @@ def fail(message: str, status: int = 2) -> None:
 
 def _unknown_key_message(error: BaseException, argv: list[str]) -> str:
     """Which ``--config.KEY`` override names a key the config does not have."""
-    missing = re.findall(r"'([^']+)'", str(error))
+    while error.args and isinstance(error.args[0], BaseException):  # ml_collections wraps it
+        error = error.args[0]
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    missing = re.findall(r"'([^']+)'", text)
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f"did you mean {suggestion.group(1)!r}? " if suggestion else ""
     for arg in argv:
         name = arg.split("=", 1)[0]
         if name.startswith("--config.") and missing and name.split(".")[-1] == missing[-1]:
             return (
-                f"{name}: config has no key {missing[-1]!r}; every key is listed with its "
-                "default in hpjax/config.py (and in the --config file)"
+                f"{name}: config has no key {missing[-1]!r}; {hint}--help lists every key "
+                "with its default and meaning"
             )
-    return f"bad --config override: {error}"
+    return f"bad --config override: {' '.join(text.split())}"
 
 
 def _config_flag_error(error: BaseException, argv: list[str]) -> None:
@@ -116,10 +130,38 @@ def _load_failure(error: BaseException, argv: list[str]) -> str:
     return f"--config={_config_file(argv)}: cannot load it ({text})"
 
 
+def print_help(argv: list[str]) -> None:
+    """``--help``: the binary's docstring, its two flags, its config file's variants and every
+    config key with this config's value and its meaning; exit status 0."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    path = given[-1] if given else _DEFAULT_CONFIG_FILE
+    file, _, variant = path.partition(":")
+    try:
+        module = runpy.run_path(file)
+        config = module["get_config"](variant) if variant else module["get_config"]()
+    except Exception as error:  # noqa: BLE001 (a config file can raise anything)
+        fail(_load_failure(error, argv))
+    main_doc = (sys.modules["__main__"].__doc__ or "").strip()
+    print(main_doc + "\n" if main_doc else "", end="")
+    print(
+        "\nFlags:\n  --workdir=DIR  where the study writes (required)\n"
+        "  --config=FILE[:VARIANTS]  the study's config (default "
+        f"{_DEFAULT_CONFIG_FILE})"
+        "\n  --config.KEY=VALUE  override one key (a key given twice takes its last value)"
+    )
+    if module.get("__doc__"):
+        print(f"\nThe config file {file}:\n\n" + module["__doc__"].strip())
+    print("\nEvery config key, with this config's value (meanings from hpjax/config.py):")
+    print("\n".join(describe_keys(config)))
+    sys.exit(0)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with every mistake as one line and exit status 2: an unknown flag
     or key, a --config file that fails to load or returns no config, an extra argument."""
     argv = last_override_wins(argv)
+    if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+        print_help(argv)
     given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if given and not os.path.isfile(given[-1].split(":", 1)[0]):
         fail(f"--config={given[-1]}: no such file")

@@ -185,3 +185,38 @@ def config_to_dict(config: Any) -> dict:
 def study_identity(config_dict: dict) -> dict:
     """What makes two configs the same study: every key but :data:`NON_STUDY_KEYS`."""
     return {k: v for k, v in config_dict.items() if k not in NON_STUDY_KEYS}
+
+
+def key_meanings() -> dict[str, str]:
+    """Each key's meaning, from the trailing comment of the line that sets it in this file
+    (``config.KEY = ...  # meaning``; a section's keys as ``SECTION.KEY``)."""
+    import inspect
+    import re
+
+    pattern = re.compile(r"^\s*(?:config|c)\.([\w.]+)\s*=.*?#\s*(.+)$")
+    meanings = {}
+    for line in inspect.getsource(inspect.getmodule(key_meanings)).splitlines():
+        found = pattern.match(line)
+        if found and "noqa" not in found.group(2):
+            meanings.setdefault(found.group(1), found.group(2).strip())
+    return meanings
+
+
+def describe_keys(config: ml_collections.ConfigDict) -> list[str]:
+    """One line per key of ``config`` (sections flattened as ``SECTION.KEY``): its value and,
+    where ``hpjax/config.py`` says, its meaning."""
+    meanings = key_meanings()
+    lines = []
+
+    def walk(node, prefix: str) -> None:
+        for key in sorted(node.keys()):
+            value = node[key]
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value, f"{prefix}{key}.")
+                continue
+            name = f"{prefix}{key}"
+            meaning = meanings.get(name) or meanings.get(key) or ""
+            lines.append(f"  --config.{name}={value!r}" + (f"  # {meaning}" if meaning else ""))
+
+    walk(config, "")
+    return lines

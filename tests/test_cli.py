@@ -48,6 +48,7 @@ def error_lines(result) -> list[str]:
     "args, expected",
     [
         (["--config.nosuchkey=1"], "--config.nosuchkey: config has no key 'nosuchkey'"),
+        (["--config.learning_rate=0.1"], "no key 'learning_rate'; did you mean 'learning_rates'?"),
         (["--config.model.nosuchkey=3"], "--config.model.nosuchkey: config has no key"),
         (["--config.num_steps=abc"], "flag --config.num_steps=abc: invalid literal"),
         (["--config=/no/such/config.py"], "--config=/no/such/config.py: no such file"),
@@ -102,6 +103,22 @@ def test_a_repeated_override_replaces_the_earlier_one(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert files.read_config(tmp_path)["seeds"] == [1]
+
+
+def test_help_exits_0_and_names_every_key_with_its_default(tmp_path):
+    from hpjax.config import default_config
+
+    result = run_binary("--help", f"{CONFIGS}:asha")
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = result.stdout
+    flat = default_config().to_dict()
+    keys = [f"{s}.{k}" for s, v in flat.items() if isinstance(v, dict) for k in v]
+    keys += [k for k, v in flat.items() if not isinstance(v, dict)]
+    assert not [k for k in keys if f"--config.{k}=" not in listed]
+    assert "--config.scheduler='asha'" in listed  # this config's values, its variant applied
+    assert "--config.patience=10  # evaluations without improvement" in listed
+    assert "Adaptive variants" in listed  # the config file's own doc: its variants
+    assert not (tmp_path / "w").exists()
 
 
 def test_missing_workdir_and_a_workdir_that_is_a_file(tmp_path):
