@@ -333,3 +333,47 @@ def test_tool_on_a_workdir_it_cannot_write_is_one_line(tmp_path, monkeypatch, ca
     assert line.startswith(
         f"error: cannot write to {str(tmp_path)!r}: the file system is read-only"
     )
+
+
+def test_plots_of_a_sampled_space_keep_their_legends_short(tmp_path, monkeypatch):
+    """48 trials over a sampled rate and weight decay, some pruned, one diverged: colour scales
+    instead of a legend entry per value, pruned trials marked apart, a panel per hyperparameter."""
+    import numpy as np
+
+    from hpjax.report import figures
+
+    rng = np.random.default_rng(0)
+    summary, metrics = [], []
+    for t in range(48):
+        status = "diverged" if t == 0 else ("pruned" if t % 3 == 0 else "early_stopped")
+        lr, wd = float(10 ** rng.uniform(-4, -1)), float(10 ** rng.uniform(-2, 1))
+        best = None if t == 0 else float(rng.uniform(0.5, 2.0))
+        summary.append(
+            {
+                "trial": t,
+                "learning_rate": lr,
+                "weight_decay": wd,
+                "status": status,
+                "best_val_loss": best,
+                "best_step": 20,
+            }
+        )
+        metrics += [
+            {"trial": t, "step": s, "train_loss": 2.0 - s / 40, "val_loss": 2.1 - s / 40}
+            for s in (0, 20, 40)
+        ]
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or str(path))
+    figures.plot_hparam(
+        summary, "learning_rate", "best_val_loss", tmp_path / "a.png", group_by="weight_decay"
+    )
+    figures.plot_learning_curves(metrics, summary, tmp_path / "b.png")
+    figures.plot_hparam_panels(
+        summary, ["learning_rate", "weight_decay"], "best_val_loss", tmp_path / "c.png"
+    )
+    for fig in drawn:
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        labels = [t.get_text() for legend in legends for t in legend.get_texts()]
+        assert 0 < len(labels) <= 12, labels
+        assert "pruned" in labels, labels
+    assert any("weight decay" in ax.get_ylabel() for ax in drawn[0].axes)  # the colorbar

@@ -146,6 +146,7 @@ def plot_learning_curves(
             all_y += ys
             starts.append(ys[0])
         row = rows.get(t, {})
+        pruned = row.get("status") == "pruned"
         if is_number(row.get("best_step")) and is_number(row.get("best_val_loss")):
             if x == "step":
                 bx = float(row["best_step"])
@@ -157,9 +158,9 @@ def plot_learning_curves(
                 ax.plot(
                     [bx],
                     [row["best_val_loss"]],
-                    "*",
+                    "v" if pruned else "*",
                     color=colour[t],
-                    ms=11 if few else 7,
+                    ms=(7 if pruned else 11) if few else (5 if pruned else 7),
                     mec="black",
                     mew=0.6,
                     zorder=5,
@@ -171,18 +172,23 @@ def plot_learning_curves(
     ax.set_ylabel("loss" + (" (cut at 5x the starting loss)" if clipped else ""))
     ax.set_title(title or f"Learning curves ({len(trials)} trials)")
     ax.grid(True, which="major", alpha=0.3)
-    _curves_legend(fig, ax, few, colour_key, norm, cmap)
+    any_pruned = any(r.get("status") == "pruned" for r in rows.values())
+    _curves_legend(fig, ax, few, colour_key, norm, cmap, any_pruned)
     return save_figure(fig, path)
 
 
-def _curves_legend(fig, ax, few: bool, colour_key, norm, cmap) -> None:
+def _curves_legend(fig, ax, few: bool, colour_key, norm, cmap, pruned: bool = False) -> None:
     """The learning-curves legend: per-trial labels plus line styles when there are ``few``
     trials; otherwise only the line styles, with a colorbar for the colour scale."""
     style_handles = [
         Line2D([], [], color="grey", ls="-", label="validation"),
         Line2D([], [], color="grey", ls="--", label="train"),
-        Line2D([], [], color="grey", ls="", marker="*", ms=10, mec="black", label="early stop"),
+        Line2D([], [], color="grey", ls="", marker="*", ms=10, mec="black", label="best point"),
     ]
+    if pruned:
+        style_handles.append(
+            Line2D([], [], color="grey", ls="", marker="v", ms=7, mec="black", label="pruned")
+        )
     if few:
         handles, _ = ax.get_legend_handles_labels()
         ax.legend(
@@ -227,6 +233,13 @@ def plot_hparam(
     fig = new_figure()
     ax = fig.add_subplot()
     pos, cats = _x_positions([r[x] for r in rows])
+    shades = [r.get(group_by) for r in rows] if group_by else []
+    if len(set(shades)) > MAX_LINES and all(is_number(v) for v in shades):
+        # a sampled dimension: one colour scale, not a legend entry per value
+        best = _scatter_coloured(fig, ax, rows, x, y, pos, group_by)
+        _mark_best_and_failed(ax, best, [pos[r[x]] for r in rows if not _finite_result(r, y)])
+        title = title or f"{y} against {x}, coloured by {group_by}"
+        return _finish_hparam_axes(fig, ax, rows, x, y, pos, cats, logx, logy, best, title, path)
     groups: dict[Any, list[Mapping]] = {}
     for r in rows:
         groups.setdefault(r.get(group_by) if group_by else None, []).append(r)
@@ -252,6 +265,44 @@ def plot_hparam(
             if best is None or (r[y] > best[1] if higher_better else r[y] < best[1]):
                 best = (pos[r[x]], r[y])
     _mark_best_and_failed(ax, best, failed_x)
+    title = title or f"{y} against {x}" + (f" by {group_by}" if group_by else "")
+    return _finish_hparam_axes(fig, ax, rows, x, y, pos, cats, logx, logy, best, title, path)
+
+
+MAX_LINES = 8  # more distinct values of a grouping key than this: a colour scale instead
+
+
+def _finite_result(row: Mapping, y: str) -> bool:
+    return row.get("status") != "diverged" and is_number(row.get(y))
+
+
+def _scatter_coloured(fig, ax, rows, x, y, pos, key) -> tuple[float, float] | None:
+    """Each trial a point coloured by ``key`` (a colorbar), pruned trials as triangles; returns
+    the best point."""
+    ok = [r for r in rows if _finite_result(r, y)]
+    if not ok:
+        return None
+    norm, cmap = _norm([r[key] for r in ok]), colormaps["viridis"]
+    for pruned, marker, label in ((False, "o", "trial"), (True, "v", "pruned")):
+        pts = [r for r in ok if (r.get("status") == "pruned") == pruned]
+        if pts:
+            ax.scatter(
+                [pos[r[x]] for r in pts],
+                [r[y] for r in pts],
+                c=[cmap(norm(r[key])) for r in pts],
+                marker=marker,
+                s=22,
+                edgecolors="none",
+                alpha=0.85,
+                label=label,
+            )
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=key.replace("_", " "))
+    higher_better = "acc" in y
+    top = (max if higher_better else min)(ok, key=lambda r: r[y])
+    return pos[top[x]], top[y]
+
+
+def _finish_hparam_axes(fig, ax, rows, x, y, pos, cats, logx, logy, best, title, path=None):
     if cats is not None:
         ax.set_xticks(range(len(cats)), cats)
     elif logx and rows and all(v > 0 for v in pos.values()):
@@ -262,10 +313,51 @@ def plot_hparam(
         ax.text(0.5, 0.5, f"no trial has {x}", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
-    ax.set_title(title or f"{y} against {x}" + (f" by {group_by}" if group_by else ""))
+    ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc="best")
+    return save_figure(fig, path)
+
+
+def plot_hparam_panels(
+    summary: Sequence[Mapping], keys: Sequence[str], y: str, path: PathLike, title: str = ""
+) -> str:
+    """``y`` against each of ``keys``, one panel per hyperparameter (a log axis where it spans
+    8x or more), every trial a point: pruned ones as triangles, the best starred."""
+    cols = min(3, len(keys))
+    rows_n = -(-len(keys) // cols)
+    fig = new_figure((4.2 * cols, 3.4 * rows_n))
+    axes = np.atleast_1d(fig.subplots(rows_n, cols, squeeze=False)).ravel()
+    ok = [r for r in summary if _finite_result(r, y)]
+    best = (max if "acc" in y else min)(ok, key=lambda r: r[y]) if ok else None
+    for ax, key in zip(axes, keys, strict=False):
+        pts = [r for r in ok if is_number(r.get(key))]
+        for pruned, marker in ((False, "o"), (True, "v")):
+            mine = [r for r in pts if (r.get("status") == "pruned") == pruned]
+            ax.scatter(
+                [r[key] for r in mine],
+                [r[y] for r in mine],
+                marker=marker,
+                s=16,
+                color="grey" if pruned else "C0",
+                alpha=0.7,
+                label="pruned" if pruned else "trial",
+            )
+        if best is not None and is_number(best.get(key)):
+            ax.plot([best[key]], [best[y]], "*", color="gold", mec="black", ms=13, label="best")
+        values = [r[key] for r in pts]
+        if values and min(values) > 0 and max(values) / min(values) >= 8:
+            ax.set_xscale("log")
+        ax.set_xlabel(key.replace("_", " "))
+        ax.set_ylabel(y.replace("_", " "))
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize="small", loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 

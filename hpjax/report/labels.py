@@ -57,7 +57,8 @@ def varying_hparams(summary: Sequence[Mapping]) -> list[str]:
     ``base_learning_rate`` counts only where a scaling rule made it differ from the rate.
     """
     varying = [k for k in hparam_columns(summary) if len({repr(r.get(k)) for r in summary}) > 1]
-    if all(r.get("base_learning_rate") == r.get("learning_rate") for r in summary):
+    pbt = any("exploits" in r for r in summary)  # PBT moved the rate; the base is the first
+    if pbt or all(r.get("base_learning_rate") == r.get("learning_rate") for r in summary):
         varying = [k for k in varying if k != "base_learning_rate"]
     return varying
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hpjax.report.diagnostics import diagnose_workdir
-from hpjax.report.figures import plot_hparam, plot_learning_curves
+from hpjax.report.figures import MAX_LINES, plot_hparam, plot_hparam_panels, plot_learning_curves
 from hpjax.report.labels import is_number, varying_hparams
 from hpjax.report.markdown import best_trial, write_report
 from hpjax.results.files import PathLike, read_csv, read_workdir
@@ -168,6 +168,21 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
             group_by=_group_key(summary, x_hparam),
             logx=logx,
             title=f"{name}: best validation loss against {x_hparam}",
+        )
+        plots.append(rel)
+    sampled = [  # hyperparameters a space samples: each gets a panel of its own
+        k
+        for k in varying_hparams(summary)
+        if k != "seed" and len({r.get(k) for r in summary if is_number(r.get(k))}) > MAX_LINES
+    ]
+    if len(sampled) >= 2:
+        rel = os.path.join("plots", "hparams_vs_best_val_loss.png")
+        plot_hparam_panels(
+            summary,
+            sampled,
+            "best_val_loss",
+            os.path.join(workdir, rel),
+            title=f"{name}: best validation loss against each sampled hyperparameter",
         )
         plots.append(rel)
     plots += adaptive_plots
