@@ -27,11 +27,15 @@ and resumes like them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
+from absl import logging as absl_logging
 from flax import nnx
 
 from hpjax import data as data_lib
@@ -113,6 +117,7 @@ def train(
     *,
     task: str | tasks.Task | None = None,
     monitor: str | None = None,
+    verbose: bool = True,
     **config: Any,
 ) -> Study:
     """Trains ``model`` (a factory ``make(rngs, **architecture) -> nnx.Module``) on ``data`` as
@@ -122,7 +127,8 @@ def train(
     The task is the data set's (softmax cross-entropy and accuracy for classification, mean
     squared and absolute error for regression) unless ``task`` is a :class:`hpjax.Task` of your
     own; ``monitor`` names the lower-is-better value early stopping watches (``"loss"`` by
-    default, or a metric).
+    default, or a metric). Progress (populations, ticks, time left, the best value so far) is
+    logged to stderr unless ``verbose=False``.
     """
     if not callable(model):
         raise ConfigError(
@@ -146,5 +152,28 @@ def train(
         )
     name = getattr(model, "__name__", type(model).__name__)
     cfg = make_config(name, data.name, **config)
-    rows = train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)
+    with _progress_to_stderr(verbose):
+        rows = train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)
     return Study(str(workdir), tuple(rows), chosen.monitor, model)
+
+
+@contextlib.contextmanager
+def _progress_to_stderr(verbose: bool):
+    """hpjax's INFO lines (absl's logger) on stderr for the call, as a binary shows them;
+    outside a binary absl would drop them. The logger's level is restored afterwards."""
+    logger = absl_logging.get_absl_logger()
+    if not verbose or absl_logging.get_absl_handler() in logging.getLogger().handlers:
+        yield  # quiet, or absl's own handler already prints them (run under app.run)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("hpjax: %(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # once, even where the root logger has a handler of its own
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate

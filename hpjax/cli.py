@@ -241,9 +241,18 @@ def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
     except KeyboardInterrupt:
         # Leave at once: a normal interpreter exit with XLA and Orbax threads mid-flight can
         # crash; what is on disk is what a SIGKILL leaves, which resumes exactly.
+        saved = any(
+            name.isdigit()
+            for directory, names, _ in os.walk(workdir)
+            if os.path.basename(os.path.dirname(directory)) == "state"
+            for name in names
+        )
         print(
             f"error: interrupted; run the same command again to resume {workdir!r} from its "
-            "last state checkpoint",
+            "last state checkpoint"
+            if saved
+            else f"error: interrupted before {workdir!r} had a state checkpoint: no training "
+            "was saved; the same command starts the study again",
             file=sys.stderr,
             flush=True,
         )

@@ -378,3 +378,12 @@ def test_another_model_under_the_same_name_is_refused_in_one_line(classification
     tiny_cnn_wider.__name__ = "tiny_cnn"
     with pytest.raises(hpjax.ConfigError, match="holds a study of other model"):
         hpjax.train(tiny_cnn_wider, classification_data, workdir, learning_rates=(0.01,), **STEPS)
+
+
+def test_train_shows_progress_unless_told_not_to(classification_data, tmp_path, capfd):
+    kwargs = dict(learning_rates=(0.01,), num_steps=40, eval_every=10, log_every_s=0.0)
+    hpjax.train(tiny_cnn, classification_data, str(tmp_path / "a"), **kwargs)
+    shown = capfd.readouterr().err
+    assert "hpjax: population 1/1" in shown and "best val loss so far" in shown
+    hpjax.train(tiny_cnn, classification_data, str(tmp_path / "b"), verbose=False, **kwargs)
+    assert "hpjax:" not in capfd.readouterr().err

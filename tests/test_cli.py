@@ -135,20 +135,27 @@ def test_missing_workdir_and_a_workdir_that_is_a_file(tmp_path):
 
 def test_ctrl_c_ends_with_how_to_resume_and_the_rerun_finishes(tmp_path):
     workdir = tmp_path / "w"
-    args = [f"--workdir={workdir}", *TINY, "--config.num_steps=4000", "--config.patience=0"]
+    args = [
+        f"--workdir={workdir}",
+        *TINY,
+        "--config.num_steps=1000",
+        "--config.patience=0",
+        "--config.checkpoint_every=5",
+    ]
     process = subprocess.Popen(
         [sys.executable, BINARY, *args], stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
     deadline = time.monotonic() + 120
-    while not (workdir / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
+    state = workdir / "state" / "population_0"
+    while not (state.exists() and any(p.name.isdigit() for p in state.iterdir())):
+        assert time.monotonic() < deadline, "no state checkpoint in 120 s"
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
     assert "error: interrupted; run the same command again to resume" in err
     assert "Traceback" not in err
-    result = run_binary(*args[:-2], "--config.num_steps=200", "--config.patience=0")
+    result = run_binary(*args[:-3], "--config.num_steps=200", "--config.patience=0")
     assert result.returncode == 2 and "holds a different study" in error_lines(result)[0]
     result = run_binary(*args)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -352,3 +352,17 @@ def test_a_finished_study_with_damaged_outputs_is_rebuilt_to_the_same_results(
     for row in reference:
         restored = checkpoint.restore_best(workdir, row["trial"])
         assert restored.metadata["best_val_loss"] == row["best_val_loss"]
+
+
+def test_progress_measures_the_rate_after_the_window_that_compiled(monkeypatch):
+    """The first training window compiles; the rate and the time left count from its end."""
+    from hpjax.study import progress
+
+    clock = iter([0.0, 0.0, 30.0, 31.0, 32.0])  # compiling took 30 s, then 1 s per window
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    said = []
+    monkeypatch.setattr(progress.logging, "info", lambda fmt, *a: said.append(fmt % a))
+    reporter = progress.Progress("p", total_ticks=100, num_trials=4, interval_s=0.0)
+    for tick in (0, 10, 20, 30):
+        reporter.update(tick)
+    assert "tick 30/100 (30%), 10 ticks/s" in said[-1] and "~7 s left" in said[-1]

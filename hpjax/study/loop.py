@@ -177,6 +177,7 @@ class PopulationRun:
         self.last_rows: list[dict] = []
         self.last_value: dict[int, float] = {}  # each trial's monitored value, last evaluation
         self.parent_of: dict[int, int] = {}  # member -> donor, for its next metrics row
+        self.best_so_far = float("inf")  # for the progress line
         self.row_ticks = self.training_ticks = 0
         self.ended: dict = {}  # host arrays [N]: each ended trial's best point and final state
         self.stats: dict = {}  # figures of the run for populations.csv
@@ -252,7 +253,7 @@ class PopulationRun:
             hook.on_start(self, state)
         # A row per trial, all from tick 0: the study ends at the plan's last tick. Else rows
         # take new trials at later ticks (or PBT changes batch sizes): no end is known.
-        known = not self.study.adaptive.is_adaptive
+        known = not self.study.adaptive.is_adaptive or self.study.adaptive.scheduler == "pbt"
         reporter = progress.Progress(
             self.label,
             self.plan.total_ticks if known else 0,
@@ -283,6 +284,7 @@ class PopulationRun:
             if known:  # the last window ends with the budget of the longest trial
                 num_ticks = min(num_ticks, self.plan.total_ticks - int(state.tick))
             state = self._train(state, num_ticks)
+            reporter.num_trials = len(layout.positions)
             self.row_ticks += len(layout.positions) * num_ticks
             self.training_ticks += int(active.sum()) * num_ticks
             state = self.evaluate(state, active)
@@ -419,10 +421,14 @@ class PopulationRun:
         best = [float(v) for v in self.ended["best_value"][layout.finished]]
         best += [float(v) for v in self.sharding.to_host(state.early_stop.best_value)[active]]
         queue = f", {layout.pending} pending" if layout.pending else ""
+        self.best_so_far = min([self.best_so_far, *best])  # never goes back up
+        budget = (
+            f"; {self._spent(state)}/{self.budget} trial-steps of the budget" if self.budget else ""
+        )
         return (
             f"{int(active.sum())} training, {len(layout.finished)} ended{queue} of "
-            f"{layout.num_trials}; best val {self.task.monitor} "
-            f"{min(best, default=float('nan')):.4f}"
+            f"{layout.num_trials}; best val {self.task.monitor} so far "
+            f"{self.best_so_far:.4f}{budget}"
         )
 
     # Results.

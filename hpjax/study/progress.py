@@ -19,17 +19,24 @@ class Progress:
         self.label = label
         self.known = total_ticks > 0
         self.total_ticks = max(total_ticks, 1)
-        self.num_trials = num_trials
+        self.num_trials = num_trials  # rows in the program; the loop updates it as it shrinks
         self.interval_s = interval_s
         self.start = time.perf_counter()
         self.start_tick: int | None = None
+        self.updates = 0
         self.last_log = -math.inf
 
     def update(self, tick: int, message: str = "", force: bool = False) -> None:
+        """Called after each evaluation; the rate is measured from the end of the first
+        training window, so that compiling it does not count as training time."""
         now = time.perf_counter()
+        self.updates += 1
+        if self.updates <= 2:  # the start, then the end of the window that compiled
+            self.start_tick, self.start = tick, now
+            if not force:
+                return
         if self.start_tick is None:
             self.start_tick, self.start = tick, now
-            return
         if not force and now - self.last_log < self.interval_s:
             return
         self.last_log = now
