@@ -36,6 +36,9 @@ def test_event_files_hold_every_trials_curves_and_the_hparams_summary(finished):
         events = EventAccumulator(os.path.join(root, run))
         events.Reload()
         val = [(e.step, e.value) for e in events.Scalars("val/loss")]
+        walls = [e.wall_time for e in events.Scalars("val/loss")]
+        times = [r["time"] for r in curves[row["trial"]]]
+        assert walls == pytest.approx(times, abs=1e-3)  # each evaluation's own wall time
         expected = [(r["step"], r["val_loss"]) for r in curves[row["trial"]]]
         assert [s for s, _ in val] == [s for s, _ in expected]
         assert [v for _, v in val] == pytest.approx([v for _, v in expected], rel=1e-6)
@@ -77,6 +80,12 @@ def test_optuna_storage_holds_every_trial_with_its_curve_state_and_value(finishe
     summary = files.read_summary(workdir)
     best = min(r["best_val_loss"] for r in summary if r["status"] != "diverged")
     assert study.best_value == pytest.approx(best, rel=1e-6)
+    # read well in optuna-dashboard: a named objective, only what varies as parameters (the
+    # rest as study attributes), and each trial's real duration
+    assert study.metric_names == ["best_val_loss"]
+    assert all(set(t.params) == {"learning_rate"} for t in trials)
+    assert study.user_attrs["optimizer"] == "adam" and study.user_attrs["batch_size"] == 16
+    assert all(t.duration.total_seconds() > 0 for t in trials if t.state.is_finished())
     # the same command again (a finished study) rebuilds the storage: no trial twice, none lost
     train_and_evaluate(config, workdir)
     again = optuna.load_study(study_name="study", storage=f"sqlite:///{workdir}/optuna.db")
@@ -135,3 +144,23 @@ def test_the_live_hook_writes_each_evaluation_from_its_worker_thread(tmp_path):
     )
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(10, 2.0), (20, 1.5)]
+
+
+def test_importance_names_the_hyperparameter_the_result_depends_on():
+    import math
+
+    summary = [
+        {
+            "trial": t,
+            "learning_rate": 10 ** (-4 + 3 * ((t * 7) % 20) / 20),
+            "weight_decay": 10 ** (-2 + 3 * ((t * 3) % 20) / 20),
+            "status": "early_stopped",
+        }
+        for t in range(20)
+    ]
+    for row in summary:  # the loss is a bowl in log(rate) alone
+        row["best_val_loss"] = 0.3 + (math.log10(row["learning_rate"]) + 2.5) ** 2
+    importances = optuna_storage.param_importances(summary)
+    assert list(importances) == ["learning_rate", "weight_decay"]
+    assert importances["learning_rate"] > 0.8
+    assert optuna_storage.param_importances(summary[:3]) is None  # too few trials

@@ -240,7 +240,9 @@ def test_killed_study_resumes_to_the_same_summary(tiny_npz, tiny_config, tmp_pat
     assert measured(read_csv(resumed / "summary.csv")) == measured(
         read_csv(reference / "summary.csv")
     )
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
+    strip = lambda rows: [
+        {k: v for k, v in r.items() if k not in ("elapsed_s", "time")} for r in rows
+    ]
     assert strip(read_jsonl(resumed / "metrics.jsonl")) == strip(
         read_jsonl(reference / "metrics.jsonl")
     )
@@ -341,7 +343,9 @@ def test_a_finished_study_with_damaged_outputs_is_rebuilt_to_the_same_results(
     tiny_config.learning_rates = (0.003, 0.03, 0.3, 0.1)
     tiny_config.max_population = 2  # two populations: the damage hits the first one
     workdir = str(tmp_path / "study")
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    drop = lambda rows: [
+        {k: v for k, v in r.items() if k not in ("elapsed_s", "time")} for r in rows
+    ]  # noqa: E731
     reference = train_and_evaluate(tiny_config, workdir)
     metrics = drop(read_jsonl(os.path.join(workdir, "metrics.jsonl")))
     DAMAGE[damage](workdir)

@@ -122,7 +122,12 @@ KINDS = {
     ),
 }
 RESULT_FILES = ("summary.csv", "metrics.jsonl", "lineage.csv", "search.csv")
-VOLATILE = {"elapsed_s", "peak_memory_mb", "wall_s"}  # timings and measurements, not results
+VOLATILE = {
+    "elapsed_s",
+    "time",
+    "peak_memory_mb",
+    "wall_s",
+}  # timings and measurements, not results
 
 
 # Runs a binary with Orbax's commit of every checkpoint delayed (the background thread sleeps

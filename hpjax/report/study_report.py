@@ -11,6 +11,7 @@ from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.figures import MAX_LINES, plot_hparam, plot_hparam_panels, plot_learning_curves
 from hpjax.report.labels import is_number, varying_hparams
 from hpjax.report.markdown import best_trial, write_report
+from hpjax.results import optuna_storage
 from hpjax.results.files import PathLike, read_csv, read_workdir
 
 
@@ -151,40 +152,7 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     adaptive_lines, adaptive_tables, adaptive_plots = _adaptive(workdir, saved, summary)
     intro += adaptive_lines
 
-    plots = [os.path.join("plots", "learning_curves.png")]
-    plot_learning_curves(
-        metrics, summary, os.path.join(workdir, plots[0]), title=f"{name}: learning curves"
-    )
-    xs = [r[x_hparam] for r in summary if r.get(x_hparam) is not None]
-    if xs:
-        rel = os.path.join("plots", f"{x_hparam}_vs_best_val_loss.png")
-        numeric = all(is_number(v) for v in xs)
-        logx = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
-        plot_hparam(
-            summary,
-            x_hparam,
-            "best_val_loss",
-            os.path.join(workdir, rel),
-            group_by=_group_key(summary, x_hparam),
-            logx=logx,
-            title=f"{name}: best validation loss against {x_hparam}",
-        )
-        plots.append(rel)
-    sampled = [  # hyperparameters a space samples: each gets a panel of its own
-        k
-        for k in varying_hparams(summary)
-        if k != "seed" and len({r.get(k) for r in summary if is_number(r.get(k))}) > MAX_LINES
-    ]
-    if len(sampled) >= 2:
-        rel = os.path.join("plots", "hparams_vs_best_val_loss.png")
-        plot_hparam_panels(
-            summary,
-            sampled,
-            "best_val_loss",
-            os.path.join(workdir, rel),
-            title=f"{name}: best validation loss against each sampled hyperparameter",
-        )
-        plots.append(rel)
+    plots = _plots(workdir, name, metrics, summary, x_hparam)
     plots += adaptive_plots
 
     def sort_key(r: Mapping) -> tuple[bool, float]:
@@ -209,6 +177,11 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     columns = ["trial"] + hparams + [k for k in results if k in present]
     tables = [("Trials, best validation loss first", sorted(summary, key=sort_key), columns)]
     tables += adaptive_tables
+    importances = optuna_storage.param_importances(summary)
+    if importances:
+        rows = [{"hyperparameter": k, "importance": v} for k, v in importances.items()]
+        title = "Hyperparameter importance for the best validation loss (Optuna's fANOVA)"
+        tables.append((title, rows, ["hyperparameter", "importance"]))
     return write_report(
         workdir,
         f"hpjax study `{name}`",
@@ -256,3 +229,43 @@ def _best_lineage(summary: Sequence[Mapping], lineage: Sequence[Mapping]) -> str
         + " after ".join(chain)
         + "."
     )
+
+
+def _plots(workdir: str, name: str, metrics, summary, x_hparam: str) -> list[str]:
+    """The learning curves, the result against ``x_hparam`` and, for a sampled space, a panel
+    per sampled hyperparameter; returns their paths relative to the workdir."""
+    plots = [os.path.join("plots", "learning_curves.png")]
+    plot_learning_curves(
+        metrics, summary, os.path.join(workdir, plots[0]), title=f"{name}: learning curves"
+    )
+    xs = [r[x_hparam] for r in summary if r.get(x_hparam) is not None]
+    if xs:
+        rel = os.path.join("plots", f"{x_hparam}_vs_best_val_loss.png")
+        numeric = all(is_number(v) for v in xs)
+        logx = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
+        plot_hparam(
+            summary,
+            x_hparam,
+            "best_val_loss",
+            os.path.join(workdir, rel),
+            group_by=_group_key(summary, x_hparam),
+            logx=logx,
+            title=f"{name}: best validation loss against {x_hparam}",
+        )
+        plots.append(rel)
+    sampled = [  # hyperparameters a space samples: each gets a panel of its own
+        k
+        for k in varying_hparams(summary)
+        if k != "seed" and len({r.get(k) for r in summary if is_number(r.get(k))}) > MAX_LINES
+    ]
+    if len(sampled) >= 2:
+        rel = os.path.join("plots", "hparams_vs_best_val_loss.png")
+        plot_hparam_panels(
+            summary,
+            sampled,
+            "best_val_loss",
+            os.path.join(workdir, rel),
+            title=f"{name}: best validation loss against each sampled hyperparameter",
+        )
+        plots.append(rel)
+    return plots

@@ -15,6 +15,7 @@ whole each time, so a resumed or extended study never holds a trial twice nor lo
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 from absl import logging
 
 from hpjax.errors import ConfigError
+from hpjax.report.labels import varying_hparams
 from hpjax.results import checkpoints, files
 from hpjax.results.files import is_result_column
 
@@ -127,7 +129,12 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
         study = _fresh_study(name, url)
     study.set_user_attr("workdir", os.path.abspath(workdir))
     study.set_user_attr("dataset", str(saved.get("dataset")))
-    keys = params_of(summary)
+    study.set_metric_names(["best_val_loss"])  # minimised
+    varying = set(varying_hparams(summary))
+    keys = [k for k in params_of(summary) if k in varying]  # the searched ones: parameters
+    for key in params_of(summary):  # the settings every trial shares: study attributes
+        if key not in varying and summary and summary[0].get(key) is not None:
+            study.set_user_attr(key, summary[0][key])
     distributions = {
         k: _distribution(k, [r[k] for r in summary if r.get(k) is not None]) for k in keys
     }
@@ -150,15 +157,46 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
             "checkpoint": checkpoints.best_dir(workdir, trial),
         }
         params = {k: _param(k, row[k]) for k in keys if row.get(k) is not None}
-        trials.append(
-            optuna.trial.create_trial(
-                state=state,
-                value=float(row["best_val_loss"]) if state == complete else None,
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                user_attrs=attrs,
-                intermediate_values=intermediate,
-            )
+        frozen = optuna.trial.create_trial(
+            state=state,
+            value=float(row["best_val_loss"]) if state == complete else None,
+            params=params,
+            distributions={k: distributions[k] for k in params},
+            user_attrs=attrs,
+            intermediate_values=intermediate,
         )
+        times = [r["time"] for r in curves.get(trial, []) if _finite(r.get("time"))]
+        if len(times) >= 2:  # its first and last evaluation (older workdirs have no times)
+            frozen.datetime_start = datetime.datetime.fromtimestamp(min(times))
+            frozen.datetime_complete = datetime.datetime.fromtimestamp(max(times))
+        trials.append(frozen)
     study.add_trials(trials)
     return name
+
+
+def param_importances(summary: Sequence[Mapping]) -> dict[str, float] | None:
+    """Optuna's importance (fANOVA) of each varied hyperparameter for the best validation loss,
+    highest first; None without Optuna, with fewer than two varied hyperparameters or fewer
+    than 4 finished trials."""
+    if optuna is None:
+        return None
+    keys = [k for k in varying_hparams(summary) if k != "seed"]
+    done = [r for r in summary if r.get("status") != "diverged" and _finite(r.get("best_val_loss"))]
+    if len(keys) < 2 or len(done) < 4:
+        return None
+    distributions = {
+        k: _distribution(k, [r[k] for r in done if r.get(k) is not None]) for k in keys
+    }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    for row in done:
+        params = {k: _param(k, row[k]) for k in keys if row.get(k) is not None}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                value=float(row["best_val_loss"]),
+            )
+        )
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))

@@ -26,7 +26,7 @@ from hpjax.results import files
 from hpjax.results.files import is_result_column
 
 DIRECTORY = "tensorboard"
-SKIP = {"trial", "step", "epoch", "examples_seen", "elapsed_s"}
+SKIP = {"trial", "step", "epoch", "examples_seen", "elapsed_s", "time", "parent"}
 
 
 def available() -> bool:
@@ -63,7 +63,7 @@ def _scalars(writer, record: Mapping) -> None:
         if key in SKIP or value is None or isinstance(value, str):
             continue
         tag = key.replace("train_", "train/", 1).replace("val_", "val/", 1)
-        writer.add_scalar(tag, float(value), step)
+        writer.add_scalar(tag, float(value), step, walltime=record.get("time"))
 
 
 def _hparam_value(value: Any) -> Any:

@@ -197,7 +197,7 @@ class PopulationRun:
         steps, rates, train, val = self.sharding.to_host((state.trials.step, rates, train, val))
         names = ("loss", *self.task.metric_names)
         rows = []
-        elapsed = time.perf_counter() - self.start_time
+        elapsed, now = time.perf_counter() - self.start_time, time.time()
         num_train = d.dataset.num_train
         for r, pos in enumerate(self.rows.positions):
             if pos < 0 or not evaluated[r]:
@@ -213,6 +213,7 @@ class PopulationRun:
             row |= {f"train_{k}": float(train[k][r]) for k in names}
             row |= {f"val_{k}": float(val[k][r]) for k in names}
             row["elapsed_s"] = round(elapsed, 3)
+            row["time"] = round(now, 3)  # wall clock (Unix seconds): dashboards' time axes
             parent = self.parent_of.pop(int(pos), None)
             if parent is not None:
                 row["parent"] = parent
