@@ -9,22 +9,9 @@
 See experiments/configs/batch_size_study.py for every study and its quick variant.
 """
 
-from hpjax import cli
-from hpjax.studies.batch_size import runner
+import sys
 
-_CONFIG, _WORKDIR = cli.define_flags(
-    __file__,
-    "batch_size_study.py",
-    "Study config file (path[:study[,quick]]); override any key with --config.KEY=VALUE.",
-)
-
-
-def main(argv):
-    del argv  # parse_flags refuses extra arguments
-    reports = cli.run(runner.run, _CONFIG.value, _WORKDIR.value)
-    for name, path in reports.items():
-        print(f"{name}: report {path}")
-
+from hpjax import programs
 
 if __name__ == "__main__":
-    cli.main(main)
+    programs.run_program("batch-size-study", sys.argv, __doc__)

@@ -9,21 +9,9 @@ checkpoints/) and capacity.csv, plots/capacity.png and capacity_report.md. A bad
 with status 2 and one line before anything compiles.
 """
 
-from absl import logging
+import sys
 
-from hpjax import cli
-from hpjax.studies.capacity_study import run_capacity_study
-
-_CONFIG, _WORKDIR = cli.define_flags(__file__, "capacity_sweep.py")
-
-
-def main(argv):
-    del argv  # parse_flags refuses extra arguments
-    paths = cli.run(run_capacity_study, _CONFIG.value, _WORKDIR.value)
-    if paths:  # process 0
-        logging.info("capacity outputs: %s", paths)
-        print(f"capacity table: {paths['csv']}, report: {paths['report']}, plot: {paths['plot']}")
-
+from hpjax import programs
 
 if __name__ == "__main__":
-    cli.main(main)
+    programs.run_program("capacity-sweep", sys.argv, __doc__)

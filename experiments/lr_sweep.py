@@ -5,15 +5,9 @@
     --config.learning_rates="(0.01,0.03,0.1,0.3)" --config.seeds="(0,1)"
 """
 
-from hpjax import cli
+import sys
 
-_CONFIG, _WORKDIR = cli.define_flags(__file__, "lr_sweep.py")
-
-
-def main(argv):
-    del argv  # parse_flags refuses extra arguments
-    cli.run_study(_CONFIG.value, _WORKDIR.value)
-
+from hpjax import programs
 
 if __name__ == "__main__":
-    cli.main(main)
+    programs.run_program("lr-sweep", sys.argv, __doc__)

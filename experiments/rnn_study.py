@@ -10,26 +10,7 @@ rnn_report.md. A bad config exits with status 2 and one line before anything com
 
 import sys
 
-from absl import logging
-
-from hpjax import cli
-from hpjax.studies.rnn import NothingToRetrainError, run_rnn_study
-
-_CONFIG, _WORKDIR = cli.define_flags(__file__, "rnn_study.py")
-
-
-def main(argv):
-    del argv  # parse_flags refuses extra arguments
-    try:
-        result = cli.run(run_rnn_study, _CONFIG.value, _WORKDIR.value)
-    except NothingToRetrainError as error:  # every subset trial diverged
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    if "report" in result:  # process 0
-        logging.info("rnn study outputs: %s", result)
-        selected = ", ".join(f"{k}={v}" for k, v in result["selected"].items())
-        print(f"selected: {selected}; table: {result['csv']}, report: {result['report']}")
-
+from hpjax import programs
 
 if __name__ == "__main__":
-    cli.main(main)
+    programs.run_program("rnn-study", sys.argv, __doc__)

@@ -44,16 +44,15 @@ def initialize_distributed(process: ProcessSpec) -> None:
     )
 
 
-_DEFAULT_CONFIG_FILE = ""  # the binary's own config file, set by define_flags
+_DEFAULT_CONFIG_FILE = ""  # the program's own config file, set by define_flags
+_PROGRAM_DOC = ""  # what --help prints first
 
 
-def define_flags(binary: str, config_file: str, help_text: str = "") -> tuple[Any, Any]:
-    """``--config`` (default ``experiments/configs/<config_file>`` beside ``binary``) and
-    ``--workdir``, the two flags every experiment binary takes."""
-    global _DEFAULT_CONFIG_FILE
-    _DEFAULT_CONFIG_FILE = os.path.join(
-        os.path.dirname(os.path.abspath(binary)), "configs", config_file
-    )
+def define_flags(config_path: str, help_text: str = "", doc: str = "") -> tuple[Any, Any]:
+    """``--config`` (default ``config_path``) and ``--workdir``, the two flags every experiment
+    program takes; ``doc`` is what ``--help`` says of the program."""
+    global _DEFAULT_CONFIG_FILE, _PROGRAM_DOC
+    _DEFAULT_CONFIG_FILE, _PROGRAM_DOC = config_path, doc
     try:  # ml_collections applies the --config overrides of sys.argv right here
         config = config_flags.DEFINE_config_file(
             "config",
@@ -141,7 +140,7 @@ def print_help(argv: list[str]) -> None:
         config = module["get_config"](variant) if variant else module["get_config"]()
     except Exception as error:  # noqa: BLE001 (a config file can raise anything)
         fail(_load_failure(error, argv))
-    main_doc = (sys.modules["__main__"].__doc__ or "").strip()
+    main_doc = _PROGRAM_DOC.strip()
     print(main_doc + "\n" if main_doc else "", end="")
     print(
         "\nFlags:\n  --workdir=DIR  where the study writes (required)\n"
@@ -149,8 +148,10 @@ def print_help(argv: list[str]) -> None:
         f"{_DEFAULT_CONFIG_FILE})"
         "\n  --config.KEY=VALUE  override one key (a key given twice takes its last value)"
     )
-    if module.get("__doc__"):
-        print(f"\nThe config file {file}:\n\n" + module["__doc__"].strip())
+    source = sys.modules.get(getattr(module["get_config"], "__module__", ""))  # re-exported?
+    doc = getattr(source, "__doc__", None) or module.get("__doc__")
+    if doc:
+        print(f"\nThe config file {getattr(source, '__file__', file)}:\n\n" + doc.strip())
     print("\nEvery config key, with this config's value (meanings from hpjax/config.py):")
     print("\n".join(describe_keys(config)))
     sys.exit(0)

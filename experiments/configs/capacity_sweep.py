@@ -1,50 +1,5 @@
-"""Capacity sweep of an MLP on MNIST-1D: hidden units x layers, one population each.
+"""The config hpjax/configs/capacity_sweep.py, for the binaries' --config flag: its variants and
+keys are described there, and by --help."""
 
-Each of the 4 x 3 architectures trains its 2 learning rates x 2 seeds at once.
-
-Run (7 minutes on 2 shared CPU cores; the 1024-unit populations take most of it):
-  python experiments/capacity_sweep.py --workdir runs/capacity_mlp
-
-Quick variant for tests (seconds):
-  python experiments/capacity_sweep.py --workdir /tmp/capacity_quick \
-    --config experiments/configs/capacity_sweep.py:quick
-"""
-
-import ml_collections
-
-from hpjax.config import default_config
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = default_config()
-    config.description = "Capacity sweep: MLP hidden units x layers on MNIST-1D"
-    config.model = ml_collections.ConfigDict(
-        {"name": "mlp", "hidden_units": 256, "num_layers": 2, "activation": "relu"}
-    )
-    config.model_grid = ml_collections.ConfigDict(
-        {"hidden_units": (16, 64, 256, 1024), "num_layers": (1, 2, 3)}
-    )
-    config.optimizer = "adam"
-    config.schedule = "constant"
-    config.learning_rates = (0.001, 0.003)
-    config.weight_decays = (0.0,)  # none: the guide's capacity effects, unregularised
-    config.seeds = (0, 1)
-    config.batch_size = 100
-    config.num_steps = 3000
-    config.eval_every = 50
-    config.patience = 10
-    config.report_x = "hidden_units"
-    if arg == "quick":
-        config.model_grid.hidden_units = (4, 8)
-        config.model_grid.num_layers = (1,)
-        config.learning_rates = (0.01,)
-        config.seeds = (0,)
-        config.num_steps = 20
-        config.eval_every = 5
-        # 400 training examples measured, as many as the validation set: one compiled
-        # evaluation serves both.
-        config.train_subset = 400
-        config.train_eval_examples = 400
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; allowed: quick")
-    return config
+from hpjax.configs.capacity_sweep import *  # noqa: F403
+from hpjax.configs.capacity_sweep import get_config  # noqa: F401

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,7 +130,9 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
         study = _fresh_study(name, url)
     study.set_user_attr("workdir", os.path.abspath(workdir))
     study.set_user_attr("dataset", str(saved.get("dataset")))
-    study.set_metric_names(["best_val_loss"])  # minimised
+    with warnings.catch_warnings():  # Optuna marks metric names experimental
+        warnings.simplefilter("ignore")
+        study.set_metric_names(["best_val_loss"])  # minimised
     varying = set(varying_hparams(summary))
     keys = [k for k in params_of(summary) if k in varying]  # the searched ones: parameters
     for key in params_of(summary):  # the settings every trial shares: study attributes

@@ -1,0 +1,221 @@
+"""Optimizers and learning-rate schedules from per-trial hyperparameters.
+
+The population engine vmaps one trial's step over a trial axis, so every numeric hyperparameter
+here (peak rate, total steps, warmup, decay rate, end factor, weight decay, momentum, Adam's b1,
+...) may be a traced scalar. Nothing branches in Python on those values: the schedule KIND and the
+optimizer NAME are the only static choices (strings), everything else goes through ``jnp.where``.
+
+An update is split in two, so that a per-trial rate never has to live inside optax's state:
+
+- ``direction(name, ...)`` is the learning-rate-free optax transformation (Adam's moment ratio,
+  Adagrad's rescaled gradient, ...);
+- ``apply_update(params, u, lr, wd)`` takes the descent step ``params - lr * (u + wd * params)``
+  with decoupled (AdamW-style, Loshchilov and Hutter 2019) weight decay that, like
+  ``optax.adamw``, is multiplied by the full learning rate and applies to every leaf.
+
+With a constant ``lr`` and ``wd = 0``, ``direction(name)`` followed by ``apply_update`` equals
+``optax.sgd(lr)``, ``optax.sgd(lr, momentum)`` (name ``"momentum"``), ``optax.adam(lr)``,
+``optax.adagrad(lr)`` and ``optax.rmsprop(lr)``, default for default; with ``wd > 0`` and
+``"adam"`` it equals ``optax.adamw(lr, weight_decay=wd)``.
+
+Schedules. ``step`` is the 0-based number of the optimizer update about to be applied (the same
+count optax passes to a schedule). Let W = warmup_steps, D = max(total_steps - W, 1),
+s' = step - W and f = clip(s' / D, 0, 1). The multiplier of the peak rate is
+
+- warmup, if W > 0 and step < W: (step + 1) / W, so update 0 already moves (1 / W) and update
+  W - 1, the W-th, uses the full rate (Goyal et al. 2017). optax's ``warmup_*`` schedules instead
+  start at ``init_value`` (commonly 0) and reach the peak one update later: ours is theirs at
+  ``step + 1``;
+- after warmup, by kind:
+
+  - ``constant``: 1;
+  - ``linear``: 1 + (end_factor - 1) * f;
+  - ``exponential``: decay_rate ** f, i.e. the rate has decayed by ``decay_rate`` at the end of
+    training and stays there (optax's ``exponential_decay`` keeps decaying past
+    ``transition_steps`` unless given ``end_value``);
+  - ``cosine``: end_factor + (1 - end_factor) * (1 + cos(pi * f)) / 2.
+
+Steps past ``total_steps`` keep the final value. Step counts are converted to the default float
+dtype (float32), exact up to 2**24 updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from hpjax.errors import ConfigError
+
+OPTIMIZERS = ("adagrad", "adam", "momentum", "rmsprop", "sgd")
+# The option of each optimizer that a per-trial "momentum" hyperparameter sets.
+FIRST_MOMENT = {"momentum": "momentum", "adam": "b1"}
+SCHEDULES = ("constant", "cosine", "exponential", "linear")
+
+# optax's own default eps: 1e-7 for adagrad (scale_by_rss), 1e-8 for adam and rmsprop.
+_DEFAULT_EPS = {"adagrad": 1e-7, "adam": 1e-8, "rmsprop": 1e-8}
+
+
+def _float(x: ArrayLike) -> jax.Array:
+    """``x`` as an array of the default float dtype (float32 unless x64 is on)."""
+    return jnp.asarray(x, dtype=jnp.result_type(float))
+
+
+def unit_schedule(
+    kind: str,
+    step: ArrayLike,
+    total_steps: ArrayLike,
+    *,
+    warmup_steps: ArrayLike = 0,
+    decay_rate: ArrayLike = 0.1,
+    end_factor: ArrayLike = 0.0,
+) -> jax.Array:
+    """Multiplier of the peak learning rate for the 0-based update ``step``.
+
+    Warmup is linear, ``(step + 1) / warmup_steps``; then the decay of ``kind`` over
+    ``max(total_steps - warmup_steps, 1)`` updates (see the module docstring). Every numeric
+    argument may be a traced array; ``kind`` is static.
+    """
+    if kind not in SCHEDULES:
+        raise ConfigError(f"schedule kind {kind!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+    step = _float(step)
+    warmup = _float(warmup_steps)
+    decay_steps = jnp.maximum(_float(total_steps) - warmup, 1.0)
+    frac = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
+    end_factor = _float(end_factor)
+    if kind == "constant":
+        after = jnp.ones_like(frac)
+    elif kind == "linear":
+        after = 1.0 + (end_factor - 1.0) * frac
+    elif kind == "exponential":
+        after = jnp.power(_float(decay_rate), frac)
+    else:  # cosine
+        after = end_factor + (1.0 - end_factor) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    in_warmup = (warmup > 0) & (step < warmup)
+    ramp = (step + 1.0) / jnp.maximum(warmup, 1.0)
+    return jnp.where(in_warmup, ramp, after)
+
+
+def learning_rate(
+    kind: str,
+    step: ArrayLike,
+    peak_lr: ArrayLike,
+    total_steps: ArrayLike,
+    *,
+    warmup_steps: ArrayLike = 0,
+    decay_rate: ArrayLike = 0.1,
+    end_factor: ArrayLike = 0.0,
+) -> jax.Array:
+    """The learning rate of update ``step``: ``peak_lr * unit_schedule(...)``."""
+    return _float(peak_lr) * unit_schedule(
+        kind,
+        step,
+        total_steps,
+        warmup_steps=warmup_steps,
+        decay_rate=decay_rate,
+        end_factor=end_factor,
+    )
+
+
+def _options(
+    name: str,
+    *,
+    momentum: ArrayLike = 0.9,
+    nesterov: bool = False,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike | None = None,
+    initial_accumulator_value: ArrayLike = 0.1,
+    rms_decay: ArrayLike = 0.9,
+) -> dict[str, Any]:
+    """Every option of optimizer ``name`` with optax's defaults filled in; ``eps=None`` takes
+    optax's default for that optimizer (1e-7 for adagrad, 1e-8 otherwise)."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    return dict(
+        momentum=momentum,
+        nesterov=nesterov,
+        b1=b1,
+        b2=b2,
+        eps=_DEFAULT_EPS.get(name, 1e-8) if eps is None else eps,
+        initial_accumulator_value=initial_accumulator_value,
+        rms_decay=rms_decay,
+    )
+
+
+def direction(name: str, **options: Any) -> optax.GradientTransformation:
+    """The learning-rate-free part of optimizer ``name``, as an optax transformation.
+
+    ``sgd``: identity; ``momentum``: ``optax.trace(momentum, nesterov)``; ``adam``:
+    ``scale_by_adam(b1, b2, eps)``; ``adagrad``: ``scale_by_rss(initial_accumulator_value, eps)``;
+    ``rmsprop``: ``scale_by_rms(rms_decay, eps)`` (the options and their defaults:
+    :func:`_options`). Numeric options may be traced; build the transformation inside the
+    per-trial function and call its ``init`` there too.
+    """
+    o = _options(name, **options)
+    if name == "sgd":
+        return optax.identity()
+    if name == "momentum":
+        return optax.trace(decay=o["momentum"], nesterov=o["nesterov"])
+    if name == "adam":
+        return optax.scale_by_adam(b1=o["b1"], b2=o["b2"], eps=o["eps"], nesterov=o["nesterov"])
+    if name == "adagrad":
+        return optax.scale_by_rss(
+            initial_accumulator_value=o["initial_accumulator_value"], eps=o["eps"]
+        )
+    return optax.scale_by_rms(decay=o["rms_decay"], eps=o["eps"])
+
+
+def direction_of_state(name: str, grads: Any, new_state: Any, **options: Any) -> Any:
+    """The direction ``direction(name, ...).update(grads, state)`` returns, computed from the
+    state that update returned (``new_state``) and the same ``grads``, with optax's formulas.
+
+    Why: the population engine selects each trial's new optimizer state (frozen trials keep the
+    old one) and then steps the parameters from the selected state. The parameter update then
+    reads the state just written instead of recomputing it from the old state, which would make
+    XLA keep a copy of every moment buffer on each step.
+    """
+    o = _options(name, **options)  # Adagrad's and RMSProp's other options are in new_state
+    momentum, nesterov, b1, b2, eps = (o[k] for k in ("momentum", "nesterov", "b1", "b2", "eps"))
+    if name == "sgd":
+        return grads
+    if name == "momentum":
+        if nesterov:
+            return jax.tree.map(lambda g, t: g + momentum * t, grads, new_state.trace)
+        return new_state.trace
+    if name == "adam":
+        count = new_state.count
+        if nesterov:
+            mu_hat = jax.tree.map(
+                lambda m, g: b1 * m + (1 - b1) * g,
+                optax.tree.bias_correction(new_state.mu, b1, optax.safe_increment(count)),
+                optax.tree.bias_correction(grads, b1, count),
+            )
+        else:
+            mu_hat = optax.tree.bias_correction(new_state.mu, b1, count)
+        nu_hat = optax.tree.bias_correction(new_state.nu, b2, count)
+        return jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + eps), mu_hat, nu_hat)
+    if name == "adagrad":
+        scale = jax.tree.map(
+            lambda t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0), new_state.sum_of_squares
+        )
+        return optax.tree.mul(scale, grads)
+    return jax.tree.map(lambda n, g: jax.lax.rsqrt(n + eps) * g, new_state.nu, grads)
+
+
+def apply_update(
+    params: Any, direction_updates: Any, lr: ArrayLike, weight_decay: ArrayLike
+) -> Any:
+    """``params - lr * (u + weight_decay * params)``, leaf by leaf, in each leaf's dtype.
+
+    A descent step with decoupled weight decay on every leaf (``optax.adamw``'s default, no mask).
+    """
+
+    def leaf(p: jax.Array, u: jax.Array) -> jax.Array:
+        p = jnp.asarray(p)
+        return jnp.asarray(p - lr * (u + weight_decay * p)).astype(p.dtype)
+
+    return jax.tree.map(leaf, params, direction_updates)

@@ -1,0 +1,402 @@
+"""A population of trials that share static structure, trained as one compiled program.
+
+Static structure (the model, the optimizer family, the schedule family, the micro-batch size) is
+a frozen :class:`PopulationSpec`, hashed into the compiled functions. Everything that differs
+between trials is an array with a leading trial axis: the hyperparameters in
+:class:`TrialHParams`, the training state in :class:`TrialState`. One tick of the compiled loop
+gives every trial one micro-batch of ``m`` examples; a trial with batch size ``b`` (a multiple of
+``m``) sums the gradients of ``b / m`` micro-batches and then applies one optimizer update, so its
+update uses exactly the gradient of its own batch of ``b`` examples. Trials that have stopped
+(early stopping, divergence, spent budget) are frozen by masks: their parameters and optimizer
+state no longer change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from hpjax.engine import early_stopping, optim, stream, tasks
+from hpjax.engine.jit import jit
+from hpjax.models import Model
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationSpec:
+    """What is compiled once for a population: shared by all of its trials."""
+
+    model: Model
+    optimizer: str
+    schedule: str
+    microbatch: int
+    num_train: int
+    optimizer_options: tuple[tuple[str, Any], ...] = ()
+    patience: int = 0
+    min_delta: float = 0.0
+    min_steps: int = 0
+    eval_batch_size: int = 1024
+    accumulates: bool = True  # False when every batch size equals the micro-batch: no summing
+    divergence_loss: float = float("inf")  # a batch loss above this (or non-finite): divergence
+    task: tasks.Task = tasks.CLASSIFICATION  # the loss trained on, the metrics, the monitor
+    # True when trials differ in momentum (or Adam's b1): it is then read from TrialHParams;
+    # else the static option is used, so that XLA sees the same constant as a plain optimizer.
+    per_trial_momentum: bool = False
+
+    def options(self, first_moment: jax.Array | None = None) -> dict[str, Any]:
+        """The optimizer's options; ``first_moment`` (a trial's momentum, or Adam's b1) replaces
+        the static option when given."""
+        options = dict(self.optimizer_options)
+        if first_moment is not None and self.optimizer in optim.FIRST_MOMENT:
+            options[optim.FIRST_MOMENT[self.optimizer]] = first_moment
+        return options
+
+    def direction(self, first_moment: jax.Array | None = None) -> optax.GradientTransformation:
+        """The optimizer's learning-rate-free transformation (see :meth:`options`)."""
+        return optim.direction(self.optimizer, **self.options(first_moment))
+
+
+@struct.dataclass
+class TrialHParams:
+    """Per-trial hyperparameters, each an array ``[K]``."""
+
+    learning_rate: jax.Array  # peak rate; the schedule multiplies it
+    batch_size: jax.Array  # a multiple of the population's micro-batch
+    seed: jax.Array  # initialisation and data order
+    weight_decay: jax.Array  # decoupled
+    warmup_steps: jax.Array
+    decay_rate: jax.Array
+    end_factor: jax.Array
+    max_steps: jax.Array  # optimizer updates in the budget, also the schedule's horizon
+    momentum: jax.Array  # momentum (optimizer 'momentum') or Adam's b1; unused by the others
+
+    @property
+    def num_trials(self) -> int:
+        return self.learning_rate.shape[0]
+
+
+@struct.dataclass
+class TrialState:
+    """What one optimizer trajectory carries; leading axis ``[K]`` in a population."""
+
+    params: Params
+    opt_state: Any
+    grad_sum: Params  # gradients summed over the micro-batches of the current batch
+    loss_sum: jax.Array  # their mean losses, summed likewise
+    micro_count: jax.Array  # micro-batches summed into grad_sum
+    step: jax.Array  # optimizer updates applied
+    data_key: jax.Array
+    ticks: jax.Array  # micro-batches this trial has drawn from its stream (its data position)
+    diverged: jax.Array  # a non-finite loss or update was met; frozen at the last finite state
+
+
+@struct.dataclass
+class PopulationState:
+    """The whole population: trials, their best points, and the shared position in the data."""
+
+    trials: TrialState
+    best_params: Params  # each trial's parameters at its best validation loss
+    early_stop: early_stopping.EarlyStopState
+    tick: jax.Array  # ticks of the whole program (a scalar shared by all rows)
+
+
+HPARAM_DEFAULTS = dict(
+    batch_size=None,  # required, like learning_rate
+    seed=0,
+    weight_decay=0.0,
+    warmup_steps=0,
+    decay_rate=0.1,
+    end_factor=0.0,
+    max_steps=2**30,
+    momentum=0.9,
+)
+_INT_HPARAMS = ("batch_size", "seed", "warmup_steps", "max_steps")
+
+
+def make_hparams(learning_rate, batch_size, **columns) -> TrialHParams:
+    """:class:`TrialHParams` from per-trial sequences (or scalars, broadcast to every trial);
+    a column not given takes its value from :data:`HPARAM_DEFAULTS`."""
+    unknown = set(columns) - set(HPARAM_DEFAULTS)
+    if unknown:
+        raise TypeError(
+            f"unknown hyperparameters {sorted(unknown)}; known: learning_rate, "
+            + ", ".join(HPARAM_DEFAULTS)
+        )
+    num = len(jnp.atleast_1d(jnp.asarray(learning_rate)))
+    values = {k: v for k, v in HPARAM_DEFAULTS.items() if v is not None} | columns
+    values |= {"learning_rate": learning_rate, "batch_size": batch_size}
+    return TrialHParams(
+        **{
+            name: jnp.broadcast_to(
+                jnp.asarray(value, jnp.int32 if name in _INT_HPARAMS else jnp.float32), (num,)
+            )
+            for name, value in values.items()
+        }
+    )
+
+
+def is_active(
+    trials: TrialState, early_stop: early_stopping.EarlyStopState, hparams: TrialHParams
+) -> jax.Array:
+    """Trials still training: not diverged, not stopped early, budget not spent."""
+    return ~trials.diverged & ~early_stop.stopped & (trials.step < hparams.max_steps)
+
+
+def _select(mask: jax.Array, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(mask, a, b), new, old)
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether every element of ``tree`` is finite, as one float sum per leaf: a NaN or an
+    infinity makes the sum non-finite (so would an overflow past 3e38, a divergence anyway).
+    XLA reads each leaf once for a sum; ``all(isfinite)`` costs it a second pass."""
+    return jnp.isfinite(sum(jnp.sum(x, dtype=jnp.float32) for x in jax.tree.leaves(tree)))
+
+
+def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = spec.model.init(init_key)
+    return TrialState(
+        params=params,
+        opt_state=spec.direction().init(params),
+        grad_sum=jax.tree.map(jnp.zeros_like, params),
+        loss_sum=jnp.zeros((), jnp.float32),
+        micro_count=jnp.zeros((), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        data_key=data_key,
+        ticks=jnp.zeros((), jnp.int32),
+        diverged=jnp.zeros((), bool),
+    )
+
+
+def _init_trials(spec: PopulationSpec, seeds: jax.Array) -> TrialState:
+    """Every trial's fresh state. On the CPU one trial after another (``lax.map``, the values a
+    ``vmap`` gives): XLA:CPU on two cores deadlocks running many batched QR decompositions side
+    by side (the orthogonal initialisers of LSTM and GRU recurrent kernels), and 8
+    bidirectional 2-layer LSTMs of 32 units hung every time. Elsewhere as one ``vmap``."""
+    init = functools.partial(_init_trial, spec)
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(init, seeds)
+    return jax.vmap(init)(seeds)
+
+
+def _select_rows(mask: jax.Array, new, old):
+    """Per leaf, ``new`` in the rows where ``mask [K]`` is set, else ``old``."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old
+    )
+
+
+@jit(static_argnums=0)
+def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationState:
+    """Fresh parameters and optimizer states for every trial, from each trial's seed."""
+
+    trials = _init_trials(spec, hparams.seed)
+    return PopulationState(
+        trials=trials,
+        best_params=trials.params,
+        early_stop=early_stopping.init(hparams.seed.shape[0]),
+        tick=jnp.zeros((), jnp.int32),
+    )
+
+
+def micro_step(
+    spec: PopulationSpec,
+    hparams: TrialHParams,
+    trial: TrialState,
+    stopped_early: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+) -> TrialState:
+    """One tick of one trial: add the gradient of a micro-batch, update when the batch is full.
+
+    A batch whose loss is non-finite or above ``spec.divergence_loss``, or whose gradient is not
+    finite, marks the trial diverged; it keeps its last parameters.
+
+    Masking costs no pass over memory of its own: the decision to apply an update is known before
+    the update, the new optimizer state is selected first, and the parameters step from the
+    selected state (``optim.direction_of_state``), so each select fuses into the elementwise
+    update that writes the buffer in place.
+    """
+    loss, grads = jax.value_and_grad(
+        lambda params: spec.task.mean_loss(spec.model.apply(params, x), y)
+    )(trial.params)
+    if spec.accumulates:
+        grad_sum = jax.tree.map(jnp.add, trial.grad_sum, grads)
+        loss_sum = trial.loss_sum + loss
+        micro_count = trial.micro_count + 1
+        micro_per_batch = hparams.batch_size // spec.microbatch
+        batch_done = micro_count >= micro_per_batch
+        mean_grad = jax.tree.map(lambda g: g / micro_per_batch, grad_sum)
+        batch_loss = loss_sum / micro_per_batch
+    else:  # every tick is a whole batch
+        grad_sum, loss_sum, micro_count = trial.grad_sum, trial.loss_sum, trial.micro_count
+        batch_done, mean_grad, batch_loss = jnp.ones((), bool), grads, loss
+
+    active = ~trial.diverged & ~stopped_early & (trial.step < hparams.max_steps)
+    apply = batch_done & active
+    finite = jnp.isfinite(batch_loss) & (batch_loss < spec.divergence_loss) & _all_finite(mean_grad)
+    accept = apply & finite
+
+    lr = optim.learning_rate(
+        spec.schedule,
+        trial.step,
+        hparams.learning_rate,
+        hparams.max_steps,
+        warmup_steps=hparams.warmup_steps,
+        decay_rate=hparams.decay_rate,
+        end_factor=hparams.end_factor,
+    )
+    options = spec.options(hparams.momentum if spec.per_trial_momentum else None)
+    _, stepped_state = optim.direction(spec.optimizer, **options).update(mean_grad, trial.opt_state)
+    opt_state = _select(accept, stepped_state, trial.opt_state)
+    updates = optim.direction_of_state(spec.optimizer, mean_grad, opt_state, **options)
+    new_params = optim.apply_update(trial.params, updates, lr, hparams.weight_decay)
+    return TrialState(
+        params=_select(accept, new_params, trial.params),
+        opt_state=opt_state,
+        grad_sum=_select(batch_done, jax.tree.map(jnp.zeros_like, grad_sum), grad_sum)
+        if spec.accumulates
+        else grad_sum,
+        loss_sum=jnp.where(batch_done, 0.0, loss_sum),
+        micro_count=jnp.where(batch_done, 0, micro_count),
+        step=trial.step + accept.astype(jnp.int32),
+        data_key=trial.data_key,
+        ticks=trial.ticks + 1,
+        diverged=trial.diverged | (apply & ~finite),
+    )
+
+
+@jit(static_argnums=0, donate_argnums=1)
+def train_ticks(
+    spec: PopulationSpec,
+    state: PopulationState,
+    hparams: TrialHParams,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    num_ticks: jax.Array,
+) -> PopulationState:
+    """Runs ``num_ticks`` ticks of the whole population in one compiled loop.
+
+    ``num_ticks`` is traced, so chunks of any length share one compilation.
+    """
+    m, n = spec.microbatch, spec.num_train
+    step_all = jax.vmap(functools.partial(micro_step, spec))
+
+    def body(_, carry):
+        # The permutations are carried one tick behind and rolled forward first, so that the
+        # gather reads what this tick wrote: XLA then updates them in place instead of copying.
+        state, perms = carry
+        ticks = state.trials.ticks
+        perms = stream.advance_permutations(perms, state.trials.data_key, ticks - 1, m, n)
+        idx = stream.microbatch_indices(perms, ticks, m, n)
+        trials = step_all(
+            hparams, state.trials, state.early_stop.stopped, x_train[idx], y_train[idx]
+        )
+        return state.replace(trials=trials, tick=state.tick + 1), perms
+
+    perms = stream.permutations_at(state.trials.data_key, state.trials.ticks - 1, m, n)
+    state, _ = jax.lax.fori_loop(0, num_ticks, body, (state, perms))
+    return state
+
+
+@jit(static_argnums=0)
+def evaluate(
+    spec: PopulationSpec, params: Params, x: jax.Array, y: jax.Array
+) -> dict[str, jax.Array]:
+    """The mean loss and every metric of the task, ``{name: [K]}``, of each trial's ``params``
+    on the set ``(x, y)``.
+
+    The set is shared by all trials and walked in batches of ``spec.eval_batch_size``.
+    """
+    num = x.shape[0]
+    batch = min(spec.eval_batch_size, num)
+    num_batches = -(-num // batch)
+    pad = num_batches * batch - num
+
+    def batched(a):
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape((num_batches, batch) + a.shape[1:])
+
+    xs, ys = batched(x), batched(y)
+    weights = (jnp.arange(num_batches * batch) < num).reshape(num_batches, batch)
+    names = ("loss", *spec.task.metric_names)
+
+    def one_trial(p):
+        def one_batch(totals, batch_data):
+            xb, yb, wb = batch_data
+            values = spec.task.per_example(spec.model.apply(p, xb), yb)
+            return {k: totals[k] + jnp.sum(values[k] * wb) for k in names}, None
+
+        zeros = {k: jnp.zeros((), jnp.float32) for k in names}
+        sums, _ = jax.lax.scan(one_batch, zeros, (xs, ys, weights))
+        return {k: v / num for k, v in sums.items()}
+
+    return jax.vmap(one_trial)(params)
+
+
+@jit(static_argnums=0, donate_argnums=1)
+def record_evaluation(
+    spec: PopulationSpec,
+    state: PopulationState,
+    monitored: jax.Array,
+    evaluated: jax.Array,
+) -> tuple[PopulationState, jax.Array]:
+    """Feeds the monitored validation value ``[K]`` to early stopping and keeps each improved
+    trial's parameters."""
+    early_stop, improved = early_stopping.update(
+        state.early_stop,
+        monitored,
+        state.trials.step,
+        evaluated,
+        patience=spec.patience,
+        min_delta=spec.min_delta,
+        min_steps=spec.min_steps,
+    )
+    best_params = _select_rows(improved, state.trials.params, state.best_params)
+    return state.replace(early_stop=early_stop, best_params=best_params), improved
+
+
+@jit
+def active_mask(state: PopulationState, hparams: TrialHParams) -> jax.Array:
+    """Which trials are still training, ``[K]`` bool."""
+    return is_active(state.trials, state.early_stop, hparams)
+
+
+@jit(static_argnums=0, donate_argnums=1)
+def restart_rows(
+    spec: PopulationSpec, state: PopulationState, hparams: TrialHParams, rows: jax.Array
+) -> PopulationState:
+    """The trials in ``rows`` (``[K]`` bool) start afresh from their seeds in ``hparams``: new
+    parameters and optimizer state, their data streams and step counters at 0, no best point.
+
+    The other rows go on untouched; the shapes do not change, so nothing recompiles. This is how
+    a freed slot takes the next trial of a queue.
+    """
+    fresh = _init_trials(spec, hparams.seed)
+    early_stop = _select_rows(rows, early_stopping.init(rows.shape[0]), state.early_stop)
+    return state.replace(
+        trials=_select_rows(rows, fresh, state.trials),
+        best_params=_select_rows(rows, fresh.params, state.best_params),
+        early_stop=early_stop,
+    )
+
+
+@jit(donate_argnums=0)
+def copy_rows(state: PopulationState, source: jax.Array, rows: jax.Array) -> PopulationState:
+    """Each row in ``rows`` takes the training state of row ``source[r]``: parameters, optimizer
+    state, step count (population-based training's exploit, a gather along the trial axis on the
+    device). It keeps its own data stream (key and position) and its own best point: a row's
+    best is the best of its own evaluations, so a result is credited to the row that reached it,
+    never to one that copied it later."""
+    donor = jax.tree.map(lambda a: a[source], state.trials)
+    own = state.trials
+    copied = donor.replace(data_key=own.data_key, ticks=own.ticks)
+    return state.replace(trials=_select_rows(rows, copied, own))

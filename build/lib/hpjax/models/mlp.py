@@ -1,0 +1,51 @@
+"""A multilayer perceptron classifier: flattened inputs, ``num_layers`` hidden layers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hpjax.models.model import check_input
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nnx.relu,
+    "tanh": jnp.tanh,
+    "gelu": nnx.gelu,
+    "sigmoid": nnx.sigmoid,
+    "elu": nnx.elu,
+    "silu": nnx.silu,
+}
+
+
+class MLP(nnx.Module):
+    """Multi-layer perceptron on the flattened input: ``num_layers`` hidden layers, then logits."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        hidden_units: int,
+        num_layers: int,
+        activation: str,
+        rngs: nnx.Rngs,
+    ):
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.activation = activation
+        widths = [math.prod(self.input_shape)] + [hidden_units] * num_layers
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        )
+        self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = check_input(x, self.input_shape, "mlp")
+        x = x.reshape(x.shape[0], -1)
+        act = ACTIVATIONS[self.activation]
+        for layer in self.hidden:
+            x = act(layer(x))
+        return self.head(x)

@@ -1,0 +1,1 @@
+"""What a person reads: plots through one figure helper, markdown, and the guide's diagnostics."""

@@ -1,0 +1,205 @@
+"""A study recorded as an Optuna study in a real database, for optuna-dashboard and Optuna's tools.
+
+:func:`record_study` reads a finished workdir (``summary.csv``, ``metrics.jsonl``) and writes one
+Optuna trial per hpjax trial into an RDB storage: ``sqlite:///WORKDIR/optuna.db`` by default, or
+any SQLAlchemy URL (a shared PostgreSQL or MySQL server for multi-host studies). Each trial has
+its hyperparameters with their distributions (the learning rate on a log scale over the study's
+range, the others as the sets of values the study tried), the validation loss at every
+evaluation as intermediate values, its best validation loss as the value, its state (COMPLETE for
+a trial that trained to its best point, early-stopped or not; PRUNED for one ASHA pruned; FAIL
+for a diverged one) and user
+attributes (hpjax trial, status, test metrics, checkpoint path). The Optuna study is rebuilt as a
+whole each time, so a resumed or extended study never holds a trial twice nor loses one.
+``optuna-dashboard sqlite:///WORKDIR/optuna.db`` shows it. Optuna is an optional extra.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import logging
+
+from hpjax.errors import ConfigError
+from hpjax.report.labels import varying_hparams
+from hpjax.results import checkpoints, files
+from hpjax.results.files import is_result_column
+
+try:
+    import optuna
+except ImportError:  # the extra is not installed
+    optuna = None
+
+DATABASE = "optuna.db"
+LOG_SCALE = ("learning_rate", "base_learning_rate")
+NOT_PARAMS = ("model",)  # identical for every trial of a study; its name is the study's
+
+
+def available() -> bool:
+    return optuna is not None
+
+
+def require() -> None:
+    """A one-line error naming the extra when Optuna is missing."""
+    if not available():
+        raise ConfigError(
+            "config.optuna_storage is set but Optuna is not installed; "
+            'pip install -e ".[optuna]" (or set --config.optuna_storage=off)'
+        )
+
+
+def storage_url(workdir: str, setting: str, database: str = DATABASE) -> str:
+    """The storage of a study: ``setting`` when it is a URL, else the SQLite file ``database``
+    in the workdir."""
+    if "://" in setting:
+        return setting
+    return f"sqlite:///{os.path.abspath(os.path.join(workdir, database))}"
+
+
+def _distribution(key: str, values: Sequence[Any]):
+    distinct = sorted(set(values), key=lambda v: (str(type(v)), v))
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in distinct)
+    if key in LOG_SCALE and numbers and min(distinct) > 0:
+        return optuna.distributions.FloatDistribution(
+            float(min(distinct)), float(max(distinct)), log=True
+        )
+    return optuna.distributions.CategoricalDistribution(distinct)
+
+
+def _param(key: str, value: Any) -> Any:
+    return float(value) if key in LOG_SCALE else value
+
+
+def _state(row: Mapping):
+    if row.get("status") == "diverged" or not _finite(row.get("best_val_loss")):
+        return optuna.trial.TrialState.FAIL
+    if row.get("status") == "pruned":  # ASHA stopped it at a rung: Optuna's own meaning
+        return optuna.trial.TrialState.PRUNED
+    return optuna.trial.TrialState.COMPLETE
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def params_of(summary: Sequence[Mapping]) -> list[str]:
+    """The hyperparameter columns of a summary (in order of appearance)."""
+    keys = dict.fromkeys(k for row in summary for k in row)
+    return [k for k in keys if not is_result_column(k) and k not in NOT_PARAMS]
+
+
+def _fresh_study(name: str, url: str):
+    """An empty Optuna study ``name`` in ``url`` (one recorded there before is replaced)."""
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:  # not recorded before
+        pass
+    return optuna.create_study(study_name=name, storage=url, direction="minimize")
+
+
+def record_study(workdir: str, storage: str = "auto", study_name: str | None = None) -> str:
+    """Writes the finished study in ``workdir`` to ``storage``; returns the study's name."""
+    require()
+    saved, metrics, summary = files.read_workdir(workdir)
+    name = study_name or os.path.basename(os.path.abspath(workdir))
+    url = storage_url(workdir, storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = _fresh_study(name, url)
+    except Exception as error:  # noqa: BLE001 (SQLAlchemy and the drivers raise many kinds)
+        local = os.path.join(workdir, DATABASE)
+        if "://" in storage or not os.path.exists(local):
+            raise ConfigError(
+                f"cannot write the study to the Optuna storage {url!r} "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); fix it, or "
+                "pass --config.optuna_storage=off"
+            ) from None
+        damaged = local + ".damaged"
+        os.replace(local, damaged)
+        logging.warning(
+            "%s could not be opened (%s); moved to %s and written afresh from the study's "
+            "summary and metrics",
+            local,
+            type(error).__name__,
+            damaged,
+        )
+        study = _fresh_study(name, url)
+    study.set_user_attr("workdir", os.path.abspath(workdir))
+    study.set_user_attr("dataset", str(saved.get("dataset")))
+    with warnings.catch_warnings():  # Optuna marks metric names experimental
+        warnings.simplefilter("ignore")
+        study.set_metric_names(["best_val_loss"])  # minimised
+    varying = set(varying_hparams(summary))
+    keys = [k for k in params_of(summary) if k in varying]  # the searched ones: parameters
+    for key in params_of(summary):  # the settings every trial shares: study attributes
+        if key not in varying and summary and summary[0].get(key) is not None:
+            study.set_user_attr(key, summary[0][key])
+    distributions = {
+        k: _distribution(k, [r[k] for r in summary if r.get(k) is not None]) for k in keys
+    }
+    curves = files.curves_by_trial(metrics)
+    complete = optuna.trial.TrialState.COMPLETE
+    trials = []
+    for row in summary:
+        trial = int(row["trial"])
+        state = _state(row)
+        intermediate = {
+            int(r["step"]): float(r["val_loss"])
+            for r in curves.get(trial, [])
+            if _finite(r.get("val_loss"))
+        }
+        attrs = {
+            k: v for k, v in row.items() if is_result_column(k) and v is not None and k != "trial"
+        }
+        attrs |= {
+            "hpjax_trial": trial,
+            "checkpoint": checkpoints.best_dir(workdir, trial),
+        }
+        params = {k: _param(k, row[k]) for k in keys if row.get(k) is not None}
+        frozen = optuna.trial.create_trial(
+            state=state,
+            value=float(row["best_val_loss"]) if state == complete else None,
+            params=params,
+            distributions={k: distributions[k] for k in params},
+            user_attrs=attrs,
+            intermediate_values=intermediate,
+        )
+        times = [r["time"] for r in curves.get(trial, []) if _finite(r.get("time"))]
+        if len(times) >= 2:  # its first and last evaluation (older workdirs have no times)
+            frozen.datetime_start = datetime.datetime.fromtimestamp(min(times))
+            frozen.datetime_complete = datetime.datetime.fromtimestamp(max(times))
+        trials.append(frozen)
+    study.add_trials(trials)
+    return name
+
+
+def param_importances(summary: Sequence[Mapping]) -> dict[str, float] | None:
+    """Optuna's importance (fANOVA) of each varied hyperparameter for the best validation loss,
+    highest first; None without Optuna, with fewer than two varied hyperparameters or fewer
+    than 4 finished trials."""
+    if optuna is None:
+        return None
+    keys = [k for k in varying_hparams(summary) if k != "seed"]
+    done = [r for r in summary if r.get("status") != "diverged" and _finite(r.get("best_val_loss"))]
+    if len(keys) < 2 or len(done) < 4:
+        return None
+    distributions = {
+        k: _distribution(k, [r[k] for r in done if r.get(k) is not None]) for k in keys
+    }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    for row in done:
+        params = {k: _param(k, row[k]) for k in keys if row.get(k) is not None}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                value=float(row["best_val_loss"]),
+            )
+        )
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))

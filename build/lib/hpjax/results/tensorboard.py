@@ -1,0 +1,154 @@
+"""TensorBoard event files of a study: a run per trial with its curves, and the HParams summary.
+
+``WORKDIR/tensorboard/<trial run>/`` holds each trial's scalars at every evaluation
+(``train/loss``, ``val/loss``, every metric, ``learning_rate``) and, once the study has its
+summary, the HParams plugin's session (the trial's hyperparameters against ``hparam/best_val_loss``,
+test metrics and status). :class:`TensorBoardHook` writes the curves while the study runs, so
+``tensorboard --logdir WORKDIR/tensorboard`` shows it live; :func:`write_study` rewrites the whole
+directory from ``metrics.jsonl`` and ``summary.csv`` at the end (and after a resume), so it holds
+every evaluation once. Written with tensorboardX (no TensorFlow); an optional extra.
+
+tensorboardX is imported when first needed, by the hook's worker thread: the import takes about a
+second where PyTorch is installed (tensorboardX imports it), which the hook keeps off the start.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hpjax.errors import ConfigError
+from hpjax.results import files
+from hpjax.results.files import is_result_column
+
+DIRECTORY = "tensorboard"
+SKIP = {"trial", "step", "epoch", "examples_seen", "elapsed_s", "time", "parent"}
+
+
+def available() -> bool:
+    return importlib.util.find_spec("tensorboardX") is not None
+
+
+def _summary_writer(logdir: str, flush_secs: int):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir, flush_secs=flush_secs)
+
+
+def require() -> None:
+    """A one-line error naming the extra when tensorboardX is missing."""
+    if not available():
+        raise ConfigError(
+            "config.tensorboard is on but tensorboardX is not installed; "
+            'pip install -e ".[tensorboard]" (or set --config.tensorboard=off)'
+        )
+
+
+def run_name(row: Mapping, keys: Sequence[str]) -> str:
+    """``trial_0003_learning_rate=0.01_batch_size=32``: the trial and what varies."""
+    parts = [f"trial_{int(row['trial']):04d}"]
+    for key in keys:
+        value = row.get(key)
+        parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
+    return "_".join(parts).replace("/", "-")
+
+
+def _scalars(writer, record: Mapping) -> None:
+    step = int(record["step"])
+    for key, value in record.items():
+        if key in SKIP or value is None or isinstance(value, str):
+            continue
+        tag = key.replace("train_", "train/", 1).replace("val_", "val/", 1)
+        writer.add_scalar(tag, float(value), step, walltime=record.get("time"))
+
+
+def _hparam_value(value: Any) -> Any:
+    return value if isinstance(value, int | float | str | bool) else str(value)
+
+
+def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> str:
+    """Rewrites ``WORKDIR/tensorboard`` from the workdir's files; returns its path."""
+    require()
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    _, metrics, summary = files.read_workdir(workdir)
+    root = os.path.join(workdir, DIRECTORY)
+    if os.path.isdir(root):
+        shutil.rmtree(root)
+    curves = files.curves_by_trial(metrics)
+    keys = [k for k in varying if any(k in r for r in summary)]
+    hparams = [k for k in dict.fromkeys(k for r in summary for k in r) if not is_result_column(k)]
+    for row in summary:
+        writer = _summary_writer(os.path.join(root, run_name(row, keys)), flush_secs=1)
+        for record in curves.get(int(row["trial"]), []):
+            _scalars(writer, record)
+        results = {
+            f"hparam/{k}": float(v)
+            for k, v in row.items()
+            if k.startswith(("best_val_", "test_")) and isinstance(v, int | float)
+        }
+        chosen = {k: _hparam_value(row[k]) for k in hparams if row.get(k) is not None}
+        chosen["status"] = str(row.get("status"))
+        experiment, start, end = hparams_summaries(chosen, results)
+        for summary_proto in (experiment, start, end):
+            writer.file_writer.add_summary(summary_proto)
+        for tag, value in results.items():
+            writer.add_scalar(tag, value, int(row.get("best_step") or 0))
+        writer.close()
+    return root
+
+
+class TensorBoardHook:
+    """Runner hook: each evaluation's rows as scalars in the trial's run, as they come.
+
+    A worker thread imports tensorboardX and writes, in the order of the evaluations, so that
+    neither holds up training; ``on_end`` waits for it and raises what it raised. The live files
+    are a view: the record is ``metrics.jsonl``, from which :func:`write_study` rewrites them.
+    """
+
+    def __init__(self, workdir: str, varying: Sequence[str]):
+        require()
+        self.root = os.path.join(workdir, DIRECTORY, "live")
+        self.varying = list(varying)
+        self.writers: dict[int, Any] = {}
+        self.run_names: dict[int, str] = {}  # trial -> its run's name, found once
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
+        self._pending = [self._worker.submit(importlib.import_module, "tensorboardX")]
+
+    def on_start(self, run, state) -> None:
+        pass
+
+    def on_train(self, run, num_ticks: int, seconds: float) -> None:
+        pass
+
+    def on_evaluation(self, run, state, rows: list[dict]) -> None:
+        if not run.sharding.is_writer:
+            return
+        for spec in run.plan.trials:
+            if spec.index not in self.run_names:
+                values = {k: getattr(spec, k, None) for k in self.varying}
+                values |= {k: v for k, v in spec.architecture if k in self.varying}
+                row = {"trial": spec.index, **values}
+                keys = [k for k in self.varying if row.get(k) is not None]
+                self.run_names[spec.index] = run_name(row, keys)
+        named = [(self.run_names[int(record["trial"])], record) for record in rows]
+        self._pending.append(self._worker.submit(self._write, named))
+
+    def _write(self, named: list[tuple[str, dict]]) -> None:
+        for name, record in named:
+            trial = int(record["trial"])
+            if trial not in self.writers:
+                self.writers[trial] = _summary_writer(os.path.join(self.root, name), flush_secs=5)
+            _scalars(self.writers[trial], record)
+
+    def on_end(self, run, summary_rows: list[dict]) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()

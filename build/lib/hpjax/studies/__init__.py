@@ -1,0 +1,1 @@
+"""Studies: turn a config into trials, run them through the runner, and analyse their results."""

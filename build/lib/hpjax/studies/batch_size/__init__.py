@@ -1,0 +1,1 @@
+"""Batch-size studies: config, measurement, analysis, prose and runner."""

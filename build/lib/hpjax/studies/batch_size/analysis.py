@@ -1,0 +1,247 @@
+"""Numbers from the studies' results: steps to a target, the critical-batch fit, rank correlation
+(scipy), and the tables of the fixed-epochs study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from hpjax.report import labels
+from hpjax.report.labels import is_finite_number
+from hpjax.results import files
+from hpjax.studies.batch_size.config import SCALING_RULES
+
+
+def higher_is_better(metric: str) -> bool:
+    return "accuracy" in metric
+
+
+def reaches(value: Any, target: float, metric: str) -> bool:
+    if not labels.is_number(value):
+        return False
+    return value >= target if higher_is_better(metric) else value <= target
+
+
+def first_reaching(curve: Sequence[Mapping], metric: str, target: float) -> Mapping | None:
+    """The first record (by step) whose ``metric`` reaches ``target``, or None."""
+    ordered = sorted(curve, key=lambda r: r.get("step") or 0)
+    return next((r for r in ordered if reaches(r.get(metric), target, metric)), None)
+
+
+def steps_to_target(
+    summary: Sequence[Mapping], metrics_rows: Sequence[Mapping], metric: str, target: float
+) -> tuple[list[dict], list[dict]]:
+    """Per batch size, the fewest steps at which any of its trials first reached the target.
+
+    Returns ``(per_batch_size, per_trial)``. A batch size none of whose trials reached the
+    target has ``reached=False`` and no steps; its ``budget_steps`` says how far it was trained.
+    """
+    curves = files.curves_by_trial(metrics_rows)
+    best = max if higher_is_better(metric) else min
+    per_trial = []
+    for row in summary:
+        curve = curves.get(int(row["trial"]), [])
+        hit = first_reaching(curve, metric, target)
+        values = [r[metric] for r in curve if labels.is_number(r.get(metric))]
+        per_trial.append(
+            {
+                "trial": row["trial"],
+                "batch_size": row["batch_size"],
+                "learning_rate": row["learning_rate"],
+                "base_learning_rate": row.get("base_learning_rate", row["learning_rate"]),
+                "status": row.get("status"),
+                "reached": hit is not None,
+                "steps": hit["step"] if hit else None,
+                "epochs": hit["epoch"] if hit else None,
+                "budget_steps": row.get("steps"),
+                "final_metric": values[-1] if values else None,
+                "best_metric": best(values) if values else None,
+            }
+        )
+    per_size = []
+    for b in sorted({r["batch_size"] for r in per_trial}):
+        trials = [r for r in per_trial if r["batch_size"] == b]
+        hits = [r for r in trials if r["reached"]]
+        fastest = min(hits, key=lambda r: (r["steps"], r["learning_rate"])) if hits else None
+        per_size.append(
+            {
+                "batch_size": b,
+                "reached": fastest is not None,
+                "steps": fastest["steps"] if fastest else None,
+                "epochs": fastest["epochs"] if fastest else None,
+                "examples": fastest["steps"] * b if fastest else None,
+                "learning_rate": fastest["learning_rate"] if fastest else None,
+                "base_learning_rate": fastest["base_learning_rate"] if fastest else None,
+                "trial": fastest["trial"] if fastest else None,
+                "lrs_reached": len(hits),
+                "lrs_tried": len(trials),
+                "budget_steps": max((r["budget_steps"] or 0) for r in trials),
+            }
+        )
+    reached = [r for r in per_size if r["reached"]]
+    if reached:
+        b0, s0 = reached[0]["batch_size"], reached[0]["steps"]
+        for r in per_size:
+            r["perfect_scaling_steps"] = s0 * b0 / r["batch_size"]
+    return per_size, per_trial
+
+
+def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> dict | None:
+    """Fits ``S(B) = S_min (1 + B_crit / B)`` (McCandlish et al. eq. 2.11) in log space.
+
+    Needs three points or more; returns ``s_min``, ``b_crit``, the RMS error of ``log S`` and
+    ``at_bound`` (the best ``B_crit`` lies at the edge of the search, i.e. no flattening, or no
+    perfect scaling, was seen in the range).
+    """
+    b = np.asarray(batch_sizes, float)
+    s = np.asarray(steps, float)
+    if len(b) < 3 or np.any(b <= 0) or np.any(s <= 0):
+        return None
+    candidates = np.logspace(np.log10(b.min()) - 2, np.log10(b.max()) + 2, 801)
+    log_s = np.log(s)
+    best = None
+    for b_crit in candidates:
+        shape = np.log1p(b_crit / b)
+        log_s_min = np.mean(log_s - shape)
+        err = float(np.sqrt(np.mean((log_s - log_s_min - shape) ** 2)))
+        if best is None or err < best[0]:
+            best = (err, float(b_crit), float(np.exp(log_s_min)))
+    err, b_crit, s_min = best
+    at_bound = b_crit in (float(candidates[0]), float(candidates[-1]))
+    return {"s_min": s_min, "b_crit": b_crit, "rms_log_error": err, "at_bound": at_bound}
+
+
+def log_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """The least-squares slope of ``log y`` against ``log x`` (two points or more)."""
+    if len(xs) < 2:
+        return None
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (``scipy.stats.spearmanr``; ties get their mean rank), or
+    None for fewer than 3 points or a constant series."""
+    if len(xs) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return None
+    return float(stats.spearmanr(xs, ys).statistic)
+
+
+def merge_compute(rows: list[dict], compute_rows: Sequence[Mapping]) -> None:
+    by_size = {r["batch_size"]: r for r in compute_rows}
+    for row in rows:
+        extra = by_size.get(row["batch_size"], {})
+        for key in ("temp_bytes", "peak_bytes", "examples_per_s", "ms_per_step"):
+            row[key] = extra.get(key)
+
+
+def _final_records(metrics_rows: Sequence[Mapping]) -> dict[int, Mapping]:
+    return {t: curve[-1] for t, curve in files.curves_by_trial(metrics_rows).items() if curve}
+
+
+def _result_row(rule: str, run: str, row: Mapping, final: Mapping | None) -> dict:
+    final = final or {}
+    return {
+        "rule": rule,
+        "run": run,
+        "trial": row["trial"],
+        "batch_size": row["batch_size"],
+        "learning_rate": row["learning_rate"],
+        "status": row.get("status"),
+        "steps": row.get("steps"),
+        "epochs": row.get("epochs"),
+        "final_val_accuracy": final.get("val_accuracy"),
+        "final_val_loss": final.get("val_loss"),
+        "best_val_loss": row.get("best_val_loss"),
+        "test_accuracy": row.get("test_accuracy"),
+        "test_loss": row.get("test_loss"),
+        "num_classes": row.get("num_classes"),
+    }
+
+
+def usable(row: Mapping) -> bool:
+    return row.get("status") != "diverged" and is_finite_number(row.get("final_val_accuracy"))
+
+
+def fixed_epochs_rows(
+    runs: Mapping[str, tuple[Sequence[Mapping], Sequence[Mapping]]], learning_rate: float
+) -> tuple[list[dict], list[dict]]:
+    """``(rows, grid_rows)``: per rule and batch size, and every trial of the rate grid.
+
+    Rules: ``fixed`` (the grid's trials at ``learning_rate``), each scaling rule's run, and
+    ``tuned`` (per batch size, the grid's rate with the best final validation accuracy; the
+    lower final validation loss breaks ties).
+    """
+    summary, metrics_rows = runs["grid"]
+    finals = _final_records(metrics_rows)
+    grid_rows = [_result_row("grid", "grid", r, finals.get(int(r["trial"]))) for r in summary]
+    rows = []
+    for b in sorted({r["batch_size"] for r in grid_rows}):
+        at_b = [r for r in grid_rows if r["batch_size"] == b]
+        fixed = min(at_b, key=lambda r: abs(math.log(r["learning_rate"] / learning_rate)))
+        rows.append(dict(fixed, rule="fixed"))
+        ok = [r for r in at_b if usable(r)]
+        if ok:
+            best = max(ok, key=lambda r: (r["final_val_accuracy"], -(r["final_val_loss"] or 0)))
+            rows.append(dict(best, rule="tuned"))
+    for name, (summary, metrics_rows) in runs.items():
+        if name == "grid":
+            continue
+        finals = _final_records(metrics_rows)
+        rows += [_result_row(name, name, r, finals.get(int(r["trial"]))) for r in summary]
+    order = {"fixed": 0, **{rule: 1 + i for i, rule in enumerate(SCALING_RULES)}, "tuned": 9}
+    rows.sort(key=lambda r: (order.get(r["rule"], 5), r["batch_size"]))
+    return rows, grid_rows
+
+
+def chance(row: Mapping) -> bool:
+    """At chance level: final validation accuracy at most 1.5 / classes."""
+    classes = row.get("num_classes")
+    return (
+        is_finite_number(classes)
+        and is_finite_number(row.get("final_val_accuracy"))
+        and (row["final_val_accuracy"] <= 1.5 / classes)
+    )
+
+
+def perfect_scaling_end(reached: Sequence[Mapping], tolerance: float = 1.25) -> int:
+    """The index of the last reached batch size up to which steps x B stays within
+    ``tolerance`` of the smallest batch size's."""
+    within = 0
+    while within + 1 < len(reached) and (
+        reached[within + 1]["steps"] <= tolerance * reached[within + 1]["perfect_scaling_steps"]
+    ):
+        within += 1
+    return within
+
+
+def noise_trial(config, per_size: Sequence[Mapping], per_trial: Sequence[Mapping]) -> float:
+    """The base learning rate (before scaling) of the measured trial."""
+    s = config.noise_scale
+    if s.learning_rate > 0:
+        return float(s.learning_rate)
+    row = next(r for r in per_size if r["batch_size"] == s.batch_size)
+    if row["reached"]:
+        return float(row["base_learning_rate"])
+    at_b = [
+        r
+        for r in per_trial
+        if r["batch_size"] == s.batch_size and is_finite_number(r["best_metric"])
+    ]
+    pick = max if higher_is_better(config.steps_to_target.metric) else min
+    return float(pick(at_b, key=lambda r: r["best_metric"])["base_learning_rate"])
+
+
+def swing(rows: Sequence[Mapping]) -> float:
+    key = (
+        "b_simple_exact"
+        if all(is_finite_number(r.get("b_simple_exact")) for r in rows)
+        else "b_simple"
+    )
+    values = [r[key] for r in rows if is_finite_number(r.get(key)) and r[key] > 0]
+    pairs = [max(a, b) / min(a, b) for a, b in zip(values, values[1:], strict=False)]
+    return max(pairs) if pairs else 1.0

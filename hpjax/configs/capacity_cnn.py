@@ -1,0 +1,57 @@
+"""Capacity sweep of a 1-D CNN on MNIST-1D: channels x depth, one population each.
+
+Each of the 2 x 4 architectures trains its 2 learning rates at once.
+
+Run (4 minutes on 2 shared CPU cores):
+  python experiments/capacity_sweep.py --workdir runs/capacity_cnn \
+    --config experiments/configs/capacity_cnn.py
+
+Quick variant for tests (seconds): --config experiments/configs/capacity_cnn.py:quick
+"""
+
+import ml_collections
+
+from hpjax.config import default_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = default_config()
+    config.description = "Capacity sweep: CNN channels x depth on MNIST-1D"
+    config.model = ml_collections.ConfigDict(
+        {
+            "name": "cnn",
+            "channels": 32,
+            "num_layers": 3,
+            "kernel_size": 5,
+            "stride": 1,
+            "pool": "max",
+            "pool_size": 2,
+            "hidden_units": 0,
+            "activation": "relu",
+        }
+    )
+    # 40 -> 20 -> 10 -> 5 -> 2 after each conv + max-pool: at most 5 layers fit.
+    config.model_grid = ml_collections.ConfigDict({"channels": (8, 32), "num_layers": (1, 2, 3, 4)})
+    config.optimizer = "adam"
+    config.schedule = "constant"
+    config.learning_rates = (0.001, 0.003)
+    config.weight_decays = (0.0,)  # none: the guide's capacity effects, unregularised
+    config.seeds = (0,)
+    config.batch_size = 100
+    config.num_steps = 2000
+    config.eval_every = 50
+    config.patience = 10
+    config.report_x = "channels"
+    if arg == "quick":
+        config.model_grid.channels = (2, 4)
+        config.model_grid.num_layers = (1,)
+        config.learning_rates = (0.01,)
+        config.num_steps = 20
+        config.eval_every = 5
+        # 400 training examples measured, as many as the validation set: one compiled
+        # evaluation serves both.
+        config.train_subset = 400
+        config.train_eval_examples = 400
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; allowed: quick")
+    return config
