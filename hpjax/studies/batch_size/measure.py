@@ -37,12 +37,13 @@ def same_run(cfg, directory: str) -> bool:
     }
 
 
-def run_engine(cfg, directory: str) -> tuple[list[dict], list[dict]]:
+def run_engine(cfg, directory: str, part: str = "") -> tuple[list[dict], list[dict]]:
     """``train_and_evaluate(cfg, directory)`` unless it already finished there; returns the
-    summary rows and the metrics records."""
+    summary rows and the metrics records. ``part`` says where the study is, for the log."""
     if same_run(cfg, directory):
         logging.info("%s: finished before with this config; reusing its results", directory)
     else:
+        logging.info("batch-size study: %s, into %s", part or "a run", directory)
         train_and_evaluate(cfg, directory)
     return files.read_summary(directory), files.read_metrics(directory)
 

@@ -85,9 +85,10 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
     """The fixed-epochs study into ``workdir``; returns its rows (also ``fixed_epochs.csv``)."""
     s = config.fixed_epochs
     os.makedirs(workdir, exist_ok=True)
+    configs = fixed_epochs_configs(config)
     runs = {
-        name: run_engine(cfg, os.path.join(workdir, name))
-        for name, cfg in fixed_epochs_configs(config).items()
+        name: run_engine(cfg, os.path.join(workdir, name), f"fixed epochs, run {i}/{len(configs)}")
+        for i, (name, cfg) in enumerate(configs.items(), start=1)
     }
     rows, grid_rows = fixed_epochs_rows(runs, float(s.learning_rate))
     sizes = check_batch_sizes(s.batch_sizes, "fixed_epochs.batch_sizes")
@@ -173,8 +174,10 @@ def collect_steps_to_target(
     summary: list[dict] = []
     metrics_rows: list[dict] = []
     offset = 0
-    for b, cfg in steps_to_target_configs(config, dataset.num_train).items():
-        rows, records = run_engine(cfg, os.path.join(workdir, f"bs_{b:04d}"))
+    configs = steps_to_target_configs(config, dataset.num_train)
+    for i, (b, cfg) in enumerate(configs.items(), start=1):
+        part = f"steps to target, batch size {b} ({i} of {len(configs)})"
+        rows, records = run_engine(cfg, os.path.join(workdir, f"bs_{b:04d}"), part)
         # Trials are numbered per run; renumber them so that batch sizes do not collide.
         summary += [dict(r, trial=r["trial"] + offset) for r in rows]
         metrics_rows += [dict(r, trial=r["trial"] + offset) for r in records]
