@@ -80,6 +80,18 @@ from hpjax.studies.batch_size.prose import (
     write_report,
 )
 
+FIXED_EPOCHS_TABLE = (
+    "rule",
+    "batch_size",
+    "learning_rate",
+    "status",
+    "steps",
+    "epochs",
+    "final_val_accuracy",
+    "final_val_loss",
+    "test_accuracy",
+)
+
 
 def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[dict]:
     """The fixed-epochs study into ``workdir``; returns its rows (also ``fixed_epochs.csv``)."""
@@ -121,17 +133,6 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
     ]
     if compute_rows:
         plots.append(plot_compute(compute_rows, os.path.join(workdir, "plots", "compute.png")))
-    table_cols = [
-        "rule",
-        "batch_size",
-        "learning_rate",
-        "status",
-        "steps",
-        "epochs",
-        "final_val_accuracy",
-        "final_val_loss",
-        "test_accuracy",
-    ]
     intro = [
         f"Every batch size trained for {s.num_epochs:g} epochs ({config.optimizer}, "
         f"`{config.model.name}` on `{config.dataset}`): `fixed` uses the rate "
@@ -153,7 +154,7 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
                 "Measured against the published shape",
                 describe_fixed_epochs(rows, float(s.learning_rate), int(s.base_batch_size)),
             ),
-            ("Results", [markdown.markdown_table(rows, table_cols)]),
+            ("Results", [markdown.markdown_table(rows, FIXED_EPOCHS_TABLE)]),
             (
                 "Memory and speed per batch size",
                 compute_section(compute_rows) + engine_section(workdir, list(runs)),
