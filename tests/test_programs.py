@@ -3,6 +3,7 @@ environment runs a study from an empty directory, with the configs inside the pa
 
 import glob
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -29,8 +30,16 @@ def test_every_program_has_its_config_in_the_package():
 def test_the_wheel_in_a_fresh_venv_runs_a_study_through_the_command(tmp_path):
     dist, venv, empty = tmp_path / "dist", tmp_path / "venv", tmp_path / "empty"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    source = tmp_path / "source"  # a copy: building writes build/ beside the sources
+    shutil.copytree(
+        os.path.join(ROOT, "hpjax"),
+        source / "hpjax",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source / name)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), ROOT],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
         capture_output=True,
         text=True,
         env=env,

@@ -1,1 +1,0 @@
-"""What a person reads: plots through one figure helper, markdown, and the guide's diagnostics."""

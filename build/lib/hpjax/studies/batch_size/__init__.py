@@ -1,1 +1,0 @@
-"""Batch-size studies: config, measurement, analysis, prose and runner."""
