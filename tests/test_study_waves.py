@@ -146,3 +146,28 @@ def test_a_killed_extension_wave_keeps_every_metrics_row(tiny_config, tmp_path, 
     assert strip(files.read_metrics(resumed)) == strip(
         files.read_metrics(str(tmp_path / "reference"))
     )
+
+
+def test_a_corrupt_config_or_trials_file_is_refused_in_one_line_naming_it(tiny_config, tmp_path):
+    workdir = str(tmp_path / "study")
+    rows = train_and_evaluate(tiny_config, workdir)
+    for name, way_out in (("trials.json", "restart=True"), ("config.json", "overwrite=True")):
+        path = os.path.join(workdir, name)
+        intact = open(path).read()
+        with open(path, "w") as f:
+            f.write(intact[: len(intact) // 2])
+        with pytest.raises(ConfigError, match=f"cannot read '{path}'.*not valid JSON.*{way_out}"):
+            train_and_evaluate(tiny_config, workdir)
+        with open(path, "w") as f:
+            f.write(intact)
+    # a corrupt config.json, or none beside the outputs: overwrite trains afresh
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write("{")
+    tiny_config.overwrite = True
+    assert [r["best_val_loss"] for r in train_and_evaluate(tiny_config, workdir)] == [
+        r["best_val_loss"] for r in rows
+    ]
+    os.remove(os.path.join(workdir, "config.json"))
+    tiny_config.overwrite = False
+    with pytest.raises(ConfigError, match="but no config.json .* --config.overwrite=True"):
+        train_and_evaluate(tiny_config, workdir)
