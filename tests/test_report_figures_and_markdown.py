@@ -377,3 +377,8 @@ def test_plots_of_a_sampled_space_keep_their_legends_short(tmp_path, monkeypatch
         assert 0 < len(labels) <= 12, labels
         assert "pruned" in labels, labels
     assert any("weight decay" in ax.get_ylabel() for ax in drawn[0].axes)  # the colorbar
+    # the learning curves: the 5 best trials drawn in full and named, the rest faint
+    curves_legend = drawn[1].axes[0].get_legend().get_texts()
+    named = [t.get_text() for t in curves_legend if t.get_text()[0].isdigit()]
+    best = sorted((r["best_val_loss"], r["trial"]) for r in summary if r["best_val_loss"])[:5]
+    assert [int(n.split(":")[0]) for n in named] == sorted(t for _, t in best)

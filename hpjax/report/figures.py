@@ -128,20 +128,23 @@ def plot_learning_curves(
     ax = fig.add_subplot()
     colour, colour_key, norm, cmap = _trial_colours(trials, rows, varying, max_legend)
 
+    # Many trials: the best few drawn in full and labelled, the rest faint (validation only).
+    best = set(trials) if few else _best_trials(rows, HIGHLIGHTED)
     all_y: list[float] = []
     starts: list[float] = []
     for t in trials:
         curve = curves.get(t, [])
+        faint = t not in best
         for key, style in (("train_loss", "--"), ("val_loss", "-")):
             pts = [(p[x], p[key]) for p in curve if is_number(p.get(x)) and is_number(p.get(key))]
-            if not pts:
+            if not pts or (faint and key == "train_loss"):
                 continue
             xs, ys = zip(*pts, strict=True)
             label = None
-            if key == "val_loss" and few:
+            if key == "val_loss" and not faint:
                 label = trial_label(rows.get(t, {"trial": t}), varying)
-            lw = (1.4 if key == "val_loss" else 1.0) * (1.0 if few else 0.6)
-            alpha = (0.9 if key == "val_loss" else 0.6) * (1.0 if few else 0.7)
+            lw = (1.4 if key == "val_loss" else 1.0) * (0.6 if faint else 1.0)
+            alpha = 0.25 if faint else (0.9 if key == "val_loss" else 0.6)
             ax.plot(xs, ys, style, color=colour[t], lw=lw, alpha=alpha, label=label)
             all_y += ys
             starts.append(ys[0])
@@ -170,11 +173,25 @@ def plot_learning_curves(
     clipped = _loss_axis(ax, all_y, starts)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel("loss" + (" (cut at 5x the starting loss)" if clipped else ""))
-    ax.set_title(title or f"Learning curves ({len(trials)} trials)")
+    title = title or f"Learning curves ({len(trials)} trials)"
+    ax.set_title(title if few else f"{title}; the {HIGHLIGHTED} best in full")
     ax.grid(True, which="major", alpha=0.3)
     any_pruned = any(r.get("status") == "pruned" for r in rows.values())
     _curves_legend(fig, ax, few, colour_key, norm, cmap, any_pruned)
     return save_figure(fig, path)
+
+
+HIGHLIGHTED = 5  # past max_legend trials, the best this many are drawn in full
+
+
+def _best_trials(rows: Mapping[int, Mapping], count: int) -> set[int]:
+    """The ``count`` trials of lowest finite best validation loss (not diverged)."""
+    ok = [
+        (r["best_val_loss"], t)
+        for t, r in rows.items()
+        if r.get("status") != "diverged" and is_number(r.get("best_val_loss"))
+    ]
+    return {t for _, t in sorted(ok)[:count]}
 
 
 def _curves_legend(fig, ax, few: bool, colour_key, norm, cmap, pruned: bool = False) -> None:
@@ -198,8 +215,15 @@ def _curves_legend(fig, ax, few: bool, colour_key, norm, cmap, pruned: bool = Fa
             bbox_to_anchor=(1.02, 1.0),
             borderaxespad=0.0,
         )
-    else:
-        ax.legend(handles=style_handles, fontsize="small", loc="upper right")
+    else:  # the highlighted best trials, then the styles; a colorbar for the colour scale
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(
+            handles=handles + style_handles,
+            fontsize="small",
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncol=2,
+        )
         mappable = ScalarMappable(norm=norm, cmap=cmap)
         fig.colorbar(mappable, ax=ax, label=colour_key or "trial")
 
