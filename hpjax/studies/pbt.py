@@ -143,15 +143,19 @@ def plot_schedules(workdir: str, keys: tuple[str, ...]) -> str | None:
     fig = figures.new_figure((6.0 * len(keys), 4.5))
     for i, key in enumerate(keys):
         ax = fig.add_subplot(1, len(keys), i + 1)
+        shown = []
         for r in summary:
             path = lineage_path(lineage, int(r["trial"]), 2**62)
             steps = [start_step.get(seg.start, 0) for seg in path] + [end]
             values = [seg.values.get(key, getattr(first[seg.member], key)) for seg in path]
             ax.step(steps, values + values[-1:], where="post", label=f"member {r['trial']}")
-        ax.set_yscale("log")
+            shown += values
+        if min(shown) > 0 and max(shown) / min(shown) >= 10:  # a log axis only over a decade:
+            ax.set_yscale("log")  # within one, matplotlib would label no tick at all
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.set_title(f"{key} along each member's lineage")
     if len(summary) <= 16:
         fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
     return figures.save_figure(fig, os.path.join(workdir, "plots", "pbt_schedules.png"))
