@@ -17,6 +17,7 @@ from ml_collections import config_flags
 from hpjax import runtime
 from hpjax.config import describe_keys
 from hpjax.errors import ConfigError, disk_error_message
+from hpjax.results import checkpoints
 from hpjax.results.study import best_row
 from hpjax.study.run import train_and_evaluate
 from hpjax.study.sections import ProcessSpec
@@ -242,12 +243,7 @@ def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
     except KeyboardInterrupt:
         # Leave at once: a normal interpreter exit with XLA and Orbax threads mid-flight can
         # crash; what is on disk is what a SIGKILL leaves, which resumes exactly.
-        saved = any(
-            name.isdigit()
-            for directory, names, _ in os.walk(workdir)
-            if os.path.basename(os.path.dirname(directory)) == "state"
-            for name in names
-        )
+        saved = checkpoints.has_state(workdir)
         print(
             f"error: interrupted; run the same command again to resume {workdir!r} from its "
             "last state checkpoint"

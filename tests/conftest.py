@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hpjax.engine import population
+from hpjax.study import loop
 
 TRIAL_DEFAULTS = dict(
     learning_rate=0.05,
@@ -98,3 +99,20 @@ def tiny_config(tiny_npz):
     config.make_report = False
     config.log_every_s = 0.0
     return config
+
+
+class Crash(Exception):
+    """What :class:`CrashAtEvaluation` raises: a study cut off as a kill would cut it."""
+
+
+class CrashAtEvaluation(loop.Hooks):
+    """Raises :class:`Crash` at the ``count``-th evaluation of a population that trains (the
+    first one is before any training; a population resumed as finished evaluates none)."""
+
+    def __init__(self, count: int):
+        self.left = count
+
+    def on_evaluation(self, run, state, rows):
+        self.left -= 1
+        if self.left == 0:
+            raise Crash

@@ -10,9 +10,8 @@ import pytest
 from hpjax.errors import ConfigError
 from hpjax.results import files
 from hpjax.studies import pbt
-from hpjax.study import loop
 from hpjax.study.run import train_and_evaluate
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Crash, CrashAtEvaluation
 
 
 @pytest.fixture(scope="module")
@@ -126,22 +125,6 @@ def test_pbt_batch_sizes_must_share_one_program(tiny_config, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAtEvaluation(loop.Hooks):
-    """Raises at the ``count``-th evaluation (the first one is before any training)."""
-
-    def __init__(self, count: int):
-        self.left = count
-
-    def on_evaluation(self, run, state, rows):
-        self.left -= 1
-        if self.left == 0:
-            raise _Crash
-
-
 def test_pbt_resumed_at_an_exploit_tick_ends_as_the_uninterrupted_run(tiny_npz, tmp_path):
     """The state checkpoint at step 40 is taken right before the exploit round of step 40:
     the resumed run must rank the members by their values there, as the uninterrupted one did."""
@@ -162,8 +145,8 @@ def test_pbt_resumed_at_an_exploit_tick_ends_as_the_uninterrupted_run(tiny_npz, 
         return c
 
     reference = train_and_evaluate(config(), str(tmp_path / "reference"))
-    with pytest.raises(_Crash):  # evaluations at steps 0, 10, ..., 50: killed after step 50
-        train_and_evaluate(config(), str(tmp_path / "resumed"), hooks=[_CrashAtEvaluation(6)])
+    with pytest.raises(Crash):  # evaluations at steps 0, 10, ..., 50: killed after step 50
+        train_and_evaluate(config(), str(tmp_path / "resumed"), hooks=[CrashAtEvaluation(6)])
     resumed = train_and_evaluate(config(), str(tmp_path / "resumed"))
     drop = ("peak_memory_mb", "memory_estimate_mb")
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from hpjax.results import files
-from hpjax.study import loop
 from hpjax.study.run import train_and_evaluate
+from tests.conftest import Crash, CrashAtEvaluation
 
 TRIALS = [
     {"learning_rate": 50.0, "seed": 0},  # diverges at once: its slot frees first
@@ -99,20 +99,6 @@ def test_asha_prunes_at_rungs_and_refills(tiny_config, tmp_path):
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAfter(loop.Hooks):
-    def __init__(self, evaluations):
-        self.left = evaluations
-
-    def on_evaluation(self, run, state, rows):
-        self.left -= 1
-        if self.left == 0:
-            raise _Crash
-
-
 # Four quick trials, then a slow one that trains alone at the end: the program shrinks to 1 row.
 TAIL = [{"learning_rate": 0.3, "seed": s} for s in (0, 2, 3, 4)] + [{"learning_rate": 0.001}]
 
@@ -136,8 +122,8 @@ def test_a_crashed_adaptive_study_resumes_to_the_same_results(
         reference = train_and_evaluate(config(), str(tmp_path / "reference"))
     assert "continuing in 1 rows" in caplog.text or trials is not TAIL
     caplog.clear()
-    with pytest.raises(_Crash):
-        train_and_evaluate(config(), str(tmp_path / "resumed"), hooks=[_CrashAfter(crash_at)])
+    with pytest.raises(Crash):
+        train_and_evaluate(config(), str(tmp_path / "resumed"), hooks=[CrashAtEvaluation(crash_at)])
     assert not (tmp_path / "resumed" / "summary.csv").exists()
     with caplog.at_level("INFO"):
         resumed = train_and_evaluate(config(), str(tmp_path / "resumed"))

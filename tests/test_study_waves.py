@@ -7,9 +7,9 @@ import pytest
 
 from hpjax.errors import ConfigError
 from hpjax.results import files
-from hpjax.study import loop
 from hpjax.study import waves as extension
 from hpjax.study.run import train_and_evaluate
+from tests.conftest import Crash, CrashAtEvaluation
 
 
 def best_dirs_mtimes(workdir):
@@ -106,22 +106,6 @@ def test_changed_data_under_the_same_path_is_refused_and_overwrite_retrains(tiny
     assert [r["best_val_loss"] for r in second] != [r["best_val_loss"] for r in first]
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAtEvaluation(loop.Hooks):
-    """Raises at the n-th evaluation of a population that trains (not one resumed as finished)."""
-
-    def __init__(self, evaluations):
-        self.left = evaluations
-
-    def on_evaluation(self, run, state, rows):
-        self.left -= 1
-        if self.left == 0:
-            raise _Crash
-
-
 @pytest.mark.parametrize("crash_at", [1, 4])
 def test_a_killed_extension_wave_keeps_every_metrics_row(tiny_config, tmp_path, crash_at):
     """Killed before its first state checkpoint (1) and after one (4): the resumed extension
@@ -136,8 +120,8 @@ def test_a_killed_extension_wave_keeps_every_metrics_row(tiny_config, tmp_path, 
 
     reference = extend(str(tmp_path / "reference"))
     resumed = str(tmp_path / "resumed")
-    with pytest.raises(_Crash):
-        extend(resumed, hooks=[_CrashAtEvaluation(crash_at)])
+    with pytest.raises(Crash):
+        extend(resumed, hooks=[CrashAtEvaluation(crash_at)])
     config = tiny_config.copy_and_resolve_references()
     config.learning_rates = (0.003, 0.03, 0.3, 0.01)
     drop = ("peak_memory_mb", "memory_estimate_mb", "elapsed_s", "time")

@@ -262,6 +262,17 @@ class StateCheckpoints:
         self.manager.close()
 
 
+def has_state(workdir: str) -> bool:
+    """Whether a population under ``workdir`` (also in a study's sub-workdirs: a search's
+    rounds, the batch-size study's runs) has a state checkpoint to resume from."""
+    return any(
+        name.isdigit()
+        for directory, names, _ in os.walk(workdir)
+        if os.path.basename(os.path.dirname(directory)) == "state"
+        for name in names
+    )
+
+
 def has_best(workdir: str, trial: int) -> bool:
     """Whether ``trial`` has a committed best checkpoint (its contents are verified when
     restored)."""

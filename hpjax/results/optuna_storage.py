@@ -134,9 +134,10 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
         warnings.simplefilter("ignore")
         study.set_metric_names(["best_val_loss"])  # minimised
     varying = set(varying_hparams(summary))
-    keys = [k for k in params_of(summary) if k in varying]  # the searched ones: parameters
-    for key in params_of(summary):  # the settings every trial shares: study attributes
-        if key not in varying and summary and summary[0].get(key) is not None:
+    every = params_of(summary)
+    keys = [k for k in every if k in varying]  # the searched ones: parameters
+    for key in every:  # the settings every trial shares: study attributes
+        if key not in varying and summary[0].get(key) is not None:
             study.set_user_attr(key, summary[0][key])
     distributions = {
         k: _distribution(k, [r[k] for r in summary if r.get(k) is not None]) for k in keys

@@ -22,7 +22,7 @@ class Progress:
         self.num_trials = num_trials  # rows in the program; the loop updates it as it shrinks
         self.interval_s = interval_s
         self.start = time.perf_counter()
-        self.start_tick: int | None = None
+        self.start_tick = 0
         self.updates = 0
         self.last_log = -math.inf
 
@@ -35,8 +35,6 @@ class Progress:
             self.start_tick, self.start = tick, now
             if not force:
                 return
-        if self.start_tick is None:
-            self.start_tick, self.start = tick, now
         if not force and now - self.last_log < self.interval_s:
             return
         self.last_log = now
