@@ -17,12 +17,16 @@ from tests.conftest import ROOT
 
 
 @pytest.fixture
-def finished(tiny_config, tmp_path):
+def finished(tiny_config, tmp_path, caplog):
+    caplog.set_level("INFO")
     tiny_config.learning_rates = (0.003, 0.03, 200.0)  # the last one diverges
     tiny_config.tensorboard = "on"
     tiny_config.optuna_storage = "auto"
     workdir = str(tmp_path / "study")
     rows = train_and_evaluate(tiny_config, workdir)
+    # the log ends by saying how to open the table of trials
+    assert f"tensorboard --logdir {workdir}/tensorboard, then open http" in caplog.text
+    assert "/#hparams" in caplog.text
     return tiny_config, workdir, rows
 
 

@@ -57,6 +57,16 @@ def run_name(row: Mapping, keys: Sequence[str]) -> str:
     return "_".join(parts).replace("/", "-")
 
 
+def how_to_open(root: str) -> str:
+    """The command that serves ``root`` and the page that opens on the table of trials.
+
+    TensorBoard opens on its time series; the ``#hparams`` page is the study's table (every
+    trial's hyperparameters against its best validation loss, test metrics and status), with
+    parallel coordinates and scatter plots beside it.
+    """
+    return f"tensorboard --logdir {root}, then open http://localhost:6006/#hparams"
+
+
 def _scalars(writer, record: Mapping) -> None:
     step = int(record["step"])
     for key, value in record.items():

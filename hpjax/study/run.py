@@ -209,7 +209,8 @@ def _run(study, workdir, dataset, plans, models, sharding, task, hooks, outputs)
     if study.outputs.make_report:
         study_report.default_report(workdir, x_hparam=study.outputs.report_x)
     if "tensorboard" in outputs:
-        tensorboard.write_study(workdir, varying_keys(study.trials))
+        root = tensorboard.write_study(workdir, varying_keys(study.trials))
+        logging.info("TensorBoard: %s", tensorboard.how_to_open(root))
     if "optuna" in outputs:
         optuna_storage.record_study(workdir, study.outputs.optuna_storage)
     return rows
