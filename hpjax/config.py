@@ -68,6 +68,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.batch_axis = "auto"
     config.max_accumulation = 8
     config.weight_decays = (1.0,)  # decoupled: each step shrinks weights by lr x weight decay
+    # Regularisation per trial (grid axes like weight_decays): the rate of the model's dropout
+    # layers (model.dropout=True, or hpjax.models.TrialDropout in your own model), and label
+    # smoothing (classification).
+    config.dropouts = (0.0,)
+    config.label_smoothings = (0.0,)
     config.lr_scaling = (
         "fixed"  # fixed | linear | sqrt: the rate per batch size, from base_batch_size
     )

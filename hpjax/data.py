@@ -35,6 +35,7 @@ import random
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,9 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # augment(key, x) -> x: applied to each trial's training micro-batch at every step, inside
+    # the compiled program, with a key from the trial's seed and step (None: no augmentation)
+    augment: Callable[[Any, Any], Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -106,6 +110,9 @@ class Dataset:
             array = np.ascontiguousarray(getattr(self, name))
             digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
             digest.update(array.tobytes())
+        if self.augment is not None:
+            name = getattr(self.augment, "__qualname__", type(self.augment).__name__)
+            digest.update(f"augment:{getattr(self.augment, '__module__', '')}.{name}".encode())
         return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -226,6 +233,7 @@ def from_arrays(
     seed: int = 0,
     num_classes: int = 0,
     max_abs_input: float = 1e6,
+    augment: Callable[[Any, Any], Any] | None = None,
 ) -> Dataset:
     """A :class:`Dataset` of your own numpy (or jax) arrays, checked like an ``.npz`` file.
 
@@ -233,8 +241,13 @@ def from_arrays(
     label + 1); ``task='regression'``: ``y`` holds real targets ``[N, ...]``. Without
     ``x_val``/``y_val``, a random ``val_fraction`` of the training set becomes the validation
     set (``seed`` picks it). ``num_classes`` and ``max_abs_input`` act as the config keys of the
-    same names. Raises :class:`ConfigError` naming the bad array.
+    same names. ``augment(key, x) -> x`` transforms each training micro-batch ``x``
+    (``[B, *input_shape]``) of every trial at every step, inside the compiled program (e.g.
+    random shifts and noise); it must keep the shape. Raises :class:`ConfigError` naming the bad
+    array.
     """
+    if augment is not None and not callable(augment):
+        raise ConfigError(f"augment must be a function (key, x) -> x; got {type(augment).__name__}")
     if task not in ("classification", "regression"):
         raise ConfigError(f"task={task!r} is unknown; allowed: classification, regression")
     if (x_val is None) != (y_val is None):
@@ -291,6 +304,7 @@ def from_arrays(
         x_test=_as_x(checked["x_test"]),
         y_test=as_y(checked["y_test"]),
         num_classes=num_classes if task == "classification" else 0,
+        augment=augment,
     )
 
 

@@ -33,6 +33,8 @@ HPARAMS: tuple[HParam, ...] = (
     HParam("decay_rate", False, "log", 0.1, True, False, "exponential: factor at the end"),
     HParam("end_factor", False, "linear", 0.0, True, False, "linear, cosine: final rate fraction"),
     HParam("momentum", False, "linear", 0.9, True, False, "momentum, or Adam's b1"),
+    HParam("dropout", False, "linear", 0.0, True, False, "rate of the model's TrialDropout"),
+    HParam("label_smoothing", False, "linear", 0.0, True, False, "uniform share of the labels"),
     HParam("max_steps", True, "linear", 2**30, False, False, "budget and schedule horizon"),
 )
 BY_NAME: dict[str, HParam] = {h.name: h for h in HPARAMS}

@@ -49,6 +49,11 @@ class PopulationSpec:
     # True when trials differ in momentum (or Adam's b1): it is then read from TrialHParams;
     # else the static option is used, so that XLA sees the same constant as a plain optimizer.
     per_trial_momentum: bool = False
+    # augment(key, x) -> x: applied to each trial's micro-batch at every tick, inside the program
+    augment: Any = None
+    # True when some trial smooths its labels: the trained loss then reads TrialHParams's
+    # label_smoothing (classification only); else the task's own loss, as compiled before.
+    label_smoothing: bool = False
 
     def options(self, first_moment: jax.Array | None = None) -> dict[str, Any]:
         """The optimizer's options; ``first_moment`` (a trial's momentum, or Adam's b1) replaces
@@ -76,6 +81,8 @@ class TrialHParams:
     end_factor: jax.Array
     max_steps: jax.Array  # optimizer updates in the budget, also the schedule's horizon
     momentum: jax.Array  # momentum (optimizer 'momentum') or Adam's b1; unused by the others
+    dropout: jax.Array  # the rate of the model's TrialDropout layers; unused without them
+    label_smoothing: jax.Array  # classification: the weight of the uniform label distribution
 
     @property
     def num_trials(self) -> int:
@@ -86,7 +93,7 @@ class TrialHParams:
 class TrialState:
     """What one optimizer trajectory carries; leading axis ``[K]`` in a population."""
 
-    params: Params
+    params: Params  # the model's variables: parameters (and batch statistics, if it has any)
     opt_state: Any
     grad_sum: Params  # gradients summed over the micro-batches of the current batch
     loss_sum: jax.Array  # their mean losses, summed likewise
@@ -116,6 +123,8 @@ HPARAM_DEFAULTS = dict(
     end_factor=0.0,
     max_steps=2**30,
     momentum=0.9,
+    dropout=0.0,
+    label_smoothing=0.0,
 )
 _INT_HPARAMS = ("batch_size", "seed", "warmup_steps", "max_steps")
 
@@ -162,9 +171,10 @@ def _all_finite(tree) -> jax.Array:
 
 def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
     init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-    params = spec.model.init(init_key)
+    variables = spec.model.init(init_key)
+    params = spec.model.trainable(variables)
     return TrialState(
-        params=params,
+        params=variables,
         opt_state=spec.direction().init(params),
         grad_sum=jax.tree.map(jnp.zeros_like, params),
         loss_sum=jnp.zeros((), jnp.float32),
@@ -207,6 +217,53 @@ def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationSt
     )
 
 
+# The random streams of a trial besides its data order (dropout masks, augmentation) come from
+# its data key folded with this number, which no epoch of the data stream reaches.
+_TRAINING_STREAMS = 0xFFFFFFFF
+
+
+def training_keys(trial: TrialState) -> tuple[jax.Array, jax.Array]:
+    """This tick's keys of the trial's model streams (dropout) and of its augmentation: from its
+    seed and data position only, so a trial draws the same masks alone, in any population, after
+    a resume, and after population-based training copied another member's weights."""
+    base = jax.random.fold_in(jax.random.fold_in(trial.data_key, _TRAINING_STREAMS), trial.ticks)
+    return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)
+
+
+def _loss_and_gradient(
+    spec: PopulationSpec,
+    hparams: TrialHParams,
+    trial: TrialState,
+    x: jax.Array,
+    y: jax.Array,
+) -> tuple[jax.Array, Params, Params]:
+    """The micro-batch's training loss, its gradient with respect to the trainable parameters,
+    and the model's variables after the forward pass (the batch statistics it updated)."""
+    model = spec.model
+    model_key, augment_key = training_keys(trial)
+    if spec.augment is not None:
+        x = spec.augment(augment_key, x)
+
+    def loss_of(outputs: jax.Array) -> jax.Array:
+        if spec.label_smoothing:
+            return jnp.mean(tasks.smoothed_cross_entropy(outputs, y, hparams.label_smoothing))
+        return spec.task.mean_loss(outputs, y)
+
+    if not model.stateful:
+        loss, grads = jax.value_and_grad(lambda p: loss_of(model.apply(p, x)))(trial.params)
+        return loss, grads, trial.params
+
+    def forward(params: Params) -> tuple[jax.Array, Params]:
+        variables = model.with_trainable(trial.params, params)
+        outputs, variables = model.train_apply(variables, x, model_key, hparams.dropout)
+        return loss_of(outputs), variables
+
+    (loss, variables), grads = jax.value_and_grad(forward, has_aux=True)(
+        model.trainable(trial.params)
+    )
+    return loss, grads, variables
+
+
 def micro_step(
     spec: PopulationSpec,
     hparams: TrialHParams,
@@ -225,9 +282,7 @@ def micro_step(
     selected state (``optim.direction_of_state``), so each select fuses into the elementwise
     update that writes the buffer in place.
     """
-    loss, grads = jax.value_and_grad(
-        lambda params: spec.task.mean_loss(spec.model.apply(params, x), y)
-    )(trial.params)
+    loss, grads, variables = _loss_and_gradient(spec, hparams, trial, x, y)
     if spec.accumulates:
         grad_sum = jax.tree.map(jnp.add, trial.grad_sum, grads)
         loss_sum = trial.loss_sum + loss
@@ -258,9 +313,14 @@ def micro_step(
     _, stepped_state = optim.direction(spec.optimizer, **options).update(mean_grad, trial.opt_state)
     opt_state = _select(accept, stepped_state, trial.opt_state)
     updates = optim.direction_of_state(spec.optimizer, mean_grad, opt_state, **options)
-    new_params = optim.apply_update(trial.params, updates, lr, hparams.weight_decay)
+    params = spec.model.trainable(trial.params)
+    new_params = _select(
+        accept, optim.apply_update(params, updates, lr, hparams.weight_decay), params
+    )
+    if spec.model.stateful:  # batch statistics move with every micro-batch of an active trial
+        variables = _select(active & jnp.isfinite(loss), variables, trial.params)
     return TrialState(
-        params=_select(accept, new_params, trial.params),
+        params=spec.model.with_trainable(variables, new_params),
         opt_state=opt_state,
         grad_sum=_select(batch_done, jax.tree.map(jnp.zeros_like, grad_sum), grad_sum)
         if spec.accumulates

@@ -72,6 +72,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def smoothed_cross_entropy(
+    logits: jax.Array, labels: jax.Array, smoothing: jax.Array | float
+) -> jax.Array:
+    """Cross-entropy against labels smoothed by ``smoothing``: the target puts ``1 - smoothing``
+    on the label and spreads ``smoothing`` evenly over every class (Szegedy et al. 2016)."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    on_label = jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return -((1.0 - smoothing) * on_label + smoothing * jnp.mean(log_p, axis=-1))
+
+
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 

@@ -10,10 +10,17 @@ first use, so that the engine imports without ml-collections.
 
 import importlib
 
-from hpjax.models.model import Model, from_factory
+from hpjax.models.model import Model, TrialDropout, from_factory
 
 _REGISTRY = ("build_model", "default_model_config", "validate_model_config")
-__all__ = ["Model", "build_model", "default_model_config", "from_factory", "validate_model_config"]
+__all__ = [
+    "Model",
+    "TrialDropout",
+    "build_model",
+    "default_model_config",
+    "from_factory",
+    "validate_model_config",
+]
 
 
 def __getattr__(name: str):

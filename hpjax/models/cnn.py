@@ -11,24 +11,33 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hpjax.models.mlp import ACTIVATIONS
-from hpjax.models.model import check_input
+from hpjax.models.model import TrialDropout, check_input
 from hpjax.models.precision import matmul
 
 POOLS = ("max", "avg", "none")
 
 
 def cnn_spatial_sizes(
-    input_shape: Sequence[int], num_layers: int, stride: int, pool: str, pool_size: int
+    input_shape: Sequence[int],
+    num_layers: int,
+    stride: int,
+    pool: str,
+    pool_size: int,
+    residual: bool = False,
 ) -> list[tuple[int, ...]]:
     """Spatial size after each conv layer (SAME conv with ``stride``, then VALID pooling).
 
-    Element 0 is the input's spatial size, element ``i`` the size after conv layer ``i``.
+    Element 0 is the input's spatial size, element ``i`` the size after conv layer ``i``. In a
+    residual network only the first layer strides and pools; the blocks keep its size.
     """
     spatial = tuple(int(d) for d in input_shape)
     if len(spatial) == 3:  # (H, W, C): channels are not spatial
         spatial = spatial[:2]
     sizes = [spatial]
-    for _ in range(num_layers):
+    for layer in range(num_layers):
+        if residual and layer > 0:
+            sizes.append(spatial)
+            continue
         spatial = tuple(-(-n // stride) for n in spatial)  # SAME padding: ceil(n / stride)
         if pool != "none":
             spatial = tuple(n // pool_size for n in spatial)  # VALID pooling: floor(n / p)
@@ -73,6 +82,11 @@ class CNN(nnx.Module):
     Input rank 1 ``(L,)`` is a 1-channel sequence (1-D convs), rank 2 ``(H, W)`` a 1-channel image
     and rank 3 ``(H, W, C)`` a C-channel image (2-D convs). Convs use SAME padding, pools are
     non-overlapping (window = stride = ``pool_size``, VALID padding).
+
+    Options: ``batch_norm`` normalises each conv's (and the dense layer's) output before the
+    activation; ``dropout`` adds a :class:`TrialDropout` (each trial's rate) after every
+    activation; ``residual`` makes layers 2.. residual blocks ``x + act(norm(conv(x)))`` at the
+    first layer's size (only the first strides and pools), so a network can be deep.
     """
 
     def __init__(
@@ -89,50 +103,72 @@ class CNN(nnx.Module):
         hidden_units: int,
         activation: str,
         rngs: nnx.Rngs,
+        dropout: bool = False,
+        batch_norm: bool = False,
+        residual: bool = False,
     ):
         self.input_shape = tuple(int(d) for d in input_shape)
         self.activation = activation
         self.pool = pool
+        self.residual = residual
         self.matmul_precision = "float32"  # set by precision.apply_precision
         rank = 1 if len(self.input_shape) == 1 else 2
         self.pool_window = (pool_size,) * rank
         in_channels = self.input_shape[2] if len(self.input_shape) == 3 else 1
         convs = []
-        for _ in range(num_layers):
+        for layer in range(num_layers):
             convs.append(
                 nnx.Conv(
                     in_channels,
                     channels,
                     kernel_size=(kernel_size,) * rank,
-                    strides=(stride,) * rank,
+                    strides=(1 if residual and layer > 0 else stride,) * rank,
                     padding="SAME",
                     rngs=rngs,
                 )
             )
             in_channels = channels
         self.convs = nnx.List(convs)
-        final = cnn_spatial_sizes(self.input_shape, num_layers, stride, pool, pool_size)[-1]
-        features = math.prod(final) * channels
+        sizes = cnn_spatial_sizes(self.input_shape, num_layers, stride, pool, pool_size, residual)
+        features = math.prod(sizes[-1]) * channels
         if hidden_units > 0:
             self.dense = nnx.Linear(features, hidden_units, rngs=rngs)
             features = hidden_units
         else:
             self.dense = None
+        layers = num_layers + (hidden_units > 0)
+        norms = [nnx.BatchNorm(channels, rngs=rngs) for _ in range(num_layers)]
+        if hidden_units > 0:
+            norms.append(nnx.BatchNorm(hidden_units, rngs=rngs))
+        self.norms = nnx.List(norms if batch_norm else [])
+        self.drops = nnx.List([TrialDropout(rngs=rngs) for _ in range(layers)] if dropout else [])
         self.head = nnx.Linear(features, num_classes, rngs=rngs)
+
+    def _after(self, i: int, x: jax.Array) -> jax.Array:
+        """Layer ``i``'s normalisation (if any), activation and dropout (if any)."""
+        if self.norms:
+            x = self.norms[i](x)
+        x = ACTIVATIONS[self.activation](x)
+        return self.drops[i](x) if self.drops else x
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = check_input(x, self.input_shape, "cnn")
         if len(self.input_shape) < 3:
             x = x[..., None]  # add the single input channel
-        act = ACTIVATIONS[self.activation]
         as_matmul = jax.default_backend() == "cpu"
-        for conv in self.convs:
-            x = act(conv_as_matmul(conv, x, self.matmul_precision) if as_matmul else conv(x))
+        for i, conv in enumerate(self.convs):
+            h = self._after(
+                i, conv_as_matmul(conv, x, self.matmul_precision) if as_matmul else conv(x)
+            )
+            if self.residual and i > 0:
+                x = x + h
+                continue
+            x = h
             if self.pool == "max":
                 x = nnx.max_pool(x, self.pool_window, strides=self.pool_window, padding="VALID")
             elif self.pool == "avg":
                 x = nnx.avg_pool(x, self.pool_window, strides=self.pool_window, padding="VALID")
         x = x.reshape(x.shape[0], -1)
         if self.dense is not None:
-            x = act(self.dense(x))
+            x = self._after(len(self.convs), self.dense(x))
         return self.head(x)

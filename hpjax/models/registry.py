@@ -34,6 +34,8 @@ def _mlp_from_config(
         num_layers=int(keys["num_layers"]),
         activation=str(keys["activation"]),
         rngs=rngs,
+        dropout=bool(keys["dropout"]),
+        batch_norm=bool(keys["batch_norm"]),
     )
 
 
@@ -52,6 +54,9 @@ def _cnn_from_config(
         hidden_units=int(keys["hidden_units"]),
         activation=str(keys["activation"]),
         rngs=rngs,
+        dropout=bool(keys["dropout"]),
+        batch_norm=bool(keys["batch_norm"]),
+        residual=bool(keys["residual"]),
     )
 
 
@@ -79,7 +84,15 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     # The guide: three layers usually beat two.
-    "mlp": {"hidden_units": 256, "num_layers": 3, "activation": "relu"},
+    # dropout: TrialDropout after each hidden layer (its rate is each trial's `dropout`);
+    # batch_norm: batch normalisation before each activation (over each trial's batch).
+    "mlp": {
+        "hidden_units": 256,
+        "num_layers": 3,
+        "activation": "relu",
+        "dropout": False,
+        "batch_norm": False,
+    },
     # In the spirit of the MNIST-1D paper's CNN (3 conv layers, ~5k params, 94% test accuracy):
     # 3 x (conv k=5, 32 channels, max-pool 2) takes length 40 to 5 x 32 features, ~12k params.
     "cnn": {
@@ -91,6 +104,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "pool_size": 2,
         "hidden_units": 0,
         "activation": "relu",
+        "dropout": False,
+        "batch_norm": False,
+        "residual": False,  # layers 2.. as residual blocks at the first layer's size: deep nets
     },
     "rnn": {
         "cell": "gru",
@@ -157,6 +173,12 @@ def _check_choice(keys: Mapping[str, Any], key: str, allowed: Sequence[str]) -> 
     return value
 
 
+def _check_bools(keys: Mapping[str, Any], names: Sequence[str]) -> None:
+    for key in names:
+        if not isinstance(keys[key], bool):
+            raise ConfigError(f"config.model.{key}={keys[key]!r} must be True or False")
+
+
 def _fmt_size(spatial: tuple[int, ...]) -> str:
     return "x".join(str(n) for n in spatial)
 
@@ -165,7 +187,9 @@ def _check_cnn_depth(keys: Mapping[str, Any], input_shape: tuple[int, ...]) -> N
     """Raises a ConfigError naming the first conv layer whose output has a spatial size < 1."""
     num_layers, stride = keys["num_layers"], keys["stride"]
     pool, pool_size = keys["pool"], keys["pool_size"]
-    sizes = cnn_spatial_sizes(input_shape, num_layers, stride, pool, pool_size)
+    sizes = cnn_spatial_sizes(
+        input_shape, num_layers, stride, pool, pool_size, bool(keys.get("residual"))
+    )
     bad = next((i for i, s in enumerate(sizes) if min(s) < 1), None)
     if bad is None:
         return
@@ -184,6 +208,11 @@ def _check_cnn_depth(keys: Mapping[str, Any], input_shape: tuple[int, ...]) -> N
         f"config.model.num_layers={num_layers} is too deep: after conv layer {bad} the {what} "
         f"has {got} (< 1); allowed at most {allowed} layers for {source} with stride {stride} "
         f"and pool_size {pool_size}"
+        + (
+            ""
+            if keys.get("residual")
+            else "; or set --config.model.residual=True (only the first layer pools)"
+        )
     )
 
 
@@ -207,6 +236,7 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
         _check_int(keys, "hidden_units", 1)
         _check_int(keys, "num_layers", 1, " (the number of hidden layers)")
         _check_choice(keys, "activation", tuple(ACTIVATIONS))
+        _check_bools(keys, ("dropout", "batch_norm"))
     elif name == "cnn":
         if len(shape) > 3:
             raise ConfigError(
@@ -221,6 +251,7 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
         _check_int(keys, "pool_size", 1)
         _check_int(keys, "hidden_units", 0, " (0 = no dense layer before the output)")
         _check_choice(keys, "activation", tuple(ACTIVATIONS))
+        _check_bools(keys, ("dropout", "batch_norm", "residual"))
         _check_cnn_depth(keys, shape)
     else:  # rnn
         if len(shape) > 2:
@@ -231,10 +262,7 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
         _check_choice(keys, "cell", CELLS)
         _check_int(keys, "hidden_size", 1)
         _check_int(keys, "num_layers", 1, " (the number of stacked layers)")
-        if not isinstance(keys["bidirectional"], bool):
-            raise ConfigError(
-                f"config.model.bidirectional={keys['bidirectional']!r} must be True or False"
-            )
+        _check_bools(keys, ("bidirectional",))
         _check_choice(keys, "readout", READOUTS)
 
 

@@ -84,6 +84,7 @@ def replay(workdir: str, member: int, rows: int | None = None) -> list[dict]:
         num_train=dataset.num_train,
         num_classes=dataset.num_classes,
         task=tasks.CLASSIFICATION,
+        augment=dataset.augment,
     )
     everyone = plan.hparams()
     rows = rows or len(plan.trials)

@@ -164,6 +164,7 @@ class PopulationRun:
             num_train=dataset.num_train,
             num_classes=dataset.num_classes,
             task=task,
+            augment=dataset.augment,
         )
         adaptive = study.adaptive
         shrink = ADAPTIVE_SHRINK if adaptive.is_adaptive else study.placement.compact_fraction

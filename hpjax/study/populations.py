@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import logging
@@ -53,6 +53,8 @@ class PopulationPlan:
             decay_rate=[_given(t.decay_rate, self.decay_rate) for t in self.trials],
             end_factor=[_given(t.end_factor, self.end_factor) for t in self.trials],
             momentum=[_given(t.momentum, self.momentum) for t in self.trials],
+            dropout=[_given(t.dropout, 0.0) for t in self.trials],
+            label_smoothing=[_given(t.label_smoothing, 0.0) for t in self.trials],
             max_steps=list(self.max_steps),
         )
 
@@ -128,6 +130,7 @@ def population_spec(
     num_train: int,
     num_classes: int,
     task: tasks.Task,
+    augment: Callable | None = None,
 ) -> PopulationSpec:
     """The static part of ``plan``'s compiled program: the one place a spec is built.
 
@@ -155,6 +158,8 @@ def population_spec(
         divergence_loss=limit,
         task=task,
         per_trial_momentum=any(t.momentum is not None for t in plan.trials),
+        label_smoothing=any(t.label_smoothing is not None for t in plan.trials),
+        augment=augment,
     )
 
 

@@ -10,6 +10,7 @@ search hands each round's trials this way, in memory).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -72,10 +73,13 @@ def build_models(
 def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
     """The model's input and output shapes against the data's, before anything compiles: one
     line naming the shapes when they do not fit."""
-    x = jax.ShapeDtypeStruct((1, *dataset.input_shape), jnp.float32)
+    x = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
+    key = jax.random.PRNGKey(0)
     try:
-        params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+        params = jax.eval_shape(model.init, key)
         out = jax.eval_shape(model.apply, params, x)
+        if model.stateful:  # the training mode too (dropout streams, batch statistics)
+            jax.eval_shape(model.train_apply, params, x, key, jnp.zeros((), jnp.float32))
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 (a user's module fails in many ways)
@@ -85,15 +89,68 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
             f"{list(dataset.input_shape)} (per example): {type(error).__name__}: {first}"
         ) from None
     if dataset.is_classification:
-        wanted, what = (1, dataset.num_classes), f"{dataset.num_classes} classes"
+        wanted, what = (2, dataset.num_classes), f"{dataset.num_classes} classes"
     else:
-        wanted, what = (1, *dataset.y_train.shape[1:]), "the regression targets"
+        wanted, what = (2, *dataset.y_train.shape[1:]), "the regression targets"
     if tuple(out.shape) != wanted:
         raise ConfigError(
             f"model {model.name!r} gives outputs of shape {list(out.shape[1:])} per example, but "
             f"{dataset.name!r} has {what} (shape {list(wanted[1:])}): its last layer must have "
             f"{wanted[-1] if len(wanted) > 1 else 'no'} outputs"
         )
+
+
+def _check_augment(dataset: data_lib.Dataset) -> None:
+    """The data's ``augment(key, x)`` must return a batch of ``x``'s shape (one line if not)."""
+    if dataset.augment is None:
+        return
+    x = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
+    try:
+        out = jax.eval_shape(dataset.augment, jax.random.PRNGKey(0), x)
+    except Exception as error:  # noqa: BLE001 (a user's function fails in many ways)
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"augment(key, x) fails on a batch of shape {list(x.shape)}: "
+            f"{type(error).__name__}: {first}"
+        ) from None
+    if getattr(out, "shape", None) != x.shape:
+        raise ConfigError(
+            f"augment(key, x) must return a batch of x's shape {list(x.shape)}; got "
+            f"{list(getattr(out, 'shape', ())) or type(out).__name__}"
+        )
+
+
+def check_regularisation(study: StudySpec, models: dict[tuple, Model], task: tasks.Task) -> None:
+    """Dropout rates need a model with dropout layers, label smoothing a classification task:
+    one line naming the key before anything compiles (a rate would otherwise change nothing)."""
+    dropout = [t.dropout for t in study.trials if t.dropout]
+    if dropout and not all(m.trial_dropout for m in models.values()):
+        raise ConfigError(
+            f"dropout={dropout[0]} needs a model with dropout layers: --config.model.dropout=True "
+            "for the built-in MLP and CNN, or hpjax.models.TrialDropout in your own model (its "
+            "rate is each trial's dropout)"
+        )
+    smoothing = [t.label_smoothing for t in study.trials if t.label_smoothing]
+    if smoothing and not task.classification:
+        raise ConfigError(
+            f"label_smoothing={smoothing[0]} smooths class labels; task {task.name!r} has none"
+        )
+
+
+def one_batch_size_per_program(study: StudySpec, models: dict[tuple, Model]) -> StudySpec:
+    """With a model whose training differs from evaluation (dropout, batch statistics), each
+    batch size trains in a program of its own, its batch one micro-batch: batch statistics are
+    then over the whole batch, and a trial draws the masks it draws alone."""
+    if not any(m.stateful for m in models.values()) or study.placement.batch_axis == "split":
+        return study
+    if study.adaptive.batch_choices:
+        raise ConfigError(
+            "space.batch_size with scheduler='pbt': population-based training moves a member "
+            "between batch sizes by accumulating micro-batches, which a model with dropout or "
+            "batch normalisation cannot do exactly; search the batch size without PBT"
+        )
+    placement = dataclasses.replace(study.placement, batch_axis="split")
+    return dataclasses.replace(study, placement=placement)
 
 
 def _model_fingerprint(models: dict[tuple, Model], factory: ModelFactory | None) -> str:
@@ -156,6 +213,9 @@ def train_study(
     """Runs the parsed study into ``workdir``; returns the summary rows."""
     spec_lib.check_data(study, dataset.num_train)
     models = build_models(study, dataset, model)  # every model checked before the workdir
+    check_regularisation(study, models, task)
+    _check_augment(dataset)
+    study = one_batch_size_per_program(study, models)
     sizes = {split: len(getattr(dataset, f"y_{split}")) for split in ("train", "val", "test")}
     study = spec_lib.with_inputs(
         study, dataset.fingerprint, _model_fingerprint(models, model), sizes
@@ -296,6 +356,7 @@ def run_plans(
             num_train=dataset.num_train,
             num_classes=dataset.num_classes,
             task=task,
+            augment=dataset.augment,
         )
         for p in plans
     ]

@@ -301,6 +301,13 @@ def _placement(read: _Reader) -> PlacementSpec:
     )
 
 
+def _unit_interval(read: _Reader, key: str) -> tuple[float, ...]:
+    values = as_tuple(read.raw(key))
+    if not values or not all(_is_real(v) and 0 <= v < 1 for v in values):
+        _fail(key, values, "must be a non-empty tuple of numbers in [0, 1)")
+    return tuple(float(v) for v in values)
+
+
 def _positive_ints(key: str, values: tuple) -> tuple[int, ...]:
     for value in values:
         if not _is_int(value) or value <= 0:
@@ -339,6 +346,7 @@ def _trial_source(read: _Reader) -> trials_lib.TrialSource:
     decays = as_tuple(read.raw("weight_decays"))
     if not decays or not all(_is_real(w) and math.isfinite(w) and w >= 0 for w in decays):
         _fail("weight_decays", decays, "must be a non-empty tuple of finite numbers >= 0")
+    regularisation = {key: _unit_interval(read, key) for key in ("dropouts", "label_smoothings")}
     rates = as_tuple(read.raw("learning_rates"))
     sampling = read.choice("lr_sampling", trials_lib.LR_SAMPLINGS)
     if sampling == "grid":
@@ -378,6 +386,7 @@ def _trial_source(read: _Reader) -> trials_lib.TrialSource:
         batch_sizes=_positive_ints(key, sizes),
         batch_size_key=key,
         weight_decays=tuple(float(w) for w in decays),
+        **regularisation,
         lr_scaling=scaling,
         base_batch_size=int(base) if _is_int(base) else 0,
         explicit=explicit,

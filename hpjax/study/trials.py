@@ -47,6 +47,8 @@ class Trial:
     decay_rate: float | None = None
     end_factor: float | None = None
     momentum: float | None = None  # momentum, or Adam's b1
+    dropout: float | None = None
+    label_smoothing: float | None = None
 
     @property
     def architecture_dict(self) -> dict:
@@ -72,6 +74,8 @@ class TrialSource:
     batch_sizes: tuple[int, ...] = (32,)
     batch_size_key: str = "batch_size"  # the key that set them, for error messages
     weight_decays: tuple[float, ...] = (0.0,)
+    dropouts: tuple[float, ...] = (0.0,)
+    label_smoothings: tuple[float, ...] = (0.0,)
     lr_scaling: str = "fixed"
     base_batch_size: int = 0
     explicit: tuple[Mapping[str, Any], ...] = ()  # config.trials, or a search's proposals
@@ -115,6 +119,13 @@ def architectures(source: TrialSource) -> tuple[tuple[tuple[str, Any], ...], ...
     return tuple(tuple(p.items()) for p in space_lib.sample(dimensions, "grid", 0, 0))
 
 
+def _regularisation(source: TrialSource) -> dict[str, tuple[float, ...]]:
+    """The dropout rates and label smoothings a config gives, where it gives more than none:
+    trials of a study without them carry no such column."""
+    given = {"dropout": source.dropouts, "label_smoothing": source.label_smoothings}
+    return {key: values for key, values in given.items() if values != (0.0,)}
+
+
 def _defaults(source: TrialSource) -> dict[str, Any]:
     """The value of each hyperparameter a point does not set: the config's first."""
     return {
@@ -122,7 +133,7 @@ def _defaults(source: TrialSource) -> dict[str, Any]:
         "batch_size": source.batch_sizes[0],
         "seed": source.seeds[0],
         "weight_decay": source.weight_decays[0],
-    }
+    } | {key: values[0] for key, values in _regularisation(source).items()}
 
 
 def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where: str) -> Trial:
@@ -154,7 +165,7 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
         value = point[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise config_error(f"{where}.{key}", value, "must be a number >= 0")
-        if key == "momentum" and value >= 1:
+        if key in ("momentum", "dropout", "label_smoothing") and value >= 1:
             raise config_error(f"{where}.{key}", value, "must be in [0, 1)")
         optional[key] = int(value) if hparams.BY_NAME[key].integer else float(value)
     architecture = tuple(point.get("architecture", ())) + tuple(
@@ -191,7 +202,7 @@ def points(source: TrialSource) -> tuple[list[dict], str]:
         space_lib.Dimension("batch_size", choices=source.batch_sizes),
         space_lib.Dimension("seed", choices=source.seeds),
         space_lib.Dimension("weight_decay", choices=source.weight_decays),
-    ]
+    ] + [space_lib.Dimension(k, choices=v) for k, v in _regularisation(source).items()]
     return space_lib.sample(product, "grid", 0, 0), "trials"
 
 

@@ -39,6 +39,8 @@ TRIAL_SET_KEYS = (
     "batch_size",
     "batch_sizes",
     "weight_decays",
+    "dropouts",
+    "label_smoothings",
     "lr_scaling",
     "base_batch_size",
     "trials",
@@ -63,6 +65,8 @@ def definition(trial: Trial) -> tuple:
         rounded(trial.decay_rate),
         rounded(trial.end_factor),
         rounded(trial.momentum),
+        rounded(trial.dropout),
+        rounded(trial.label_smoothing),
     )
 
 
