@@ -69,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.max_accumulation = 8
     config.weight_decays = (1.0,)  # decoupled: each step shrinks weights by lr x weight decay
     # Regularisation per trial (grid axes like weight_decays): the rate of the model's dropout
-    # layers (model.dropout=True, or hpjax.models.TrialDropout in your own model), and label
+    # layers (model.dropout_layers=True, or hpjax.models.TrialDropout in your own model), and label
     # smoothing (classification).
     config.dropouts = (0.0,)
     config.label_smoothings = (0.0,)

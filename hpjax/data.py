@@ -219,6 +219,38 @@ def _carve_validation(x, y, val_fraction: float, seed: int) -> tuple[np.ndarray,
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 
+def _checked_arrays(arrays: dict, task: str, where: str, source: str) -> dict[str, np.ndarray]:
+    """Every array of :func:`from_arrays` checked (shapes, labels, values) and its splits'
+    lengths and feature shapes against each other."""
+    checked: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        value = as_array(value, key, where)
+        if len(value) == 0:
+            raise ConfigError(f"{where}: {key} is empty")
+        if key.startswith("x"):
+            if value.ndim < 2:
+                raise ConfigError(f"{where}: {key} has shape {value.shape}; need [N, *input_shape]")
+            checked[key] = check_features(value, key, where, source)
+        elif task == "classification":
+            if value.ndim != 1:
+                raise ConfigError(f"{where}: {key} has shape {value.shape}; labels need [N]")
+            checked[key] = check_labels(value, key, where, source)
+        else:
+            checked[key] = check_features(value, key, where, source)
+    for split in ("train", "val", "test"):
+        if f"x_{split}" in checked and len(checked[f"x_{split}"]) != len(checked[f"y_{split}"]):
+            raise ConfigError(
+                f"{where}: x_{split} has {len(checked[f'x_{split}'])} rows but y_{split} has "
+                f"{len(checked[f'y_{split}'])}"
+            )
+        if (
+            f"x_{split}" in checked
+            and checked[f"x_{split}"].shape[1:] != checked["x_train"].shape[1:]
+        ):
+            raise ConfigError(f"{where}: x_{split} and x_train differ in their feature shape")
+    return checked
+
+
 def from_arrays(
     x_train,
     y_train,
@@ -258,32 +290,7 @@ def from_arrays(
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     if x_val is not None:
         arrays |= {"x_val": x_val, "y_val": y_val}
-    checked: dict[str, np.ndarray] = {}
-    for key, value in arrays.items():
-        value = as_array(value, key, where)
-        if len(value) == 0:
-            raise ConfigError(f"{where}: {key} is empty")
-        if key.startswith("x"):
-            if value.ndim < 2:
-                raise ConfigError(f"{where}: {key} has shape {value.shape}; need [N, *input_shape]")
-            checked[key] = check_features(value, key, where, source)
-        elif task == "classification":
-            if value.ndim != 1:
-                raise ConfigError(f"{where}: {key} has shape {value.shape}; labels need [N]")
-            checked[key] = check_labels(value, key, where, source)
-        else:
-            checked[key] = check_features(value, key, where, source)
-    for split in ("train", "val", "test"):
-        if f"x_{split}" in checked and len(checked[f"x_{split}"]) != len(checked[f"y_{split}"]):
-            raise ConfigError(
-                f"{where}: x_{split} has {len(checked[f'x_{split}'])} rows but y_{split} has "
-                f"{len(checked[f'y_{split}'])}"
-            )
-        if (
-            f"x_{split}" in checked
-            and checked[f"x_{split}"].shape[1:] != checked["x_train"].shape[1:]
-        ):
-            raise ConfigError(f"{where}: x_{split} and x_train differ in their feature shape")
+    checked = _checked_arrays(arrays, task, where, source)
     where = f"data {name!r}"
     check_input_scale({k: v for k, v in checked.items() if k.startswith("x")}, max_abs_input, where)
     if task == "classification":

@@ -34,7 +34,7 @@ def _mlp_from_config(
         num_layers=int(keys["num_layers"]),
         activation=str(keys["activation"]),
         rngs=rngs,
-        dropout=bool(keys["dropout"]),
+        dropout=bool(keys["dropout_layers"]),
         batch_norm=bool(keys["batch_norm"]),
     )
 
@@ -54,7 +54,7 @@ def _cnn_from_config(
         hidden_units=int(keys["hidden_units"]),
         activation=str(keys["activation"]),
         rngs=rngs,
-        dropout=bool(keys["dropout"]),
+        dropout=bool(keys["dropout_layers"]),
         batch_norm=bool(keys["batch_norm"]),
         residual=bool(keys["residual"]),
     )
@@ -84,13 +84,13 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     # The guide: three layers usually beat two.
-    # dropout: TrialDropout after each hidden layer (its rate is each trial's `dropout`);
+    # dropout_layers: TrialDropout after each hidden layer (its rate: each trial's `dropout`);
     # batch_norm: batch normalisation before each activation (over each trial's batch).
     "mlp": {
         "hidden_units": 256,
         "num_layers": 3,
         "activation": "relu",
-        "dropout": False,
+        "dropout_layers": False,
         "batch_norm": False,
     },
     # In the spirit of the MNIST-1D paper's CNN (3 conv layers, ~5k params, 94% test accuracy):
@@ -104,7 +104,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "pool_size": 2,
         "hidden_units": 0,
         "activation": "relu",
-        "dropout": False,
+        "dropout_layers": False,
         "batch_norm": False,
         "residual": False,  # layers 2.. as residual blocks at the first layer's size: deep nets
     },
@@ -236,7 +236,7 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
         _check_int(keys, "hidden_units", 1)
         _check_int(keys, "num_layers", 1, " (the number of hidden layers)")
         _check_choice(keys, "activation", tuple(ACTIVATIONS))
-        _check_bools(keys, ("dropout", "batch_norm"))
+        _check_bools(keys, ("dropout_layers", "batch_norm"))
     elif name == "cnn":
         if len(shape) > 3:
             raise ConfigError(
@@ -251,7 +251,7 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
         _check_int(keys, "pool_size", 1)
         _check_int(keys, "hidden_units", 0, " (0 = no dense layer before the output)")
         _check_choice(keys, "activation", tuple(ACTIVATIONS))
-        _check_bools(keys, ("dropout", "batch_norm", "residual"))
+        _check_bools(keys, ("dropout_layers", "batch_norm", "residual"))
         _check_cnn_depth(keys, shape)
     else:  # rnn
         if len(shape) > 2:

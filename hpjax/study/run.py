@@ -126,9 +126,9 @@ def check_regularisation(study: StudySpec, models: dict[tuple, Model], task: tas
     dropout = [t.dropout for t in study.trials if t.dropout]
     if dropout and not all(m.trial_dropout for m in models.values()):
         raise ConfigError(
-            f"dropout={dropout[0]} needs a model with dropout layers: --config.model.dropout=True "
-            "for the built-in MLP and CNN, or hpjax.models.TrialDropout in your own model (its "
-            "rate is each trial's dropout)"
+            f"dropout={dropout[0]} needs a model with dropout layers: "
+            "--config.model.dropout_layers=True for the built-in MLP and CNN, or "
+            "hpjax.models.TrialDropout in your own model (its rate is each trial's dropout)"
         )
     smoothing = [t.label_smoothing for t in study.trials if t.label_smoothing]
     if smoothing and not task.classification:
