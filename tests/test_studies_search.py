@@ -98,7 +98,7 @@ def test_pareto_front_of_loss_and_parameters_is_not_dominated(tiny_npz, tmp_path
         (("sampler",), "optuna_magic", "search.sampler='optuna_magic' is unknown; allowed"),
         (("space", "learning_rate"), (0.1, 0.001, "log"), "reversed or empty range"),
         (("space", "learning_rate"), (0.0, 0.1, "log"), "non-positive bound on a log scale"),
-        (("space", "dropout"), (0.1, 0.5, "linear"), "is not searchable"),
+        (("space", "gradient_clip"), (0.1, 0.5, "linear"), "is not searchable"),
         (("num_trials",), 0, "must be a positive integer"),
     ],
 )

@@ -7,6 +7,11 @@ Run (4 minutes on 2 shared CPU cores):
     --config experiments/configs/capacity_cnn.py
 
 Quick variant for tests (seconds): --config experiments/configs/capacity_cnn.py:quick
+
+"For CNNs deeper is better", tested the way deep CNNs are trained: residual blocks with batch
+normalisation at depths 2, 4 and 8 (only the first layer pools), 32 channels, 3 seeds:
+  python experiments/capacity_sweep.py --workdir runs/capacity_resnet \
+    --config experiments/configs/capacity_cnn.py:residual_bn
 """
 
 import ml_collections
@@ -52,6 +57,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # evaluation serves both.
         config.train_subset = 400
         config.train_eval_examples = 400
+    elif arg == "residual_bn":
+        config.model.residual = True
+        config.model.batch_norm = True
+        config.model_grid = ml_collections.ConfigDict({"num_layers": (2, 4, 8)})
+        config.learning_rates = (0.003,)
+        config.seeds = (0, 1, 2)
+        config.num_steps = 1500
+        config.report_x = "num_layers"
     elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; allowed: quick")
+        raise ValueError(f"unknown config variant {arg!r}; allowed: quick, residual_bn")
     return config

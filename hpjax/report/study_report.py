@@ -11,6 +11,7 @@ from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.figures import MAX_LINES, plot_hparam, plot_hparam_panels, plot_learning_curves
 from hpjax.report.labels import is_number, varying_hparams
 from hpjax.report.markdown import best_trial, write_report
+from hpjax.report.regularisation import regularisation_section
 from hpjax.results import optuna_storage
 from hpjax.results.files import PathLike, read_csv, read_workdir
 
@@ -150,10 +151,11 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     saved, metrics, summary = read_workdir(workdir)
     name, intro = _intro(saved, summary, os.path.basename(os.path.abspath(workdir)))
     adaptive_lines, adaptive_tables, adaptive_plots = _adaptive(workdir, saved, summary)
-    intro += adaptive_lines
+    regular_lines, regular_tables, regular_plots = regularisation_section(workdir, summary)
+    intro += adaptive_lines + regular_lines
 
-    plots = _plots(workdir, name, metrics, summary, x_hparam)
-    plots += adaptive_plots
+    plots = _plots(workdir, name, metrics, summary, _x_axis(summary, x_hparam))
+    plots += adaptive_plots + regular_plots
 
     def sort_key(r: Mapping) -> tuple[bool, float]:
         v = r.get("best_val_loss")
@@ -176,7 +178,7 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     ]
     columns = ["trial"] + hparams + [k for k in results if k in present]
     tables = [("Trials, best validation loss first", sorted(summary, key=sort_key), columns)]
-    tables += adaptive_tables
+    tables += adaptive_tables + regular_tables
     importances = optuna_storage.param_importances(summary)
     if importances:
         rows = [{"hyperparameter": k, "importance": v} for k, v in importances.items()]
@@ -229,6 +231,16 @@ def _best_lineage(summary: Sequence[Mapping], lineage: Sequence[Mapping]) -> str
         + " after ".join(chain)
         + "."
     )
+
+
+def _x_axis(summary: Sequence[Mapping], x_hparam: str) -> str:
+    """``x_hparam``; the default, the learning rate, gives way to another hyperparameter when
+    it does not vary and that one does (dropout rates at one learning rate are plotted against
+    the dropout rate)."""
+    varying = [k for k in varying_hparams(summary) if k != "seed"]
+    if x_hparam != "learning_rate" or x_hparam in varying or not varying:
+        return x_hparam
+    return varying[0]
 
 
 def _plots(workdir: str, name: str, metrics, summary, x_hparam: str) -> list[str]:

@@ -203,6 +203,15 @@ def validate_config(config, num_train: int | None = None) -> None:
             _fail(f"{key}.min_budget_steps", s.min_budget_steps, "exceeds max_budget_steps")
     if "noise_scale" in names:
         s, key = config.noise_scale, "noise_scale"
+        model = config.get("model", {})
+        stateful = [k for k in ("batch_norm", "dropout_layers") if model.get(k, False)]
+        if stateful:
+            _fail(
+                f"model.{stateful[0]}",
+                True,
+                "is not measured by the noise_scale study: per-example gradients are not "
+                "defined where batch statistics or dropout masks tie the examples together",
+            )
         if not _is_int(s.batch_size) or s.batch_size <= 0:
             _fail(f"{key}.batch_size", s.batch_size, "must be a positive integer")
         if num_train is not None and s.batch_size > num_train:
