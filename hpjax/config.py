@@ -28,6 +28,7 @@ NON_STUDY_KEYS = (
     "coordinator_address",
     "num_processes",
     "process_id",
+    "train_data",  # where the training set lives; the batches are the same
     "data_sizes",  # recorded from the data (its fingerprint is the study's), for the reports
 )
 
@@ -137,6 +138,10 @@ def _add_placement_keys(config: ml_collections.ConfigDict) -> None:
     config.compact_fraction = 0.0  # > 0: retire stopped trials once at most this fraction trains
     config.max_population = 0  # > 0: at most this many trials per compiled program
     config.memory_fraction = 0.8  # populations larger than this share of device memory split
+    # Where the training set lives: device (gathered inside the compiled loop), host (each
+    # training call's batches gathered on the host and prefetched: same results), or auto (host
+    # when it is memory-mapped or more than half of the memory_fraction share).
+    config.train_data = "auto"
     config.distributed = False  # one process per host: jax.distributed.initialize()
     config.coordinator_address = ""  # host:port of process 0 ("" = found by JAX)
     config.num_processes = 0

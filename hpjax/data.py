@@ -46,6 +46,8 @@ from hpjax.data_checks import (
     check_features,
     check_input_scale,
     check_labels,
+    is_memory_mapped,
+    row_blocks,
     setting_count,
     setting_limit,
 )
@@ -107,9 +109,10 @@ class Dataset:
         that a rerun with other data is never answered with the old results."""
         digest = hashlib.sha256()
         for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-            array = np.ascontiguousarray(getattr(self, name))
+            array = getattr(self, name)
             digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-            digest.update(array.tobytes())
+            for block in row_blocks(array):  # a memory-mapped set is read a block at a time
+                digest.update(np.ascontiguousarray(block).tobytes())
         if self.augment is not None:
             name = getattr(self.augment, "__qualname__", type(self.augment).__name__)
             digest.update(f"augment:{getattr(self.augment, '__module__', '')}.{name}".encode())
@@ -299,6 +302,11 @@ def from_arrays(
     x_tr, y_tr = checked["x_train"], checked["y_train"]
     if "x_val" in checked:
         x_v, y_v = checked["x_val"], checked["y_val"]
+    elif is_memory_mapped(x_tr):
+        raise ConfigError(
+            f"{where}: a memory-mapped x_train needs x_val and y_val (carving a random "
+            "validation split out of it would read it whole)"
+        )
     else:
         x_tr, y_tr, x_v, y_v = _carve_validation(x_tr, y_tr, float(val_fraction), int(seed))
     as_y = _as_y if task == "classification" else _as_x
@@ -355,6 +363,8 @@ def _rng(data_seed: int, stream: int) -> np.random.Generator:
 
 
 def _as_x(x: np.ndarray) -> np.ndarray:
+    if is_memory_mapped(x) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x  # stays on disk: its batches are gathered on the host (hpjax.engine.host_data)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

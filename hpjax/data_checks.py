@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import numbers
 from typing import Any
 
@@ -36,10 +37,32 @@ def setting_limit(value: Any, key: str) -> float:
     return float(value)
 
 
+# Rows of an array read at a time where it may be memory-mapped: checks and hashes stream.
+ROWS_PER_READ = 8192
+
+
+def is_memory_mapped(x: Any) -> bool:
+    """Whether ``x`` is (a view of) a memory-mapped file: ``np.load(..., mmap_mode="r")``."""
+    while x is not None:
+        if isinstance(x, np.memmap | mmap.mmap):
+            return True
+        x = getattr(x, "base", None)
+    return False
+
+
+def row_blocks(x: np.ndarray):
+    """``x`` in blocks of rows, so that a memory-mapped array is never read whole at once."""
+    for start in range(0, max(len(x), 1), ROWS_PER_READ):
+        yield np.asarray(x[start : start + ROWS_PER_READ])
+
+
 def as_array(value: Any, key: str, where: str) -> np.ndarray:
-    """``value`` as a numpy array; None, a ragged list or a non-numeric object is refused."""
+    """``value`` as a numpy array; None, a ragged list or a non-numeric object is refused. A
+    memory-mapped array stays one (nothing is read)."""
     if value is None:
         raise ConfigError(f"{where}: {key} is None; give an array")
+    if isinstance(value, np.memmap):
+        return value
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as error:
@@ -101,7 +124,7 @@ def check_input_scale(inputs: dict[str, np.ndarray | None], limit: float, where:
     for key, x in inputs.items():
         if x is None:
             continue
-        peak = float(np.max(np.abs(x)))
+        peak = max(float(np.max(np.abs(block), initial=0.0)) for block in row_blocks(x))
         if peak > limit:
             raise ConfigError(
                 f"{where}: {key} reaches |x| = {peak:.3g}, beyond config.max_abs_input={limit:g}; "
@@ -114,12 +137,18 @@ def check_features(x: np.ndarray, key: str, where: str, path: str) -> np.ndarray
         raise ConfigError(
             f"{where}: file {path} key {key!r} has dtype {x.dtype}; need real numbers"
         )
-    finite = np.isfinite(x)
-    if not np.all(finite):
-        bad = int(finite.size - np.count_nonzero(finite))
+    if is_memory_mapped(x) and x.dtype != np.float32:
+        raise ConfigError(
+            f"{where}: memory-mapped {key} has dtype {x.dtype}; save it as float32 "
+            "(x.astype(np.float32)) so that it can stay on disk"
+        )
+    bad = sum(int(block.size - np.count_nonzero(np.isfinite(block))) for block in row_blocks(x))
+    if bad:
         raise ConfigError(
             f"{where}: file {path} key {key!r} has {bad} non-finite feature values (NaN or inf)"
         )
+    if is_memory_mapped(x):
+        return x
     x32 = x.astype(np.float32)
     if not np.all(np.isfinite(x32)):
         raise ConfigError(

@@ -348,7 +348,6 @@ def train_ticks(
     ``num_ticks`` is traced, so chunks of any length share one compilation.
     """
     m, n = spec.microbatch, spec.num_train
-    step_all = jax.vmap(functools.partial(micro_step, spec))
 
     def body(_, carry):
         # The permutations are carried one tick behind and rolled forward first, so that the
@@ -357,13 +356,38 @@ def train_ticks(
         ticks = state.trials.ticks
         perms = stream.advance_permutations(perms, state.trials.data_key, ticks - 1, m, n)
         idx = stream.microbatch_indices(perms, ticks, m, n)
-        trials = step_all(
-            hparams, state.trials, state.early_stop.stopped, x_train[idx], y_train[idx]
-        )
-        return state.replace(trials=trials, tick=state.tick + 1), perms
+        return _tick(spec, hparams, state, x_train[idx], y_train[idx]), perms
 
     perms = stream.permutations_at(state.trials.data_key, state.trials.ticks - 1, m, n)
     state, _ = jax.lax.fori_loop(0, num_ticks, body, (state, perms))
+    return state
+
+
+def _tick(
+    spec: PopulationSpec, hparams: TrialHParams, state: PopulationState, x: jax.Array, y: jax.Array
+) -> PopulationState:
+    """One tick of every trial on its micro-batch ``x[k], y[k]``."""
+    step_all = jax.vmap(functools.partial(micro_step, spec))
+    trials = step_all(hparams, state.trials, state.early_stop.stopped, x, y)
+    return state.replace(trials=trials, tick=state.tick + 1)
+
+
+@jit(static_argnums=0, donate_argnums=1)
+def train_batches(
+    spec: PopulationSpec,
+    state: PopulationState,
+    hparams: TrialHParams,
+    xs: jax.Array,
+    ys: jax.Array,
+) -> PopulationState:
+    """Ticks of the whole population on given micro-batches ``xs [T, K, m, ...]``, ``ys``: the
+    training set stays on the host (:mod:`hpjax.engine.host_data` gathers the very examples
+    :func:`train_ticks` would)."""
+
+    def body(state, batch):
+        return _tick(spec, hparams, state, *batch), None
+
+    state, _ = jax.lax.scan(body, state, (xs, ys))
     return state
 
 

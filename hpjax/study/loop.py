@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from hpjax.data import Dataset
-from hpjax.engine import early_stopping, optim, population, tasks
+from hpjax.engine import early_stopping, host_data, optim, population, tasks
 from hpjax.engine.jit import jit
 from hpjax.engine.sharding import TrialSharding, broadcast_flag, broadcast_restored
 from hpjax.errors import ConfigError
@@ -43,34 +43,43 @@ ADAPTIVE_SHRINK = 0.5  # an adaptive study's program shrinks once at most half i
 
 @dataclasses.dataclass
 class StudyData:
-    """The data set on the device, with the fixed subset used to measure the training loss."""
+    """The data set on the device, with the fixed subset used to measure the training loss; with
+    ``on_host`` the training set stays a host (or memory-mapped) array, its batches gathered
+    there (:mod:`hpjax.engine.host_data`)."""
 
     dataset: Dataset
-    x_train: jax.Array
-    y_train: jax.Array
+    x_train: jax.Array | np.ndarray
+    y_train: jax.Array | np.ndarray
     x_train_eval: jax.Array
     y_train_eval: jax.Array
     x_val: jax.Array
     y_val: jax.Array
     x_test: jax.Array
     y_test: jax.Array
+    on_host: bool = False
 
     @classmethod
     def put(
-        cls, dataset: Dataset, train_eval_examples: int, sharding: TrialSharding | None = None
+        cls,
+        dataset: Dataset,
+        train_eval_examples: int,
+        sharding: TrialSharding | None = None,
+        on_host: bool = False,
     ) -> StudyData:
         n = min(train_eval_examples, dataset.num_train)
         put = sharding.replicate if sharding else jnp.asarray
+        train = put if not on_host else lambda a: a
         return cls(
             dataset,
-            put(dataset.x_train),
-            put(dataset.y_train),
+            train(dataset.x_train),
+            train(dataset.y_train),
             put(dataset.x_train[:n]),
             put(dataset.y_train[:n]),
             put(dataset.x_val),
             put(dataset.y_val),
             put(dataset.x_test),
             put(dataset.y_test),
+            on_host,
         )
 
 
@@ -156,6 +165,7 @@ class PopulationRun:
         self.task = task
         self.hooks = tuple(hooks)
         self.label = label
+        self.host_batches: host_data.HostBatches | None = None  # with data on the host
         dataset = data.dataset
         self.spec = population_spec(
             study,
@@ -295,6 +305,7 @@ class PopulationRun:
             if every > 0 and evaluations % every == 0:
                 self._save(saved, state, {})
         reporter.update(int(state.tick), self._best_message(state), force=True)
+        self._close_host_batches()
         self._finish(state, layout.real)
         rows = self._summary()
         lines = self._save(saved, state, {"finished": True, "rows": rows})
@@ -307,19 +318,51 @@ class PopulationRun:
     def _train(self, state: population.PopulationState, num_ticks: int):
         d = self.data
         start = time.perf_counter()
-        state = population.train_ticks(
-            self.spec,
-            state,
-            self.rows.hparams,
-            d.x_train,
-            d.y_train,
-            jnp.asarray(num_ticks, jnp.int32),
-        )
+        if d.on_host:
+            state = self._train_from_host(state, num_ticks)
+        else:
+            state = population.train_ticks(
+                self.spec,
+                state,
+                self.rows.hparams,
+                d.x_train,
+                d.y_train,
+                jnp.asarray(num_ticks, jnp.int32),
+            )
         if self.hooks:
             jax.block_until_ready(state)
             seconds = time.perf_counter() - start
             for hook in self.hooks:
                 hook.on_train(self, num_ticks, seconds)
+        return state
+
+    def _close_host_batches(self) -> None:
+        batches, self.host_batches = self.host_batches, None
+        if batches is not None:
+            batches.close()
+            logging.info(
+                "%s: training waited %.2f s for the host's batches over %d blocks",
+                self.label,
+                batches.waited_s,
+                batches.blocks,
+            )
+
+    def _train_from_host(self, state: population.PopulationState, num_ticks: int):
+        """``num_ticks`` ticks on blocks of micro-batches gathered on the host, each block
+        gathered while the one before trains."""
+        if self.host_batches is None:
+            self.host_batches = host_data.HostBatches(
+                self.data.x_train, self.data.y_train, self.spec.microbatch, self.sharding
+            )
+        batches = self.host_batches
+        keys, ticks = self.sharding.to_host((state.trials.data_key, state.trials.ticks))
+        per_block = batches.ticks_per_block(len(ticks))
+        done = 0
+        while done < num_ticks:
+            count = min(per_block, num_ticks - done)
+            xs, ys = batches.next_block(keys, ticks + done, count)
+            state = population.train_batches(self.spec, state, self.rows.hparams, xs, ys)
+            done += count
         return state
 
     def _active(self, state: population.PopulationState) -> np.ndarray:

@@ -24,7 +24,7 @@ from absl import logging
 from flax import nnx
 
 from hpjax import data as data_lib
-from hpjax.engine import memory, tasks
+from hpjax.engine import host_data, memory, tasks
 from hpjax.engine.sharding import TrialSharding
 from hpjax.errors import ConfigError
 from hpjax.models import Model, build_model, from_factory
@@ -255,7 +255,17 @@ def _run(study, workdir, dataset, plans, models, sharding, task, hooks, outputs)
         len(dataset.y_val),
         len(dataset.y_test),
     )
-    data = loop.StudyData.put(dataset, study.placement.train_eval_examples, sharding)
+    placement = study.placement
+    on_host, why = host_data.stays_on_host(
+        placement.train_data,
+        dataset.x_train,
+        placement.memory_fraction,
+        sharding.num_devices,
+        data_lib.is_memory_mapped(dataset.x_train),
+    )
+    if on_host:
+        logging.info("training data stays on the host (%s): batches gathered there", why)
+    data = loop.StudyData.put(dataset, placement.train_eval_examples, sharding, on_host)
     rows = run_plans(study, plans, models, data, workdir, sharding=sharding, task=task, hooks=hooks)
     if not sharding.is_writer:
         return rows

@@ -61,6 +61,7 @@ class PlacementSpec:
     memory_fraction: float
     train_eval_examples: int
     precision: str
+    train_data: str = "auto"  # auto | device | host: where the training set lives
 
 
 @dataclasses.dataclass(frozen=True)

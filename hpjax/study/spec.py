@@ -20,8 +20,8 @@ from typing import Any
 import ml_collections
 
 from hpjax.config import as_tuple, config_to_dict, default_config
+from hpjax.engine import host_data, optim
 from hpjax.engine import hparams as hparams_lib
-from hpjax.engine import optim
 from hpjax.errors import config_error
 from hpjax.models.precision import PRECISIONS
 from hpjax.study import space as space_lib
@@ -298,6 +298,7 @@ def _placement(read: _Reader) -> PlacementSpec:
             "train_eval_examples", 1, "training examples to measure the training loss"
         ),
         precision=read.choice("precision", PRECISIONS),
+        train_data=read.choice("train_data", host_data.PLACEMENTS),
     )
 
 

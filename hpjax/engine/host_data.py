@@ -1,0 +1,131 @@
+"""Training data that stays on the host: every trial's micro-batches gathered there, prefetched.
+
+On the device path the whole training set sits on the device and the compiled loop gathers each
+tick's micro-batches from it. When the set is memory-mapped or larger than the device's share,
+it stays in host memory (or on disk) instead: for each training call the host computes every
+trial's micro-batch indices with the same stream functions as the device path (its own
+permutations, from its data key and tick count), gathers those examples with numpy, and places
+the ``[ticks, trials, micro-batch, ...]`` block on the devices (sharded along the trial axis)
+while the previous block trains. The device step then reads its batches from the block, so a
+trial sees the very examples it sees on the device path, in the same order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from hpjax.engine import memory, stream
+from hpjax.engine.sharding import TRIAL_AXIS, TrialSharding
+from hpjax.errors import ConfigError
+
+PLACEMENTS = ("auto", "device", "host")
+
+# At most this many bytes of examples per block placed on the devices: a training call of more
+# ticks is cut into blocks, each gathered while the one before trains.
+BLOCK_BYTES = 64 * 2**20
+
+
+def stays_on_host(
+    placement: str, x_train: Any, memory_fraction: float, num_devices: int, mapped: bool
+) -> tuple[bool, str]:
+    """Whether the training set stays on the host, and why (for the log): ``placement`` is
+    ``config.train_data``; ``auto`` keeps a memory-mapped set there, and one larger than half of
+    the devices' ``memory_fraction`` share (the populations need the rest)."""
+    if placement == "host" and jax.process_count() > 1:
+        raise ConfigError(
+            "train_data='host' runs in one process; with several processes the training set "
+            "is replicated on every device (train_data=device)"
+        )
+    if placement != "auto" or jax.process_count() > 1:
+        return placement == "host", f"train_data={placement!r}"
+    budget = memory_fraction * memory.device_memory_bytes() * num_devices
+    if mapped:
+        return True, "it is memory-mapped"
+    if x_train.nbytes > budget / 2:
+        mib = x_train.nbytes / 2**20
+        return True, f"its {mib:.1f} MiB are more than half of the {budget / 2**20:.1f} MiB share"
+    return False, ""
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def block_indices(
+    data_keys: jax.Array, ticks: jax.Array, num_ticks: int, microbatch: int, num_examples: int
+) -> jax.Array:
+    """Indices ``[num_ticks, K, m]`` of every trial's micro-batches at its ticks ``ticks``,
+    ``ticks + 1``, ...: what the device loop gathers at those ticks (the permutations carried
+    one tick behind and rolled forward first, as there)."""
+    m, n = microbatch, num_examples
+    perms = stream.permutations_at(data_keys, ticks - 1, m, n)
+
+    def one_tick(perms, t):
+        at = ticks + t
+        perms = stream.advance_permutations(perms, data_keys, at - 1, m, n)
+        return perms, stream.microbatch_indices(perms, at, m, n)
+
+    _, indices = jax.lax.scan(one_tick, perms, jnp.arange(num_ticks))
+    return indices
+
+
+class HostBatches:
+    """Gathers blocks of micro-batches from host arrays and prefetches the next one.
+
+    ``next_block(data_keys, ticks, num_ticks)`` returns the device arrays ``(xs, ys)`` of the
+    ticks from ``ticks`` on, and starts gathering the block that follows in a background thread
+    (the trials' ticks simply advance by ``num_ticks``). A prefetched block is used only when it
+    was gathered for exactly the keys and ticks asked for (a refilled slot restarts its stream).
+    ``waited_s`` counts the time the caller waited for a block: the device's idle share.
+    """
+
+    def __init__(self, x: Any, y: Any, microbatch: int, sharding: TrialSharding):
+        self.x, self.y = x, y
+        self.microbatch = microbatch
+        self.num_examples = int(x.shape[0])
+        self.sharding = NamedSharding(sharding.mesh, PartitionSpec(None, TRIAL_AXIS))
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host-batches")
+        self._pending: tuple[tuple, concurrent.futures.Future] | None = None
+        self.waited_s = 0.0
+        self.blocks = 0
+
+    def ticks_per_block(self, num_trials: int) -> int:
+        """Ticks whose examples for ``num_trials`` trials fit in :data:`BLOCK_BYTES`."""
+        per_tick = (
+            num_trials * self.microbatch * (self.x[:1].nbytes + np.asarray(self.y[:1]).nbytes)
+        )
+        return max(1, BLOCK_BYTES // max(per_tick, 1))
+
+    def _gather(self, data_keys: np.ndarray, ticks: np.ndarray, num_ticks: int):
+        indices = np.asarray(
+            block_indices(data_keys, ticks, num_ticks, self.microbatch, self.num_examples)
+        )
+        flat = indices.reshape(-1)
+        xs = np.asarray(self.x[flat]).reshape(indices.shape + tuple(self.x.shape[1:]))
+        ys = np.asarray(self.y[flat]).reshape(indices.shape + tuple(self.y.shape[1:]))
+        return jax.device_put(xs, self.sharding), jax.device_put(ys, self.sharding)
+
+    def next_block(self, data_keys: np.ndarray, ticks: np.ndarray, num_ticks: int):
+        data_keys, ticks = np.asarray(data_keys), np.asarray(ticks, np.int32)
+        wanted = (data_keys.tobytes(), ticks.tobytes(), num_ticks)
+        start = time.perf_counter()
+        if self._pending is not None and self._pending[0] == wanted:
+            block = self._pending[1].result()
+        else:
+            block = self._gather(data_keys, ticks, num_ticks)
+        self.waited_s += time.perf_counter() - start
+        self.blocks += 1
+        following = ticks + num_ticks
+        key = (data_keys.tobytes(), following.tobytes(), num_ticks)
+        self._pending = (key, self._pool.submit(self._gather, data_keys, following, num_ticks))
+        return block
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending[1].cancel()
+        self._pool.shutdown(wait=True)
