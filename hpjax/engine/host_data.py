@@ -20,9 +20,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hpjax.engine import memory, stream
+from hpjax.engine import memory, population, stream
 from hpjax.engine.sharding import TRIAL_AXIS, TrialSharding
 from hpjax.errors import ConfigError
 
@@ -89,6 +90,7 @@ class HostBatches:
         self.microbatch = microbatch
         self.num_examples = int(x.shape[0])
         self.sharding = NamedSharding(sharding.mesh, PartitionSpec(None, TRIAL_AXIS))
+        self.to_host = sharding.to_host
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host-batches")
         self._pending: tuple[tuple, concurrent.futures.Future] | None = None
         self.waited_s = 0.0
@@ -125,7 +127,33 @@ class HostBatches:
         self._pending = (key, self._pool.submit(self._gather, data_keys, following, num_ticks))
         return block
 
-    def close(self) -> None:
+    def train(
+        self,
+        spec: population.PopulationSpec,
+        state: population.PopulationState,
+        hparams: population.TrialHParams,
+        num_ticks: int,
+    ) -> population.PopulationState:
+        """``num_ticks`` ticks of the population on blocks gathered here, each block gathered
+        while the one before trains."""
+        keys, ticks = self.to_host((state.trials.data_key, state.trials.ticks))
+        per_block = self.ticks_per_block(len(ticks))
+        done = 0
+        while done < num_ticks:
+            count = min(per_block, num_ticks - done)
+            xs, ys = self.next_block(keys, ticks + done, count)
+            state = population.train_batches(spec, state, hparams, xs, ys)
+            done += count
+        return state
+
+    def close(self, label: str = "population") -> None:
+        """Stops the prefetching thread and logs how long training waited for the host."""
         if self._pending is not None:
             self._pending[1].cancel()
         self._pool.shutdown(wait=True)
+        logging.info(
+            "%s: training waited %.2f s for the host's batches over %d blocks",
+            label,
+            self.waited_s,
+            self.blocks,
+        )

@@ -339,31 +339,14 @@ class PopulationRun:
     def _close_host_batches(self) -> None:
         batches, self.host_batches = self.host_batches, None
         if batches is not None:
-            batches.close()
-            logging.info(
-                "%s: training waited %.2f s for the host's batches over %d blocks",
-                self.label,
-                batches.waited_s,
-                batches.blocks,
-            )
+            batches.close(self.label)
 
     def _train_from_host(self, state: population.PopulationState, num_ticks: int):
-        """``num_ticks`` ticks on blocks of micro-batches gathered on the host, each block
-        gathered while the one before trains."""
         if self.host_batches is None:
             self.host_batches = host_data.HostBatches(
                 self.data.x_train, self.data.y_train, self.spec.microbatch, self.sharding
             )
-        batches = self.host_batches
-        keys, ticks = self.sharding.to_host((state.trials.data_key, state.trials.ticks))
-        per_block = batches.ticks_per_block(len(ticks))
-        done = 0
-        while done < num_ticks:
-            count = min(per_block, num_ticks - done)
-            xs, ys = batches.next_block(keys, ticks + done, count)
-            state = population.train_batches(self.spec, state, self.rows.hparams, xs, ys)
-            done += count
-        return state
+        return self.host_batches.train(self.spec, state, self.rows.hparams, num_ticks)
 
     def _active(self, state: population.PopulationState) -> np.ndarray:
         return np.asarray(self.sharding.to_host(population.active_mask(state, self.rows.hparams)))
