@@ -253,3 +253,20 @@ def test_bad_architectures_fail_before_compiling(tmp_path, name, key, values, me
     with pytest.raises(ConfigError, match=message):
         capacity_study.run_capacity_study(config, workdir)
     assert not os.path.exists(workdir)
+
+
+def test_a_grid_of_depths_at_one_width_is_plotted_against_depth(tmp_path, monkeypatch):
+    from hpjax.report import figures
+    from hpjax.studies import capacity_plot
+
+    shown = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: shown.setdefault("fig", fig))
+    table = [
+        dict(num_layers=d, channels=32, val_loss=v, train_loss=0.01, gap=v - 0.01, seeds=1)
+        for d, v in ((2, 0.12), (4, 0.08), (8, 0.07))
+    ]
+    capacity_plot.plot_capacity(table, "channels", str(tmp_path / "capacity.png"))
+    left, right = shown["fig"].axes[:2]
+    assert left.get_xlabel() == right.get_xlabel() == "num layers"
+    (line,) = [ln for ln in left.get_lines() if ln.get_label() == "32 channels"]
+    assert list(line.get_xdata()) == [2, 4, 8]

@@ -163,12 +163,14 @@ def _g(v: Any) -> str:
     return f"{v:.4g}" if is_finite_number(v) else "n/a"
 
 
-def by_depth(table: Sequence[Mapping], width: str, value: str) -> dict[Any, list[tuple]]:
-    """depth -> [(width, value)] sorted by width, only finite values."""
+def by_depth(
+    table: Sequence[Mapping], width: str, value: str, group: str = DEPTH_KEY
+) -> dict[Any, list[tuple]]:
+    """depth (or ``group``) -> [(width, value)] sorted by width, only finite values."""
     lines: dict[Any, list[tuple]] = {}
     for row in table:
         if is_finite_number(row.get(width)) and is_finite_number(row.get(value)):
-            lines.setdefault(row.get(DEPTH_KEY), []).append((row[width], row[value]))
+            lines.setdefault(row.get(group), []).append((row[width], row[value]))
     return {d: sorted(v) for d, v in sorted(lines.items(), key=lambda kv: str(kv[0]))}
 
 

@@ -18,7 +18,8 @@ def plot_capacity(
     title: str = "",
     input_dim: int | None = None,
 ) -> str:
-    """Loss at the early-stop point against ``width``, one colour per depth, PNG at ``path``.
+    """Loss at the early-stop point against ``width``, one colour per depth, PNG at ``path``
+    (against depth, one colour per width, when the grid has one width and several depths).
 
     Left: validation loss (solid) and training loss (dashed) of each architecture's best trial,
     with the seed-mean validation loss +- one standard deviation where there are several seeds.
@@ -28,16 +29,21 @@ def plot_capacity(
     fig = figures.new_figure((12.0, 4.8))
     ax, gap_ax = fig.subplots(1, 2)
     cycle = colormaps["tab10"].colors
-    vals = by_depth(table, width, "val_loss")
-    trains = by_depth(table, width, "train_loss")
-    gaps = by_depth(table, width, "gap")
-    means = {(r.get(DEPTH_KEY), r.get(width)): r for r in table}
     widths = sorted({r[width] for r in table if is_finite_number(r.get(width))})
+    depths = {r.get(DEPTH_KEY) for r in table}
+    x, group, name = width, DEPTH_KEY, depth_name
+    if len(widths) == 1 and len(depths) > 1 and all(is_finite_number(d) for d in depths):
+        x, group, name = DEPTH_KEY, width, lambda w: f"{w} {width.replace('_', ' ')}"
+        widths, input_dim = sorted(depths), None
+    vals = by_depth(table, x, "val_loss", group)
+    trains = by_depth(table, x, "train_loss", group)
+    gaps = by_depth(table, x, "gap", group)
+    means = {(r.get(group), r.get(x)): r for r in table}
     labelled = False
     for i, depth in enumerate(vals):
         colour = cycle[i % len(cycle)]
         xs, ys = zip(*vals[depth], strict=True)
-        ax.plot(xs, ys, "-o", color=colour, label=depth_name(depth))
+        ax.plot(xs, ys, "-o", color=colour, label=name(depth))
         if depth in trains:
             txs, tys = zip(*trains[depth], strict=True)
             ax.plot(txs, tys, "--s", color=colour, ms=4, alpha=0.8)
@@ -56,7 +62,7 @@ def plot_capacity(
             labelled = True
         if depth in gaps:
             gxs, gys = zip(*gaps[depth], strict=True)
-            gap_ax.plot(gxs, gys, "-o", color=colour, label=depth_name(depth))
+            gap_ax.plot(gxs, gys, "-o", color=colour, label=name(depth))
     gap_ax.axhline(PULL_AWAY_GAP, color="grey", ls=":", lw=1, label=f"gap {PULL_AWAY_GAP}")
     if vals:
         ax.plot([], [], "-", color="grey", label="validation")
@@ -68,7 +74,7 @@ def plot_capacity(
             a.set_xscale("log", base=2)
             a.set_xticks(widths, [str(w) for w in widths])
             a.minorticks_off()
-        a.set_xlabel(width.replace("_", " "))
+        a.set_xlabel(x.replace("_", " "))
         a.grid(True, alpha=0.3)
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize="small")
