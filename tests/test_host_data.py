@@ -14,16 +14,19 @@ from hpjax.results import files
 from hpjax.study.run import train_and_evaluate
 
 
-def test_block_indices_are_the_device_loops_micro_batches():
-    keys = jax.random.split(jax.random.PRNGKey(3), 4)
-    ticks = np.array([0, 5, 17, 40], np.int32)  # staggered, as after refilled slots
+def test_the_hosts_indices_are_the_device_loops_micro_batches():
+    keys = np.array(jax.random.split(jax.random.PRNGKey(3), 4))
+    keys[3] = keys[0]  # two trials of one seed share their permutations
     m, n, num_ticks = 4, 22, 13  # epochs end mid-micro-batch
-    block = np.asarray(host_data.block_indices(keys, ticks, num_ticks, m, n))
-    assert block.shape == (num_ticks, 4, m)
-    for t in range(num_ticks):
-        at = ticks + t
-        expected = stream.microbatch_indices(stream.permutations_at(keys, at, m, n), at, m, n)
-        np.testing.assert_array_equal(block[t], expected)
+    orders = host_data.EpochOrders(n)
+    for ticks in ([0, 5, 17, 40], [13, 18, 30, 0]):  # staggered; the last row refilled
+        ticks = np.array(ticks, np.int32)
+        block = orders.indices(keys, ticks, num_ticks, m)
+        assert block.shape == (num_ticks, 4, m)
+        for t in range(num_ticks):
+            at = ticks + t
+            expected = stream.microbatch_indices(stream.permutations_at(keys, at, m, n), at, m, n)
+            np.testing.assert_array_equal(block[t], expected)
 
 
 def _memory_mapped(tmp_path, x: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@
 On the device path the whole training set sits on the device and the compiled loop gathers each
 tick's micro-batches from it. When the set is memory-mapped or larger than the device's share,
 it stays in host memory (or on disk) instead: for each training call the host computes every
-trial's micro-batch indices with the same stream functions as the device path (its own
-permutations, from its data key and tick count), gathers those examples with numpy, and places
+trial's micro-batch indices from the same permutations as the device path (drawn by the same
+function from its data key, once per epoch), gathers those examples with numpy, and places
 the ``[ticks, trials, micro-batch, ...]`` block on the devices (sharded along the trial axis)
 while the previous block trains. The device step then reads its batches from the block, so a
 trial sees the very examples it sees on the device path, in the same order.
@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
@@ -56,23 +55,57 @@ def stays_on_host(
     return False, ""
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def block_indices(
-    data_keys: jax.Array, ticks: jax.Array, num_ticks: int, microbatch: int, num_examples: int
-) -> jax.Array:
-    """Indices ``[num_ticks, K, m]`` of every trial's micro-batches at its ticks ``ticks``,
-    ``ticks + 1``, ...: what the device loop gathers at those ticks (the permutations carried
-    one tick behind and rolled forward first, as there)."""
-    m, n = microbatch, num_examples
-    perms = stream.permutations_at(data_keys, ticks - 1, m, n)
+@functools.partial(jax.jit, static_argnums=2)
+def _permutations(data_keys: jax.Array, epochs: jax.Array, num_examples: int) -> jax.Array:
+    return stream.epoch_permutations(data_keys, epochs, num_examples)
 
-    def one_tick(perms, t):
-        at = ticks + t
-        perms = stream.advance_permutations(perms, data_keys, at - 1, m, n)
-        return perms, stream.microbatch_indices(perms, at, m, n)
 
-    _, indices = jax.lax.scan(one_tick, perms, jnp.arange(num_ticks))
-    return indices
+class EpochOrders:
+    """Each trial's permutation of each epoch, drawn once (on the host's CPU device) with the
+    device loop's own :func:`hpjax.engine.stream.epoch_permutations` and kept until the trial
+    has passed that epoch: a training call then costs no permutation, where the device loop
+    draws two per trial per call."""
+
+    def __init__(self, num_examples: int):
+        self.num_examples = num_examples
+        self._orders: dict[tuple[bytes, int], np.ndarray] = {}
+        self._cpu = jax.devices("cpu")[0]
+
+    def _draw(self, wanted: list[tuple[np.ndarray, int]]) -> None:
+        size = 1 << (len(wanted) - 1).bit_length()  # padded to a power of two: few compilations
+        keys = np.stack([k for k, _ in wanted] + [wanted[0][0]] * (size - len(wanted)))
+        epochs = np.array([e for _, e in wanted] + [0] * (size - len(wanted)), np.int32)
+        drawn = np.asarray(
+            _permutations(*jax.device_put((keys, epochs), self._cpu), self.num_examples)
+        )
+        for (key, epoch), order in zip(wanted, drawn, strict=False):
+            self._orders[(key.tobytes(), epoch)] = order
+
+    def indices(self, data_keys: np.ndarray, ticks: np.ndarray, num_ticks: int, microbatch: int):
+        """``[num_ticks, K, m]`` indices of every trial's micro-batches from its ``ticks`` on:
+        what :func:`hpjax.engine.stream.microbatch_indices` gives at those ticks."""
+        n = self.num_examples
+        steps = ticks[None, :] + np.arange(num_ticks, dtype=np.int64)[:, None]  # [T, K]
+        positions = steps[..., None] * microbatch + np.arange(microbatch)  # [T, K, m]
+        epochs = positions // n
+        needed = {(r, int(e)) for r in range(len(ticks)) for e in np.unique(epochs[:, r])}
+        missing = [(data_keys[r], e) for r, e in sorted(needed)]
+        missing = [(k, e) for k, e in missing if (k.tobytes(), e) not in self._orders]
+        if missing:
+            self._draw(missing)
+        out = np.empty(positions.shape, np.int32)
+        for r, epoch in needed:
+            rows = epochs[:, r] == epoch
+            order = self._orders[(data_keys[r].tobytes(), epoch)]
+            out[:, r][rows] = order[positions[:, r][rows] % n]
+        first: dict[bytes, int] = {}  # the earliest epoch a trial of each key reads next
+        for r in range(len(ticks)):
+            key = data_keys[r].tobytes()
+            first[key] = min(first.get(key, 2**62), int(epochs[-1, r].min()))
+        self._orders = {
+            (k, e): v for (k, e), v in self._orders.items() if k in first and e >= first[k]
+        }
+        return out
 
 
 class HostBatches:
@@ -91,6 +124,7 @@ class HostBatches:
         self.num_examples = int(x.shape[0])
         self.sharding = NamedSharding(sharding.mesh, PartitionSpec(None, TRIAL_AXIS))
         self.to_host = sharding.to_host
+        self.orders = EpochOrders(self.num_examples)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="host-batches")
         self._pending: tuple[tuple, concurrent.futures.Future] | None = None
         self.waited_s = 0.0
@@ -104,9 +138,7 @@ class HostBatches:
         return max(1, BLOCK_BYTES // max(per_tick, 1))
 
     def _gather(self, data_keys: np.ndarray, ticks: np.ndarray, num_ticks: int):
-        indices = np.asarray(
-            block_indices(data_keys, ticks, num_ticks, self.microbatch, self.num_examples)
-        )
+        indices = self.orders.indices(data_keys, ticks, num_ticks, self.microbatch)
         flat = indices.reshape(-1)
         xs = np.asarray(self.x[flat]).reshape(indices.shape + tuple(self.x.shape[1:]))
         ys = np.asarray(self.y[flat]).reshape(indices.shape + tuple(self.y.shape[1:]))
