@@ -4,7 +4,7 @@ The Python API (see :mod:`hpjax.api`): :func:`train` your own ``flax.nnx`` model
 :func:`from_arrays` data (over a space of :func:`loguniform`, :func:`uniform` and :func:`choice`
 dimensions, or a grid) and get a :class:`Study` back: its rows, its ``best`` trial, and
 ``restore(trial)``; :func:`restore_best` restores a trial of any workdir at its early-stop
-point.
+point. :class:`TrialDropout` is a dropout layer whose rate is each trial's ``dropout``.
 
 These names load on first use, so that ``hpjax.engine`` and the model classes import where only
 jax, flax and optax are installed (a GPU machine running ``tools/bench_gpu.py``).
@@ -25,6 +25,7 @@ _EXPORTS = {
     "Task": "hpjax.engine.tasks",
     "ConfigError": "hpjax.errors",
     "restore_best": "hpjax.results.checkpoints",
+    "TrialDropout": "hpjax.models.model",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -143,20 +143,21 @@ def test_each_trial_of_a_population_equals_the_trial_alone_and_restores(case, da
         assert by_rate[(0, 0.0)][-1][1] != pytest.approx(by_rate[(0, 0.4)][-1][1], rel=1e-3)
 
 
-def test_killed_and_resumed_with_a_refilled_slot_equals_the_trials_alone(data, tmp_path):
-    """Two trials of the BatchNorm model through one slot (the second refills it), killed at
-    the third evaluation and resumed: both as when trained alone."""
+@pytest.mark.parametrize("factory", [norm_net, dropout_net], ids=["batch_norm", "dropout"])
+def test_killed_and_resumed_with_a_refilled_slot_equals_the_trials_alone(factory, data, tmp_path):
+    """Two trials through one slot (the second refills it), killed at the third evaluation
+    and resumed: both as when trained alone."""
     config = dict(learning_rates=(0.01, 0.05), batch_size=8, slots=1)
-    cfg = api.make_config("norm_net", data.name, **(STEPS | config))
+    cfg = api.make_config(factory.__name__, data.name, **(STEPS | config))
     workdir = str(tmp_path / "resumed")
     with pytest.raises(Crash):
-        train_and_evaluate(cfg, workdir, model=norm_net, dataset=data, hooks=[CrashAtEvaluation(3)])
-    rows = train_and_evaluate(cfg, workdir, model=norm_net, dataset=data)
+        train_and_evaluate(cfg, workdir, model=factory, dataset=data, hooks=[CrashAtEvaluation(3)])
+    rows = train_and_evaluate(cfg, workdir, model=factory, dataset=data)
     curves = _curves(workdir)
     for row in rows:
         alone_dir = tmp_path / f"alone{row['trial']}"
         alone_config = dict(learning_rates=(row["learning_rate"],), batch_size=8)
-        (alone,) = _train(norm_net, data, alone_dir, **alone_config)
+        (alone,) = _train(factory, data, alone_dir, **alone_config)
         _assert_same_trial(_curves(alone_dir)[0], curves[row["trial"]], alone, row)
 
 
@@ -296,3 +297,23 @@ def test_a_binary_study_sweeps_dropout_of_the_built_in_mlp(tiny_config, tmp_path
         assert json.load(f)["dropouts"] == [0.0, 0.5]
     with open(os.path.join(workdir, "report.md")) as f:
         assert "dropout" in f.read()
+
+
+def test_pbt_exploit_copies_the_batch_statistics_and_a_refill_resets_them():
+    from hpjax.engine import population
+
+    model = from_factory(norm_net, "norm_net")
+    spec = population.PopulationSpec(
+        model=model, optimizer="adam", schedule="constant", microbatch=4, num_train=8
+    )
+    hparams = population.make_hparams([0.01, 0.02], 4, seed=[0, 1])
+    state = population.init_population(spec, hparams)
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 16))
+    state = population.train_ticks(spec, state, hparams, x, jnp.zeros(8, jnp.int32), 3)
+    stats = lambda s: np.asarray(s.trials.params["state"]["norm"]["mean"])  # noqa: E731
+    trained = stats(state)
+    assert not np.allclose(trained[0], trained[1]) and np.abs(trained).sum() > 0
+    copied = population.copy_rows(state, jnp.array([0, 0]), jnp.array([False, True]))
+    np.testing.assert_array_equal(stats(copied)[1], trained[0])
+    fresh = population.restart_rows(spec, copied, hparams, jnp.array([True, False]))
+    np.testing.assert_array_equal(stats(fresh)[0], np.zeros(32))
