@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def mlp(rngs: nnx.Rngs) -> nnx.Module:
     return nnx.Sequential(
+        lambda x: x.reshape(x.shape[0], -1),  # the 8x8 images, flattened
         nnx.Linear(64, WIDTH, rngs=rngs),
         nnx.relu,
         nnx.Linear(WIDTH, WIDTH, rngs=rngs),
@@ -92,8 +93,8 @@ def study_keys(trials: int, steps: int) -> dict:
 
 
 def run_binary(trials: int, steps: int, workdir: str) -> float:
-    flags = [f"--config.{k}={v}" for k, v in study_keys(trials, steps).items()]
-    flags = [f.replace("(", "").replace(",)", "") for f in flags]
+    as_flag = lambda v: f"({','.join(map(str, v))},)" if isinstance(v, tuple) else v  # noqa: E731
+    flags = [f"--config.{k}={as_flag(v)}" for k, v in study_keys(trials, steps).items()]
     command = [
         sys.executable,
         os.path.join(ROOT, "experiments", "lr_sweep.py"),
