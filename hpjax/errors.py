@@ -17,6 +17,13 @@ def config_error(key: str, value, why: str) -> ConfigError:
     return ConfigError(f"config.{key}={value!r} {why}")
 
 
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """``TypeName: first line of the message`` (at most ``limit`` characters of it): how a
+    user's code or a library failed, inside a one-line error of ours."""
+    first = (str(error).strip().splitlines() or [""])[0][:limit]
+    return f"{type(error).__name__}: {first}"
+
+
 _DISK_ERRORS = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is spent",

@@ -125,8 +125,7 @@ def run_api(trials: int, steps: int, workdir: str, data) -> tuple[float, float]:
     config = api.make_config("mlp", data.name, **study_keys(trials, steps))
     timing = TrainingTime()
     start = time.perf_counter()
-    with api._progress_to_stderr(False):
-        train_and_evaluate(config, workdir, model=mlp, dataset=data, hooks=[timing])
+    train_and_evaluate(config, workdir, model=mlp, dataset=data, hooks=[timing])
     return time.perf_counter() - start, timing.seconds
 
 

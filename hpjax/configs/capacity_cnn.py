@@ -17,24 +17,13 @@ normalisation at depths 2, 4 and 8 (only the first layer pools), 32 channels, 3 
 import ml_collections
 
 from hpjax.config import default_config
+from hpjax.models.registry import default_model_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default_config()
     config.description = "Capacity sweep: CNN channels x depth on MNIST-1D"
-    config.model = ml_collections.ConfigDict(
-        {
-            "name": "cnn",
-            "channels": 32,
-            "num_layers": 3,
-            "kernel_size": 5,
-            "stride": 1,
-            "pool": "max",
-            "pool_size": 2,
-            "hidden_units": 0,
-            "activation": "relu",
-        }
-    )
+    config.model = default_model_config("cnn")  # 32 channels, k=5, max-pool 2, no dense layer
     # 40 -> 20 -> 10 -> 5 -> 2 after each conv + max-pool: at most 5 layers fit.
     config.model_grid = ml_collections.ConfigDict({"channels": (8, 32), "num_layers": (1, 2, 3, 4)})
     config.optimizer = "adam"

@@ -16,24 +16,14 @@ Quick variant for tests (seconds): --config experiments/configs/mnist1d_cnn.py:q
 import ml_collections
 
 from hpjax.config import default_config
+from hpjax.models.registry import default_model_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default_config()
     config.description = "MNIST-1D CNN recipe (target: test accuracy >= 94%)"
-    config.model = ml_collections.ConfigDict(
-        {
-            "name": "cnn",
-            "channels": 64,
-            "num_layers": 3,
-            "kernel_size": 5,
-            "stride": 1,
-            "pool": "max",
-            "pool_size": 2,
-            "hidden_units": 0,
-            "activation": "relu",
-        }
-    )
+    config.model = default_model_config("cnn")  # 3 x (conv k=5, max-pool 2), no dense layer
+    config.model.channels = 64
     config.optimizer = "adam"
     config.schedule = "constant"
     config.learning_rates = (0.002,)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hpjax.errors import ConfigError
+from hpjax.errors import ConfigError, one_line
 
 # Variables that live for one call only: a trial cannot carry them from step to step.
 _PER_CALL = (nnx.Intermediate, nnx.Cache, nnx.Perturbation)
@@ -59,6 +59,10 @@ def check_input(x: jax.Array, input_shape: tuple[int, ...], model: str) -> jax.A
 
 class DropoutRate(nnx.Variable):
     """The drop probability of a :class:`TrialDropout`: filled by the engine at every call."""
+
+
+# A trial's state: every variable that is neither trained nor supplied at each call.
+_STATE = nnx.Not(nnx.Any(nnx.Param, nnx.RngState, DropoutRate))
 
 
 class TrialDropout(nnx.Module):
@@ -189,9 +193,8 @@ def _abstract(make: Callable[[nnx.Rngs], nnx.Module], name: str) -> nnx.Module:
     except ConfigError:
         raise
     except Exception as error:  # a user factory that cannot be built: say so in one line
-        first_line = (str(error).strip().splitlines() or [""])[0]
         raise ConfigError(
-            f"model factory {name!r} failed to build a module: {type(error).__name__}: {first_line}"
+            f"model factory {name!r} failed to build a module: {one_line(error)}"
         ) from error
     if not isinstance(abstract, nnx.Module):
         raise ConfigError(
@@ -224,7 +227,7 @@ def _filled(abstract: nnx.State, values: dict) -> nnx.State:
 def _functional(make: Callable[[nnx.Rngs], nnx.Module], name: str) -> Model:
     abstract = _abstract(make, name)
     graphdef, params, rngs, rates, state = nnx.split(
-        abstract, nnx.Param, nnx.RngState, DropoutRate, ...
+        abstract, nnx.Param, nnx.RngState, DropoutRate, _STATE
     )
     _refuse_unknown_state(state, name)
     _refuse_dropout_without_stream(abstract, name)
@@ -250,6 +253,10 @@ def _pure(make, name, graphdef, abstract_params, param_shapes, num_params, struc
     def apply(params: dict, x: jax.Array) -> jax.Array:
         return module(params)(x)
 
+    return _model(name, init, apply, module, num_params, structure)
+
+
+def _model(name, init, apply, module, num_params, structure, **training) -> Model:
     # jit makes direct (eager) calls fast; nested inside the engine's own jit/vmap it is inlined.
     return Model(
         name=name,
@@ -258,6 +265,7 @@ def _pure(make, name, graphdef, abstract_params, param_shapes, num_params, struc
         module=module,
         num_params=num_params,
         structure=structure.hexdigest()[:16],
+        **training,
     )
 
 
@@ -283,9 +291,7 @@ def _stateful(make, name, parts, num_params, structure) -> Model:
         made = make(nnx.Rngs(key, params=key))  # parameters as a pure module's: same key
         return {
             "params": nnx.to_pure_dict(nnx.state(made, nnx.Param)),
-            "state": nnx.to_pure_dict(
-                nnx.state(made, nnx.Not(nnx.Any(nnx.Param, nnx.RngState, DropoutRate)))
-            ),
+            "state": nnx.to_pure_dict(nnx.state(made, _STATE)),
         }
 
     def merged(variables: dict, key: jax.Array, dropout: jax.Array) -> nnx.Module:
@@ -313,16 +319,16 @@ def _stateful(make, name, parts, num_params, structure) -> Model:
             merged(variables, key, dropout), raise_if_not_found=False, **_TRAIN_MODE
         )
         outputs = training(x)
-        state = nnx.state(training, nnx.Not(nnx.Any(nnx.Param, nnx.RngState, DropoutRate)))
+        state = nnx.state(training, _STATE)
         return outputs, {"params": variables["params"], "state": nnx.to_pure_dict(state)}
 
-    return Model(
-        name=name,
-        init=jax.jit(init),
-        apply=jax.jit(apply),
-        module=module,
-        num_params=num_params,
-        structure=structure.hexdigest()[:16],
+    return _model(
+        name,
+        init,
+        apply,
+        module,
+        num_params,
+        structure,
         train_apply=train_apply,
         trainable=_take_params,
         with_trainable=_put_params,

@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import logging
 
-from hpjax.errors import ConfigError
+from hpjax.errors import ConfigError, one_line
 from hpjax.report.labels import varying_hparams
 from hpjax.results import checkpoints, files
 from hpjax.results.files import is_result_column
@@ -115,7 +115,7 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
         if "://" in storage or not os.path.exists(local):
             raise ConfigError(
                 f"cannot write the study to the Optuna storage {url!r} "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); fix it, or "
+                f"({one_line(error)}); fix it, or "
                 "pass --config.optuna_storage=off"
             ) from None
         damaged = local + ".damaged"

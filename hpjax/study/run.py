@@ -26,7 +26,7 @@ from flax import nnx
 from hpjax import data as data_lib
 from hpjax.engine import host_data, memory, tasks
 from hpjax.engine.sharding import TrialSharding
-from hpjax.errors import ConfigError
+from hpjax.errors import ConfigError, one_line
 from hpjax.models import Model, build_model, from_factory
 from hpjax.report import study_report
 from hpjax.results import files, optuna_storage, tensorboard
@@ -83,10 +83,9 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 (a user's module fails in many ways)
-        first = (str(error).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
             f"model {model.name!r} does not take the data's inputs of shape "
-            f"{list(dataset.input_shape)} (per example): {type(error).__name__}: {first}"
+            f"{list(dataset.input_shape)} (per example): {one_line(error)}"
         ) from None
     if dataset.is_classification:
         wanted, what = (2, dataset.num_classes), f"{dataset.num_classes} classes"
@@ -108,10 +107,8 @@ def _check_augment(dataset: data_lib.Dataset) -> None:
     try:
         out = jax.eval_shape(dataset.augment, jax.random.PRNGKey(0), x)
     except Exception as error:  # noqa: BLE001 (a user's function fails in many ways)
-        first = (str(error).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
-            f"augment(key, x) fails on a batch of shape {list(x.shape)}: "
-            f"{type(error).__name__}: {first}"
+            f"augment(key, x) fails on a batch of shape {list(x.shape)}: {one_line(error)}"
         ) from None
     if getattr(out, "shape", None) != x.shape:
         raise ConfigError(
