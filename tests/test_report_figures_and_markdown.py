@@ -382,3 +382,14 @@ def test_plots_of_a_sampled_space_keep_their_legends_short(tmp_path, monkeypatch
     named = [t.get_text() for t in curves_legend if t.get_text()[0].isdigit()]
     best = sorted((r["best_val_loss"], r["trial"]) for r in summary if r["best_val_loss"])[:5]
     assert [int(n.split(":")[0]) for n in named] == sorted(t for _, t in best)
+
+
+def test_many_curves_are_coloured_by_what_varies_not_by_the_seed():
+    from hpjax.report.figures import _trial_colours
+
+    rows = {t: {"trial": t, "seed": t % 3, "dropout": 0.1 * (t // 3)} for t in range(18)}
+    _, key, norm, _ = _trial_colours(list(rows), rows, ["seed", "dropout"], max_legend=12)
+    assert key == "dropout" and norm.vmax == pytest.approx(0.5)
+    seeds_only = {t: {"trial": t, "seed": t} for t in range(18)}
+    _, key, _, _ = _trial_colours(list(seeds_only), seeds_only, ["seed"], max_legend=12)
+    assert key == "seed"

@@ -57,7 +57,8 @@ def _x_of_step(curve: Sequence[Mapping], x: str, step: float) -> float | None:
 
 def _trial_colours(trials, rows, varying, max_legend):
     """A colour per trial: a palette for a few; for many, a colormap over the first numeric
-    hyperparameter that varies (or the trial number). Returns colours, key, norm, colormap."""
+    hyperparameter that varies, the seed last (or the trial number). Returns colours, key,
+    norm, colormap."""
     colour_key = None
     if len(trials) > max_legend:
         numeric = [
@@ -66,7 +67,8 @@ def _trial_colours(trials, rows, varying, max_legend):
             if all(is_number(rows.get(t, {}).get(k)) for t in trials if t in rows)
         ]
         prefer = ["learning_rate", "batch_size", "hidden_units", "num_layers", "weight_decay"]
-        colour_key = next((k for k in prefer + numeric if k in numeric), None)
+        others = [k for k in numeric if k != "seed"] + ["seed"]  # seeds only repeat a point
+        colour_key = next((k for k in prefer + others if k in numeric), None)
     if colour_key is not None:
         cvalues = {t: rows[t][colour_key] for t in trials if t in rows}
         norm, cmap = _norm(list(cvalues.values())), colormaps["viridis"]
