@@ -217,11 +217,20 @@ def _quiet_unraisable(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+class DropInterrupts(std_logging.Filter):
+    """Drops log records of a Ctrl-C: Orbax logs one with its traceback when the interrupt lands
+    while it waits for a checkpoint to finish; the binary says it in one line instead."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
     """Joins the other hosts and runs ``study(config, workdir)``; a bad config or bad data
     exits with status 2 and one line, Ctrl-C with status 130 and how to resume."""
     std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)  # Orbax's teardown noise
     sys.unraisablehook = _quiet_unraisable
+    logging.get_absl_logger().addFilter(DropInterrupts())
     try:
         config.keys()
     except OSError as error:  # ml_collections defers a --config file that failed to load

@@ -213,3 +213,20 @@ def test_a_full_disk_is_one_line_and_the_study_resumes(tiny_config, tmp_path, mo
     measured = ("peak_memory_mb", "memory_estimate_mb")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in measured} for r in rs]  # noqa: E731
     assert strip(rows) == strip(reference)
+
+
+def test_a_ctrl_c_logged_by_a_library_is_dropped_and_other_errors_kept():
+    """Orbax logs a Ctrl-C that lands while it finishes a checkpoint, with its traceback (the
+    test above meets it now and then); the binary's one line is what the user reads."""
+    import logging
+
+    from hpjax.cli import DropInterrupts
+
+    def record(error):
+        return logging.LogRecord(
+            "absl", logging.ERROR, "f", 1, "failed", (), (type(error), error, None)
+        )
+
+    assert not DropInterrupts().filter(record(KeyboardInterrupt()))
+    assert DropInterrupts().filter(record(ValueError("real")))
+    assert DropInterrupts().filter(logging.LogRecord("absl", logging.INFO, "f", 1, "x", (), None))
