@@ -15,6 +15,7 @@ resumes to the same results as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -243,8 +244,7 @@ class PopulationRun:
     def run(self, metrics_lines_before: int) -> tuple[list[dict], int]:
         """Trains (or resumes) the population; returns its summary rows and metrics line count."""
         layout = self.rows
-        # Initialise on one device, then shard: initialising with hyperparameters already
-        # sharded over host CPU devices was seen to hang for a small GRU population.
+        # Initialise on one device, then shard (sharded initialisation hung a small GRU).
         fresh = population.init_population(self.spec, population.make_hparams(**layout.columns))
         self.ended = _ended_store(jax.device_get(fresh), layout.num_trials)
         # Process 0 saves and restores; with several processes it broadcasts what it restored.
@@ -253,6 +253,16 @@ class PopulationRun:
             if self.sharding.is_writer
             else None
         )
+        try:
+            return self._train_population(saved, fresh, metrics_lines_before)
+        except Exception:  # an error, not a kill: the checkpoint being written finishes now
+            if saved:
+                with contextlib.suppress(Exception):
+                    saved.close()
+            raise
+
+    def _train_population(self, saved, fresh, metrics_lines_before: int):
+        layout = self.rows
         state, host = self._resume(saved, fresh, metrics_lines_before)
         if state is None:
             if saved:
