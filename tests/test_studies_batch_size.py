@@ -148,6 +148,16 @@ def test_fit_recovers_the_critical_batch_size():
 # ------------------------------------------------------------- budgets and learning rates
 
 
+def test_spearman_against_its_closed_form_with_ties():
+    # No ties: 1 - 6 sum(d^2) / (n (n^2 - 1)); ranks 1..5 against 2,1,4,3,5: sum(d^2) = 4.
+    assert analysis.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1 - 6 * 4 / 120)
+    # Ties take their mean rank: y ranks 1.5, 1.5, 3, 4 are Pearson-correlated with 1..4.
+    tied = np.corrcoef([1, 2, 3, 4], [1.5, 1.5, 3, 4])[0, 1]
+    assert analysis.spearman([1, 2, 3, 4], [7, 7, 8, 9]) == pytest.approx(tied)
+    assert analysis.spearman([1, 2], [2, 1]) is None  # too few points
+    assert analysis.spearman([1, 2, 3], [5, 5, 5]) is None  # constant
+
+
 def test_learning_rate_scaling_rules_and_warmup_per_batch_size(quick):
     quick.fixed_epochs.batch_sizes = (8, 32, 96)
     quick.fixed_epochs.learning_rate = 0.04
