@@ -1,10 +1,13 @@
 """The workdir's owner: a lock, verified checkpoints, and files of others left alone."""
 
 import os
+import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from hpjax.errors import ConfigError
@@ -62,9 +65,44 @@ def test_checksums_catch_flipped_bytes_in_state_and_best_checkpoints(tiny_config
     assert set(restored.metadata["checksums"]) == {
         path for path in checkpoints.checksums(restored.params)
     }
-    _xor_array_files(checkpoints.best_dir(workdir, 1))
-    with pytest.raises(ConfigError, match="trial 1 checkpoint .*trial_0001"):
+    _xor_array_files(checkpoints.population_best_dir(workdir, 0))
+    with pytest.raises(ConfigError, match="trial 1 checkpoint .*population_0"):
         checkpoints.restore_best(workdir, 1)
+
+
+def test_one_checkpoint_per_population_and_the_older_per_trial_layout_restore(
+    tiny_config, tmp_path
+):
+    workdir = str(tmp_path / "w")
+    rows = train_and_evaluate(tiny_config, workdir)
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["population_0"]
+    restored = {r["trial"]: checkpoints.restore_best(workdir, r["trial"]) for r in rows}
+    for row in rows:
+        assert restored[row["trial"]].metadata["test_loss"] == row["test_loss"]
+    # A study of an earlier version: each trial in its own checkpoint at its best step.
+    for row in rows:
+        one = restored[row["trial"]]
+        manager = ocp.CheckpointManager(
+            checkpoints.legacy_best_dir(workdir, row["trial"]),
+            options=ocp.CheckpointManagerOptions(create=True),
+            item_names=("params", "metadata"),
+        )
+        manager.save(
+            row["best_step"],
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(jax.device_get(one.params)),
+                metadata=ocp.args.JsonSave(one.metadata),
+            ),
+        )
+        manager.wait_until_finished()
+        manager.close()
+    shutil.rmtree(checkpoints.population_best_dir(workdir, 0))
+    for row in rows:
+        again = checkpoints.restore_best(workdir, row["trial"])
+        assert again.metadata["best_step"] == row["best_step"]
+        jax.tree.map(np.testing.assert_array_equal, again.params, restored[row["trial"]].params)
+    with pytest.raises(ConfigError, match="trial 9 has no best checkpoint"):
+        checkpoints.restore_best(workdir, 9)
 
 
 def test_verify_names_the_changed_array():

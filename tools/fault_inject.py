@@ -243,20 +243,23 @@ def wait_for_commit(workdir: str, process: subprocess.Popen, limit_s: float, nth
     return False
 
 
-def restore_refuses(workdir: str, trial: int) -> tuple[bool, str]:
-    """``restore_best`` on a corrupted best checkpoint: True when it raised ConfigError."""
+def restore_refuses(workdir: str, trials: list[int]) -> tuple[bool, str]:
+    """``restore_best`` of each trial of a corrupted best checkpoint: True when every one
+    restored or raised ConfigError; the message says which were refused."""
     code = (
         "import sys, hpjax\n"
-        "try:\n"
-        f"    hpjax.restore_best({workdir!r}, {trial})\n"
-        "except hpjax.ConfigError as e:\n"
-        "    print('refused:', e); sys.exit(3)\n"
-        "print('restored')\n"
+        "refused = []\n"
+        f"for trial in {trials!r}:\n"
+        "    try:\n"
+        f"        hpjax.restore_best({workdir!r}, trial)\n"
+        "    except hpjax.ConfigError as e:\n"
+        "        refused.append(f'trial {trial}: {e}')\n"
+        "print('refused: ' + '; '.join(refused) if refused else 'restored')\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
-    return out.returncode in (0, 3), (out.stdout.strip() or out.stderr.strip()[-300:])
+    return out.returncode == 0, (out.stdout.strip() or out.stderr.strip()[-300:])
 
 
 class Tally:
@@ -367,12 +370,17 @@ def corruptions(count, root, rng, tally) -> None:
             tally.record("corrupt", "refused", f"{where}: {line}")
         else:
             tally.record("corrupt", "BAD", f"{where}: exit {code}: {line}")
-    best = os.path.join(root, "plain_reference", "checkpoints")
-    for trial in sorted(os.listdir(best))[: max(1, count // 2)]:
-        path = corrupt_random_file(os.path.join(best, trial), rng)
-        clean, message = restore_refuses(os.path.dirname(best), int(trial.split("_")[1]))
+    reference_dir = os.path.join(root, "plain_reference")
+    trials_of = {}
+    with open(os.path.join(reference_dir, "summary.csv")) as f:
+        summary = list(csv.DictReader(f))
+    for row in summary:
+        trials_of.setdefault(f"population_{row['population']}", []).append(int(row["trial"]))
+    for population in sorted(trials_of)[: max(1, count // 2)]:
+        corrupt_random_file(os.path.join(reference_dir, "checkpoints", population), rng)
+        clean, message = restore_refuses(reference_dir, trials_of[population])
         outcome = "refused" if message.startswith("refused") else "identical"
-        tally.record("restore", outcome if clean else "BAD", f"{trial}: {message}")
+        tally.record("restore", outcome if clean else "BAD", f"{population}: {message}")
 
 
 def concurrent(count, root, tally) -> None:

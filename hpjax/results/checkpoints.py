@@ -1,8 +1,10 @@
 """Orbax checkpoints: each trial at its early-stop point, and the study state for resuming.
 
-``checkpoints/trial_NNNN/<best_step>/`` holds one trial's parameters at its best validation loss
-with metadata that identifies it (hyperparameters, step, epoch, validation loss and accuracy, the
-model config and input shape). :func:`restore_best` turns it back into a ready Flax module.
+``checkpoints/population_N/`` holds the parameters of each trial of population N at its best
+validation loss (stacked, one row per trial) with the trials' summary rows that identify them
+(hyperparameters, best step and epoch, validation and test metrics), the model config and input
+shape, and a checksum of each row. :func:`restore_best` turns one trial's row back into a ready
+Flax module; it also reads the ``checkpoints/trial_NNNN/<best_step>/`` of older studies.
 
 ``state/population_N/<tick>/`` holds a whole population (parameters, optimizer states, early
 stopping, data keys, position in the data) taken right after an evaluation, with the number of
@@ -26,7 +28,7 @@ from absl import logging
 from flax import nnx
 
 from hpjax.config import plain
-from hpjax.errors import ConfigError
+from hpjax.errors import ConfigError, one_line
 from hpjax.models import build_model, from_factory
 from hpjax.models.registry import MODEL_NAMES
 
@@ -39,7 +41,13 @@ def _quiet_orbax(record) -> bool:
 logging.get_absl_logger().addFilter(_quiet_orbax)
 
 
-def best_dir(workdir: str, trial: int) -> str:
+def population_best_dir(workdir: str, population: int) -> str:
+    """Where population ``population`` keeps its trials' best parameters, in one checkpoint."""
+    return os.path.join(os.path.abspath(workdir), "checkpoints", f"population_{population}")
+
+
+def legacy_best_dir(workdir: str, trial: int) -> str:
+    """A trial's own best checkpoint, as studies before one save per population wrote them."""
     return os.path.join(os.path.abspath(workdir), "checkpoints", f"trial_{trial:04d}")
 
 
@@ -91,30 +99,117 @@ def verify(tree: Any, recorded: dict[str, str] | None, where: str) -> None:
             )
 
 
-def save_best(workdir: str, best_params: Any, rows: list[dict], extra: dict) -> None:
-    """Saves each trial's best parameters (``[K, ...]`` leaves) with its summary row.
+def _checkpointer() -> ocp.Checkpointer:
+    """A synchronous checkpointer of parameters and JSON metadata that process 0 alone uses
+    (each handler told so too: by default they wait for every process)."""
+    options = ocp.options.MultiprocessingOptions()
+    if jax.process_count() > 1:
+        options = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
+    handler = ocp.CompositeCheckpointHandler(
+        composite_options=ocp.CompositeOptions(multiprocessing_options=options),
+        params=ocp.StandardCheckpointHandler(multiprocessing_options=options),
+        metadata=ocp.JsonCheckpointHandler(multiprocessing_options=options),
+    )
+    return ocp.Checkpointer(handler, multiprocessing_options=options)
 
-    ``extra`` is metadata shared by the trials (the model config, input shape, classes).
+
+def _row(tree: Any, j: int) -> Any:
+    return jax.tree.map(lambda leaf: np.asarray(leaf[j]), tree)
+
+
+def save_best(
+    workdir: str, population: int, best_params: Any, rows: list[dict], extra: dict
+) -> None:
+    """Saves a population's best parameters (``[K, ...]`` leaves, row ``j`` trial ``rows[j]``)
+    with the summary rows, in one checkpoint; a checkpoint written before is replaced.
+
+    ``extra`` is metadata shared by the trials (the model config, input shape, classes). One
+    save per population instead of one per trial: 64 trials of a small MLP took 2.9 s as 64
+    saves.
     """
     host_params = jax.device_get(best_params)
-    managers = []
-    for j, row in enumerate(rows):
-        params = jax.tree.map(lambda leaf, j=j: np.asarray(leaf[j]), host_params)
-        metadata = {k: plain(v) for k, v in row.items()} | extra
-        metadata["checksums"] = checksums(params)
-        manager = _manager(best_dir(workdir, row["trial"]), max_to_keep=1)
-        _clear_step(manager, int(row["best_step"]))
-        manager.save(
-            int(row["best_step"]),
+    metadata = dict(extra)
+    metadata["trials"] = [{k: plain(v) for k, v in row.items()} for row in rows]
+    metadata["checksums"] = [checksums(_row(host_params, j)) for j in range(len(rows))]
+    checkpointer = _checkpointer()
+    try:
+        checkpointer.save(
+            population_best_dir(workdir, population),
             args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)
+                params=ocp.args.StandardSave(host_params), metadata=ocp.args.JsonSave(metadata)
             ),
             force=True,
         )
-        managers.append(manager)
-    for manager in managers:
-        manager.wait_until_finished()
-        manager.close()
+    finally:
+        checkpointer.close()
+
+
+def _committed(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, "_CHECKPOINT_METADATA"))
+
+
+def _read_metadata(directory: str) -> dict:
+    checkpointer = _checkpointer()
+    try:
+        return checkpointer.restore(
+            directory, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+        )["metadata"]
+    finally:
+        checkpointer.close()
+
+
+def _legacy_checkpoint(workdir: str, trial: int) -> str | None:
+    """The newest committed step of a trial's own checkpoint (the layout before one save per
+    population), or None."""
+    directory = legacy_best_dir(workdir, trial)
+    if not os.path.isdir(directory):
+        return None
+    steps = [n for n in os.listdir(directory) if n.isdigit()]
+    steps = [n for n in steps if _committed(os.path.join(directory, n))]
+    return os.path.join(directory, max(steps, key=int)) if steps else None
+
+
+def find_best(workdir: str, trial: int) -> tuple[str, dict, int | None]:
+    """The checkpoint holding ``trial``'s best parameters: its directory, its metadata, and the
+    trial's row in it (None: a trial's own checkpoint of the older layout).
+
+    Raises ConfigError when there is none, naming any checkpoint whose metadata is unreadable.
+    """
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    unreadable = []
+    for name in names:
+        directory = os.path.join(root, name)
+        if not (name.startswith("population_") and _committed(directory)):
+            continue
+        try:
+            metadata = _read_metadata(directory)
+        except Exception as error:  # noqa: BLE001 (Orbax raises many kinds on corrupt files)
+            unreadable.append(f"{directory}: its metadata cannot be read ({one_line(error)})")
+            continue
+        trials = [int(row["trial"]) for row in metadata["trials"]]
+        if trial in trials:
+            return directory, metadata, trials.index(trial)
+    legacy = _legacy_checkpoint(workdir, trial)
+    if legacy is not None:
+        return legacy, _read_metadata(legacy), None
+    raise ConfigError(
+        f"trial {trial} has no best checkpoint under {root!r}"
+        + "".join(f"; {message}" for message in unreadable)
+    )
+
+
+def has_best(workdir: str, population: int, trials: list[int]) -> bool:
+    """Whether population ``population`` has a committed best checkpoint of ``trials`` (its
+    contents are verified when restored)."""
+    directory = population_best_dir(workdir, population)
+    if not _committed(directory):
+        return False
+    try:
+        saved = {int(row["trial"]) for row in _read_metadata(directory)["trials"]}
+    except Exception:  # noqa: BLE001 (unreadable: written again)
+        return False
+    return set(trials) <= saved
 
 
 @dataclasses.dataclass
@@ -124,6 +219,24 @@ class RestoredTrial:
     module: nnx.Module
     params: dict
     metadata: dict
+
+
+def _trained_model(metadata: dict, trial: int, model: Callable | None) -> Any:
+    """The model a trial was trained with: the user's ``model`` factory, or a built-in one
+    rebuilt from the checkpoint's metadata."""
+    model_config = metadata["model_config"]
+    if model is not None:
+        return from_factory(model, str(model_config.get("name", "model")))
+    if model_config.get("name") in MODEL_NAMES:
+        return build_model(
+            ml_collections.ConfigDict(model_config),
+            tuple(metadata["input_shape"]),
+            int(metadata["num_classes"]),
+        )
+    raise ConfigError(
+        f"trial {trial} was trained with your own model {model_config.get('name')!r}; pass "
+        "its factory: restore_best(workdir, trial, model=make_model)"
+    )
 
 
 def restore_best(
@@ -136,54 +249,35 @@ def restore_best(
     """
     if isinstance(trial, bool) or not isinstance(trial, int | np.integer):
         raise ConfigError(f"trial={trial!r} must be an integer trial number (summary.csv)")
-    directory = best_dir(workdir, int(trial))
-    if not os.path.isdir(directory):
-        raise ConfigError(f"trial {trial} has no best checkpoint under {directory!r}")
-    manager = _manager(directory, max_to_keep=1)
-    step = manager.latest_step()
-    if step is None:
-        raise ConfigError(f"trial {trial}: no finished checkpoint in {directory!r}")
-    try:
-        metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-            "metadata"
-        ]
-    except Exception as error:  # noqa: BLE001 (Orbax raises many kinds on corrupt files)
-        manager.close()
-        raise ConfigError(
-            f"trial {trial} checkpoint {directory}/{step}: its metadata cannot be read "
-            f"({type(error).__name__}: {str(error)[:200]})"
-        ) from None
-    model_config = metadata["model_config"]
-    if model is not None:
-        built = from_factory(model, str(model_config.get("name", "model")))
-    elif model_config.get("name") in MODEL_NAMES:
-        built = build_model(
-            ml_collections.ConfigDict(model_config),
-            tuple(metadata["input_shape"]),
-            int(metadata["num_classes"]),
-        )
+    directory, saved, position = find_best(workdir, int(trial))
+    if position is None:  # the older layout: the trial's row is the metadata
+        metadata, recorded = saved, saved.get("checksums")
     else:
-        raise ConfigError(
-            f"trial {trial} was trained with your own model {model_config.get('name')!r}; pass "
-            "its factory: restore_best(workdir, trial, model=make_model)"
-        )
-    model = built
-    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+        shared = {k: v for k, v in saved.items() if k not in ("trials", "checksums")}
+        metadata = saved["trials"][position] | shared
+        recorded = saved["checksums"][position]
+        metadata["checksums"] = recorded
+    built = _trained_model(metadata, trial, model)
+    abstract = jax.eval_shape(built.init, jax.random.PRNGKey(0))
+    if position is not None:  # every trial of the population, stacked
+        rows = len(saved["trials"])
+        abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct((rows, *s.shape), s.dtype), abstract)
+    where = f"trial {trial} checkpoint {directory}"
+    checkpointer = _checkpointer()
     try:
-        params = manager.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+        params = checkpointer.restore(
+            directory, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
         )["params"]
-        verify(params, metadata.get("checksums"), f"trial {trial} checkpoint {directory}/{step}")
+        if position is not None:
+            params = jax.tree.map(lambda leaf: leaf[position], params)
+        verify(params, recorded, where)
     except CorruptCheckpointError as error:
         raise ConfigError(str(error)) from None
     except Exception as error:  # noqa: BLE001 (Orbax raises many kinds on corrupt files)
-        raise ConfigError(
-            f"trial {trial} checkpoint {directory}/{step} cannot be read: "
-            f"{type(error).__name__}: {str(error)[:200]}"
-        ) from None
+        raise ConfigError(f"{where} cannot be read: {one_line(error)[:300]}") from None
     finally:
-        manager.close()
-    return RestoredTrial(module=model.module(params), params=params, metadata=metadata)
+        checkpointer.close()
+    return RestoredTrial(module=built.module(params), params=params, metadata=metadata)
 
 
 class StateCheckpoints:
@@ -270,16 +364,6 @@ def has_state(workdir: str) -> bool:
         for directory, names, _ in os.walk(workdir)
         if os.path.basename(os.path.dirname(directory)) == "state"
         for name in names
-    )
-
-
-def has_best(workdir: str, trial: int) -> bool:
-    """Whether ``trial`` has a committed best checkpoint (its contents are verified when
-    restored)."""
-    directory = best_dir(workdir, trial)
-    return os.path.isdir(directory) and any(
-        name.isdigit() and os.path.exists(os.path.join(directory, name, "_CHECKPOINT_METADATA"))
-        for name in os.listdir(directory)
     )
 
 

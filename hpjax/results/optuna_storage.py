@@ -7,9 +7,9 @@ its hyperparameters with their distributions (the learning rate on a log scale o
 range, the others as the sets of values the study tried), the validation loss at every
 evaluation as intermediate values, its best validation loss as the value, its state (COMPLETE for
 a trial that trained to its best point, early-stopped or not; PRUNED for one ASHA pruned; FAIL
-for a diverged one) and user
-attributes (hpjax trial, status, test metrics, checkpoint path). The Optuna study is rebuilt as a
-whole each time, so a resumed or extended study never holds a trial twice nor loses one.
+for a diverged one) and user attributes (hpjax trial, status, test metrics, its population's
+checkpoint). The Optuna study is rebuilt as a whole each time, so a resumed or extended study
+never holds a trial twice nor loses one.
 ``optuna-dashboard sqlite:///WORKDIR/optuna.db`` shows it. Optuna is an optional extra.
 """
 
@@ -158,7 +158,7 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
         }
         attrs |= {
             "hpjax_trial": trial,
-            "checkpoint": checkpoints.best_dir(workdir, trial),
+            "checkpoint": checkpoints.population_best_dir(workdir, int(row["population"])),
         }
         params = {k: _param(k, row[k]) for k in keys if row.get(k) is not None}
         frozen = optuna.trial.create_trial(

@@ -525,18 +525,16 @@ class PopulationRun:
         return None
 
     def _rebuild_best_checkpoints(self, tree, host) -> None:
-        """A finished population's best checkpoints, written again from its final state when
-        ``checkpoints/`` lost any of them."""
-        missing = [
-            r["trial"] for r in host["rows"] if not checkpoints.has_best(self.workdir, r["trial"])
-        ]
-        if not missing:
+        """A finished population's best checkpoint, written again from its final state when
+        ``checkpoints/`` lost it."""
+        trials = [r["trial"] for r in host["rows"]]
+        if checkpoints.has_best(self.workdir, self.plan.index, trials):
             return
         logging.warning(
-            "%s: best checkpoints of trials %s are missing; writing them again from the "
+            "%s: the best checkpoint of trials %s is missing; writing it again from the "
             "population's final state",
             self.label,
-            missing,
+            trials,
         )
         self.ended = jax.tree.map(np.array, tree["ended"])
         self.rows.load(host["layout"])

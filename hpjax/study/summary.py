@@ -76,12 +76,14 @@ def summarise(run: PopulationRun) -> list[dict]:
 
 
 def write_best_checkpoints(run: PopulationRun, rows: list[dict]) -> None:
-    """Each started trial's best parameters (from the loop's ended store) with its summary row
-    (``rows``, in plan order of the started trials), in ``checkpoints/``."""
+    """The started trials' best parameters (from the loop's ended store) with their summary
+    rows (``rows``, in plan order of the started trials), as one checkpoint in
+    ``checkpoints/``."""
     started = np.asarray(sorted(run.rows.finished), int)
     best_params = jax.tree.map(lambda a: a[started], run.ended["best_params"])
     checkpoints.save_best(
         run.workdir,
+        run.plan.index,
         best_params,
         rows,
         {
