@@ -106,8 +106,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.make_report = True
     # auto: TensorBoard event files in WORKDIR/tensorboard when tensorboardX is installed; on; off
     config.tensorboard = "auto"
-    # auto: an Optuna study in sqlite:///WORKDIR/optuna.db when Optuna is installed; off; or any
-    # SQLAlchemy URL (e.g. postgresql://host/db for a study shared by several hosts)
+    # auto: an Optuna study in the journal file WORKDIR/optuna.log when Optuna is installed;
+    # sqlite: in WORKDIR/optuna.db; off; or any SQLAlchemy URL (e.g. postgresql://host/db)
     config.optuna_storage = "auto"
     config.report_x = "learning_rate"
     return config

@@ -64,7 +64,8 @@ def test_event_files_hold_every_trials_curves_and_the_hparams_summary(finished):
 
 def test_optuna_storage_holds_every_trial_with_its_curve_state_and_value(finished):
     config, workdir, rows = finished
-    study = optuna.load_study(study_name="study", storage=f"sqlite:///{workdir}/optuna.db")
+    journal = optuna_storage.journal(os.path.join(workdir, "optuna.log"))
+    study = optuna.load_study(study_name="study", storage=journal)
     trials = sorted(study.trials, key=lambda t: t.user_attrs["hpjax_trial"])
     assert len(trials) == len(rows) == 3
     curves = files.curves_by_trial(files.read_metrics(workdir))
@@ -92,8 +93,18 @@ def test_optuna_storage_holds_every_trial_with_its_curve_state_and_value(finishe
     assert all(t.duration.total_seconds() > 0 for t in trials if t.state.is_finished())
     # the same command again (a finished study) rebuilds the storage: no trial twice, none lost
     train_and_evaluate(config, workdir)
+    journal = optuna_storage.journal(os.path.join(workdir, "optuna.log"))
+    again = optuna.load_study(study_name="study", storage=journal)
+    assert sorted(t.user_attrs["hpjax_trial"] for t in again.trials) == [0, 1, 2]
+    assert sorted(os.listdir(workdir)).count("optuna.log") == 1  # whole, no partial file left
+    assert not [n for n in os.listdir(workdir) if "partial" in n]
+    # in SQLite instead: the same trials; the journal, now out of date, is removed
+    config.optuna_storage = "sqlite"
+    train_and_evaluate(config, workdir)
     again = optuna.load_study(study_name="study", storage=f"sqlite:///{workdir}/optuna.db")
     assert sorted(t.user_attrs["hpjax_trial"] for t in again.trials) == [0, 1, 2]
+    assert again.best_value == pytest.approx(best, rel=1e-6)
+    assert not os.path.exists(os.path.join(workdir, "optuna.log"))
     # a damaged database is moved aside and written afresh from the summary and metrics
     with open(os.path.join(workdir, "optuna.db"), "wb") as f:
         f.write(b"not a database")

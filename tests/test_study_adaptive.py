@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from hpjax.results import files
+from hpjax.results import files, optuna_storage
 from hpjax.study.run import train_and_evaluate
 from tests.conftest import Crash, CrashAtEvaluation
 
@@ -93,7 +93,7 @@ def test_asha_prunes_at_rungs_and_refills(tiny_config, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## ASHA rungs" in report and "through 4 slots, scheduler `asha`" in report
     optuna = pytest.importorskip("optuna")
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = optuna_storage.journal(str(tmp_path / "optuna.log"))
     (name,) = optuna.get_all_study_names(storage)
     states = [t.state for t in optuna.load_study(study_name=name, storage=storage).trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)

@@ -2,6 +2,9 @@
 its HTTP API, that it lists every trial of ``summary.csv`` with its value; then stop it.
 
     python tools/optuna_dashboard_check.py WORKDIR [--storage sqlite:///WORKDIR/optuna.db]
+
+Without ``--storage`` it serves ``WORKDIR/optuna.log`` (the default record), else
+``WORKDIR/optuna.db``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default="")
     parser.add_argument("--timeout_s", type=float, default=60.0)
     args = parser.parse_args(argv)
-    storage = args.storage or f"sqlite:///{os.path.abspath(args.workdir)}/optuna.db"
+    workdir = os.path.abspath(args.workdir)
+    storage = args.storage or os.path.join(workdir, "optuna.log")
+    if not args.storage and not os.path.exists(storage):
+        storage = f"sqlite:///{workdir}/optuna.db"
     with open(os.path.join(args.workdir, "summary.csv"), newline="") as f:
         summary = list(csv.DictReader(f))
     port = free_port()

@@ -69,6 +69,7 @@ OUTPUTS = (
     "checkpoints",
     "state",
     "tensorboard",
+    "optuna.log",
     "optuna.db",
     "optuna.db.damaged",
     "trials.json",
