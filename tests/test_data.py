@@ -215,6 +215,15 @@ def test_data_settings_out_of_range_are_refused(key, value, match):
 # digits
 
 
+def test_digits_read_from_the_file_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    pixels, labels = data.digits_arrays()
+    bunch = load_digits()
+    np.testing.assert_array_equal(pixels, bunch.data)
+    np.testing.assert_array_equal(labels, bunch.target)
+
+
 def test_digits_shapes_scale_and_determinism():
     ds = data.load_dataset(make_config(dataset="digits", val_fraction=0.1, data_seed=0))
     assert ds.name == "digits"
