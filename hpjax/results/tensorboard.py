@@ -67,13 +67,22 @@ def how_to_open(root: str) -> str:
     return f"tensorboard --logdir {root}, then open http://localhost:6006/#hparams"
 
 
+def _event(writer, values: Mapping[str, float], step: int, walltime: float | None = None) -> None:
+    """Scalars as one event (one event per value, as ``add_scalar`` writes, took 4x as long)."""
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+    writer.file_writer.add_summary(summary, step, walltime=walltime)
+
+
 def _scalars(writer, record: Mapping) -> None:
-    step = int(record["step"])
-    for key, value in record.items():
-        if key in SKIP or value is None or isinstance(value, str):
-            continue
-        tag = key.replace("train_", "train/", 1).replace("val_", "val/", 1)
-        writer.add_scalar(tag, float(value), step, walltime=record.get("time"))
+    """One evaluation's losses, metrics and learning rate, tagged ``train/…``, ``val/…``."""
+    values = {
+        key.replace("train_", "train/", 1).replace("val_", "val/", 1): float(value)
+        for key, value in record.items()
+        if key not in SKIP and value is not None and not isinstance(value, str)
+    }
+    _event(writer, values, int(record["step"]), record.get("time"))
 
 
 def _hparam_value(value: Any) -> Any:
@@ -106,8 +115,7 @@ def write_study(workdir: str, varying: Sequence[str] = ("learning_rate",)) -> st
         experiment, start, end = hparams_summaries(chosen, results)
         for summary_proto in (experiment, start, end):
             writer.file_writer.add_summary(summary_proto)
-        for tag, value in results.items():
-            writer.add_scalar(tag, value, int(row.get("best_step") or 0))
+        _event(writer, results, int(row.get("best_step") or 0))
         writer.close()
     return root
 
