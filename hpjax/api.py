@@ -39,6 +39,7 @@ from absl import logging as absl_logging
 from flax import nnx
 
 from hpjax import data as data_lib
+from hpjax import runtime
 from hpjax.config import default_config
 from hpjax.engine import tasks
 from hpjax.errors import ConfigError
@@ -152,6 +153,7 @@ def train(
         )
     name = getattr(model, "__name__", type(model).__name__)
     cfg = make_config(name, data.name, **config)
+    runtime.use_compilation_cache(cfg.compilation_cache)  # as the binaries: reruns load programs
     with _progress_to_stderr(verbose):
         rows = train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)
     return Study(str(workdir), tuple(rows), chosen.monitor, model)

@@ -51,8 +51,19 @@ def configure(process: ProcessSpec) -> None:
                 f"config.cpu_devices={cpu_devices}: JAX has already started its backend in this "
                 "process; set it before the first JAX computation (the binaries do)"
             ) from error
-    if cache:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
-        if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's wins
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
-        jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
+    use_compilation_cache(cache)
+
+
+def use_compilation_cache(directory: str) -> None:
+    """Points JAX's persistent compilation cache at ``directory`` ("" = off), unless this process
+    chose its own (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``), which wins.
+
+    JAX decides at a process's first compilation whether it uses the cache: set later, in a
+    process that has already compiled something, it has no effect (and does no harm).
+    """
+    if not directory or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's wins
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
+    jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)

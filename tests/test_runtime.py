@@ -3,6 +3,8 @@ cache, applied by the binaries before JAX starts."""
 
 import csv
 import os
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from hpjax import runtime
 from hpjax.errors import ConfigError
 from hpjax.study.spec import parse_process
+from tests.conftest import ROOT
 from tests.test_cli import TINY, run_binary
 
 
@@ -56,3 +59,39 @@ def test_two_cpu_devices_and_a_cached_rerun_give_the_same_study(tmp_path):
     strip = [{k: v for k, v in row.items() if k not in skip} for row in _summary(tmp_path / "a")]
     again = [{k: v for k, v in row.items() if k not in skip} for row in _summary(tmp_path / "b")]
     assert strip == again
+
+
+API_SCRIPT = """
+import sys
+import jax
+import numpy as np
+from flax import nnx
+import hpjax
+
+x = np.random.default_rng(0).normal(size=(96, 4)).astype("float32")
+y = (x[:, 0] > 0).astype("int32")
+data = hpjax.from_arrays(x[:64], y[:64], x[64:], y[64:])
+hpjax.train(lambda rngs: nnx.Linear(4, 2, rngs=rngs), data, sys.argv[1], learning_rates=(0.1,),
+            num_steps=20, eval_every=10, batch_size=16, make_report=False, tensorboard="off",
+            optuna_storage="off", compilation_cache=sys.argv[2], verbose=False)
+print("cache dir:", jax.config.jax_compilation_cache_dir)
+"""
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_the_api_fills_the_compilation_cache_unless_the_user_chose_one(tmp_path, own):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    env = os.environ | ({"JAX_COMPILATION_CACHE_DIR": str(theirs)} if own else {})
+    out = subprocess.run(
+        [sys.executable, "-c", API_SCRIPT, str(tmp_path / "w"), str(ours)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    used, unused = (theirs, ours) if own else (ours, theirs)
+    assert f"cache dir: {used}" in out.stdout
+    assert used.is_dir() and any(used.iterdir())  # the study's programs were written there
+    assert not unused.exists()

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from hpjax import api  # noqa: E402
+from hpjax import api, runtime  # noqa: E402
 from hpjax import data as data_lib  # noqa: E402
 from hpjax.models import from_factory  # noqa: E402
 from hpjax.study import loop  # noqa: E402
@@ -123,6 +123,7 @@ class TrainingTime(loop.Hooks):
 
 def run_api(trials: int, steps: int, workdir: str, data) -> tuple[float, float]:
     config = api.make_config("mlp", data.name, **study_keys(trials, steps))
+    runtime.use_compilation_cache(config.compilation_cache)  # as hpjax.train does
     timing = TrainingTime()
     start = time.perf_counter()
     train_and_evaluate(config, workdir, model=mlp, dataset=data, hooks=[timing])
