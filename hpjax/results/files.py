@@ -70,6 +70,7 @@ OUTPUTS = (
     "state",
     "tensorboard",
     "optuna.log",
+    "optuna.log.partial",
     "optuna.db",
     "optuna.db.damaged",
     "trials.json",
