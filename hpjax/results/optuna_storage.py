@@ -147,11 +147,12 @@ def record_study(workdir: str, storage: str = "auto", study_name: str | None = N
     name = study_name or os.path.basename(os.path.abspath(workdir))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     written = {"auto": JOURNAL, "sqlite": DATABASE}.get(storage)
+    target = os.path.join(workdir, written) if written else storage
     for local in (JOURNAL, DATABASE):  # an earlier record in another storage is out of date
         stale = os.path.join(workdir, local)
         if local != written and os.path.exists(stale):
             os.remove(stale)
-            logging.info("removed %s: this study is recorded in %s now", stale, storage)
+            logging.info("removed %s: this study is recorded in %s now", stale, target)
     if storage != "auto":
         _fill(_database_study(workdir, storage, name), workdir, saved, metrics, summary)
         return name
