@@ -2,6 +2,9 @@
 
 import importlib.util
 import os
+import shutil
+import subprocess
+import tempfile
 
 import jax
 import numpy as np
@@ -73,6 +76,36 @@ def write_tiny_npz(path: str, num_train: int = 240, seed: int = 0) -> str:
         y_test=y_test,
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server: ``HPJAX_POSTGRES_URL`` (``.ci/run`` starts a throwaway one), else
+    a throwaway cluster started here with ``tools/postgres_throwaway.sh`` and stopped at the end.
+    Without PostgreSQL on the machine the tests that need it fail, unless
+    ``HPJAX_POSTGRES_OPTIONAL=1`` lets them skip."""
+    url = os.environ.get("HPJAX_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    script = os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "tools", "postgres_throwaway.sh"
+    )
+    directory = tempfile.mkdtemp(prefix="hpjax-pg-")
+    started = subprocess.run(
+        ["bash", script, "start", directory], capture_output=True, text=True, check=False
+    )
+    if started.returncode:
+        shutil.rmtree(directory, ignore_errors=True)
+        message = f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}"
+        if os.environ.get("HPJAX_POSTGRES_OPTIONAL") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run(["bash", script, "stop", directory], check=False)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

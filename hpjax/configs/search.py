@@ -13,6 +13,11 @@ weight decay (the default study's space) with TPE.
   python experiments/search.py --workdir runs/search_pareto \
     --config=experiments/configs/search.py:pareto
 
+Several workers (each its own workdir) share one search through a PostgreSQL server:
+
+  python experiments/search.py --workdir runs/worker_a \
+    --config.optuna_storage=postgresql://USER@HOST/DB --config.search.study_name=mlp_tpe
+
 Variants: tpe (default), qmc, random, cmaes, gp (needs torch), sequential, pareto; add ",quick"
 for seconds.
 """
@@ -40,6 +45,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "population": 8,
             "seed": 0,
             "objectives": ("val_loss",),
+            # Workers: every process started with the same optuna_storage and study_name takes
+            # part in one search (PostgreSQL for several machines). A worker whose heartbeat is
+            # older than grace_s has its trials failed and queued again, up to max_retry times.
+            "study_name": "search",
+            "heartbeat_s": 10,
+            "grace_s": 60,
+            "max_retry": 3,
             "space": ml_collections.ConfigDict(
                 {
                     "learning_rate": (1e-4, 1e-1, "log"),

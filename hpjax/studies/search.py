@@ -34,8 +34,10 @@ from hpjax import data as data_lib
 from hpjax.config import as_tuple
 from hpjax.engine import hparams, tasks
 from hpjax.errors import config_error
-from hpjax.report import figures, markdown
-from hpjax.results import files, optuna_storage
+from hpjax.results import files, optuna_shared, optuna_storage
+from hpjax.studies import search_outputs
+from hpjax.studies.search_outputs import flat_space
+from hpjax.study import loop
 from hpjax.study import space as space_lib
 from hpjax.study import spec as spec_lib
 from hpjax.study.run import build_models, chosen_outputs, train_study
@@ -72,9 +74,28 @@ def validate_search(config) -> dict[str, Any]:
         _fail(
             "sampler", s.sampler, "needs torch (Optuna's GP sampler runs on it): pip install torch"
         )
-    for key in ("num_trials", "population"):
+    for key in ("num_trials", "population", "heartbeat_s", "grace_s"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             _fail(key, s[key], "must be a positive integer")
+    if isinstance(s.max_retry, bool) or not isinstance(s.max_retry, int) or s.max_retry < 0:
+        _fail("max_retry", s.max_retry, "must be a non-negative integer")
+    if s.grace_s <= s.heartbeat_s:
+        _fail("grace_s", s.grace_s, f"must exceed search.heartbeat_s ({s.heartbeat_s})")
+    if not isinstance(s.study_name, str) or not s.study_name:
+        _fail("study_name", s.study_name, "must be a non-empty name")
+    storage = str(config.optuna_storage)
+    if storage.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        raise config_error(
+            "optuna_storage",
+            optuna_shared.shown(storage),
+            'needs the PostgreSQL driver psycopg: pip install -e ".[optuna]"',
+        )
+    if optuna_shared.scheme(storage) == "mysql":
+        raise config_error(
+            "optuna_storage",
+            optuna_shared.shown(str(config.optuna_storage)),
+            "is MySQL; search workers share PostgreSQL (several machines) or SQLite (one)",
+        )
     objectives = as_tuple(s.objectives)
     if (
         not objectives
@@ -88,13 +109,6 @@ def validate_search(config) -> dict[str, Any]:
     if not space:
         _fail("space", space, "is empty; give at least one key to search")
     return {key: _distribution(key, value) for key, value in space.items()}
-
-
-def flat_space(space) -> dict[str, Any]:
-    """The search space with the nested ``model`` section as ``model.KEY`` entries."""
-    space = space.to_dict() if hasattr(space, "to_dict") else dict(space)
-    model = space.pop("model", None) or {}
-    return space | {f"model.{k}": v for k, v in dict(model).items()}
 
 
 def _distribution(key: str, value: Any):
@@ -145,46 +159,204 @@ def base_study(config) -> tuple[StudySpec, str]:
     return rounds, study.outputs.optuna_storage
 
 
-def _asked(study, config, distributions: dict, first: int, count: int, path: str) -> list[dict]:
-    """The round's trials, numbers ``first`` to ``first + count - 1``: kept from ``asked.json``
-    when resuming, else asked now and kept. Trials a killed run had asked before it could
-    write ``asked.json`` are in the storage already: they are taken as they are."""
-    if os.path.exists(path):
-        return files.read_json_file(path, "the trials a search round asked")
-    pending = {
-        t.number: t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        if first <= t.number < first + count
-    }
-    asked = []
-    for number in range(first, first + count):
-        trial = pending.get(number)
-        if trial is None or set(trial.params) != set(distributions):
-            if trial is not None:  # killed while its parameters were drawn
-                study.tell(number, state=optuna.trial.TrialState.FAIL)
-            study.sampler = make_sampler(config, len(study.get_trials(deepcopy=False)))
-            trial = study.ask(distributions)
-        asked.append({"number": trial.number, "params": trial.params})
+@dataclasses.dataclass
+class Worker:
+    """One search worker: the shared Optuna study, its storage and this worker's settings."""
+
+    study: Any  # optuna.Study
+    url: str
+    name: str
+    config: Any
+    distributions: dict
+    objectives: tuple[str, ...]
+    known: set[int] = dataclasses.field(default_factory=set)  # numbers in this workdir's rounds
+
+    @property
+    def settings(self) -> Any:
+        return self.config.search
+
+
+def open_worker(config, workdir: str, setting: str, distributions: dict) -> Worker:
+    """Joins (or creates) the search's Optuna study as the worker of ``workdir``."""
+    s = config.search
+    url = optuna_storage.storage_url(workdir, setting, database="search.db")
+    storage = optuna_shared.open_storage(url, int(s.heartbeat_s), int(s.grace_s), int(s.max_retry))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objectives = tuple(as_tuple(s.objectives))
+    try:
+        with optuna_shared.ask_lock(url, str(s.study_name)):
+            study = optuna.create_study(
+                study_name=str(s.study_name),
+                storage=storage,
+                sampler=make_sampler(config),
+                directions=["minimize"] * len(objectives),
+                load_if_exists=True,
+            )
+    except ValueError as error:  # the study exists with other directions
+        raise config_error("search.objectives", objectives, str(error)) from None
+    worker = Worker(study, url, optuna_shared.worker_id(workdir), config, distributions, objectives)
+    files.write_json(
+        os.path.join(workdir, "worker.json"),
+        {
+            "worker": worker.name,
+            "storage": optuna_shared.shown(url),
+            "study_name": str(s.study_name),
+            "search": search_outputs.setup(config),
+        },
+    )
+    return worker
+
+
+def _ask_round(worker: Worker, path: str) -> tuple[list[dict], optuna_shared.Heartbeat] | None:
+    """Under the storage's lock: fails trials of lost workers (queuing their retries), takes
+    back this worker's own running trials that no round of its workdir holds (asked before a
+    kill), and asks for the rest of a population within the study's budget. Returns the round
+    and its running heartbeat; an empty round when other workers' trials still run; None when
+    the budget is spent and nothing runs."""
+    s, study = worker.settings, worker.study
+    with optuna_shared.ask_lock(worker.url, str(s.study_name)):
+        lost = optuna_shared.fail_lost(study, int(s.grace_s))
+        if lost:
+            logging.warning("search: trials %s lost their worker; queued to run again", lost)
+        mine = []
+        for trial in optuna_shared.own_running(study, worker.name):
+            if trial.number in worker.known:
+                continue
+            if set(trial.params) != set(worker.distributions):  # killed while drawing them
+                study._storage.set_trial_user_attr(trial._trial_id, optuna_shared.ABANDONED, True)
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                continue
+            mine.append(trial)
+        budget = optuna_shared.budget(study)
+        new = min(int(s.population) - len(mine), budget.askable(int(s.num_trials)))
+        if not mine and new <= 0:
+            return None if budget.running == 0 and budget.waiting == 0 else ([], None)
+        for _ in range(max(new, 0)):
+            study.sampler = make_sampler(worker.config, len(study.get_trials(deepcopy=False)))
+            trial = study.ask(worker.distributions)
+            _claim(study, trial, worker.name)
+            mine.append(trial)
+        heartbeat = optuna_shared.Heartbeat(study, [t._trial_id for t in mine])
+    asked = [{"number": t.number, "trial_id": t._trial_id, "params": t.params} for t in mine]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     files.write_json(path, asked)
-    return asked
+    worker.known |= {a["number"] for a in asked}
+    return asked, heartbeat
+
+
+def _claim(study, trial, worker: str) -> None:
+    """Names ``worker`` as the trial's; a retry of a lost trial drops the rung values it
+    inherited (its own come as it trains)."""
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, optuna_shared.WORKER, worker)
+    for key in trial.user_attrs:
+        if key.startswith(optuna_shared.RUNG.format("")):
+            storage.set_trial_user_attr(trial._trial_id, key, None)
+
+
+def _earlier_round(worker: Worker, path: str):
+    """A round this workdir asked before: its trials, and a heartbeat when some still run here.
+    None when another worker failed its trials after this one stopped (they are retried
+    elsewhere or by this worker's next round)."""
+    asked = files.read_json_file(path, "the trials a search round asked")
+    worker.known |= {a["number"] for a in asked}
+    study = worker.study
+    with optuna_shared.ask_lock(worker.url, str(worker.settings.study_name)):
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        states = [trials[a["number"]] for a in asked]
+        if any(t.state.name == "FAIL" and optuna_shared.TOLD not in t.user_attrs for t in states):
+            logging.warning(
+                "search: %s was taken over after this worker stopped; its trials run again "
+                "as retries",
+                os.path.dirname(path),
+            )
+            return None
+        running = [t._trial_id for t in states if t.state.name == "RUNNING"]
+        heartbeat = optuna_shared.Heartbeat(study, running) if running else None
+    return asked, heartbeat
+
+
+def _round_dirs(workdir: str) -> list[str]:
+    """This workdir's rounds that were asked, in order."""
+    names = sorted(n for n in os.listdir(workdir) if n.startswith("round_"))
+    return [
+        os.path.join(workdir, n)
+        for n in names
+        if os.path.exists(os.path.join(workdir, n, "asked.json"))
+    ]
 
 
 def _trial_dict(params: Mapping[str, Any]) -> dict:
     return {k: (float(v) if isinstance(v, float) else v) for k, v in params.items()}
 
 
-def _tell(study, asked: list[dict], rows: list[dict], objectives: tuple[str, ...]) -> None:
-    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    for entry, row in zip(asked, rows, strict=True):
-        if entry["number"] in finished:
+def _tell(worker: Worker, asked: list[dict], rows: list[dict]) -> None:
+    """Tells the study each of ``rows``' trials (one told before is left as it is)."""
+    study, by_trial = worker.study, {int(r["trial"]): r for r in rows}
+    for index, entry in enumerate(asked):
+        row = by_trial.get(index)
+        if row is None:
             continue
+        trial = study._storage.get_trial(entry["trial_id"])
+        if trial.state.is_finished():
+            continue
+        study._storage.set_trial_user_attr(entry["trial_id"], optuna_shared.TOLD, True)
         loss = row.get("best_val_loss")
         if row["status"] == "diverged" or loss is None or not math.isfinite(loss):
             study.tell(entry["number"], state=optuna.trial.TrialState.FAIL)
-            continue
-        values = [float(loss)] + [float(row["num_params"])] * (len(objectives) > 1)
-        study.tell(entry["number"], values if len(values) > 1 else values[0])
+        elif row["status"] == "pruned":
+            study.tell(entry["number"], state=optuna.trial.TrialState.PRUNED)
+        else:
+            values = [float(loss)] + [float(row["num_params"])] * (len(worker.objectives) > 1)
+            study.tell(entry["number"], values if len(values) > 1 else values[0])
+
+
+class _RoundHook(loop.Hooks):
+    """Tells each population's trials as it ends, shares ASHA's rung values with the study and,
+    on a server, writes every evaluation's validation loss as Optuna's intermediate value (the
+    dashboard shows the curves live)."""
+
+    def __init__(self, worker: Worker, asked: list[dict]):
+        self.worker = worker
+        self.asked = asked
+        self.live = optuna_shared.is_server(worker.url)
+
+    def on_evaluation(self, run, state, rows) -> None:
+        if not self.live:
+            return
+        storage = self.worker.study._storage
+        for row in rows:
+            if math.isfinite(row["val_loss"]):
+                trial_id = self.asked[row["trial"]]["trial_id"]
+                storage.set_trial_intermediate_value(trial_id, row["step"], row["val_loss"])
+
+    def on_end(self, run, summary_rows) -> None:
+        _tell(self.worker, self.asked, summary_rows)
+
+    def rung_board(self, run) -> optuna_shared.RungValues:
+        ids = {p: self.asked[t.index]["trial_id"] for p, t in enumerate(run.plan.trials)}
+        return optuna_shared.RungValues(self.worker.study, ids)
+
+
+def _train_round(worker: Worker, study: StudySpec, asked, heartbeat, round_dir, **kwargs):
+    """Trains (or resumes) the round's trials as one study and tells them; returns its rows."""
+    trials = [_trial_dict(a["params"]) for a in asked]
+    try:
+        rows = train_study(
+            spec_lib.with_points(study, trials),
+            round_dir,
+            hooks=[_RoundHook(worker, asked)],
+            **kwargs,
+        )
+        _tell(worker, asked, rows)
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+    index = int(os.path.basename(round_dir).split("_")[1])
+    return [
+        {"round": index, "number": entry["number"], **entry["params"], **row}
+        for entry, row in zip(asked, rows, strict=True)
+    ]
 
 
 def run_search(
@@ -195,10 +367,11 @@ def run_search(
     task: tasks.Task = tasks.CLASSIFICATION,
     dataset: data_lib.Dataset | None = None,
 ) -> list[dict]:
-    """Runs the search ``config.search`` into ``workdir``; returns one row per trial."""
+    """Runs the search ``config.search`` into ``workdir`` as one worker of its Optuna study
+    (alone, or beside others started against the same storage and study name); returns one
+    row per trial this worker trained."""
     distributions = validate_search(config)
     s = config.search
-    objectives = tuple(as_tuple(s.objectives))
     if dataset is None:
         dataset = data_lib.load_dataset(config)
     # the first round's study is checked in full before the workdir is touched
@@ -208,47 +381,29 @@ def run_search(
     chosen_outputs(first.outputs)
     build_models(first, dataset, model)
     os.makedirs(workdir, exist_ok=True)
+    train = {"model": model, "task": task, "dataset": dataset}
     with files.workdir_lock(workdir):
-        storage = optuna_storage.storage_url(workdir, setting, database="search.db")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        optuna_study = optuna.create_study(
-            study_name="search",
-            storage=storage,
-            sampler=make_sampler(config),
-            directions=["minimize"] * len(objectives),
-            load_if_exists=True,
-        )
+        worker = open_worker(config, workdir, setting, distributions)
         rows: list[dict] = []
         start = time.perf_counter()
-        done, index, first_number = 0, 0, 0
-        while done < int(s.num_trials):
-            count = min(int(s.population), int(s.num_trials) - done)
+        earlier = _round_dirs(workdir)
+        for round_dir in earlier:
+            kept = _earlier_round(worker, os.path.join(round_dir, "asked.json"))
+            if kept is not None:
+                rows += _train_round(worker, study, *kept, round_dir, **train)
+        index = len(earlier)
+        while True:
             round_dir = os.path.join(workdir, f"round_{index:03d}")
-            asked = _asked(
-                optuna_study,
-                config,
-                distributions,
-                first_number,
-                count,
-                os.path.join(round_dir, "asked.json"),
-            )
-            trials = [_trial_dict(a["params"]) for a in asked]
-            logging.info("search round %d: %d trials asked of %s", index, len(trials), s.sampler)
-            round_rows = train_study(
-                spec_lib.with_points(study, trials),
-                round_dir,
-                model=model,
-                task=task,
-                dataset=dataset,
-            )
-            _tell(optuna_study, asked, round_rows, objectives)
-            for entry, row in zip(asked, round_rows, strict=True):
-                rows.append({"round": index, "number": entry["number"], **entry["params"], **row})
-            done += len(asked)
-            first_number = max(a["number"] for a in asked) + 1
+            asked = _ask_round(worker, os.path.join(round_dir, "asked.json"))
+            if asked is None:
+                break
+            if not asked[0]:  # the budget is taken; wait for the other workers' trials
+                time.sleep(float(s.heartbeat_s))
+                continue
+            logging.info("search round %d: %d trials asked of %s", index, len(asked[0]), s.sampler)
+            rows += _train_round(worker, study, *asked, round_dir, **train)
             index += 1
-        wall = time.perf_counter() - start
-        write_outputs(workdir, config, optuna_study, rows, objectives, wall)
+        search_outputs.write_outputs(workdir, worker.study, rows, time.perf_counter() - start)
     return rows
 
 
@@ -257,114 +412,3 @@ def _example(distribution) -> Any:
     if isinstance(distribution, optuna.distributions.CategoricalDistribution):
         return distribution.choices[0]
     return distribution.low
-
-
-def _objective_values(row: Mapping, objectives: tuple[str, ...]) -> list[float | None]:
-    values = [row.get("best_val_loss")]
-    if len(objectives) > 1:
-        values.append(row.get("num_params"))
-    return values
-
-
-def write_outputs(workdir, config, study_, rows, objectives, wall_s: float) -> dict[str, str]:
-    """``search.csv``, ``plots/search.png`` and ``search_report.md``."""
-    best_so_far = math.inf
-    for row in sorted(rows, key=lambda r: r["number"]):
-        loss = row.get("best_val_loss")
-        if row.get("status") != "diverged" and loss is not None and math.isfinite(loss):
-            best_so_far = min(best_so_far, loss)
-        row["best_so_far"] = best_so_far if math.isfinite(best_so_far) else None
-    space = list(flat_space(config.search.space))
-    columns = ["number", "round", *space, "status", "best_val_loss", "best_so_far", "best_step"]
-    columns += [c for c in ("test_loss", "test_accuracy", "num_params") if c in rows[0]]
-    paths = {"csv": os.path.join(workdir, "search.csv")}
-    files.write_csv(paths["csv"], sorted(rows, key=lambda r: r["number"]), columns)
-    pareto = []
-    if len(objectives) > 1:
-        front = {t.number for t in study_.best_trials}
-        pareto = [r for r in rows if r["number"] in front]
-    paths["plot"] = plot_search(rows, pareto, os.path.join(workdir, "plots", "search.png"))
-    ok = [r for r in rows if r.get("best_so_far") is not None and r["status"] != "diverged"]
-    best = min(ok, key=lambda r: r["best_val_loss"]) if ok else None
-    s = config.search
-    lines = [
-        f"# Search: {s.sampler}, {len(rows)} trials in populations of {s.population}",
-        "",
-        f"{len(rows)} trials asked of Optuna's `{s.sampler}` {s.population} at a time, each "
-        f"batch trained as one hpjax study (`round_NNN/`), in {wall_s:.1f} s. Space: "
-        + ", ".join(
-            f"`{k}` {tuple(as_tuple(v))}" for k, v in flat_space(config.search.space).items()
-        )
-        + ". The Optuna study: `search.db` (`optuna-dashboard sqlite:///"
-        + os.path.abspath(os.path.join(workdir, "search.db"))
-        + "`).",
-        "",
-    ]
-    if best is not None:
-        lines += [
-            f"**Best trial:** number {best['number']} (round {best['round']}): "
-            + ", ".join(f"{k}={best.get(k)}" for k in space)
-            + f": best validation loss {best['best_val_loss']:.4g}"
-            + (f", test accuracy {best['test_accuracy']:.4g}" if "test_accuracy" in best else "")
-            + ".",
-            "",
-        ]
-    if pareto:
-        lines += [
-            "## Pareto front (validation loss against parameter count)",
-            "",
-            markdown.markdown_table(sorted(pareto, key=lambda r: r["num_params"]), columns),
-        ]
-    top = sorted(ok, key=lambda r: r["best_val_loss"])[:10]
-    lines += ["## The ten best trials", "", markdown.markdown_table(top, columns)]
-    lines += ["## Plot", "", "![search](plots/search.png)", ""]
-    paths["report"] = files.write_markdown(os.path.join(workdir, "search_report.md"), lines)
-    return paths
-
-
-def plot_search(rows, pareto, path: str) -> str:
-    """Left: each trial's best validation loss and the best so far, in the order asked. Right,
-    with two objectives: validation loss against parameter count, the Pareto front joined."""
-    fig = figures.new_figure((12.0, 4.8) if pareto else (8.0, 5.0))
-    axes = fig.subplots(1, 2) if pareto else [fig.add_subplot()]
-    ordered = sorted(rows, key=lambda r: r["number"])
-    ax = axes[0]
-    xs = [r["number"] for r in ordered if r.get("best_so_far") is not None]
-    ok = [r for r in ordered if r["status"] != "diverged" and r.get("best_so_far") is not None]
-    ax.scatter([r["number"] for r in ok], [r["best_val_loss"] for r in ok], s=12, label="trial")
-    ax.step(
-        xs,
-        [r["best_so_far"] for r in ordered if r.get("best_so_far") is not None],
-        where="post",
-        color="black",
-        label="best so far",
-    )
-    ax.set_xlabel("trial (order asked)")
-    ax.set_ylabel("best validation loss")
-
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    if pareto:
-        ax = axes[1]
-        ax.scatter(
-            [r["num_params"] for r in ok],
-            [r["best_val_loss"] for r in ok],
-            s=12,
-            color="grey",
-            label="trial",
-        )
-        front = sorted(pareto, key=lambda r: r["num_params"])
-        ax.plot(
-            [r["num_params"] for r in front],
-            [r["best_val_loss"] for r in front],
-            "o-",
-            color="C3",
-            label="Pareto front",
-        )
-        ax.set_xscale("log")
-
-        ax.set_xlabel("parameters")
-        ax.set_ylabel("best validation loss")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    return figures.save_figure(fig, path)

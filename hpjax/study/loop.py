@@ -35,6 +35,7 @@ from hpjax.models import Model
 from hpjax.results import checkpoints, files
 from hpjax.study import progress, summary
 from hpjax.study import schedulers as schedulers_lib
+from hpjax.study.hooks import Hooks
 from hpjax.study.populations import PopulationPlan, population_spec
 from hpjax.study.rows import RowLayout
 from hpjax.study.sections import StudySpec
@@ -82,28 +83,6 @@ class StudyData:
             put(dataset.y_test),
             on_host,
         )
-
-
-class Hooks:
-    """What a study adds to the host loop; every method is optional and does nothing here.
-
-    ``state`` is the population's device state, valid only during the call (the next training
-    call donates it).
-    """
-
-    def on_start(self, run: PopulationRun, state: population.PopulationState) -> None:
-        """Before the first training call of a population (not called for a finished one)."""
-
-    def on_train(self, run: PopulationRun, num_ticks: int, seconds: float) -> None:
-        """After each compiled training call, with its wall time (the result is ready)."""
-
-    def on_evaluation(
-        self, run: PopulationRun, state: population.PopulationState, rows: list[dict]
-    ) -> None:
-        """After each evaluation (the first one before training), with its metrics rows."""
-
-    def on_end(self, run: PopulationRun, summary_rows: list[dict]) -> None:
-        """When a population has finished (also one finished before a resume)."""
 
 
 @jit(static_argnums=0)
@@ -180,7 +159,9 @@ class PopulationRun:
         adaptive = study.adaptive
         shrink = ADAPTIVE_SHRINK if adaptive.is_adaptive else study.placement.compact_fraction
         self.rows = RowLayout(plan.hparams(), sharding, adaptive.slots, shrink)
-        self.scheduler = schedulers_lib.make_scheduler(adaptive, max(plan.max_steps))
+        boards = [h.rung_board(self) for h in self.hooks if hasattr(h, "rung_board")]
+        board = next((b for b in boards if b is not None), None)
+        self.scheduler = schedulers_lib.make_scheduler(adaptive, max(plan.max_steps), board)
         self.refills = adaptive.scheduler != "pbt"  # PBT's members persist: they are exploited
         self.budget = adaptive.budget_trial_steps
         self.history: dict[int, list[dict]] = {t.index: [] for t in plan.trials}

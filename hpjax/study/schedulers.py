@@ -7,7 +7,8 @@ applies the :class:`Decision` it returns; nothing else of the loop knows which s
   Parallel Hyperparameter Tuning"). Rungs at ``r, r*eta, r*eta^2, ...`` optimizer steps; a trial
   that reaches a rung goes on only if its best monitored value so far is in the best ``1/eta``
   of the values recorded at that rung so far (no waiting for stragglers), else it is pruned and
-  its row takes the next trial.
+  its row takes the next trial. With a :class:`RungBoard` (search workers sharing one Optuna
+  study) the values at a rung are those of the whole study, not only of this program.
 - :class:`Pbt`: population-based training (Jaderberg et al. 2017). Every ``interval`` steps the
   bottom ``fraction`` of the members copy the training state of a random member of the top
   ``fraction`` (exploit) and perturb the searched hyperparameters by x0.8 or x1.25, or resample
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import Protocol
 
 import numpy as np
 
@@ -72,10 +74,22 @@ class Decision:
     exploits: tuple[Exploit, ...] = ()
 
 
-def make_scheduler(adaptive: AdaptiveSpec, max_steps: int) -> Asha | Pbt | None:
+class RungBoard(Protocol):
+    """ASHA's values at its rungs shared beyond one program (trials are the plan's positions)."""
+
+    def values(self, rung: int) -> list[float]:
+        """The values recorded at ``rung`` (steps) by trials outside this program."""
+
+    def record(self, trial: int, rung: int, value: float) -> None:
+        """Shares ``trial``'s ``value`` at ``rung``."""
+
+
+def make_scheduler(
+    adaptive: AdaptiveSpec, max_steps: int, board: RungBoard | None = None
+) -> Asha | Pbt | None:
     """The study's scheduler (None for a plain queue or a grid)."""
     if adaptive.scheduler == "asha":
-        return Asha(adaptive.asha_min_steps, adaptive.asha_eta, max_steps)
+        return Asha(adaptive.asha_min_steps, adaptive.asha_eta, max_steps, board)
     if adaptive.scheduler == "pbt":
         return Pbt(adaptive)
     return None
@@ -84,8 +98,9 @@ def make_scheduler(adaptive: AdaptiveSpec, max_steps: int) -> Asha | Pbt | None:
 class Asha:
     """Asynchronous successive halving over optimizer steps, lower values better."""
 
-    def __init__(self, min_steps: int, eta: float, max_steps: int):
+    def __init__(self, min_steps: int, eta: float, max_steps: int, board: RungBoard | None = None):
         self.eta = float(eta)
+        self.board = board
         self.rungs = []
         rung = float(min_steps)
         while rung < max_steps:
@@ -104,7 +119,11 @@ class Asha:
                 return None
             self.recorded[k].append(value)
             self.passed[trial] = k + 1
-            finite = [v for v in self.recorded[k] if math.isfinite(v)]
+            seen = self.recorded[k]
+            if self.board is not None:
+                self.board.record(trial, self.rungs[k], value)
+                seen = seen + self.board.values(self.rungs[k])
+            finite = [v for v in seen if math.isfinite(v)]
             cutoff = np.quantile(finite, 1 / self.eta) if finite else math.inf
             if value > cutoff:
                 return self.rungs[k]
