@@ -23,6 +23,7 @@ import importlib.util
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -233,7 +234,9 @@ def _ask_round(worker: Worker, path: str) -> tuple[list[dict], optuna_shared.Hea
             return None if budget.running == 0 and budget.waiting == 0 else ([], None)
         for _ in range(max(new, 0)):
             study.sampler = make_sampler(worker.config, len(study.get_trials(deepcopy=False)))
-            trial = study.ask(worker.distributions)
+            with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": ours beats
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask(worker.distributions)
             _claim(study, trial, worker.name)
             mine.append(trial)
         heartbeat = optuna_shared.Heartbeat(study, [t._trial_id for t in mine])
