@@ -14,6 +14,7 @@ import importlib
 
 _EXPORTS = {
     "train": "hpjax.api",
+    "search": "hpjax.api",
     "Study": "hpjax.results.study",
     "loguniform": "hpjax.study.space",
     "uniform": "hpjax.study.space",

@@ -41,9 +41,11 @@ from flax import nnx
 from hpjax import data as data_lib
 from hpjax import runtime
 from hpjax.config import default_config
+from hpjax.configs import search as search_config
 from hpjax.engine import tasks
 from hpjax.errors import ConfigError
 from hpjax.results.study import Study
+from hpjax.studies.search import run_search
 from hpjax.study.run import train_and_evaluate
 from hpjax.study.space import Choice, Range
 
@@ -131,6 +133,17 @@ def train(
     default, or a metric). Progress (populations, ticks, time left, the best value so far) is
     logged to stderr unless ``verbose=False``.
     """
+    _check_inputs(model, data, workdir)
+    chosen = _task_for(data, task, monitor)
+    name = getattr(model, "__name__", type(model).__name__)
+    cfg = make_config(name, data.name, **config)
+    runtime.use_compilation_cache(cfg.compilation_cache)  # as the binaries: reruns load programs
+    with _progress_to_stderr(verbose):
+        rows = train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)
+    return Study(str(workdir), tuple(rows), chosen.monitor, model)
+
+
+def _check_inputs(model: Any, data: Any, workdir: Any) -> None:
     if not callable(model):
         raise ConfigError(
             f"model must be a factory make(rngs, **architecture) -> nnx.Module; got "
@@ -142,6 +155,9 @@ def train(
         raise ConfigError(
             f"data must be an hpjax Dataset (hpjax.from_arrays(...)); got {type(data).__name__}"
         )
+
+
+def _task_for(data: data_lib.Dataset, task, monitor: str | None) -> tasks.Task:
     made_for = "classification" if data.is_classification else "regression"
     chosen = tasks.get_task(made_for if task is None else task)
     if monitor is not None:
@@ -151,12 +167,50 @@ def train(
             f"task {chosen.name!r} does not fit data {data.name!r} made for {made_for}; leave "
             "out task= (the data set's is used) or pass a task for the same kind of targets"
         )
+    return chosen
+
+
+def search(
+    model: Callable[..., nnx.Module],
+    data: data_lib.Dataset,
+    workdir: str,
+    *,
+    space: Mapping[str, Any],
+    num_trials: int = 32,
+    population: int = 8,
+    sampler: str = "optuna_tpe",
+    storage: str = "auto",
+    study_name: str = "search",
+    task: str | tasks.Task | None = None,
+    monitor: str | None = None,
+    verbose: bool = True,
+    **config: Any,
+) -> list[dict]:
+    """Optuna's ``sampler`` proposing ``population`` trials of ``model`` at a time over ``space``
+    (``hpjax.loguniform``/``uniform``/``choice``), each round trained as one program, until the
+    study holds ``num_trials``; returns a row per trial this call trained.
+
+    With ``storage="postgresql://..."`` and one ``study_name``, every process that calls this
+    (or runs ``experiments/search.py``) is a worker of one search. Other keywords are study
+    config keys, as for :func:`train`.
+    """
+    _check_inputs(model, data, workdir)
+    chosen = _task_for(data, task, monitor)
     name = getattr(model, "__name__", type(model).__name__)
     cfg = make_config(name, data.name, **config)
-    runtime.use_compilation_cache(cfg.compilation_cache)  # as the binaries: reruns load programs
+    cfg.optuna_storage = storage
+    section = search_config.get_config("tpe").search
+    section.update(
+        sampler=sampler,
+        num_trials=num_trials,
+        population=population,
+        study_name=study_name,
+        space=ml_collections.ConfigDict(_as_config_section("space", space)),
+    )
+    cfg.search = section
+    runtime.use_compilation_cache(cfg.compilation_cache)
     with _progress_to_stderr(verbose):
-        rows = train_and_evaluate(cfg, workdir, model=model, task=chosen, dataset=data)
-    return Study(str(workdir), tuple(rows), chosen.monitor, model)
+        return run_search(cfg, str(workdir), model=model, task=chosen, dataset=data)
 
 
 @contextlib.contextmanager

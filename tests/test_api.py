@@ -387,3 +387,36 @@ def test_train_shows_progress_unless_told_not_to(classification_data, tmp_path, 
     assert "hpjax: population 1/1" in shown and "best val loss so far" in shown
     hpjax.train(tiny_cnn, classification_data, str(tmp_path / "b"), verbose=False, **kwargs)
     assert "hpjax:" not in capfd.readouterr().err
+
+
+def test_search_proposes_populations_of_your_model_and_records_them(regression_data, tmp_path):
+    import optuna
+
+    workdir = str(tmp_path / "search")
+    rows = hpjax.search(
+        tiny_regressor,
+        regression_data,
+        workdir,
+        space={"learning_rate": hpjax.loguniform(1e-3, 1e-1)},
+        num_trials=4,
+        population=2,
+        sampler="optuna_random",
+        verbose=False,
+        **STEPS,
+    )
+    assert [r["number"] for r in rows] == [0, 1, 2, 3] and [r["round"] for r in rows] == [
+        0,
+        0,
+        1,
+        1,
+    ]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{workdir}/search.db")
+    for trial, row in zip(sorted(study.trials, key=lambda t: t.number), rows, strict=True):
+        assert 1e-3 <= trial.params["learning_rate"] <= 1e-1
+        assert trial.params["learning_rate"] == pytest.approx(row["learning_rate"])
+        assert trial.value == pytest.approx(row["best_val_loss"], rel=1e-6)
+    best = min(rows, key=lambda r: r["best_val_loss"])
+    restored = hpjax.restore_best(
+        os.path.join(workdir, f"round_{best['round']:03d}"), best["trial"], tiny_regressor
+    )
+    assert restored.metadata["best_val_loss"] == pytest.approx(best["best_val_loss"])

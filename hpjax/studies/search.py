@@ -394,15 +394,23 @@ def run_search(
             kept = _earlier_round(worker, os.path.join(round_dir, "asked.json"))
             if kept is not None:
                 rows += _train_round(worker, study, *kept, round_dir, **train)
-        index = len(earlier)
+        index, waiting = len(earlier), False
         while True:
             round_dir = os.path.join(workdir, f"round_{index:03d}")
             asked = _ask_round(worker, os.path.join(round_dir, "asked.json"))
             if asked is None:
                 break
             if not asked[0]:  # the budget is taken; wait for the other workers' trials
+                if not waiting:
+                    logging.info(
+                        "search: the budget of %d trials is taken; waiting for the trials other "
+                        "workers run (a lost one is queued again and trained here)",
+                        int(s.num_trials),
+                    )
+                waiting = True
                 time.sleep(float(s.heartbeat_s))
                 continue
+            waiting = False
             logging.info("search round %d: %d trials asked of %s", index, len(asked[0]), s.sampler)
             rows += _train_round(worker, study, *asked, round_dir, **train)
             index += 1
