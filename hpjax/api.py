@@ -181,6 +181,7 @@ def search(
     sampler: str = "optuna_tpe",
     storage: str = "auto",
     study_name: str = "search",
+    options: Mapping[str, Any] | None = None,
     task: str | tasks.Task | None = None,
     monitor: str | None = None,
     verbose: bool = True,
@@ -191,8 +192,10 @@ def search(
     study holds ``num_trials``; returns a row per trial this call trained.
 
     With ``storage="postgresql://..."`` and one ``study_name``, every process that calls this
-    (or runs ``experiments/search.py``) is a worker of one search. Other keywords are study
-    config keys, as for :func:`train`.
+    (or runs ``experiments/search.py``) is a worker of one search. ``options`` sets the search
+    section's other keys (``seed``, ``objectives``, ``heartbeat_s``, ``grace_s``,
+    ``max_retry``: ``hpjax/configs/search.py``). Other keywords are study config keys, as for
+    :func:`train`.
     """
     _check_inputs(model, data, workdir)
     chosen = _task_for(data, task, monitor)
@@ -207,6 +210,13 @@ def search(
         study_name=study_name,
         space=ml_collections.ConfigDict(_as_config_section("space", space)),
     )
+    unknown = sorted(set(options or {}) - set(section.keys()))
+    if unknown:
+        raise ConfigError(
+            f"options key {unknown[0]!r} is not a search setting; allowed: "
+            + ", ".join(sorted(set(section.keys()) - {"space"}))
+        )
+    section.update(dict(options or {}))
     cfg.search = section
     runtime.use_compilation_cache(cfg.compilation_cache)
     with _progress_to_stderr(verbose):

@@ -2,7 +2,6 @@
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import tempfile
 
@@ -96,7 +95,7 @@ def postgres_url():
         ["bash", script, "start", directory], capture_output=True, text=True, check=False
     )
     if started.returncode:
-        shutil.rmtree(directory, ignore_errors=True)
+        subprocess.run(["bash", script, "stop", directory], check=False)
         message = f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}"
         if os.environ.get("HPJAX_POSTGRES_OPTIONAL") == "1":
             pytest.skip(message)
@@ -105,7 +104,6 @@ def postgres_url():
         yield started.stdout.strip()
     finally:
         subprocess.run(["bash", script, "stop", directory], check=False)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def worker_flags(url: str, name: str, **overrides) -> list[str]:
         "optuna_storage": url,
         "search.study_name": name,
         "search.heartbeat_s": 1,
-        "search.grace_s": 3,
+        "search.grace_s": 10,  # 3 JAX processes and the server share 2 cores: no false alarms
         "make_report": False,
         "tensorboard": "off",
         "log_every_s": 0.0,
@@ -85,22 +85,23 @@ def test_three_workers_one_killed_end_with_every_trial_done_once(postgres_url, t
         postgres_url, name, **{"search.num_trials": 24, "search.population": 4, "num_steps": 600}
     )
     workdirs = [str(tmp_path / w) for w in ("a", "b", "c")]
-    procs = [start_worker(w, flags) for w in workdirs]
-    victim = os.path.join(workdirs[2], "round_000", "asked.json")
+    victim = start_worker(workdirs[2], flags)
+    asked_path = os.path.join(workdirs[2], "round_000", "asked.json")
     deadline = time.monotonic() + 300
-    while not os.path.exists(victim):
-        assert time.monotonic() < deadline and procs[2].poll() is None, "c never asked"
+    while not os.path.exists(asked_path):
+        assert time.monotonic() < deadline and victim.poll() is None, "c never asked"
         time.sleep(0.05)
-    os.kill(procs[2].pid, signal.SIGKILL)  # its round asked and running, not yet told
-    procs[2].wait()
-    finish(procs[:2], workdirs[:2])
+    procs = [start_worker(w, flags) for w in workdirs[:2]]
+    os.kill(victim.pid, signal.SIGKILL)  # its round asked and running, not yet told
+    victim.wait()
+    finish(procs, workdirs[:2])
 
     study = optuna.load_study(study_name=name, storage=postgres_url)
     trials = study.get_trials(deepcopy=False)
     by_state = {s: [t for t in trials if t.state.name == s] for s in ("COMPLETE", "FAIL")}
     assert len(by_state["COMPLETE"]) == 24
     assert len(trials) == 24 + len(by_state["FAIL"])  # none running, waiting or pruned
-    lost = json.load(open(victim))
+    lost = json.load(open(asked_path))
     assert sorted(t.number for t in by_state["FAIL"]) == sorted(a["number"] for a in lost)
     for failed in by_state["FAIL"]:  # each lost trial ran again once, with its parameters
         (retry,) = [t for t in trials if failed.number in t.system_attrs.get("retry_history", [])]
@@ -248,3 +249,34 @@ def test_a_restarted_worker_resumes_its_own_round_and_asks_nothing_again(
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # nothing asked again
     assert [r["number"] for r in resumed] == [0, 1, 2, 3]
     assert [r["best_val_loss"] for r in resumed] == [r["best_val_loss"] for r in reference]
+
+
+def test_a_worker_killed_between_asking_and_beating_loses_nothing(postgres_url):
+    """Trials left running without a heartbeat (their worker died inside its ask) are failed at
+    the next ask: queued again when their parameters were drawn, else abandoned; the budget
+    counts the retry once and the abandoned trial not at all."""
+    from hpjax.results import optuna_shared
+
+    url, name = postgres_url, f"ask_{uuid.uuid4().hex[:8]}"
+    storage = optuna_shared.open_storage(url, heartbeat_s=1, grace_s=10, max_retry=3)
+    study = optuna.create_study(study_name=name, storage=storage)
+    space = {
+        "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "weight_decay": optuna.distributions.FloatDistribution(1e-3, 10.0, log=True),
+    }
+    done = study.ask(space)
+    study.tell(done, 1.0)
+    drawn = study.ask(space)  # all its parameters, never a beat
+    partial = study.ask({"learning_rate": space["learning_rate"]})  # killed mid-draw
+    beating = study.ask(space)
+    storage.record_heartbeat(beating._trial_id)
+    assert optuna_shared.budget(study).used == 4
+    assert optuna_shared.fail_lost(study, set(space)) == [drawn.number, partial.number]
+    trials = study.get_trials(deepcopy=False)
+    (retry,) = [t for t in trials if t.state.name == "WAITING"]
+    assert retry.params == drawn.params and retry.system_attrs["retry_history"] == [drawn.number]
+    assert trials[partial.number].user_attrs[optuna_shared.ABANDONED] is True
+    assert trials[beating.number].state.name == "RUNNING"
+    counted = optuna_shared.budget(study)
+    assert (counted.used, counted.waiting, counted.running) == (3, 1, 1)
+    assert counted.askable(4) == 2  # the retry, and one new point for the abandoned one

@@ -83,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             print("optuna-dashboard did not answer in time")
             return 1
         named = [s for s in studies["study_summaries"] if s["study_name"] == args.study_name]
-        (study,) = named if args.study_name else studies["study_summaries"]
+        listed = named if args.study_name else studies["study_summaries"]
+        if len(listed) != 1:
+            names = [s["study_name"] for s in studies["study_summaries"]]
+            print(f"expected one study named {args.study_name or '(any)'!r}; listed: {names}")
+            return 1
+        (study,) = listed
         detail = get(f"{base}/studies/{study['study_id']}?after=0")
         trials = detail["trials"]
         values, workers, curves = {}, set(), 0
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         wrong = []
         for row in summary:
             state, vals = values.get(int(row[key]), (None, None))
-            if row["status"] != "diverged" and row["best_val_loss"]:
+            if row["status"] not in ("diverged", "pruned") and row["best_val_loss"]:
                 expected = float(row["best_val_loss"])
                 if not vals or not math.isclose(float(vals[0]), expected, rel_tol=1e-5):
                     wrong.append((row[key], vals, expected))

@@ -21,6 +21,7 @@ trials, training them and telling the results. What keeps them from losing or re
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -32,6 +33,8 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+
+from absl import logging
 
 try:
     import optuna
@@ -64,7 +67,29 @@ def shown(url: str) -> str:
     """``url`` as it may be printed: its password hidden."""
     if not is_server(url):
         return url
-    return __import__("sqlalchemy").engine.make_url(url).render_as_string(hide_password=True)
+    return _sqlalchemy().engine.make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlalchemy():
+    return importlib.import_module("sqlalchemy")
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` with its driver named (psycopg 3, the extra's), whatever SQLAlchemy's
+    default driver is (psycopg2 before SQLAlchemy 2.1)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+# A worker on a machine that vanished (power, network) holds the ask lock until the server sees
+# its connection dead: TCP keepalives make that a minute, not the system's two hours.
+KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def open_storage(
@@ -75,12 +100,13 @@ def open_storage(
     if scheme(url) == "journal":
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
     if not is_server(url) or heartbeat_s is None:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(driver_url(url))
+    engine = {"pool_pre_ping": True, "connect_args": KEEPALIVE}
     with warnings.catch_warnings(), _advisory_lock(url, "tables"):  # created once, not raced
         warnings.simplefilter("ignore")  # heartbeats and the retry callback are experimental
         return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True},
+            driver_url(url),
+            engine_kwargs=engine,
             heartbeat_interval=heartbeat_s,
             grace_period=grace_s,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -100,13 +126,25 @@ def _lock_key(name: str) -> int:
 
 @contextlib.contextmanager
 def _advisory_lock(url: str, name: str) -> Iterator[None]:
-    """PostgreSQL's session lock ``name``, on a connection of its own."""
-    sqlalchemy = importlib.import_module("sqlalchemy")
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    """PostgreSQL's session lock ``name``, on a connection of its own outside any transaction
+    (a server's idle-in-transaction timeout never drops it); says so while it waits."""
+    sqlalchemy = _sqlalchemy()
+    engine = sqlalchemy.create_engine(
+        driver_url(url),
+        poolclass=sqlalchemy.pool.NullPool,
+        isolation_level="AUTOCOMMIT",
+        connect_args=KEEPALIVE,
+    )
     key = {"key": _lock_key(name)}
     try:
         with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+            waited = 0.0
+            try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+            while not connection.execute(try_lock, key).scalar():
+                if waited in (30.0, 300.0):
+                    logging.warning("search: waiting %.0f s for another worker's ask lock", waited)
+                time.sleep(0.1)
+                waited = round(waited + 0.1, 1)
             try:
                 yield
             finally:
@@ -126,7 +164,9 @@ def ask_lock(url: str, study_name: str) -> Iterator[None]:
         return
     if kind == "mysql":
         raise ValueError("search workers need PostgreSQL, SQLite or a journal file, not MySQL")
-    path = "/" + url.split("://", 1)[1].lstrip("/") if kind == "sqlite" else url
+    path = url
+    if kind == "sqlite":
+        path = os.path.abspath(_sqlalchemy().engine.make_url(url).database)
     with open(path + ".asklock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -149,10 +189,11 @@ class Budget:
 
 
 def budget(study) -> Budget:
-    """Counts the study's trials; a trial lost with its worker counts through its retry (or, when
-    its retries are spent, as finished), one abandoned before its parameters not at all."""
+    """Counts the study's trials; a trial lost with its worker counts through its retry (when its
+    retries are spent, or it was abandoned before its parameters were drawn, not at all: a new
+    point takes its place)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retried = retried_numbers(trials)
     used = waiting = running = 0
     for t in trials:
         state = t.state.name
@@ -160,31 +201,64 @@ def budget(study) -> Budget:
             waiting += 1
         if state == "RUNNING":
             running += 1
-        if state == "FAIL":
-            used += t.number not in retried and not t.user_attrs.get(ABANDONED, False)
-        else:
-            used += 1
+        used += not lost(t, retried)
     return Budget(used, waiting, running)
 
 
-def fail_lost(study, grace_s: int) -> list[int]:
-    """Fails the running trials whose worker stopped beating (Optuna queues their retries), and
-    those asked longer than the grace period ago by a worker killed before it could name
-    itself; returns the numbers failed."""
+def _beating(study) -> set[int]:
+    """The ids of the trials with a heartbeat recorded."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    table = optuna.storages._rdb.models.TrialHeartbeatModel.__tablename__
+    with backend.engine.connect() as connection:
+        rows = connection.execute(_sqlalchemy().text(f"SELECT trial_id FROM {table}"))
+        return {row[0] for row in rows}
+
+
+def fail_lost(study, keys: set[str]) -> list[int]:
+    """Under the ask lock, fails the running trials of lost workers; returns their numbers.
+
+    A trial whose heartbeat is older than the grace period is failed and queued again by
+    Optuna's retry callback. One with no heartbeat at all was asked by a worker killed before
+    its first beat (every live worker beats a trial as soon as it asks it, under this lock): it
+    is queued again likewise when its parameters (``keys``) were all drawn, else abandoned.
+    """
     if not has_heartbeat(study):
         return []
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(_state("RUNNING"),))}
+    running = lambda: {
+        t.number for t in study.get_trials(deepcopy=False, states=(_state("RUNNING"),))
+    }  # noqa: E731
+    before = running()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
-    now = time.time()
+    beating, storage = _beating(study), study._storage
+    retry = storage.get_heartbeat_stale_trial_callback()
     for t in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
-        started = t.datetime_start.timestamp() if t.datetime_start else now
-        if WORKER not in t.user_attrs and now - started > grace_s:
-            study._storage.set_trial_user_attr(t._trial_id, ABANDONED, True)
-            study.tell(t.number, state=_state("FAIL"))
-    after = {t.number for t in study.get_trials(deepcopy=False, states=(_state("RUNNING"),))}
-    return sorted(before - after)
+        if t._trial_id in beating:
+            continue
+        drawn = bool(t.params) and set(t.params) >= keys
+        if not drawn:
+            storage.set_trial_user_attr(t._trial_id, ABANDONED, True)
+        storage.set_trial_state_values(t._trial_id, state=_state("FAIL"))
+        if drawn and retry is not None:
+            retry(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+    return sorted(before - running())
+
+
+def lost(trial, retried: set[int]) -> bool:
+    """Whether a trial ended with its worker (failed and queued again, or abandoned) rather than
+    told by it: its retry, if any, stands for it."""
+    if trial.state.name != "FAIL":
+        return False
+    return (
+        trial.number in retried
+        or not trial.user_attrs.get(TOLD)
+        or bool(trial.user_attrs.get(ABANDONED))
+    )
+
+
+def retried_numbers(trials) -> set[int]:
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
 
 def _state(name: str):
@@ -228,7 +302,7 @@ class Heartbeat:
     def stop(self) -> None:
         self.stopped.set()
         if self.thread is not None:
-            self.thread.join()
+            self.thread.join(timeout=2 * self.interval)  # a beat hung on a dead connection
 
 
 class RungValues:
@@ -258,4 +332,26 @@ class RungValues:
 
     def record(self, trial: int, rung: int, value: float) -> None:
         stored = value if math.isfinite(value) else None
-        self.study._storage.set_trial_user_attr(self.trial_ids[trial], RUNG.format(rung), stored)
+        with taken_over():
+            self.study._storage.set_trial_user_attr(
+                self.trial_ids[trial], RUNG.format(rung), stored
+            )
+
+
+@contextlib.contextmanager
+def taken_over() -> Iterator[None]:
+    """Skips a write to a trial another worker failed (this worker's heartbeat came too late:
+    its retry runs elsewhere); says so once."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if not _warned:
+            _warned.append(True)
+            logging.warning(
+                "search: another worker failed a trial of this round (its heartbeat came later "
+                "than search.grace_s); it runs again as a retry, and this worker's result for it "
+                "is not told"
+            )
+
+
+_warned: list[bool] = []

@@ -133,7 +133,9 @@ def make_sampler(config, number: int = 0):
     s = config.search
     seed = int(s.seed)
     if s.sampler == "optuna_qmc":
-        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+        with warnings.catch_warnings():  # experimental since Optuna 3.0, and stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
     seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
     if s.sampler == "optuna_tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
@@ -181,53 +183,55 @@ def open_worker(config, workdir: str, setting: str, distributions: dict) -> Work
     """Joins (or creates) the search's Optuna study as the worker of ``workdir``."""
     s = config.search
     url = optuna_storage.storage_url(workdir, setting, database="search.db")
+    record = {"storage": optuna_shared.shown(url), "study_name": str(s.study_name)}
+    path = os.path.join(workdir, "worker.json")
+    if os.path.exists(path):  # a workdir's rounds belong to one study
+        earlier = search_outputs.read_worker(workdir)
+        if {k: earlier.get(k) for k in record} != record:
+            raise config_error(
+                "search.study_name",
+                str(s.study_name),
+                f"with storage {record['storage']} is not the study this workdir ran "
+                f"({earlier.get('study_name')!r} in {earlier.get('storage')}); choose another "
+                "--workdir",
+            )
     storage = optuna_shared.open_storage(url, int(s.heartbeat_s), int(s.grace_s), int(s.max_retry))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objectives = tuple(as_tuple(s.objectives))
-    try:
-        with optuna_shared.ask_lock(url, str(s.study_name)):
-            study = optuna.create_study(
-                study_name=str(s.study_name),
-                storage=storage,
-                sampler=make_sampler(config),
-                directions=["minimize"] * len(objectives),
-                load_if_exists=True,
-            )
-    except ValueError as error:  # the study exists with other directions
-        raise config_error("search.objectives", objectives, str(error)) from None
+    with optuna_shared.ask_lock(url, str(s.study_name)):
+        study = optuna.create_study(
+            study_name=str(s.study_name),
+            storage=storage,
+            sampler=make_sampler(config),
+            directions=["minimize"] * len(objectives),
+            load_if_exists=True,
+        )
+    if len(study.directions) != len(objectives):
+        raise config_error(
+            "search.objectives",
+            objectives,
+            f"differ from those of the study {s.study_name!r} in {record['storage']} "
+            f"({len(study.directions)} objective(s)); every worker of a study has the same",
+        )
     worker = Worker(study, url, optuna_shared.worker_id(workdir), config, distributions, objectives)
     files.write_json(
-        os.path.join(workdir, "worker.json"),
-        {
-            "worker": worker.name,
-            "storage": optuna_shared.shown(url),
-            "study_name": str(s.study_name),
-            "search": search_outputs.setup(config),
-        },
+        path, {"worker": worker.name, **record, "search": search_outputs.setup(config)}
     )
     return worker
 
 
 def _ask_round(worker: Worker, path: str) -> tuple[list[dict], optuna_shared.Heartbeat] | None:
-    """Under the storage's lock: fails trials of lost workers (queuing their retries), takes
-    back this worker's own running trials that no round of its workdir holds (asked before a
-    kill), and asks for the rest of a population within the study's budget. Returns the round
-    and its running heartbeat; an empty round when other workers' trials still run; None when
-    the budget is spent and nothing runs."""
+    """Under the storage's lock: takes back this worker's own running trials that no round of
+    its workdir holds (asked before a kill), fails trials of lost workers (queuing their
+    retries), and asks for the rest of a population within the study's budget, each trial
+    beating as soon as it is asked. Returns the round and its running heartbeat; an empty round
+    when other workers' trials still run; None when the budget is spent and nothing runs."""
     s, study = worker.settings, worker.study
     with optuna_shared.ask_lock(worker.url, str(s.study_name)):
-        lost = optuna_shared.fail_lost(study, int(s.grace_s))
+        mine = _own_trials(worker)
+        lost = optuna_shared.fail_lost(study, set(worker.distributions))
         if lost:
             logging.warning("search: trials %s lost their worker; queued to run again", lost)
-        mine = []
-        for trial in optuna_shared.own_running(study, worker.name):
-            if trial.number in worker.known:
-                continue
-            if set(trial.params) != set(worker.distributions):  # killed while drawing them
-                study._storage.set_trial_user_attr(trial._trial_id, optuna_shared.ABANDONED, True)
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-                continue
-            mine.append(trial)
         budget = optuna_shared.budget(study)
         new = min(int(s.population) - len(mine), budget.askable(int(s.num_trials)))
         if not mine and new <= 0:
@@ -240,17 +244,40 @@ def _ask_round(worker: Worker, path: str) -> tuple[list[dict], optuna_shared.Hea
             _claim(study, trial, worker.name)
             mine.append(trial)
         heartbeat = optuna_shared.Heartbeat(study, [t._trial_id for t in mine])
-    asked = [{"number": t.number, "trial_id": t._trial_id, "params": t.params} for t in mine]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    files.write_json(path, asked)
+    try:
+        asked = [{"number": t.number, "trial_id": t._trial_id, "params": t.params} for t in mine]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.write_json(path, asked)
+    except BaseException:
+        heartbeat.stop()
+        raise
     worker.known |= {a["number"] for a in asked}
     return asked, heartbeat
 
 
+def _own_trials(worker: Worker) -> list:
+    """This worker's running trials that no round of its workdir holds (asked before a kill),
+    beating again; one killed while its parameters were drawn is abandoned."""
+    study, mine = worker.study, []
+    for trial in optuna_shared.own_running(study, worker.name):
+        if trial.number in worker.known:
+            continue
+        if set(trial.params) != set(worker.distributions):
+            study._storage.set_trial_user_attr(trial._trial_id, optuna_shared.ABANDONED, True)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            continue
+        if optuna_shared.has_heartbeat(study):
+            study._storage.record_heartbeat(trial._trial_id)
+        mine.append(trial)
+    return mine
+
+
 def _claim(study, trial, worker: str) -> None:
-    """Names ``worker`` as the trial's; a retry of a lost trial drops the rung values it
-    inherited (its own come as it trains)."""
+    """Beats for a trial just asked and names ``worker`` as its; a retry of a lost trial drops
+    the rung values it inherited (its own come as it trains)."""
     storage = study._storage
+    if optuna_shared.has_heartbeat(study):
+        storage.record_heartbeat(trial._trial_id)
     storage.set_trial_user_attr(trial._trial_id, optuna_shared.WORKER, worker)
     for key in trial.user_attrs:
         if key.startswith(optuna_shared.RUNG.format("")):
@@ -265,9 +292,14 @@ def _earlier_round(worker: Worker, path: str):
     worker.known |= {a["number"] for a in asked}
     study = worker.study
     with optuna_shared.ask_lock(worker.url, str(worker.settings.study_name)):
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        every = study.get_trials(deepcopy=False)
+        trials = {t.number: t for t in every}
+        for entry in asked:  # rounds asked before trial ids were kept
+            entry.setdefault("trial_id", trials[entry["number"]]._trial_id)
         states = [trials[a["number"]] for a in asked]
-        if any(t.state.name == "FAIL" and optuna_shared.TOLD not in t.user_attrs for t in states):
+        retried = optuna_shared.retried_numbers(every)
+        shared = optuna_shared.has_heartbeat(study)
+        if shared and any(optuna_shared.lost(t, retried) for t in states):
             logging.warning(
                 "search: %s was taken over after this worker stopped; its trials run again "
                 "as retries",
@@ -294,24 +326,25 @@ def _trial_dict(params: Mapping[str, Any]) -> dict:
 
 
 def _tell(worker: Worker, asked: list[dict], rows: list[dict]) -> None:
-    """Tells the study each of ``rows``' trials (one told before is left as it is)."""
+    """Tells the study each of ``rows``' trials (one told before, or failed by another worker
+    after this one's heartbeat came late, is left as it is)."""
+    FAIL, PRUNED = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED  # noqa: N806
     study, by_trial = worker.study, {int(r["trial"]): r for r in rows}
     for index, entry in enumerate(asked):
         row = by_trial.get(index)
-        if row is None:
+        if row is None or study._storage.get_trial(entry["trial_id"]).state.is_finished():
             continue
-        trial = study._storage.get_trial(entry["trial_id"])
-        if trial.state.is_finished():
-            continue
-        study._storage.set_trial_user_attr(entry["trial_id"], optuna_shared.TOLD, True)
         loss = row.get("best_val_loss")
-        if row["status"] == "diverged" or loss is None or not math.isfinite(loss):
-            study.tell(entry["number"], state=optuna.trial.TrialState.FAIL)
-        elif row["status"] == "pruned":
-            study.tell(entry["number"], state=optuna.trial.TrialState.PRUNED)
-        else:
-            values = [float(loss)] + [float(row["num_params"])] * (len(worker.objectives) > 1)
-            study.tell(entry["number"], values if len(values) > 1 else values[0])
+        with optuna_shared.taken_over():
+            study._storage.set_trial_user_attr(entry["trial_id"], optuna_shared.TOLD, True)
+            if row["status"] == "diverged" or loss is None or not math.isfinite(loss):
+                study.tell(entry["number"], state=FAIL, skip_if_finished=True)
+            elif row["status"] == "pruned":
+                study.tell(entry["number"], state=PRUNED, skip_if_finished=True)
+            else:
+                values = [float(loss)] + [float(row["num_params"])] * (len(worker.objectives) > 1)
+                values = values if len(values) > 1 else values[0]
+                study.tell(entry["number"], values, skip_if_finished=True)
 
 
 class _RoundHook(loop.Hooks):
@@ -331,7 +364,8 @@ class _RoundHook(loop.Hooks):
         for row in rows:
             if math.isfinite(row["val_loss"]):
                 trial_id = self.asked[row["trial"]]["trial_id"]
-                storage.set_trial_intermediate_value(trial_id, row["step"], row["val_loss"])
+                with optuna_shared.taken_over():
+                    storage.set_trial_intermediate_value(trial_id, row["step"], row["val_loss"])
 
     def on_end(self, run, summary_rows) -> None:
         _tell(self.worker, self.asked, summary_rows)

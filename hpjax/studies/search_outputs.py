@@ -205,7 +205,7 @@ def worker_rows(workdir: str) -> list[dict]:
 def _storage_row(trial) -> dict:
     """A finished trial whose worker's workdir was not given: what the storage knows."""
     status = {"PRUNED": "pruned", "FAIL": "diverged"}.get(trial.state.name, "complete")
-    loss = trial.values[0] if trial.values else None
+    loss = trial.values[0] if trial.values and status == "complete" else None
     return {"number": trial.number, "round": None, "status": status, "best_val_loss": loss}
 
 
@@ -218,11 +218,14 @@ def gather(url: str, study_name: str, workdirs: Sequence[str], out: str) -> dict
         raise ConfigError("gather needs the workers' workdirs (--workdirs W1,W2,...)")
     infos = {w: read_worker(w) for w in workdirs}
     study = optuna.load_study(study_name=study_name, storage=optuna_shared.open_storage(url))
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    every = study.get_trials(deepcopy=False)
+    retried = optuna_shared.retried_numbers(every)
     told = {
-        n: t
-        for n, t in trials.items()
-        if t.state.is_finished() and t.user_attrs.get(optuna_shared.TOLD)
+        t.number: t
+        for t in every
+        if t.state.is_finished()
+        and t.user_attrs.get(optuna_shared.TOLD)
+        and not optuna_shared.lost(t, retried)
     }
     rows = {}
     for workdir, info in infos.items():
