@@ -4,9 +4,9 @@ them killed with SIGKILL mid-round and not restarted, against the same search by
 Each worker is ``experiments/search.py`` in a process of its own, with the search config's
 variant (the default: TPE over the learning rate and weight decay of the default MLP on
 MNIST-1D), its own workdir, one storage URL and one study name. Printed: wall time of each run,
-the study's complete and failed trials, the lost trials and their retries, whether any point
-was trained to completion twice, and the best validation loss of the study against the best in
-the workers' ``search.csv``.
+the study's complete trials, the diverged ones (told as failed), the trials lost with the killed
+worker and how many of their retries finished, the points trained to completion twice, and the
+best validation loss of the study against the best in the workers' ``search.csv``.
 
   python tools/bench_search_workers.py                        # 3 workers, 24 trials in rounds of 4
   python tools/bench_search_workers.py --num_steps 300 --workers 3 --kill 0
@@ -70,10 +70,12 @@ def run(args, url: str, workers: int, kill: int, root: str) -> dict:
     if any(c != 0 for c in codes[kill:]):
         raise SystemExit(f"a worker failed: {codes}; logs next to {workdirs}")
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     complete = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     failed = [t for t in trials if t.state.name == "FAIL"]
-    retried = {n for t in complete for n in t.system_attrs.get("retry_history", [])}
-    points = [tuple(sorted(t.params.items())) for t in complete]
+    lost = [t for t in failed if t.number in retried]
+    diverged = [t for t in failed if t.number not in retried]  # told FAIL by their worker
+    points = [tuple(sorted(t.params.items())) for t in complete + diverged]
     rows = []
     for workdir in workdirs[kill:]:
         with open(os.path.join(workdir, "search.csv"), newline="") as f:
@@ -85,8 +87,12 @@ def run(args, url: str, workers: int, kill: int, root: str) -> dict:
         "killed": kill,
         "wall_s": wall,
         "complete": len(complete),
-        "failed": len(failed),
-        "failed_and_retried": len({t.number for t in failed} & retried),
+        "diverged": len(diverged),
+        "lost": len(lost),
+        "retries_finished": sum(
+            any(t.number in u.system_attrs.get("retry_history", []) for u in complete + diverged)
+            for t in lost
+        ),
         "trained_twice": len(points) - len(set(points)),
         "best_study": best_study,
         "best_rows": best_rows,
@@ -107,7 +113,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="hpjax-workers-")
     url, server = args.storage, None
     if not url:
-        server = os.path.join(root, "postgres")
+        server = tempfile.mkdtemp(prefix="hpjax-pg-")  # reachable by the postgres user
         script = os.path.join(ROOT, "tools", "postgres_throwaway.sh")
         url = subprocess.check_output(["bash", script, "start", server], text=True).strip()
     try:
@@ -121,14 +127,14 @@ def main() -> None:
         f"{args.population}; workdirs under {root}"
     )
     print(
-        "| workers | killed | wall s | complete | failed (retried) | trained twice "
-        "| best (study) | best (search.csv) |"
+        "| workers | killed | wall s | complete | diverged | lost (retries finished) "
+        "| trained twice | best (study) | best (search.csv) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         print(
             f"| {r['workers']} | {r['killed']} | {r['wall_s']:.1f} | {r['complete']} | "
-            f"{r['failed']} ({r['failed_and_retried']}) | {r['trained_twice']} | "
+            f"{r['diverged']} | {r['lost']} ({r['retries_finished']}) | {r['trained_twice']} | "
             f"{r['best_study']:.4f} | {r['best_rows']:.4f} |"
         )
 

@@ -27,6 +27,10 @@ case "$action" in
     mkdir -p "$dir"
     if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
     chmod 700 "$dir"
+    if ! as_owner test -w "$dir"; then
+      echo "postgres_throwaway.sh: the postgres user cannot reach $dir (is a parent directory private?)" >&2
+      exit 1
+    fi
     password="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
     printf '%s\n' "$password" >"$dir/password"
     if [ "$(id -u)" = 0 ]; then chown postgres "$dir/password"; fi
