@@ -10,6 +10,11 @@ noisy neighbour slows both alike; the ratio is the engine's share of the minimal
 
   python tools/bench_engine.py                    # K = 8 and 32, 2000 steps
   python tools/bench_engine.py --population_sizes 8 --steps 500 --repeats 2
+  python tools/bench_engine.py --model gru --hidden_units 32 --population_sizes 8,64,512
+
+``--model gru`` (a GRU of ``hidden_units`` over MNIST-1D's 40 steps) and ``--model cnn`` (the
+built-in CNN, ``hidden_units`` channels per layer) answer whether a population of many rows is
+slower per trial-step than smaller groups for models whose per-trial working set is larger.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import optax  # noqa: E402
 from hpjax import data as data_lib  # noqa: E402
 from hpjax.engine import population  # noqa: E402
 from hpjax.models import build_model  # noqa: E402
+from hpjax.models.registry import default_model_config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--population_sizes", default="8,32")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=100)
-    parser.add_argument("--hidden_units", type=int, default=256)
+    parser.add_argument("--model", choices=("mlp", "gru", "cnn"), default="mlp")
+    parser.add_argument("--hidden_units", type=int, default=256, help="units, or CNN channels")
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     return parser.parse_args(argv)
@@ -84,22 +91,16 @@ def main(argv=None) -> int:
             {"dataset": "mnist1d", "val_fraction": 0.1, "train_subset": 0, "data_seed": 0}
         )
     )
-    model = build_model(
-        ml_collections.ConfigDict(
-            {
-                "name": "mlp",
-                "hidden_units": args.hidden_units,
-                "num_layers": args.num_layers,
-                "activation": "relu",
-            }
-        ),
-        dataset.input_shape,
-        dataset.num_classes,
-    )
+    name = "rnn" if args.model == "gru" else args.model
+    keys = default_model_config(name)
+    width = {"mlp": "hidden_units", "gru": "hidden_size", "cnn": "channels"}[args.model]
+    keys[width], keys["num_layers"] = args.hidden_units, args.num_layers
+    model = build_model(keys, dataset.input_shape, dataset.num_classes)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     print(
-        f"recipe: MLP {args.hidden_units}x{args.num_layers}, Adam, batch {args.batch_size}, "
-        f"{args.steps} steps; {jax.device_count()} {jax.default_backend()} device(s)"
+        f"recipe: {args.model.upper()} {args.hidden_units}x{args.num_layers}, Adam, batch "
+        f"{args.batch_size}, {args.steps} steps; {jax.device_count()} {jax.default_backend()} "
+        "device(s)"
     )
     print(f"{'K':>4} {'minimal trial-steps/s':>22} {'engine trial-steps/s':>21} {'ratio':>6}")
     for k in (int(s) for s in args.population_sizes.split(",")):
