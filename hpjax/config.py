@@ -89,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_steps = 3000  # optimizer updates per trial
     config.num_epochs = 0.0  # > 0: the budget in epochs instead (overrides num_steps)
     config.eval_every = 50  # steps between evaluations
+    config.eval_growth = 0.0  # > 0: evaluations at most this fraction of the steps apart
     config.patience = 10  # evaluations without improvement before a trial stops; 0 = never
     config.min_delta = 0.0
     config.min_steps = 0
@@ -192,9 +193,13 @@ def config_to_dict(config: Any) -> dict:
     return json.loads(json.dumps(config, default=list))
 
 
+# Keys added after studies were written: a config.json without one held this default.
+ADDED_KEYS = {"eval_growth": 0.0}
+
+
 def study_identity(config_dict: dict) -> dict:
     """What makes two configs the same study: every key but :data:`NON_STUDY_KEYS`."""
-    return {k: v for k, v in config_dict.items() if k not in NON_STUDY_KEYS}
+    return ADDED_KEYS | {k: v for k, v in config_dict.items() if k not in NON_STUDY_KEYS}
 
 
 def key_meanings() -> dict[str, str]:

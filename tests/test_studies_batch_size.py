@@ -111,6 +111,20 @@ def test_steps_to_target_first_step_and_minimum_over_rates():
     assert [r["perfect_scaling_steps"] for r in per_size] == [20, 5, 1.25]
 
 
+def test_steps_to_target_is_known_to_the_interval_before_the_crossing():
+    summary = [summary_row(0, 8, 0.1, 40), summary_row(1, 64, 0.1, 40)]
+    metrics = [record(0, s, a) for s, a in ((0, 0.1), (10, 0.3), (20, 0.45), (30, 0.5))]
+    metrics += [record(1, s, a, batch=64) for s, a in ((0, 0.1), (1, 0.2), (2, 0.3), (3, 0.6))]
+    per_size, per_trial = analysis.steps_to_target(summary, metrics, "val_accuracy", 0.5)
+    assert [r["interval"] for r in per_trial] == [10, 1]
+    assert [r["resolution"] for r in per_size] == [pytest.approx(10 / 30), 0.0]
+    line = prose._resolution_sentence(per_size)
+    assert "within 33.3% (the coarsest: B=8, 10 steps before 30)" in line
+    assert "eval_growth" in line  # coarser than 2%: says how to narrow it
+    exact = prose._resolution_sentence(per_size[1:])
+    assert exact.startswith("- Each step count is exact")
+
+
 def test_steps_to_target_for_a_loss_counts_values_at_or_below():
     summary = [summary_row(0, 16, 0.1, 30)]
     metrics = [record(0, s, 0.0, loss=v) for s, v in ((0, 2.3), (10, 1.2), (20, 1.0), (30, 0.9))]

@@ -370,3 +370,39 @@ def test_progress_measures_the_rate_after_the_window_that_compiled(monkeypatch):
     for tick in (0, 10, 20, 30):
         reporter.update(tick)
     assert "tick 30/100 (30%), 10 ticks/s" in said[-1] and "~7 s left" in said[-1]
+
+
+def test_eval_growth_evaluates_densest_early_and_trains_the_same_trials(tiny_config, tmp_path):
+    """eval_growth=0.25, eval_every=10, 60 steps: the next evaluation after step s comes
+    max(1, floor(0.25 s)) steps later, at most 10: steps worked by hand below. Where to
+    evaluate does not change training: the values equal those of an evaluation every step."""
+    tiny_config.patience = 0
+    tiny_config.num_steps = 60
+    growth = tiny_config.copy_and_resolve_references()
+    growth.eval_growth = 0.25
+    train_and_evaluate(growth, str(tmp_path / "growth"))
+    dense = tiny_config.copy_and_resolve_references()
+    dense.eval_every = 1
+    train_and_evaluate(dense, str(tmp_path / "dense"))
+    sparse = read_jsonl(tmp_path / "growth" / "metrics.jsonl")
+    every = {(r["trial"], r["step"]): r for r in read_jsonl(tmp_path / "dense" / "metrics.jsonl")}
+    steps = [r["step"] for r in sparse if r["trial"] == 0]
+    assert steps == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 18, 22, 27, 33, 41, 51, 60]
+    for row in sparse:
+        same = every[(row["trial"], row["step"])]
+        assert (row["val_loss"], row["train_loss"]) == (same["val_loss"], same["train_loss"])
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"eval_growth": 0.02, "patience": 3}, "needs patience=0"),
+        ({"eval_growth": 0.02, "patience": 0, "slots": 2}, "needs a row per trial"),
+        ({"eval_growth": 1.5, "patience": 0}, "config.eval_growth=1.5"),
+    ],
+)
+def test_eval_growth_is_refused_where_it_cannot_hold(tiny_config, tmp_path, overrides, match):
+    tiny_config.update(overrides)
+    with pytest.raises(ConfigError, match=match):
+        train_and_evaluate(tiny_config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()

@@ -114,7 +114,8 @@ def _add_study_sections(config: ml_collections.ConfigDict) -> None:
     config.steps_to_target.budget_epochs = 10.0  # per batch size, clipped to the range below
     config.steps_to_target.min_budget_steps = 300
     config.steps_to_target.max_budget_steps = 40000
-    config.steps_to_target.evals_per_trial = 60
+    config.steps_to_target.evals_per_trial = 60  # at least; early on, as resolution needs
+    config.steps_to_target.resolution = 0.02  # evaluations <= 2% of the steps apart (or 1 step)
 
     # McCandlish et al.: B_simple along the training of one trial.
     config.noise_scale = ml_collections.ConfigDict()

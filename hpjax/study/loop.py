@@ -283,7 +283,7 @@ class PopulationRun:
             if self.budget and self._spent(state) + self._window_steps(active) > self.budget:
                 self._stop_for_budget(state)
                 break
-            num_ticks = self.plan.eval_ticks
+            num_ticks = self.plan.window_ticks(int(state.tick))
             if known:  # the last window ends with the budget of the longest trial
                 num_ticks = min(num_ticks, self.plan.total_ticks - int(state.tick))
             state = self._train(state, num_ticks)

@@ -37,6 +37,17 @@ class PopulationPlan:
     end_factor: float = 0.0
     momentum: float = 0.9  # the study's momentum (or Adam's b1) for trials that set none
     batch_choices: tuple[int, ...] = ()  # sizes a trial may move to later (PBT's explore)
+    ticks_per_step: int = 1  # of the largest batch size
+    eval_growth: float = 0.0  # > 0: evaluation windows grow with the steps taken
+
+    def window_ticks(self, tick: int) -> int:
+        """Ticks from ``tick`` to the next evaluation: ``eval_ticks``; with ``eval_growth``, the
+        steps taken (of the largest batch size) times that fraction, at least one step and at
+        most ``eval_ticks``, so that an evaluation is never further than that from the last."""
+        if self.eval_growth <= 0:
+            return self.eval_ticks
+        steps = max(1, math.floor(self.eval_growth * (tick // self.ticks_per_step)))
+        return min(self.eval_ticks, steps * self.ticks_per_step)
 
     @property
     def architecture(self) -> dict[str, Any]:
@@ -108,6 +119,8 @@ def plan_populations(
                 end_factor=opt.end_factor,
                 momentum=opt.first_moment,
                 batch_choices=choices,
+                ticks_per_step=largest // microbatch,
+                eval_growth=budget.eval_growth,
             )
         )
     return plans

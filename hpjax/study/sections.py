@@ -41,6 +41,7 @@ class BudgetSpec:
     checkpoint_every: int  # evaluations between state checkpoints (0 = at the end only)
     divergence_factor: float
     eval_batch_size: int
+    eval_growth: float = 0.0  # > 0: evaluations at most this fraction of the steps apart
 
     def max_steps(self, batch_size: int, num_train: int) -> int:
         """Optimizer updates in the budget of a trial with ``batch_size``."""

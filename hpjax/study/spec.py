@@ -271,7 +271,19 @@ def _budget(read: _Reader) -> BudgetSpec:
             meaning="x ln(classes): a batch loss above diverges",
         ),
         eval_batch_size=read.integer("eval_batch_size", 1, "examples per evaluation batch"),
+        eval_growth=_eval_growth(read),
     )
+
+
+def _eval_growth(read: _Reader) -> float:
+    growth = read.number("eval_growth", 0.0, 1.0, open_high=True)
+    if growth > 0 and read.raw("patience") > 0:
+        _fail(
+            "eval_growth",
+            growth,
+            "needs patience=0: patience counts evaluations, which eval_growth spaces unevenly",
+        )
+    return growth
 
 
 def _placement(read: _Reader) -> PlacementSpec:
@@ -411,6 +423,13 @@ def _adaptive(
     interval = read.integer("pbt.interval", 1, "steps between exploit/explore rounds")
     dimensions = source.dimensions
     keys = tuple(d.key for d in dimensions if d.key != "seed") or PBT_DEFAULT_KEYS
+    if budget.eval_growth > 0 and (name == "pbt" or slots):
+        _fail(
+            "eval_growth",
+            budget.eval_growth,
+            "counts steps from the start of the program: it needs a row per trial (slots=0) "
+            "and no PBT",
+        )
     if name == "pbt":
         if interval % budget.eval_every:
             _fail(

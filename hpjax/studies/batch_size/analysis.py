@@ -32,6 +32,18 @@ def first_reaching(curve: Sequence[Mapping], metric: str, target: float) -> Mapp
     return next((r for r in ordered if reaches(r.get(metric), target, metric)), None)
 
 
+def crossing_interval(curve: Sequence[Mapping], hit: Mapping) -> int:
+    """Steps between the evaluation that first met the target and the one before it: the
+    crossing lies in that interval, so a step count is known to within it."""
+    earlier = [r["step"] for r in curve if (r.get("step") or 0) < hit["step"]]
+    return int(hit["step"] - max(earlier, default=0))
+
+
+def resolution(interval: int, steps: int) -> float:
+    """A step count's uncertainty as a fraction of itself; 0 when known to one step."""
+    return 0.0 if interval <= 1 or steps <= 0 else interval / steps
+
+
 def steps_to_target(
     summary: Sequence[Mapping], metrics_rows: Sequence[Mapping], metric: str, target: float
 ) -> tuple[list[dict], list[dict]]:
@@ -56,6 +68,7 @@ def steps_to_target(
                 "status": row.get("status"),
                 "reached": hit is not None,
                 "steps": hit["step"] if hit else None,
+                "interval": crossing_interval(curve, hit) if hit else None,
                 "epochs": hit["epoch"] if hit else None,
                 "budget_steps": row.get("steps"),
                 "final_metric": values[-1] if values else None,
@@ -72,6 +85,10 @@ def steps_to_target(
                 "batch_size": b,
                 "reached": fastest is not None,
                 "steps": fastest["steps"] if fastest else None,
+                "interval": fastest["interval"] if fastest else None,
+                "resolution": resolution(fastest["interval"], fastest["steps"])
+                if fastest
+                else None,
                 "epochs": fastest["epochs"] if fastest else None,
                 "examples": fastest["steps"] * b if fastest else None,
                 "learning_rate": fastest["learning_rate"] if fastest else None,

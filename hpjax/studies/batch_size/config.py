@@ -201,6 +201,8 @@ def validate_config(config, num_train: int | None = None) -> None:
             _check_positive(s, name, key, integer=True)
         if s.min_budget_steps > s.max_budget_steps:
             _fail(f"{key}.min_budget_steps", s.min_budget_steps, "exceeds max_budget_steps")
+        if not (_is_real(s.resolution) and 0 <= s.resolution < 1):
+            _fail(f"{key}.resolution", s.resolution, "must be in [0, 1) (0: evals_per_trial only)")
     if "noise_scale" in names:
         s, key = config.noise_scale, "noise_scale"
         model = config.get("model", {})
@@ -311,6 +313,7 @@ def steps_to_target_configs(config, num_train: int) -> dict[int, ml_collections.
             warmup_epochs=float(s.warmup_epochs),
             num_steps=steps,
             eval_every=max(1, steps // int(s.evals_per_trial)),
+            eval_growth=float(s.resolution),
             report_x="learning_rate",
         )
     return runs

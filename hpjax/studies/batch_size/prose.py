@@ -255,6 +255,7 @@ def describe_steps(
         + ", ".join(f"B={b}: {s}" for b, s in zip(sizes, steps, strict=True))
         + "."
     )
+    out.append(_resolution_sentence(reached))
     within = perfect_scaling_end(reached)
     perfect = [r["perfect_scaling_steps"] for r in reached]
     if within + 1 < len(reached):
@@ -282,6 +283,20 @@ def describe_steps(
             + note
         )
     return out
+
+
+def _resolution_sentence(reached: Sequence[Mapping]) -> str:
+    """How precisely the step counts are known: each lies after the evaluation before it."""
+    worst = max(reached, key=lambda r: r["resolution"] or 0.0)
+    if not worst["resolution"]:
+        return "- Each step count is exact: the evaluations before it were one step apart."
+    return (
+        f"- Resolution: each step count is the evaluation that first met the target; the "
+        f"crossing lies after the evaluation before it, so the counts are known to within "
+        f"{100 * worst['resolution']:.1f}% (the coarsest: B={worst['batch_size']}, "
+        f"{worst['interval']} steps before {worst['steps']})"
+        + ("." if worst["resolution"] <= 0.02 else "; more evaluations (eval_growth) narrow it.")
+    )
 
 
 def _slope_sentences(sizes: Sequence[int], steps: Sequence[int]) -> list[str]:
