@@ -219,11 +219,17 @@ def run_steps_to_target(
         f"Each batch size trained with the rates {tuple(float(v) for v in s.learning_rates)} "
         f"(scaled by the `{s.lr_scaling}` rule from B0={s.base_batch_size}; vmapped in one "
         f"population per batch size) for a budget of {s.budget_epochs:g} epochs clipped to "
-        f"[{s.min_budget_steps}, {s.max_budget_steps}] steps, evaluated about "
-        f"{s.evals_per_trial} times. Steps to target: the first evaluation at which "
-        f"{s.metric} {op} {s.target:g}, minimised over the rates (so it is exact to one "
-        "evaluation interval). A batch size whose rates all miss the target within the budget "
-        "is reported as not reached.",
+        f"[{s.min_budget_steps}, {s.max_budget_steps}] steps, evaluated at least "
+        f"{s.evals_per_trial} times"
+        + (
+            f" and, early on, every {100 * s.resolution:g}% of the steps taken (or every step)"
+            if s.resolution > 0
+            else ""
+        )
+        + f". Steps to target: the first evaluation at which {s.metric} {op} {s.target:g}, "
+        "minimised over the rates; the crossing lies after the evaluation before it, which "
+        "bounds each count (the resolution below). A batch size whose rates all miss the "
+        "target within the budget is reported as not reached.",
     ]
     table_cols = [
         "batch_size",
