@@ -125,6 +125,91 @@ def test_steps_to_target_is_known_to_the_interval_before_the_crossing():
     assert exact.startswith("- Each step count is exact")
 
 
+def _seeded(trial, batch, lr, seed, steps):
+    return {
+        "trial": trial,
+        "batch_size": batch,
+        "seed": seed,
+        "learning_rate": lr,
+        "base_learning_rate": lr,
+        "reached": steps is not None,
+        "steps": steps,
+        "interval": 1 if steps else None,
+        "epochs": steps * batch / 100 if steps else None,
+        "budget_steps": 90,
+    }
+
+
+def test_steps_over_seeds_are_the_median_of_each_seeds_fastest_rate():
+    # B=8: seed 0 fastest 30 (rate 0.1), seed 1 fastest 50, seed 2 fastest 40 -> median 40
+    trials = [
+        _seeded(0, 8, 0.01, 0, 60),
+        _seeded(1, 8, 0.1, 0, 30),
+        _seeded(2, 8, 0.01, 1, 50),
+        _seeded(3, 8, 0.1, 1, None),
+        _seeded(4, 8, 0.01, 2, 45),
+        _seeded(5, 8, 0.1, 2, 40),
+    ]
+    row = analysis._per_size(8, trials)
+    assert (row["steps"], row["steps_low"], row["steps_high"]) == (40, 30, 50)
+    assert (row["seeds"], row["seeds_reached"], row["learning_rate"]) == (3, 3, 0.1)
+    assert row["examples"] == 320 and row["lrs_reached"] == 2
+    # one seed never reaches it: the median is the slower of the other two; the range is open
+    one_missing = analysis._per_size(
+        8, [_seeded(0, 8, 0.1, s, v) for s, v in enumerate((20, None, 30))]
+    )
+    assert (one_missing["steps"], one_missing["steps_high"]) == (30, None)
+    two_missing = analysis._per_size(
+        8, [_seeded(0, 8, 0.1, s, v) for s, v in enumerate((20, None, None))]
+    )
+    assert not two_missing["reached"] and two_missing["seeds_reached"] == 1
+    line = prose._steps_sentence([row, dict(one_missing, batch_size=16)])
+    assert (
+        "median over 3 seeds" in line
+        and "B=8: 40 (30-50)" in line
+        and "B=16: 30 (20-never)" in line
+    )
+
+
+def test_bootstrap_interval_against_closed_forms():
+    constant = np.ones((5, 3))
+    assert analysis.bootstrap_interval(constant, lambda rows: float(rows.mean())) == (1.0, 1.0)
+    assert analysis.bootstrap_interval(constant[:1], lambda rows: 1.0) is None
+    # the mean of 200 standard normal seeds: its 90% interval is about +-1.645/sqrt(200)
+    samples = np.random.default_rng(0).normal(size=(200, 1))
+    low, high = analysis.bootstrap_interval(samples, lambda rows: float(rows.mean()))
+    half = 1.645 / np.sqrt(200)
+    assert high - low == pytest.approx(2 * half, rel=0.2)
+    assert low < samples.mean() < high
+
+
+def test_critical_batch_fit_over_seeds_brackets_the_true_value():
+    """Steps S(B) = 1000 (1 + 256 / B) with 5% noise per seed and batch size (5 seeds): the
+    fit of the medians finds B_crit near 256, its interval over seeds holds it, and E_min is
+    S_min x B_crit."""
+    rng = np.random.default_rng(1)
+    sizes = [8, 32, 128, 512, 2048, 8192]
+    trials, n = [], 0
+    for b in sizes:
+        for seed in range(5):
+            steps = 1000 * (1 + 256 / b) * float(np.exp(rng.normal(0, 0.05)))
+            trials.append(_seeded(n, b, 0.1, seed, steps))
+            n += 1
+    per_size = [analysis._per_size(b, [t for t in trials if t["batch_size"] == b]) for b in sizes]
+    for row in per_size:  # as steps_to_target adds it
+        row["perfect_scaling_steps"] = per_size[0]["steps"] * sizes[0] / row["batch_size"]
+    fit = analysis.fit_with_interval(per_size)
+    assert fit["b_crit"] == pytest.approx(256, rel=0.15)
+    low, high = fit["b_crit_interval"]
+    assert low < 256 < high and high / low < 2
+    assert fit["s_min_interval"][0] < 1000 < fit["s_min_interval"][1]
+    assert fit["e_min"] == pytest.approx(fit["s_min"] * fit["b_crit"])
+    line = next(
+        x for x in prose.describe_steps(per_size, fit, "val_accuracy", 0.6) if "B_crit" in x
+    )
+    assert "[90% over seeds:" in line and "E_min" in line
+
+
 def test_steps_to_target_for_a_loss_counts_values_at_or_below():
     summary = [summary_row(0, 16, 0.1, 30)]
     metrics = [record(0, s, 0.0, loss=v) for s, v in ((0, 2.3), (10, 1.2), (20, 1.0), (30, 0.9))]

@@ -116,6 +116,7 @@ def _add_study_sections(config: ml_collections.ConfigDict) -> None:
     config.steps_to_target.max_budget_steps = 40000
     config.steps_to_target.evals_per_trial = 60  # at least; early on, as resolution needs
     config.steps_to_target.resolution = 0.02  # evaluations <= 2% of the steps apart (or 1 step)
+    config.steps_to_target.seeds = (0, 1, 2)  # each its fastest rate; the median and the range
 
     # McCandlish et al.: B_simple along the training of one trial.
     config.noise_scale = ml_collections.ConfigDict()
@@ -154,6 +155,7 @@ def _make_quick(config: ml_collections.ConfigDict) -> None:
     config.steps_to_target.budget_epochs = 2.0
     config.steps_to_target.min_budget_steps = 20
     config.steps_to_target.evals_per_trial = 10
+    config.steps_to_target.seeds = (0, 1)
     config.noise_scale.batch_size = 16
     config.noise_scale.num_measurements = 4
     config.noise_scale.small_batch = 8

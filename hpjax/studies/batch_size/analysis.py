@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,10 +47,12 @@ def resolution(interval: int, steps: int) -> float:
 def steps_to_target(
     summary: Sequence[Mapping], metrics_rows: Sequence[Mapping], metric: str, target: float
 ) -> tuple[list[dict], list[dict]]:
-    """Per batch size, the fewest steps at which any of its trials first reached the target.
+    """Per batch size, the steps at which its fastest rate first reached the target: per seed
+    the fewest over the rates, then the median over seeds (a seed no rate brought to the target
+    counts as never), with the seeds' range.
 
-    Returns ``(per_batch_size, per_trial)``. A batch size none of whose trials reached the
-    target has ``reached=False`` and no steps; its ``budget_steps`` says how far it was trained.
+    Returns ``(per_batch_size, per_trial)``. A batch size whose median seed missed the target
+    has ``reached=False`` and no steps; its ``budget_steps`` says how far it was trained.
     """
     curves = files.curves_by_trial(metrics_rows)
     best = max if higher_is_better(metric) else min
@@ -63,6 +65,7 @@ def steps_to_target(
             {
                 "trial": row["trial"],
                 "batch_size": row["batch_size"],
+                "seed": row.get("seed", 0),
                 "learning_rate": row["learning_rate"],
                 "base_learning_rate": row.get("base_learning_rate", row["learning_rate"]),
                 "status": row.get("status"),
@@ -75,36 +78,104 @@ def steps_to_target(
                 "best_metric": best(values) if values else None,
             }
         )
-    per_size = []
-    for b in sorted({r["batch_size"] for r in per_trial}):
-        trials = [r for r in per_trial if r["batch_size"] == b]
-        hits = [r for r in trials if r["reached"]]
-        fastest = min(hits, key=lambda r: (r["steps"], r["learning_rate"])) if hits else None
-        per_size.append(
-            {
-                "batch_size": b,
-                "reached": fastest is not None,
-                "steps": fastest["steps"] if fastest else None,
-                "interval": fastest["interval"] if fastest else None,
-                "resolution": resolution(fastest["interval"], fastest["steps"])
-                if fastest
-                else None,
-                "epochs": fastest["epochs"] if fastest else None,
-                "examples": fastest["steps"] * b if fastest else None,
-                "learning_rate": fastest["learning_rate"] if fastest else None,
-                "base_learning_rate": fastest["base_learning_rate"] if fastest else None,
-                "trial": fastest["trial"] if fastest else None,
-                "lrs_reached": len(hits),
-                "lrs_tried": len(trials),
-                "budget_steps": max((r["budget_steps"] or 0) for r in trials),
-            }
-        )
+    per_size = [
+        _per_size(b, [r for r in per_trial if r["batch_size"] == b])
+        for b in sorted({r["batch_size"] for r in per_trial})
+    ]
     reached = [r for r in per_size if r["reached"]]
     if reached:
         b0, s0 = reached[0]["batch_size"], reached[0]["steps"]
         for r in per_size:
             r["perfect_scaling_steps"] = s0 * b0 / r["batch_size"]
     return per_size, per_trial
+
+
+def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
+    """One batch size's row: the median over seeds of each seed's fastest rate."""
+    fastest: dict[Any, Mapping | None] = {}
+    never = math.inf
+    order = sorted(
+        trials, key=lambda t: (never if t["steps"] is None else t["steps"], t["learning_rate"])
+    )
+    for t in order:
+        if fastest.get(t["seed"]) is None:
+            fastest[t["seed"]] = t if t["reached"] else None
+    seed_steps = [fastest[k]["steps"] if fastest[k] else math.inf for k in sorted(fastest)]
+    middle = float(np.median(seed_steps))
+    hits = [t for t in fastest.values() if t is not None]
+    reached = math.isfinite(middle)
+    rep = min(hits, key=lambda t: (abs(t["steps"] - middle), t["steps"])) if reached else None
+    steps = (int(middle) if middle.is_integer() else middle) if reached else None
+    return {
+        "batch_size": batch_size,
+        "reached": reached,
+        "steps": steps,
+        "steps_low": min(seed_steps) if reached else None,
+        "steps_high": max(seed_steps) if reached and math.isfinite(max(seed_steps)) else None,
+        "seeds": len(seed_steps),
+        "seeds_reached": len(hits),
+        "seed_steps": seed_steps,
+        "interval": rep["interval"] if rep else None,
+        "resolution": resolution(rep["interval"], rep["steps"]) if rep else None,
+        "epochs": rep["epochs"] * middle / rep["steps"] if rep else None,
+        "examples": middle * batch_size if reached else None,
+        "learning_rate": rep["learning_rate"] if rep else None,
+        "base_learning_rate": rep["base_learning_rate"] if rep else None,
+        "trial": rep["trial"] if rep else None,
+        "lrs_reached": len({t["learning_rate"] for t in trials if t["reached"]}),
+        "lrs_tried": len({t["learning_rate"] for t in trials}),
+        "budget_steps": max((t["budget_steps"] or 0) for t in trials),
+    }
+
+
+def bootstrap_interval(
+    samples: np.ndarray,
+    statistic: Callable[[np.ndarray], float | None],
+    num_resamples: int = 500,
+    level: float = 0.9,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """The ``level`` percentile interval of ``statistic`` over resamples (with replacement) of
+    ``samples``' rows, the seeds; None with fewer than 2 rows or when the statistic is
+    undefined on more than half of the resamples."""
+    if len(samples) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(num_resamples):
+        value = statistic(samples[rng.integers(0, len(samples), len(samples))])
+        if value is not None and math.isfinite(value):
+            values.append(value)
+    if len(values) <= num_resamples // 2:
+        return None
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def fit_with_interval(per_size: Sequence[Mapping]) -> dict | None:
+    """:func:`fit_critical_batch` on the median steps of the batch sizes that reached the target,
+    with ``b_crit_interval`` and ``s_min_interval`` (90%, a bootstrap over the seeds) when
+    there are several seeds; ``e_min`` = S_min x B_crit, the fewest examples (McCandlish et al.:
+    (S/S_min - 1)(E/E_min - 1) = 1 is the same curve)."""
+    reached = [r for r in per_size if r["reached"]]
+    fit = fit_critical_batch([r["batch_size"] for r in reached], [r["steps"] for r in reached])
+    if fit is None:
+        return None
+    fit["e_min"] = fit["s_min"] * fit["b_crit"]
+    if len({len(r["seed_steps"]) for r in reached}) != 1:  # seeds differ between sizes
+        return fit
+    sizes = np.array([r["batch_size"] for r in reached], float)
+    matrix = np.array([r["seed_steps"] for r in reached], float).T  # [seeds, sizes]
+
+    def refit(rows: np.ndarray, key: str) -> float | None:
+        medians = np.median(rows, axis=0)
+        ok = np.isfinite(medians)
+        again = fit_critical_batch(sizes[ok], medians[ok])
+        return again[key] if again and not again["at_bound"] else None
+
+    for key in ("b_crit", "s_min"):
+        fit[f"{key}_interval"] = bootstrap_interval(matrix, lambda rows, k=key: refit(rows, k))
+    return fit
 
 
 def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> dict | None:

@@ -52,6 +52,11 @@ STEPS_COLUMNS = (
     "batch_size",
     "reached",
     "steps",
+    "steps_low",
+    "steps_high",
+    "seeds",
+    "seeds_reached",
+    "resolution",
     "epochs",
     "examples",
     "learning_rate",
@@ -65,11 +70,13 @@ STEPS_COLUMNS = (
 
 STEPS_TRIAL_COLUMNS = (
     "batch_size",
+    "seed",
     "learning_rate",
     "base_learning_rate",
     "status",
     "reached",
     "steps",
+    "interval",
     "epochs",
     "budget_steps",
     "final_metric",
@@ -201,6 +208,9 @@ def validate_config(config, num_train: int | None = None) -> None:
             _check_positive(s, name, key, integer=True)
         if s.min_budget_steps > s.max_budget_steps:
             _fail(f"{key}.min_budget_steps", s.min_budget_steps, "exceeds max_budget_steps")
+        seeds = as_tuple(s.seeds)
+        if not seeds or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+            _fail(f"{key}.seeds", s.seeds, "must be a non-empty tuple of integers")
         if not (_is_real(s.resolution) and 0 <= s.resolution < 1):
             _fail(f"{key}.resolution", s.resolution, "must be in [0, 1) (0: evals_per_trial only)")
     if "noise_scale" in names:
@@ -314,6 +324,7 @@ def steps_to_target_configs(config, num_train: int) -> dict[int, ml_collections.
             num_steps=steps,
             eval_every=max(1, steps // int(s.evals_per_trial)),
             eval_growth=float(s.resolution),
+            seeds=as_tuple(s.seeds),
             report_x="learning_rate",
         )
     return runs

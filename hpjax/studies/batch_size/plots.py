@@ -149,12 +149,28 @@ def plot_steps_to_target(
         ".",
         color="grey",
         alpha=0.5,
-        label="each learning rate",
+        label="each learning rate (and seed)",
     )
     reached = [r for r in per_size if r["reached"] and r["steps"]]
     sizes = [r["batch_size"] for r in reached]
     if reached:
-        ax.plot(sizes, [r["steps"] for r in reached], "-o", color="C0", label="fastest rate")
+        seeds = max(r.get("seeds", 1) for r in reached)
+        label = "fastest rate" if seeds <= 1 else f"fastest rate, median of {seeds} seeds"
+        ax.plot(sizes, [r["steps"] for r in reached], "-o", color="C0", label=label)
+        spread = [r for r in reached if seeds > 1 and r.get("steps_low") is not None]
+        if spread:  # the seeds' range (to the budget where a seed never reached it)
+            low = [r["steps"] - r["steps_low"] for r in spread]
+            high = [(r["steps_high"] or r["budget_steps"]) - r["steps"] for r in spread]
+            ax.errorbar(
+                [r["batch_size"] for r in spread],
+                [r["steps"] for r in spread],
+                yerr=[low, high],
+                fmt="none",
+                ecolor="C0",
+                alpha=0.6,
+                capsize=3,
+                label="range over seeds",
+            )
         all_sizes = np.array([r["batch_size"] for r in per_size], float)
         b0, s0 = reached[0]["batch_size"], reached[0]["steps"]
         ax.plot(

@@ -250,11 +250,7 @@ def describe_steps(
         return out
     sizes = [r["batch_size"] for r in reached]
     steps = [r["steps"] for r in reached]
-    out.append(
-        "- Steps to target: "
-        + ", ".join(f"B={b}: {s}" for b, s in zip(sizes, steps, strict=True))
-        + "."
-    )
+    out.append(_steps_sentence(reached))
     out.append(_resolution_sentence(reached))
     within = perfect_scaling_end(reached)
     perfect = [r["perfect_scaling_steps"] for r in reached]
@@ -279,10 +275,38 @@ def describe_steps(
         )
         out.append(
             f"- Fit S(B) = S_min (1 + B_crit / B) (McCandlish et al.): S_min={fit['s_min']:.3g} "
-            f"steps, B_crit={fit['b_crit']:.3g} (RMS error of log S {fit['rms_log_error']:.2f})."
-            + note
+            f"steps{_interval(fit.get('s_min_interval'))}, B_crit={fit['b_crit']:.3g}"
+            f"{_interval(fit.get('b_crit_interval'))} (RMS error of log S "
+            f"{fit['rms_log_error']:.2f}); E_min = S_min B_crit = {fit['e_min']:.3g} examples, "
+            "the same curve as (S/S_min - 1)(E/E_min - 1) = 1." + note
         )
     return out
+
+
+def _interval(bounds) -> str:
+    """`` [low, high]`` (90%, a bootstrap over seeds), or nothing with one seed."""
+    return "" if not bounds else f" [90% over seeds: {bounds[0]:.3g}-{bounds[1]:.3g}]"
+
+
+def _steps_sentence(reached: Sequence[Mapping]) -> str:
+    """The steps per batch size; over several seeds the median and the seeds' range."""
+    seeds = max(r.get("seeds", 1) for r in reached)
+    if seeds <= 1:
+        return (
+            "- Steps to target: "
+            + ", ".join(f"B={r['batch_size']}: {r['steps']}" for r in reached)
+            + "."
+        )
+    parts = []
+    for r in reached:
+        high = "never" if r["steps_high"] is None else f"{r['steps_high']:g}"
+        parts.append(f"B={r['batch_size']}: {r['steps']:g} ({r['steps_low']:g}-{high})")
+    return (
+        f"- Steps to target, the median over {seeds} seeds of each seed's fastest rate (the "
+        "seeds' range in brackets; never: a seed that no rate brought to the target): "
+        + ", ".join(parts)
+        + "."
+    )
 
 
 def _resolution_sentence(reached: Sequence[Mapping]) -> str:

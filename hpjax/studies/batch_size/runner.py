@@ -35,7 +35,7 @@ from hpjax.report import markdown
 from hpjax.results import files
 from hpjax.studies.batch_size.analysis import (
     first_reaching,
-    fit_critical_batch,
+    fit_with_interval,
     fixed_epochs_rows,
     higher_is_better,
     merge_compute,
@@ -184,9 +184,7 @@ def collect_steps_to_target(
         metrics_rows += [dict(r, trial=r["trial"] + offset) for r in records]
         offset += len(rows)
     per_size, per_trial = steps_to_target(summary, metrics_rows, s.metric, float(s.target))
-    reached = [r for r in per_size if r["reached"]]
-    fit = fit_critical_batch([r["batch_size"] for r in reached], [r["steps"] for r in reached])
-    return per_size, per_trial, fit
+    return per_size, per_trial, fit_with_interval(per_size)
 
 
 def run_steps_to_target(
@@ -235,6 +233,9 @@ def run_steps_to_target(
         "batch_size",
         "reached",
         "steps",
+        "steps_low",
+        "steps_high",
+        "seeds_reached",
         "epochs",
         "examples",
         "learning_rate",
