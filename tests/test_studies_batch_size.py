@@ -485,3 +485,20 @@ def test_knee_and_noise_scale_sentences_from_hand_made_rows():
     assert f"B_crit={fit['b_crit']:.3g}" in text
     missed = prose.describe_noise(None, rows, fit, per_size, "val_accuracy", 0.99)
     assert "never reached val_accuracy 0.99" in missed[-1]
+
+
+def test_the_setup_names_model_size_optimizer_data_seeds_and_target(quick):
+    import types
+
+    data = types.SimpleNamespace(name="mnist1d", num_train=512, y_val=np.zeros(400))
+    line = prose.setup_sentence(quick, data, [{"num_params": 826}])
+    assert line.startswith("Model: mlp (")
+    for part in (
+        "826 parameters",
+        "optimizer momentum (momentum 0.9, not tuned)",
+        "512 training and 400 validation examples",
+        "the largest batch, 64, is 12% of the training set",
+        "seeds (0, 1)",
+        "target val_accuracy >= 0.25",
+    ):
+        assert part in line, part

@@ -66,6 +66,7 @@ def steps_to_target(
                 "trial": row["trial"],
                 "batch_size": row["batch_size"],
                 "seed": row.get("seed", 0),
+                "num_params": row.get("num_params"),
                 "learning_rate": row["learning_rate"],
                 "base_learning_rate": row.get("base_learning_rate", row["learning_rate"]),
                 "status": row.get("status"),

@@ -126,6 +126,24 @@ def plot_compute(rows: Sequence[Mapping], path: str) -> str:
     return figures.save_figure(fig, path)
 
 
+def _seed_range(ax, reached: Sequence[Mapping]) -> None:
+    """Error bars: the seeds' range of steps (up to the budget where a seed never got there)."""
+    spread = [r for r in reached if r.get("steps_low") is not None]
+    ax.errorbar(
+        [r["batch_size"] for r in spread],
+        [r["steps"] for r in spread],
+        yerr=[
+            [r["steps"] - r["steps_low"] for r in spread],
+            [(r["steps_high"] or r["budget_steps"]) - r["steps"] for r in spread],
+        ],
+        fmt="none",
+        ecolor="C0",
+        alpha=0.6,
+        capsize=3,
+        label="range over seeds",
+    )
+
+
 def plot_steps_to_target(
     per_size: Sequence[Mapping],
     per_trial: Sequence[Mapping],
@@ -157,20 +175,8 @@ def plot_steps_to_target(
         seeds = max(r.get("seeds", 1) for r in reached)
         label = "fastest rate" if seeds <= 1 else f"fastest rate, median of {seeds} seeds"
         ax.plot(sizes, [r["steps"] for r in reached], "-o", color="C0", label=label)
-        spread = [r for r in reached if seeds > 1 and r.get("steps_low") is not None]
-        if spread:  # the seeds' range (to the budget where a seed never reached it)
-            low = [r["steps"] - r["steps_low"] for r in spread]
-            high = [(r["steps_high"] or r["budget_steps"]) - r["steps"] for r in spread]
-            ax.errorbar(
-                [r["batch_size"] for r in spread],
-                [r["steps"] for r in spread],
-                yerr=[low, high],
-                fmt="none",
-                ecolor="C0",
-                alpha=0.6,
-                capsize=3,
-                label="range over seeds",
-            )
+        if seeds > 1:
+            _seed_range(ax, reached)
         all_sizes = np.array([r["batch_size"] for r in per_size], float)
         b0, s0 = reached[0]["batch_size"], reached[0]["steps"]
         ax.plot(

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
+from hpjax.config import as_tuple
 from hpjax.report import markdown
 from hpjax.results import files
 from hpjax.studies.batch_size.analysis import (
@@ -215,6 +216,26 @@ def _tuned_sentences(tuned: list[Mapping]) -> list[str]:
             f"{accs[-1]:.3f} at B={tuned[-1]['batch_size']} ({tuned[-1]['steps']} steps)."
         )
     return out
+
+
+def setup_sentence(config, dataset, per_trial: Sequence[Mapping]) -> str:
+    """What a reader needs to redo the study: model and size, optimizer, data, seeds, target."""
+    s, model = config.steps_to_target, config.model
+    keys = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
+    params = next((t["num_params"] for t in per_trial if t.get("num_params")), None)
+    optimizer = config.optimizer + (
+        f" (momentum {config.momentum:g}, not tuned)" if config.optimizer == "momentum" else ""
+    )
+    largest = max(as_tuple(s.batch_sizes))
+    op = ">=" if higher_is_better(s.metric) else "<="
+    return (
+        f"Model: {model.name} ({keys})"
+        + (f", {params:,} parameters" if params else "")
+        + f"; optimizer {optimizer}, {config.schedule} schedule; data {dataset.name}: "
+        f"{dataset.num_train:,} training and {len(dataset.y_val):,} validation examples (the "
+        f"largest batch, {largest}, is {largest / dataset.num_train:.0%} of the training set); "
+        f"seeds {tuple(as_tuple(s.seeds))}; target {s.metric} {op} {s.target:g}."
+    )
 
 
 def describe_steps(

@@ -77,6 +77,7 @@ from hpjax.studies.batch_size.prose import (
     describe_steps,
     engine_section,
     noise_intro,
+    setup_sentence,
     write_report,
 )
 
@@ -228,6 +229,8 @@ def run_steps_to_target(
         "minimised over the rates; the crossing lies after the evaluation before it, which "
         "bounds each count (the resolution below). A batch size whose rates all miss the "
         "target within the budget is reported as not reached.",
+        "",
+        setup_sentence(config, dataset, per_trial),
     ]
     table_cols = [
         "batch_size",
