@@ -81,8 +81,7 @@ def write_tiny_npz(path: str, num_train: int = 240, seed: int = 0) -> str:
 def postgres_url():
     """A real PostgreSQL server: ``HPJAX_POSTGRES_URL`` (``.ci/run`` starts a throwaway one), else
     a throwaway cluster started here with ``tools/postgres_throwaway.sh`` and stopped at the end.
-    Without PostgreSQL on the machine the tests that need it fail, unless
-    ``HPJAX_POSTGRES_OPTIONAL=1`` lets them skip."""
+    Without PostgreSQL on the machine the tests that need it fail, naming why."""
     url = os.environ.get("HPJAX_POSTGRES_URL")
     if url:
         yield url
@@ -96,10 +95,7 @@ def postgres_url():
     )
     if started.returncode:
         subprocess.run(["bash", script, "stop", directory], check=False)
-        message = f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}"
-        if os.environ.get("HPJAX_POSTGRES_OPTIONAL") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
+        pytest.fail(f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}")
     try:
         yield started.stdout.strip()
     finally:

@@ -50,8 +50,8 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 
 def scheme(url: str) -> str:
-    """``postgresql`` for ``postgresql+psycopg2://...``; ``sqlite``; ``journal`` for a path."""
-    return url.split("://", 1)[0].split("+", 1)[0] if "://" in url else "journal"
+    """``postgresql`` for ``postgresql+psycopg2://...``; ``sqlite``; ``mysql``."""
+    return url.split("://", 1)[0].split("+", 1)[0]
 
 
 def is_server(url: str) -> bool:
@@ -96,9 +96,7 @@ def open_storage(
     url: str, heartbeat_s: int | None = None, grace_s: int | None = None, max_retry: int = 0
 ):
     """The storage at ``url``: a server with heartbeats (every ``heartbeat_s``) and retries of
-    lost trials; a SQLite URL or a journal file (one machine), or no ``heartbeat_s``, without."""
-    if scheme(url) == "journal":
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    lost trials; a SQLite URL (one machine), or no ``heartbeat_s``, without."""
     if not is_server(url) or heartbeat_s is None:
         return optuna.storages.RDBStorage(driver_url(url))
     engine = {"pool_pre_ping": True, "connect_args": KEEPALIVE}
@@ -162,11 +160,9 @@ def ask_lock(url: str, study_name: str) -> Iterator[None]:
         with _advisory_lock(url, study_name):
             yield
         return
-    if kind == "mysql":
-        raise ValueError("search workers need PostgreSQL, SQLite or a journal file, not MySQL")
-    path = url
-    if kind == "sqlite":
-        path = os.path.abspath(_sqlalchemy().engine.make_url(url).database)
+    if kind != "sqlite":
+        raise ValueError(f"search workers need PostgreSQL or SQLite, not {kind}")
+    path = os.path.abspath(_sqlalchemy().engine.make_url(url).database)
     with open(path + ".asklock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -236,13 +232,19 @@ def fail_lost(study, keys: set[str]) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
         if t._trial_id in beating:
             continue
-        drawn = bool(t.params) and set(t.params) >= keys
-        if not drawn:
-            storage.set_trial_user_attr(t._trial_id, ABANDONED, True)
+        if not (t.params and set(t.params) >= keys):
+            abandon(study, t)
+            continue
         storage.set_trial_state_values(t._trial_id, state=_state("FAIL"))
-        if drawn and retry is not None:
+        if retry is not None:
             retry(study, copy.deepcopy(storage.get_trial(t._trial_id)))
     return sorted(before - running())
+
+
+def abandon(study, trial) -> None:
+    """Fails a trial killed while its parameters were drawn: never retried, never counted."""
+    study._storage.set_trial_user_attr(trial._trial_id, ABANDONED, True)
+    study._storage.set_trial_state_values(trial._trial_id, state=_state("FAIL"))
 
 
 def lost(trial, retried: set[int]) -> bool:

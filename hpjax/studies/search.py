@@ -94,7 +94,7 @@ def validate_search(config) -> dict[str, Any]:
     if optuna_shared.scheme(storage) == "mysql":
         raise config_error(
             "optuna_storage",
-            optuna_shared.shown(str(config.optuna_storage)),
+            optuna_shared.shown(storage),
             "is MySQL; search workers share PostgreSQL (several machines) or SQLite (one)",
         )
     objectives = as_tuple(s.objectives)
@@ -263,8 +263,7 @@ def _own_trials(worker: Worker) -> list:
         if trial.number in worker.known:
             continue
         if set(trial.params) != set(worker.distributions):
-            study._storage.set_trial_user_attr(trial._trial_id, optuna_shared.ABANDONED, True)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            optuna_shared.abandon(study, trial)
             continue
         if optuna_shared.has_heartbeat(study):
             study._storage.record_heartbeat(trial._trial_id)
@@ -376,7 +375,8 @@ class _RoundHook(loop.Hooks):
 
 
 def _train_round(worker: Worker, study: StudySpec, asked, heartbeat, round_dir, **kwargs):
-    """Trains (or resumes) the round's trials as one study and tells them; returns its rows."""
+    """Trains (or resumes) the round's trials as one study, each population told as it ends
+    (:class:`_RoundHook`, also a population finished before a resume); returns its rows."""
     trials = [_trial_dict(a["params"]) for a in asked]
     try:
         rows = train_study(
@@ -385,7 +385,6 @@ def _train_round(worker: Worker, study: StudySpec, asked, heartbeat, round_dir, 
             hooks=[_RoundHook(worker, asked)],
             **kwargs,
         )
-        _tell(worker, asked, rows)
     finally:
         if heartbeat is not None:
             heartbeat.stop()

@@ -118,7 +118,7 @@ def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
         "seed_steps": seed_steps,
         "interval": rep["interval"] if rep else None,
         "resolution": resolution(rep["interval"], rep["steps"]) if rep else None,
-        "epochs": rep["epochs"] * middle / rep["steps"] if rep else None,
+        "epochs": rep["epochs"] * middle / rep["steps"] if rep and rep["steps"] else 0.0,
         "examples": middle * batch_size if reached else None,
         "learning_rate": rep["learning_rate"] if rep else None,
         "base_learning_rate": rep["base_learning_rate"] if rep else None,
@@ -127,6 +127,13 @@ def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
         "lrs_tried": len({t["learning_rate"] for t in trials}),
         "budget_steps": max((t["budget_steps"] or 0) for t in trials),
     }
+
+
+def _epochs_at(rep: Mapping | None, steps: float) -> float | None:
+    """The epochs of ``steps`` at the representative seed's rate of epochs per step."""
+    if rep is None:
+        return None
+    return rep["epochs"] * steps / rep["steps"] if rep["steps"] else rep["epochs"]
 
 
 def bootstrap_interval(
