@@ -455,6 +455,38 @@ def test_binary_turns_a_bad_config_into_one_line_and_status_2(tmp_path):
     assert not (tmp_path / "bs").exists()
 
 
+def _rate_trials(alpha: float, choices: dict) -> list[dict]:
+    """Trials whose fastest rate at batch size B is 0.01 (B/32)^alpha times a grid step of 2:
+    ``choices[(seed, B)]`` picks which of the three rates (-1, 0, +1 steps) is fastest."""
+    trials = []
+    for b in (8, 32, 128, 512, 2048):
+        centre = 0.01 * (b / 32) ** alpha
+        for seed in range(4):
+            pick = choices.get((seed, b), 0)
+            for k in (-1, 0, 1):
+                steps = 100 + 50 * abs(k - pick)
+                trials.append(_seeded(len(trials), b, centre * 2.0**k, seed, steps))
+    return trials
+
+
+def test_fastest_rate_power_law_recovers_a_known_exponent_and_places_the_rules():
+    law = analysis.fit_rate_power_law(_rate_trials(0.7, {}))
+    assert law["alpha"] == pytest.approx(0.7)
+    assert law["alpha_interval"] == (pytest.approx(0.7), pytest.approx(0.7))
+    assert law["rules_inside"] == [] and law["at_edge"] == 0 and law["sizes"] == 5
+    # Seeds that disagree by one grid step at a few sizes widen the interval around 0.5.
+    noisy = {(0, 8): 1, (1, 2048): -1, (2, 128): 1, (3, 8): -1, (3, 2048): 1}
+    law = analysis.fit_rate_power_law(_rate_trials(0.5, noisy))
+    low, high = law["alpha_interval"]
+    assert low < 0.5 < high and high - low < 0.3
+    assert law["rules_inside"] == ["square root"] and law["at_edge"] == 5
+    (line,) = prose._rate_law_sentence(_rate_trials(0.5, noisy))
+    assert (
+        "the square root rule (0.5) lies inside the interval, the linear rule (1) does not" in line
+    )
+    assert "5 of the 20 (seed, batch size) fastest rates lie at an edge of their grid" in line
+
+
 def test_knee_and_noise_scale_sentences_from_hand_made_rows():
     sizes = [8, 16, 32, 64, 128]
     steps = [800, 400, 210, 160, 150]  # perfect scaling up to 32, then flattening
@@ -483,6 +515,19 @@ def test_knee_and_noise_scale_sentences_from_hand_made_rows():
     fit = analysis.fit_critical_batch(sizes, steps)
     text = "\n".join(prose.describe_noise(at_target, rows, fit, per_size, "val_accuracy", 0.4))
     assert f"B_crit={fit['b_crit']:.3g}" in text
+    ratio = 60 / fit["b_crit"]
+    assert f"B_simple / B_crit = {ratio:.2g}" in text
+    expected = "within 2x" if 0.5 <= ratio <= 2 else "beyond the factor 2"
+    assert expected in text
+    far = prose.describe_noise(
+        {**at_target, "b_simple_ema": 10 * fit["b_crit"]},
+        rows,
+        {**fit, "b_crit_interval": (0.5 * fit["b_crit"], 2 * fit["b_crit"])},
+        per_size,
+        "val_accuracy",
+        0.4,
+    )
+    assert "lies outside B_crit's interval: B_simple is 10x above B_crit" in "\n".join(far)
     missed = prose.describe_noise(None, rows, fit, per_size, "val_accuracy", 0.99)
     assert "never reached val_accuracy 0.99" in missed[-1]
 

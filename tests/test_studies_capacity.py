@@ -111,7 +111,30 @@ def test_findings_follow_the_numbers():
     assert pull.verdict == "supported" and "from 64 units" in pull.evidence
     assert _finding(findings, "Use more hidden units than inputs").verdict == "supported"
     three = _finding(findings, "Three layers")
-    assert three.verdict == "supported" and "three layers win 3 of 3" in three.evidence
+    assert three.verdict == "supported"
+    assert "three layers lower in 3 of 3 widths by more than the seeds' spread" in three.evidence
+
+
+def test_depth_verdict_is_undecided_when_the_seeds_do_not_separate_the_depths():
+    """Three layers lower on average, but one seed of three says the opposite: undecided."""
+    rows, trial = [], 0
+    for layers, vals in ((2, (1.00, 1.10, 1.20)), (3, (0.90, 1.00, 1.25))):
+        for seed, val in enumerate(vals):
+            rows.append(_row(trial, 64, layers, 0.001, seed, val, val - 0.1))
+            trial += 1
+    table = architecture_table(rows, ["num_layers", "hidden_units"])
+    assert table[0]["seed_values"] == {0: 1.00, 1: 1.10, 2: 1.20}
+    three = _finding(capacity_findings(table, "mlp", "hidden_units", input_dim=40), "Three")
+    assert three.verdict == "undecided"
+    assert "over 3 seeds, 3 layers lower in 2 of 3: undecided" in three.evidence
+    # The same means with the seeds agreeing decide it.
+    for r in rows[3:]:
+        r["best_val_loss"] = {0: 0.95, 1: 1.05, 2: 1.15}[r["seed"]]
+    table = architecture_table(rows, ["num_layers", "hidden_units"])
+    three = _finding(capacity_findings(table, "mlp", "hidden_units", input_dim=40), "Three")
+    assert three.verdict == "supported" and "3 layers lower in 3 of 3: 3 layers lower" in (
+        three.evidence
+    )
 
 
 def test_findings_say_not_tested_or_not_supported():
@@ -120,21 +143,24 @@ def test_findings_say_not_tested_or_not_supported():
     findings = capacity_findings(table, "mlp", "hidden_units", input_dim=40)
     assert _finding(findings, "Capacity grows").verdict == "not tested"
     assert _finding(findings, "Use more hidden units").verdict == "not tested"
-    assert _finding(findings, "Three layers").verdict == "not supported"
+    assert _finding(findings, "Three layers").verdict == "undecided"  # one seed
     cnn = capacity_findings(table, "cnn", "channels")
     assert _finding(cnn, "For CNNs deeper is better").verdict == "not tested"
 
 
 def test_cnn_deeper_is_better_finding():
     rows = []
-    for i, (channels, layers, val) in enumerate(
-        [(8, 1, 1.0), (8, 2, 0.8), (8, 3, 0.6), (16, 1, 0.9), (16, 2, 0.7), (16, 3, 0.5)]
-    ):
-        rows.append({**_row(i, 0, layers, 0.01, 0, val, val - 0.1), "channels": channels})
+    cells = [(8, 1, 1.0), (8, 2, 0.8), (8, 3, 0.6), (16, 1, 0.9), (16, 2, 0.7), (16, 3, 0.5)]
+    for i, (channels, layers, val) in enumerate(cells):
+        for seed, noise in enumerate((0.0, 0.01, -0.01)):
+            v = val + noise * layers
+            rows.append(
+                {**_row(3 * i + seed, 0, layers, 0.01, seed, v, v - 0.1), "channels": channels}
+            )
     table = architecture_table(rows, ["num_layers", "channels"])
     finding = _finding(capacity_findings(table, "cnn", "channels"), "For CNNs deeper")
     assert finding.verdict == "supported"
-    assert "deeper wins 2 of 2" in finding.evidence
+    assert "2 vs 1 layers: deeper lower in 2 of 2 widths" in finding.evidence
 
 
 def _write_workdir(path, rows):

@@ -183,8 +183,23 @@ def test_outputs_from_hand_made_stages(tmp_path):
         assert os.path.getsize(paths[name]) > 10_000
     text = open(paths["report"]).read()
     assert "Selected: gru layers=2" in text
-    assert "beats the best LSTM" in text
+    assert (
+        "paired over seeds: gru layers=2 minus lstm layers=2 -0.05 [-0.05, -0.05] over 2 seeds, "
+        "gru layers=2 lower in 2 of 2: gru layers=2 lower" in text
+    )
+    assert "trying the GRU paid off" in text
+    assert "Depth (GRU): seed-mean validation loss by layers 1: 0.92, 2: 0.85, 3: 0.88" in text
     assert "subset/report.md" in text and "full/report.md" in text
+
+
+def test_findings_say_undecided_when_the_seeds_do_not_separate_the_cells():
+    rows = []
+    for cell, vals in (("lstm", (1.0, 0.8, 0.9)), ("gru", (0.85, 0.9, 0.8))):
+        for seed, val in enumerate(vals):
+            rows.append(_row(len(rows), cell, 1, 0.01, seed, val))
+    (sentence,) = rnn_study.findings(rnn_study.compare(rows, ("cell",)), ("cell",))
+    assert "over 3 seeds, gru lower in 2 of 3: undecided (the interval holds 0)" in sentence
+    assert "the seeds do not separate the two cells (undecided)" in sentence
 
 
 # ------------------------------------------------------------------ the binary, end to end

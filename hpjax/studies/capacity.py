@@ -24,6 +24,7 @@ import numpy as np
 from hpjax.report import markdown
 from hpjax.report.diagnostics import KINDS
 from hpjax.report.labels import is_finite_number
+from hpjax.studies import paired
 
 # The width axis of each model family: what "more units" means for it.
 WIDTH_KEYS = {"mlp": "hidden_units", "cnn": "channels", "rnn": "hidden_size"}
@@ -88,8 +89,10 @@ def architecture_table(summary: Sequence[Mapping], keys: Sequence[str]) -> list[
     had and how many diverged, its best trial (lowest best validation loss) with that trial's
     learning rate, seed, early-stop step, validation and training loss there, their gap,
     validation and test accuracy and final training loss, and the mean (and standard deviation)
-    over seeds at the learning rate whose seed-mean best validation loss is lowest. Values an
-    architecture cannot provide (every trial diverged) are None. Rows are sorted by ``keys``.
+    over seeds at the learning rate whose seed-mean best validation loss is lowest, with each
+    seed's value there (``seed_values``, seed -> best validation loss: what paired comparisons
+    read). Values an architecture cannot provide (every trial diverged) are None. Rows are
+    sorted by ``keys``.
     """
     groups: dict[tuple, list[Mapping]] = {}
     for row in summary:
@@ -137,6 +140,7 @@ def architecture_table(summary: Sequence[Mapping], keys: Sequence[str]) -> list[
                 mean_train_loss=_mean([r.get("train_loss_at_best") for r in seeds]),
                 mean_gap=_mean(gaps),
                 mean_test_accuracy=_mean([r.get("test_accuracy") for r in seeds]),
+                seed_values=paired.seed_values(seeds),
             )
         out.append(entry)
 
@@ -300,15 +304,32 @@ def _more_units_than_inputs(table: Sequence[Mapping], width: str, input_dim: int
 
 def _compare_depths(
     table: Sequence[Mapping], width: str, unit: str, shallow: Any, deep: Any
-) -> tuple[int, int, list[str]]:
-    """How often depth ``deep`` has a lower seed-mean validation loss than ``shallow``."""
-    value = "mean_val_loss"
-    lines = by_depth(table, width, value)
-    a, b = dict(lines.get(shallow, [])), dict(lines.get(deep, []))
-    common = sorted(set(a) & set(b))
-    wins = sum(b[w] < a[w] for w in common)
-    parts = [f"{w} {unit}: {_g(a[w])} vs {_g(b[w])}" for w in common]
-    return wins, len(common), parts
+) -> tuple[list[paired.Paired], list[str]]:
+    """Depth ``deep`` against ``shallow`` at each width both have, paired over seeds."""
+    rows = {
+        (r.get(DEPTH_KEY), r.get(width)): r
+        for r in table
+        if r.get("seed_values") is not None and is_finite_number(r.get(width))
+    }
+    common = sorted(
+        {w for d, w in rows if d == shallow} & {w for d, w in rows if d == deep}, key=str
+    )
+    comparisons, parts = [], []
+    for w in common:
+        a, b = rows[(shallow, w)], rows[(deep, w)]
+        p = paired.compare(a["seed_values"], b["seed_values"])
+        comparisons.append(p)
+        parts.append(
+            f"{w} {unit}: {_g(a['mean_val_loss'])} vs {_g(b['mean_val_loss'])}, "
+            + paired.describe(p, depth_name(shallow), depth_name(deep))
+        )
+    return comparisons, parts
+
+
+PAIRED_NOTE = (
+    "seed-mean validation loss at each architecture's best rate, then the difference seed by seed "
+    "with its 95% t-interval"
+)
 
 
 def _depth_findings(table: Sequence[Mapping], width: str, unit: str, model: str) -> list[Finding]:
@@ -317,41 +338,56 @@ def _depth_findings(table: Sequence[Mapping], width: str, unit: str, model: str)
         claim = "For CNNs deeper is better."
         if len(depths) < 2:
             return [Finding(claim, "not tested", "the grid has a single depth.")]
-        passed, total, parts = 0, 0, []
+        comparisons, parts = [], []
         for shallow, deep in zip(depths[:-1], depths[1:], strict=True):
-            wins, n, detail = _compare_depths(table, width, unit, shallow, deep)
-            passed, total = passed + wins, total + n
+            found, detail = _compare_depths(table, width, unit, shallow, deep)
+            comparisons += found
             parts.append(
-                f"{deep} vs {shallow} layers: deeper wins {wins} of {n} ({'; '.join(detail)})"
+                f"{deep} vs {shallow} layers: deeper lower in {_won(found)} ({'; '.join(detail)})"
             )
-        return [Finding(claim, _verdict(passed, total), "; ".join(parts) + ".")]
+        evidence = f"{PAIRED_NOTE}: " + "; ".join(parts) + "."
+        return [Finding(claim, paired.claim_verdict(comparisons), evidence)]
     findings = []
     claim = "Three layers usually beat two."
     if 2 in depths and 3 in depths:
-        wins, n, detail = _compare_depths(table, width, unit, 2, 3)
-        verdict = "supported" if wins > n / 2 else "mixed" if wins else "not supported"
-        findings.append(
-            Finding(
-                claim,
-                verdict,
-                f"seed-mean validation loss, 2 vs 3 layers: {'; '.join(detail)}; three layers "
-                f"win {wins} of {n}.",
-            )
-        )
+        found, detail = _compare_depths(table, width, unit, 2, 3)
+        evidence = f"{PAIRED_NOTE}: {'; '.join(detail)}; three layers lower in {_won(found)}."
+        findings.append(Finding(claim, paired.claim_verdict(found), evidence))
     else:
         findings.append(Finding(claim, "not tested", "the grid lacks 2 or 3 layers."))
     deeper = [d for d in depths if d > 3]
     if 3 in depths and deeper:
-        parts, wins_all, n_all = [], 0, 0
+        parts, comparisons = [], []
         for d in deeper:
-            wins, n, detail = _compare_depths(table, width, unit, 3, d)
-            wins_all, n_all = wins_all + wins, n_all + n
-            parts.append(f"3 vs {d} layers: {'; '.join(detail)} ({d} wins {wins} of {n})")
-        verdict = "supported" if wins_all <= n_all / 2 else "not supported"
+            found, detail = _compare_depths(table, width, unit, 3, d)
+            comparisons += found
+            parts.append(f"3 vs {d} layers: {'; '.join(detail)}")
         findings.append(
-            Finding("More than three layers rarely helps.", verdict, "; ".join(parts) + ".")
+            Finding(
+                "More than three layers rarely helps.",
+                _rarely_helps(comparisons),
+                f"{PAIRED_NOTE}: " + "; ".join(parts) + ".",
+            )
         )
     return findings
+
+
+def _rarely_helps(comparisons: Sequence[paired.Paired]) -> str:
+    """The verdict on "deeper than three rarely helps": deeper may win decidedly at most rarely."""
+    helps = sum(p.winner == "b" for p in comparisons)
+    if not comparisons:
+        return "not tested"
+    if helps > len(comparisons) / 2:
+        return "not supported"
+    if helps == 0:
+        return "undecided" if all(p.winner == "undecided" for p in comparisons) else "supported"
+    return "mixed"
+
+
+def _won(comparisons: Sequence[paired.Paired]) -> str:
+    """'K of N comparisons (J decided)': how often the deeper side won, decidedly."""
+    decided = sum(p.winner == "b" for p in comparisons)
+    return f"{decided} of {len(comparisons)} widths by more than the seeds' spread"
 
 
 def capacity_findings(
@@ -415,4 +451,4 @@ def findings_lines(findings: Sequence[Finding]) -> list[str]:
     lines = ["| the guide predicts | verdict | what the numbers show |", "|---|---|---|"]
     for f in findings:
         lines.append(f"| {f.claim} | **{f.verdict}** | {f.evidence.replace('|', '/')} |")
-    return lines + [""]
+    return lines + ["", paired.VERDICT_NOTE, ""]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -184,6 +185,69 @@ def fit_with_interval(per_size: Sequence[Mapping]) -> dict | None:
     for key in ("b_crit", "s_min"):
         fit[f"{key}_interval"] = bootstrap_interval(matrix, lambda rows, k=key: refit(rows, k))
     return fit
+
+
+def fastest_rates(per_trial: Sequence[Mapping]) -> tuple[list[int], list, np.ndarray, np.ndarray]:
+    """``(sizes, seeds, rates, edge)``: each seed's fastest rate to the target per batch size as a
+    ``[seeds, sizes]`` matrix (NaN where no rate reached it; ties go to the lower rate, as in
+    :func:`steps_to_target`), and whether that rate is the lowest or highest of its grid."""
+    sizes = sorted({t["batch_size"] for t in per_trial})
+    seeds = sorted({t["seed"] for t in per_trial}, key=str)
+    rates = np.full((len(seeds), len(sizes)), np.nan)
+    edge = np.zeros((len(seeds), len(sizes)), bool)
+    for j, b in enumerate(sizes):
+        grid = [t["learning_rate"] for t in per_trial if t["batch_size"] == b]
+        for i, seed in enumerate(seeds):
+            hits = [
+                t for t in per_trial if t["batch_size"] == b and t["seed"] == seed and t["reached"]
+            ]
+            if hits:
+                rate = min(hits, key=lambda t: (t["steps"], t["learning_rate"]))["learning_rate"]
+                rates[i, j] = rate
+                edge[i, j] = len(set(grid)) > 1 and rate in (min(grid), max(grid))
+    return sizes, seeds, rates, edge
+
+
+RULE_EXPONENTS = {"linear": 1.0, "square root": 0.5}
+
+
+def fit_rate_power_law(per_trial: Sequence[Mapping]) -> dict | None:
+    """Fits ``lr*(B) = c B^alpha`` to the fastest rate per batch size (Shallue et al. sec. 4.4):
+    least squares in log-log on the median over seeds of log lr*, with ``alpha_interval`` (90%,
+    a bootstrap over seeds) and the linear and square-root rules' exponents placed against it.
+
+    Needs three batch sizes with a median rate. ``at_edge`` counts the (seed, batch size)
+    points whose fastest rate is the grid's lowest or highest: there the true optimum may lie
+    beyond the grid, and the exponent is bounded by the grid's own scaling.
+    """
+    sizes, _, rates, edge = fastest_rates(per_trial)
+    log_b = np.log(np.asarray(sizes, float))
+
+    def slope(rows: np.ndarray) -> float | None:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            medians = np.nanmedian(np.log(rows), axis=0)
+        ok = np.isfinite(medians)
+        if ok.sum() < 3:
+            return None
+        return float(np.polyfit(log_b[ok], medians[ok], 1)[0])
+
+    alpha = slope(rates)
+    if alpha is None:
+        return None
+    interval = bootstrap_interval(rates, slope)
+    return {
+        "alpha": alpha,
+        "alpha_interval": interval,
+        "sizes": sum(np.isfinite(rates).any(axis=0)),
+        "points": int(np.isfinite(rates).sum()),
+        "at_edge": int(edge.sum()),
+        "rules_inside": [
+            name
+            for name, k in RULE_EXPONENTS.items()
+            if interval is not None and interval[0] <= k <= interval[1]
+        ],
+    }
 
 
 def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> dict | None:

@@ -13,7 +13,9 @@ from hpjax.config import as_tuple
 from hpjax.report import markdown
 from hpjax.results import files
 from hpjax.studies.batch_size.analysis import (
+    RULE_EXPONENTS,
     chance,
+    fit_rate_power_law,
     higher_is_better,
     is_finite_number,
     log_slope,
@@ -288,6 +290,7 @@ def describe_steps(
             f"B={sizes[0]}..{sizes[-1]}: no knee seen."
         )
     out += _slope_sentences(sizes, steps)
+    out += _rate_law_sentence(per_trial)
     if fit is not None:
         note = (
             " The best B_crit lies at the edge of the search: the range shows no clear knee."
@@ -302,6 +305,39 @@ def describe_steps(
             "the same curve as (S/S_min - 1)(E/E_min - 1) = 1." + note
         )
     return out
+
+
+def _rate_law_sentence(per_trial: Sequence[Mapping]) -> list[str]:
+    """The fastest rate against batch size as a power law, set against the linear and
+    square-root rules."""
+    law = fit_rate_power_law(per_trial)
+    if law is None:
+        return []
+    inside = law["rules_inside"]
+    bounds = law["alpha_interval"]
+    rule = {name: f"the {name} rule ({k:g})" for name, k in RULE_EXPONENTS.items()}
+    outside = [name for name in RULE_EXPONENTS if name not in inside]
+    if bounds is None:
+        verdict = "one seed gives no interval to set the rules against."
+    elif not outside:
+        verdict = f"{' and '.join(rule.values())} both lie inside it: the seeds cannot choose."
+    elif inside:
+        verdict = f"{rule[inside[0]]} lies inside the interval, {rule[outside[0]]} does not."
+    else:
+        nearest = min(RULE_EXPONENTS, key=lambda r: abs(RULE_EXPONENTS[r] - law["alpha"]))
+        verdict = f"neither rule lies inside the interval; the nearer is {rule[nearest]}."
+    edge = (
+        f" {law['at_edge']} of the {law['points']} (seed, batch size) fastest rates lie at an "
+        "edge of their grid, where the true optimum may lie beyond it and the exponent is "
+        "bounded by the grid's own scaling."
+        if law["at_edge"]
+        else " No fastest rate lies at an edge of its grid."
+    )
+    return [
+        f"- Fastest rate against batch size (Shallue et al. sec. 4.4): lr* ~ B^{law['alpha']:.2f}"
+        f"{_interval(bounds)} (least squares in log-log over {law['sizes']} batch sizes, on the "
+        f"median over seeds of each seed's fastest rate); {verdict}{edge}"
+    ]
 
 
 def _interval(bounds) -> str:
@@ -452,17 +488,7 @@ def describe_noise(
             + (" that knee." if where != "between them" else ".")
         )
     if fit is not None and not fit["at_bound"]:
-        ratio = at_target["b_simple_ema"] / fit["b_crit"]
-        same = 1 / 3 <= ratio <= 3
-        out.append(
-            f"- Critical batch size from the steps-to-target fit: B_crit={fit['b_crit']:.3g}; "
-            f"B_simple / B_crit = {ratio:.2g}: "
-            + (
-                "the same order, as McCandlish et al. predict (B_simple ~ B_crit)."
-                if same
-                else "not of the same order (beyond a factor 3): this differs."
-            )
-        )
+        out.append(_b_simple_against_b_crit(at_target["b_simple_ema"], fit))
     elif reached:
         out.append(
             "- The steps-to-target curve shows no fitted knee within "
@@ -475,6 +501,29 @@ def describe_noise(
             )
         )
     return out
+
+
+def _b_simple_against_b_crit(b_simple: float, fit: Mapping) -> str:
+    """B_simple set against the fitted B_crit (and its interval): within 2x, or by how much not."""
+    ratio = b_simple / fit["b_crit"]
+    factor = max(ratio, 1 / ratio)
+    bounds = fit.get("b_crit_interval")
+    inside = (
+        f"; it lies {'inside' if bounds[0] <= b_simple <= bounds[1] else 'outside'} B_crit's "
+        "interval"
+        if bounds
+        else ""
+    )
+    return (
+        f"- Critical batch size from the steps-to-target fit: B_crit={fit['b_crit']:.3g}"
+        f"{_interval(bounds)}; B_simple / B_crit = {ratio:.2g}{inside}: "
+        + (
+            "within 2x, as McCandlish et al. predict (B_simple ~ B_crit)."
+            if factor <= 2
+            else f"B_simple is {factor:.2g}x {'above' if ratio > 1 else 'below'} B_crit, "
+            "beyond the factor 2 of McCandlish et al.'s B_simple ~ B_crit."
+        )
+    )
 
 
 def noise_intro(s, b: int, rate: float, steps: int) -> list[str]:

@@ -5,6 +5,7 @@ from hpjax.studies.rnn.spec import full_config, validate_rnn_study
 from hpjax.studies.rnn.study import (
     NothingToRetrainError,
     compare,
+    findings,
     run_rnn_study,
     select_best,
     write_rnn_outputs,
@@ -13,6 +14,7 @@ from hpjax.studies.rnn.study import (
 __all__ = [
     "NothingToRetrainError",
     "compare",
+    "findings",
     "full_config",
     "run_rnn_study",
     "select_best",

@@ -26,7 +26,7 @@ from hpjax.report import figures, labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
 from hpjax.report.labels import is_finite_number
 from hpjax.results import files
-from hpjax.studies import capacity
+from hpjax.studies import capacity, paired
 from hpjax.studies.rnn.spec import DEFAULT_KEYS, arch_keys, full_config, validate_rnn_study
 from hpjax.study.run import train_and_evaluate
 
@@ -179,30 +179,10 @@ def _pct(v: Any) -> str:
 
 
 def findings(table: Sequence[Mapping], keys: Sequence[str]) -> list[str]:
-    """Sentences on what the subset stage shows: the best cell, and the best depth per cell."""
-    out = []
+    """Sentences on what the subset stage shows: the best cell, and the best depth per cell,
+    each against the runner-up paired over seeds (:mod:`hpjax.studies.paired`)."""
     rows = [r for r in table if is_finite_number(r.get("mean_val_loss"))]
-    if "cell" in keys:
-        best_of = {}
-        for r in rows:
-            if r["cell"] not in best_of or r["mean_val_loss"] < best_of[r["cell"]]["mean_val_loss"]:
-                best_of[r["cell"]] = r
-        if len(best_of) > 1:
-            ranked = sorted(best_of.values(), key=lambda r: r["mean_val_loss"])
-            a, b = ranked[0], ranked[1]
-            out.append(
-                f"Cell: the best {a['cell'].upper()} ({_arch_label(a, keys)}: seed-mean "
-                f"validation loss {_g(a['mean_val_loss'])}, best-trial validation accuracy "
-                f"{_pct(a.get('val_accuracy'))}) beats the best {b['cell'].upper()} "
-                f"({_arch_label(b, keys)}: {_g(b['mean_val_loss'])}, "
-                f"{_pct(b.get('val_accuracy'))}) on the subset. The guide calls LSTM the more "
-                "common cell and says to try both: "
-                + (
-                    "here the common choice is also the better one."
-                    if a["cell"] == "lstm"
-                    else "here trying the GRU paid off."
-                )
-            )
+    out = [_cell_finding(rows, keys)] if "cell" in keys else []
     if "num_layers" in keys:
         groups: dict[tuple, list[Mapping]] = {}
         for r in rows:
@@ -214,11 +194,51 @@ def findings(table: Sequence[Mapping], keys: Sequence[str]) -> list[str]:
             best = min(group, key=lambda r: r["mean_val_loss"])
             losses = ", ".join(f"{r['num_layers']}: {_g(r['mean_val_loss'])}" for r in group)
             name = " ".join(str(v).upper() if isinstance(v, str) else str(v) for v in values)
+            against = [
+                paired.describe(
+                    paired.compare(r.get("seed_values") or {}, best.get("seed_values") or {}),
+                    capacity.depth_name(r["num_layers"]),
+                    capacity.depth_name(best["num_layers"]),
+                )
+                for r in group
+                if r is not best
+            ]
             out.append(
-                f"Depth ({name or 'all'}): validation loss by layers {losses}; best at "
-                f"{best['num_layers']} layer{'s' if best['num_layers'] != 1 else ''}."
+                f"Depth ({name or 'all'}): seed-mean validation loss by layers {losses}; lowest "
+                f"at {capacity.depth_name(best['num_layers'])}. Paired over seeds: "
+                + "; ".join(against)
+                + "."
             )
-    return out
+    return [s for s in out if s]
+
+
+def _cell_finding(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
+    """The best architecture of each cell against the other's, paired over seeds."""
+    best_of: dict[str, Mapping] = {}
+    for r in rows:
+        if r["cell"] not in best_of or r["mean_val_loss"] < best_of[r["cell"]]["mean_val_loss"]:
+            best_of[r["cell"]] = r
+    if len(best_of) < 2:
+        return ""
+    a, b = sorted(best_of.values(), key=lambda r: r["mean_val_loss"])[:2]
+    p = paired.compare(b.get("seed_values") or {}, a.get("seed_values") or {})
+    if p.winner == "undecided":
+        verdict = (
+            "the seeds do not separate the two cells (undecided), so on this data the guide's "
+            "advice to try both stands without a winner."
+        )
+    elif a["cell"] == "lstm":
+        verdict = "here the common choice is also the better one."
+    else:
+        verdict = "here trying the GRU paid off."
+    return (
+        f"Cell: the best {a['cell'].upper()} ({_arch_label(a, keys)}: seed-mean validation loss "
+        f"{_g(a['mean_val_loss'])}, best-trial validation accuracy {_pct(a.get('val_accuracy'))}) "
+        f"against the best {b['cell'].upper()} ({_arch_label(b, keys)}: "
+        f"{_g(b['mean_val_loss'])}, {_pct(b.get('val_accuracy'))}) on the subset, paired over "
+        f"seeds: {paired.describe(p, _arch_label(b, keys), _arch_label(a, keys))}. The guide "
+        f"calls LSTM the more common cell and says to try both: {verdict}"
+    )
 
 
 def write_rnn_outputs(workdir: str, config: Any, keys: Sequence[str]) -> dict[str, str]:
