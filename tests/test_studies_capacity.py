@@ -192,6 +192,9 @@ def test_outputs_from_a_workdir(tmp_path):
         "too_few_units",
         "plots/capacity.png",
         "| 2 | 64 |",
+        "**Setup.** Model: mlp",
+        "Seeds: 0, 1.",
+        "**undecided** means the seeds do not separate the two sides",
     ):
         assert phrase in text
 

@@ -12,6 +12,7 @@ from hpjax.report.figures import MAX_LINES, plot_hparam, plot_hparam_panels, plo
 from hpjax.report.labels import is_number, varying_hparams
 from hpjax.report.markdown import best_trial, write_report
 from hpjax.report.regularisation import regularisation_section
+from hpjax.report.setup import setup_sentence
 from hpjax.results import optuna_storage
 from hpjax.results.files import PathLike, read_csv, read_workdir
 
@@ -59,6 +60,7 @@ def _intro(saved: Mapping, summary: Sequence[Mapping], fallback_name: str) -> tu
     varying = varying_hparams(summary)
     if varying:
         lines.append("Varied: " + ", ".join(f"`{k}`" for k in varying) + ".")
+    lines.append(setup_sentence(saved, summary))
     counts: dict[str, int] = {}
     for r in summary:
         counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1

@@ -14,6 +14,7 @@ from hpjax.errors import ConfigError
 from hpjax.report import labels, markdown
 from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.labels import is_finite_number
+from hpjax.report.setup import setup_sentence
 from hpjax.results import files
 from hpjax.studies import capacity, capacity_plot
 from hpjax.study import spec as spec_lib
@@ -95,6 +96,8 @@ def _report_lines(workdir, saved, summary, table, keys, findings, model_and_inpu
         + (f" ({input_dim} inputs)" if input_dim else "")
         + ". Every loss is taken at the trial's early-stop point (its lowest validation loss); "
         "the gap is validation minus training loss there.",
+        "",
+        setup_sentence(saved, summary),
         "",
         "## What the guide predicts and what the numbers show",
         "",

@@ -32,6 +32,7 @@ from absl import logging
 from hpjax import data as data_lib
 from hpjax.config import as_tuple, config_to_dict
 from hpjax.report import markdown
+from hpjax.report import setup as report_setup
 from hpjax.results import files
 from hpjax.studies.batch_size.analysis import (
     first_reaching,
@@ -145,6 +146,10 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
         f"batch sizes in one population, batch_axis={s.batch_axis!r}). Final validation "
         "metrics are those at the end of the budget (equal epochs); the test metrics are the "
         "engine's, at each trial's lowest validation loss.",
+        "",
+        report_setup.setup_sentence(
+            files.read_config(os.path.join(workdir, "grid")), runs["grid"][0]
+        ),
     ]
     write_report(
         workdir,
@@ -315,7 +320,16 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
         ),
     ]
     rate = rows[0]["learning_rate"]
-    intro = noise_intro(s, b, rate, steps)
+    summary_path = os.path.join(workdir, "run", "summary.csv")
+    intro = noise_intro(s, b, rate, steps) + [
+        "",
+        report_setup.setup_sentence(
+            config_to_dict(cfg),
+            files.read_summary(os.path.dirname(summary_path))
+            if os.path.exists(summary_path)
+            else [{"seed": cfg.seeds[0], "batch_size": b, "steps": steps}],
+        ),
+    ]
     shown = rows[:: max(1, len(rows) // 12)]
     if rows[-1] not in shown:
         shown.append(rows[-1])

@@ -25,6 +25,7 @@ from matplotlib import colormaps
 from hpjax.report import figures, labels, markdown
 from hpjax.report.diagnostics import KINDS, diagnose_workdir
 from hpjax.report.labels import is_finite_number
+from hpjax.report.setup import setup_sentence
 from hpjax.results import files
 from hpjax.studies import capacity, paired
 from hpjax.studies.rnn.spec import DEFAULT_KEYS, arch_keys, full_config, validate_rnn_study
@@ -326,6 +327,13 @@ def _report_lines(workdir, config, keys, table, rows, best, sub_best, full, summ
         "seed-mean validation loss on the full training set"
         + (f" ({len(full_summary)} trials)." if full_summary else " (not run)."),
         "",
+        setup_sentence(files.read_config(sub_dir), sub_summary, "Setup of stage 1 (subset)"),
+        "",
+        *(
+            [setup_sentence(files.read_config(full_dir), full_summary, "Setup of stage 2"), ""]
+            if full_summary
+            else []
+        ),
         "## Comparison (stage 1: subset; last row: stage 2, full data)",
         "",
         markdown.markdown_table(
