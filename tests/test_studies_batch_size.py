@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from hpjax import data as data_lib
 from hpjax.errors import ConfigError
 from hpjax.studies.batch_size import analysis, plots, prose, runner
 from hpjax.studies.batch_size import config as bs_config
@@ -547,3 +548,48 @@ def test_the_setup_names_model_size_optimizer_data_seeds_and_target(quick):
         "target val_accuracy >= 0.25",
     ):
         assert part in line, part
+
+
+def test_momentum_tuned_with_the_rate_per_batch_size(quick, tmp_path):
+    """Each batch size trains every rate x momentum x seed; a seed's fastest trial names both,
+    the batch size's row carries the median seed's momentum, and a momentum without the
+    momentum optimizer, or out of [0, 1), is refused naming the key."""
+    config = quick
+    config.study = "steps_to_target"
+    s = config.steps_to_target
+    s.batch_sizes, s.learning_rates, s.momenta, s.seeds = (8, 32), (0.03, 0.3), (0.0, 0.9), (0,)
+    s.target = 0.5
+    config.compute.enabled = False
+    configs = bs_config.steps_to_target_configs(config, 96)
+    points = json.loads(configs[8].trials)
+    assert sorted((p["learning_rate"], p["momentum"]) for p in points) == [
+        (0.03, 0.0),
+        (0.03, 0.9),
+        (0.3, 0.0),
+        (0.3, 0.9),
+    ]
+    per_size, per_trial, _ = runner.run_steps_to_target(
+        config, str(tmp_path), data_lib.load_dataset(config)
+    )
+    assert {t["momentum"] for t in per_trial} == {0.0, 0.9} and len(per_trial) == 8
+    assert all(r["reached"] for r in per_size)
+    for row in per_size:
+        if row["reached"]:
+            mine = [t for t in per_trial if t["batch_size"] == row["batch_size"] and t["reached"]]
+            fastest = min(mine, key=lambda t: (t["steps"], t["learning_rate"]))
+            assert (row["learning_rate"], row["momentum"]) == (
+                fastest["learning_rate"],
+                fastest["momentum"],
+            )
+    with open(tmp_path / "steps_to_target_trials.csv") as f:
+        assert {r["momentum"] for r in csv.DictReader(f)} == {"0", "0.9"}
+    text = (tmp_path / "study_report.md").read_text()
+    assert "momentum tuned with the rate over (0.0, 0.9)" in text
+    bad = load_config("steps_to_target,quick")
+    bad.steps_to_target.momenta = (0.9, 1.0)
+    with pytest.raises(ConfigError, match=r"steps_to_target.momenta.*distinct numbers in \[0, 1\)"):
+        bs_config.validate_config(bad)
+    bad.steps_to_target.momenta = (0.9,)
+    bad.optimizer = "adam"
+    with pytest.raises(ConfigError, match="steps_to_target.momenta.*needs optimizer='momentum'"):
+        bs_config.validate_config(bad)

@@ -141,6 +141,9 @@ def _add_study_sections(config: ml_collections.ConfigDict) -> None:
     config.steps_to_target.evals_per_trial = 60  # at least; early on, as resolution needs
     config.steps_to_target.resolution = 0.02  # evaluations <= 2% of the steps apart (or 1 step)
     config.steps_to_target.seeds = (0, 1, 2)  # each its fastest rate; the median and the range
+    # () = config.momentum for every trial; else each momentum with every rate, the fastest pair
+    # per batch size (Shallue et al. tune both), e.g. (0.5, 0.9, 0.97)
+    config.steps_to_target.momenta = ()
 
     # McCandlish et al.: B_simple along the training of one trial.
     config.noise_scale = ml_collections.ConfigDict()

@@ -70,6 +70,7 @@ def steps_to_target(
                 "num_params": row.get("num_params"),
                 "learning_rate": row["learning_rate"],
                 "base_learning_rate": row.get("base_learning_rate", row["learning_rate"]),
+                "momentum": row.get("momentum"),
                 "status": row.get("status"),
                 "reached": hit is not None,
                 "steps": hit["step"] if hit else None,
@@ -93,7 +94,8 @@ def steps_to_target(
 
 
 def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
-    """One batch size's row: the median over seeds of each seed's fastest rate."""
+    """One batch size's row: the median over seeds of each seed's fastest rate (and momentum,
+    where the study tunes it)."""
     fastest: dict[Any, Mapping | None] = {}
     never = math.inf
     order = sorted(
@@ -123,6 +125,7 @@ def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
         "examples": middle * batch_size if reached else None,
         "learning_rate": rep["learning_rate"] if rep else None,
         "base_learning_rate": rep["base_learning_rate"] if rep else None,
+        "momentum": rep.get("momentum") if rep else None,
         "trial": rep["trial"] if rep else None,
         "lrs_reached": len({t["learning_rate"] for t in trials if t["reached"]}),
         "lrs_tried": len({t["learning_rate"] for t in trials}),
@@ -380,21 +383,27 @@ def perfect_scaling_end(reached: Sequence[Mapping], tolerance: float = 1.25) -> 
     return within
 
 
-def noise_trial(config, per_size: Sequence[Mapping], per_trial: Sequence[Mapping]) -> float:
-    """The base learning rate (before scaling) of the measured trial."""
+def noise_trial(
+    config, per_size: Sequence[Mapping], per_trial: Sequence[Mapping]
+) -> tuple[float, float | None]:
+    """The base learning rate (before scaling) and momentum (None: the config's) of the
+    measured trial: the fastest pair at ``noise_scale.batch_size``, else the best metric's."""
     s = config.noise_scale
     if s.learning_rate > 0:
-        return float(s.learning_rate)
+        return float(s.learning_rate), None
     row = next(r for r in per_size if r["batch_size"] == s.batch_size)
-    if row["reached"]:
-        return float(row["base_learning_rate"])
-    at_b = [
-        r
-        for r in per_trial
-        if r["batch_size"] == s.batch_size and is_finite_number(r["best_metric"])
-    ]
-    pick = max if higher_is_better(config.steps_to_target.metric) else min
-    return float(pick(at_b, key=lambda r: r["best_metric"])["base_learning_rate"])
+    if not row["reached"]:
+        at_b = [
+            r
+            for r in per_trial
+            if r["batch_size"] == s.batch_size and is_finite_number(r["best_metric"])
+        ]
+        pick = max if higher_is_better(config.steps_to_target.metric) else min
+        row = pick(at_b, key=lambda r: r["best_metric"])
+    momentum = row.get("momentum")
+    return float(row["base_learning_rate"]), (
+        float(momentum) if is_finite_number(momentum) else None
+    )
 
 
 def swing(rows: Sequence[Mapping]) -> float:

@@ -4,6 +4,7 @@ config of every run they make.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -60,6 +61,7 @@ STEPS_COLUMNS = (
     "epochs",
     "examples",
     "learning_rate",
+    "momentum",
     "trial",
     "lrs_reached",
     "lrs_tried",
@@ -73,6 +75,7 @@ STEPS_TRIAL_COLUMNS = (
     "seed",
     "learning_rate",
     "base_learning_rate",
+    "momentum",
     "status",
     "reached",
     "steps",
@@ -161,6 +164,25 @@ def _check_positive(section, name: str, key: str, integer: bool = False) -> None
         _fail(f"{key}.{name}", value, f"must be a positive {'integer' if integer else 'number'}")
 
 
+def momenta(section) -> tuple[float, ...]:
+    """The momenta a steps-to-target study tunes with the rate; () when it keeps one."""
+    return tuple(float(m) for m in as_tuple(section.get("momenta", ())))
+
+
+def _check_momenta(config, key: str) -> None:
+    values = as_tuple(config.steps_to_target.get("momenta", ()))
+    if not values:
+        return
+    if not all(_is_real(m) and 0 <= m < 1 for m in values) or len(set(values)) != len(values):
+        _fail(f"{key}.momenta", values, "must hold distinct numbers in [0, 1), or be () for none")
+    if config.get("optimizer") != "momentum":
+        _fail(
+            f"{key}.momenta",
+            values,
+            f"tunes SGD's momentum: it needs optimizer='momentum', not {config.get('optimizer')!r}",
+        )
+
+
 def studies(config) -> tuple[str, ...]:
     name = config.get("study", "fixed_epochs")
     if name == "all":
@@ -213,6 +235,7 @@ def validate_config(config, num_train: int | None = None) -> None:
             _fail(f"{key}.seeds", s.seeds, "must be a non-empty tuple of integers")
         if not (_is_real(s.resolution) and 0 <= s.resolution < 1):
             _fail(f"{key}.resolution", s.resolution, "must be in [0, 1) (0: evals_per_trial only)")
+        _check_momenta(config, key)
     if "noise_scale" in names:
         s, key = config.noise_scale, "noise_scale"
         model = config.get("model", {})
@@ -313,6 +336,15 @@ def steps_to_target_configs(config, num_train: int) -> dict[int, ml_collections.
     runs = {}
     for b in check_batch_sizes(s.batch_sizes, "steps_to_target.batch_sizes"):
         steps = budget_steps(s, b, num_train)
+        tuned = {}
+        if momenta(s):  # every rate with every momentum and seed, as listed trials
+            points = [
+                {"learning_rate": float(lr), "momentum": m, "seed": int(seed), "batch_size": b}
+                for lr in as_tuple(s.learning_rates)
+                for m in momenta(s)
+                for seed in as_tuple(s.seeds)
+            ]
+            tuned = {"trials": json.dumps(points)}
         runs[b] = train_config(
             config,
             f"steps_to_target/bs_{b}",
@@ -326,14 +358,18 @@ def steps_to_target_configs(config, num_train: int) -> dict[int, ml_collections.
             eval_growth=float(s.resolution),
             seeds=as_tuple(s.seeds),
             report_x="learning_rate",
+            **tuned,
         )
     return runs
 
 
-def noise_config(config, base_learning_rate: float, num_train: int) -> ml_collections.ConfigDict:
+def noise_config(
+    config, base_learning_rate: float, num_train: int, momentum: float | None = None
+) -> ml_collections.ConfigDict:
     """The engine config of the noise-scale trial: ``noise_scale.batch_size`` at the base rate
-    (scaled like steps to target), its steps-to-target budget unless ``noise_scale.num_steps``
-    is set, evaluated (and measured) ``noise_scale.num_measurements`` times, the first seed."""
+    (scaled like steps to target) and ``momentum`` (None: the config's), its steps-to-target
+    budget unless ``noise_scale.num_steps`` is set, evaluated (and measured)
+    ``noise_scale.num_measurements`` times, the first seed."""
     s, stt = config.noise_scale, config.steps_to_target
     b = int(s.batch_size)
     steps = int(s.num_steps) if s.get("num_steps", 0) else budget_steps(stt, b, num_train)
@@ -350,6 +386,7 @@ def noise_config(config, base_learning_rate: float, num_train: int) -> ml_collec
         seeds=(int(as_tuple(config.seeds)[0]),),
         patience=0,  # measured along the whole budget
         make_report=False,
+        **({} if momentum is None else {"momentum": float(momentum)}),
     )
 
 

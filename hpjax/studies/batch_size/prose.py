@@ -24,7 +24,7 @@ from hpjax.studies.batch_size.analysis import (
     swing,
     usable,
 )
-from hpjax.studies.batch_size.config import REPORT, SCALING_RULES
+from hpjax.studies.batch_size.config import REPORT, SCALING_RULES, momenta
 
 
 def write_report(
@@ -226,7 +226,13 @@ def setup_sentence(config, dataset, per_trial: Sequence[Mapping]) -> str:
     keys = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
     params = next((t["num_params"] for t in per_trial if t.get("num_params")), None)
     optimizer = config.optimizer + (
-        f" (momentum {config.momentum:g}, not tuned)" if config.optimizer == "momentum" else ""
+        (
+            f" (momentum tuned with the rate over {momenta(s)})"
+            if momenta(s)
+            else f" (momentum {config.momentum:g}, not tuned)"
+        )
+        if config.optimizer == "momentum"
+        else ""
     )
     largest = max(as_tuple(s.batch_sizes))
     op = ">=" if higher_is_better(s.metric) else "<="
@@ -252,16 +258,7 @@ def describe_steps(
     reached = [r for r in per_size if r["reached"]]
     missed = [r for r in per_size if not r["reached"]]
     out = []
-    edges = []
-    for r in reached:
-        rates = [t["base_learning_rate"] for t in per_trial if t["batch_size"] == r["batch_size"]]
-        if len(rates) > 1 and r["base_learning_rate"] in (min(rates), max(rates)):
-            edges.append(r["batch_size"])
-    if edges:
-        out.append(
-            f"- The fastest rate lies at an edge of the grid for B={edges}: a rate beyond it "
-            "might reach the target in fewer steps."
-        )
+    out += _edge_sentences(reached, per_trial)
     if missed:
         out.append(
             f"- **Not reached** ({metric} {op} {target:g}) within the budget: "
@@ -304,6 +301,23 @@ def describe_steps(
             f"{fit['rms_log_error']:.2f}); E_min = S_min B_crit = {fit['e_min']:.3g} examples, "
             "the same curve as (S/S_min - 1)(E/E_min - 1) = 1." + note
         )
+    return out
+
+
+def _edge_sentences(reached: Sequence[Mapping], per_trial: Sequence[Mapping]) -> list[str]:
+    """Batch sizes whose fastest rate (or momentum) is the lowest or highest its grid tried."""
+    out = []
+    for key, what in (("base_learning_rate", "rate"), ("momentum", "momentum")):
+        edges = []
+        for r in reached:
+            grid = {t[key] for t in per_trial if t["batch_size"] == r["batch_size"]} - {None}
+            if len(grid) > 1 and r.get(key) in (min(grid), max(grid)):
+                edges.append(r["batch_size"])
+        if edges:
+            out.append(
+                f"- The fastest {what} lies at an edge of its grid for B={edges}: a {what} "
+                "beyond it might reach the target in fewer steps; extend the grid there."
+            )
     return out
 
 

@@ -285,7 +285,8 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
         per_size, per_trial, fit = collect_steps_to_target(config, steps_dir, dataset)
     else:  # the whole steps-to-target study, with its own outputs and report
         per_size, per_trial, fit = run_steps_to_target(config, steps_dir, dataset)
-    cfg = noise_config(config, noise_trial(config, per_size, per_trial), dataset.num_train)
+    rate, momentum = noise_trial(config, per_size, per_trial)
+    cfg = noise_config(config, rate, dataset.num_train, momentum)
     check_engine_config(cfg, dataset)
     b, steps = int(s.batch_size), int(cfg.num_steps)
     os.makedirs(workdir, exist_ok=True)
