@@ -16,7 +16,9 @@ workdir holds the steps-to-target runs, which it otherwise runs first):
   python experiments/batch_size_study.py --workdir runs/bs \
     --config=experiments/configs/batch_size_study.py:noise_scale
 
-The second workload, a CNN (3 x [conv k=5, 16 channels, max-pool 2]) through the same studies:
+The second workload, a CNN (3 x [conv k=5, 16 channels, max-pool 2]) through the same studies
+(37 minutes on 2 CPU cores shared with two other jobs; B=2048's 300-step floor x 15 trials is the
+longest part; measured: B_crit 101 [90% over seeds: 76-117], B_simple 2.7x below it):
   python experiments/batch_size_study.py --workdir runs/bs_cnn \
     --config=experiments/configs/batch_size_study.py:all,cnn
 

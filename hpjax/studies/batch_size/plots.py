@@ -201,8 +201,8 @@ def plot_steps_to_target(
     _mark_failed(ax, failed, "red", "target not reached" if failed else None)
     if noise:
         for key, style, name in (
-            ("b_simple", "-.", "B_simple (estimate)"),
-            ("b_simple_exact", ":", "B_simple (exact)"),
+            ("b_simple", "-.", "B_simple at the target (estimate, moving average)"),
+            ("b_simple_exact", ":", "B_simple at the target (exact, moving average)"),
         ):
             if is_finite_number(noise.get(key)):
                 ax.axvline(noise[key], color="C3", ls=style, label=f"{name} = {noise[key]:.3g}")

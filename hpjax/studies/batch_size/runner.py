@@ -300,7 +300,7 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
     at_target = first_reaching(rows, stt.metric, float(stt.target))
     noise = at_target and {
         "b_simple": at_target["b_simple_ema"],
-        "b_simple_exact": at_target.get("b_simple_exact"),
+        "b_simple_exact": at_target.get("b_simple_exact_ema"),
     }
     op = ">=" if higher_is_better(stt.metric) else "<="
     plots = [
@@ -321,14 +321,12 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
         ),
     ]
     rate = rows[0]["learning_rate"]
-    summary_path = os.path.join(workdir, "run", "summary.csv")
+    run_dir = os.path.join(workdir, "run")
     intro = noise_intro(s, b, rate, steps) + [
         "",
         report_setup.setup_sentence(
-            config_to_dict(cfg),
-            files.read_summary(os.path.dirname(summary_path))
-            if os.path.exists(summary_path)
-            else [{"seed": cfg.seeds[0], "batch_size": b, "steps": steps}],
+            files.read_config(run_dir) or config_to_dict(cfg),
+            [{"seed": cfg.seeds[0], "batch_size": b, "steps": steps}],
         ),
     ]
     shown = rows[:: max(1, len(rows) // 12)]
