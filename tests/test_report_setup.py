@@ -55,3 +55,11 @@ def test_setup_leaves_out_what_varies_per_trial_and_says_no_early_stopping():
     assert "no early stopping" in text
     mup = {**saved, "model": {**saved["model"], "parametrization": "mup"}}
     assert "parametrization=mup, base_width=64" in setup_sentence(mup, _summary())
+
+
+def test_a_model_grid_shows_its_values():
+    saved = {"model": {"name": "mlp", "hidden_units": 256, "num_layers": 2}, "optimizer": "adam"}
+    saved["model_grid"] = {"hidden_units": [16, 64], "num_layers": [1, 2, 3]}
+    assert "Model: mlp (hidden_units=16/64, num_layers=1/2/3), " in setup_sentence(
+        saved, _summary()
+    )

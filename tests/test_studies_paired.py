@@ -35,6 +35,7 @@ def test_claim_verdicts():
     assert paired.claim_verdict([a, a, b]) == "not supported"
     assert paired.claim_verdict([u, u]) == "undecided"
     assert paired.claim_verdict([b, a, u]) == "mixed"
+    assert paired.claim_verdict([b, u, u, u]) == "undecided"  # one decided of four
 
 
 def test_describe_names_the_winner_and_the_interval():

@@ -3,7 +3,9 @@
 Each of the 4 x 3 architectures trains its 2 learning rates x 3 seeds at once; the verdicts on
 depth compare architectures seed by seed and say "undecided" where the seeds do not separate them.
 
-Run (7 minutes on 2 shared CPU cores; the 1024-unit populations take most of it):
+Run (9 minutes on 2 CPU cores shared with other jobs; the 1024-unit populations take most of it;
+measured: three layers beat two decidedly only at 16 units, at 64-1024 units the seeds do not
+separate them, so "three layers usually beat two" is undecided):
   python experiments/capacity_sweep.py --workdir runs/capacity_mlp
 
 Quick variant for tests (seconds):

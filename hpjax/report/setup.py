@@ -11,12 +11,15 @@ from hpjax.report.labels import is_finite_number
 from hpjax.study.spec import OPTIMIZER_OPTIONS
 
 
-def _model(model: Any, summary: Sequence[Mapping]) -> str:
-    """``mlp (hidden_units=128, num_layers=2), 22,026 parameters``; model keys left at an off
-    value (0, False, empty) are left out, and μP's keys unless μP is on."""
+def _model(model: Any, grid: Any, summary: Sequence[Mapping]) -> str:
+    """``mlp (hidden_units=128, num_layers=2), 22,026 parameters``; a key of the model grid
+    shows its values; model keys left at an off value (0, False, empty) are left out, and μP's
+    keys unless μP is on."""
     if not isinstance(model, Mapping):
         return f"`{model}`" if model else "the model given in Python"
-    mup = model.get("parametrization", "standard") != "standard"
+    grid = dict(grid) if isinstance(grid, Mapping) else {}
+    model = {**model, **{k: "/".join(str(v) for v in values) for k, values in grid.items()}}
+    mup = "mup" in str(model.get("parametrization", "standard"))
     keys = [
         f"{k}={v}"
         for k, v in model.items()
@@ -105,8 +108,9 @@ def setup_sentence(saved: Mapping, summary: Sequence[Mapping], title: str = "Set
     """One paragraph: model and size, optimizer, data and sizes, seeds, budget, evaluation,
     early stopping and the metric that ranks trials."""
     seeds = sorted({r.get("seed") for r in summary if r.get("seed") is not None}, key=str)
+    model = _model(saved.get("model"), saved.get("model_grid"), summary)
     return (
-        f"**{title}.** Model: {_model(saved.get('model'), summary)}. Optimizer: "
+        f"**{title}.** Model: {model}. Optimizer: "
         f"{_optimizer(saved, summary)}. Data: {_data(saved)}. Seeds: "
         f"{', '.join(str(s) for s in seeds) or 'none recorded'}. Budget: each trial "
         f"{_budget(saved, summary)}. Trials are ranked by their lowest validation loss "

@@ -311,9 +311,7 @@ def _compare_depths(
         for r in table
         if r.get("seed_values") is not None and is_finite_number(r.get(width))
     }
-    common = sorted(
-        {w for d, w in rows if d == shallow} & {w for d, w in rows if d == deep}, key=str
-    )
+    common = sorted({w for d, w in rows if d == shallow} & {w for d, w in rows if d == deep})
     comparisons, parts = [], []
     for w in common:
         a, b = rows[(shallow, w)], rows[(deep, w)]

@@ -145,4 +145,4 @@ def run_capacity_study(config: Any, workdir: str) -> dict[str, str]:
     train_and_evaluate(config, workdir)
     if jax.process_index() != 0:  # only process 0 writes the workdir
         return {}
-    return write_capacity_outputs(workdir, config_to_dict(config))
+    return write_capacity_outputs(workdir, files.read_config(workdir) or config_to_dict(config))

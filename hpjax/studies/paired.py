@@ -97,8 +97,8 @@ def claim_verdict(comparisons: Sequence[Paired]) -> str:
     """The verdict on a claim that ``b`` beats ``a`` in each of ``comparisons``.
 
     ``supported`` when ``b`` wins more than half of them, ``not supported`` when ``a`` does,
-    ``undecided`` when no comparison is decided, ``mixed`` otherwise; ``not tested`` when there
-    is none.
+    ``mixed`` when each side wins some, ``undecided`` otherwise (the seeds decide too few of
+    them to say "usually" either way); ``not tested`` when there is none.
     """
     n = len(comparisons)
     if n == 0:
@@ -109,7 +109,7 @@ def claim_verdict(comparisons: Sequence[Paired]) -> str:
         return "supported"
     if losses > n / 2:
         return "not supported"
-    return "undecided" if wins == losses == 0 else "mixed"
+    return "mixed" if wins and losses else "undecided"
 
 
 def seed_values(rows: Sequence[Mapping], value: str = "best_val_loss") -> dict[Any, float]:
