@@ -288,7 +288,6 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
     rate, momentum = noise_trial(config, per_size, per_trial)
     cfg = noise_config(config, rate, dataset.num_train, momentum)
     check_engine_config(cfg, dataset)
-    b, steps = int(s.batch_size), int(cfg.num_steps)
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, "config.json"), config_to_dict(cfg))
     rows = measure_noise_scale(cfg, dataset, s, os.path.join(workdir, "run"))
@@ -320,15 +319,7 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
             at_target,
         ),
     ]
-    rate = rows[0]["learning_rate"]
-    run_dir = os.path.join(workdir, "run")
-    intro = noise_intro(s, b, rate, steps) + [
-        "",
-        report_setup.setup_sentence(
-            files.read_config(run_dir) or config_to_dict(cfg),
-            [{"seed": cfg.seeds[0], "batch_size": b, "steps": steps}],
-        ),
-    ]
+    intro = _noise_setup(s, cfg, rows[0]["learning_rate"], os.path.join(workdir, "run"))
     shown = rows[:: max(1, len(rows) // 12)]
     if rows[-1] not in shown:
         shown.append(rows[-1])
@@ -359,6 +350,18 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
         [os.path.relpath(p, workdir) for p in plots],
     )
     return rows
+
+
+def _noise_setup(s, cfg, rate: float, run_dir: str) -> list[str]:
+    """The noise-scale report's setup: the measurement, then the trial's setup paragraph."""
+    b, steps = int(s.batch_size), int(cfg.num_steps)
+    return noise_intro(s, b, rate, steps) + [
+        "",
+        report_setup.setup_sentence(
+            files.read_config(run_dir) or config_to_dict(cfg),
+            [{"seed": cfg.seeds[0], "batch_size": b, "steps": steps}],
+        ),
+    ]
 
 
 RUNNERS = {
