@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from hpjax.models import mup
 from hpjax.models.registry import default_model_config
 
 # Keys that change how a study is run or shown, not what it computes.
@@ -47,7 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.max_abs_input = 1e6  # inputs beyond this magnitude are a data error; 0 = no check
 
     # Model: a built-in model with its defaults (hpjax/models/registry.py holds each built-in
-    # model's keys and defaults; the MLP's: hidden_units=256, num_layers=3, activation=relu).
+    # model's keys and defaults; the MLP's: hidden_units=256, num_layers=3, activation=relu;
+    # the MLP's and CNN's parametrization: standard, or mup relative to base_width: models/mup.py).
     config.model = default_model_config("mlp")
     # Matmul precision of the built-in models: float32, or bf16 (bf16 matmul inputs with float32
     # accumulation; parameters, optimizer state, activations and loss stay float32).
@@ -195,11 +197,18 @@ def config_to_dict(config: Any) -> dict:
 
 # Keys added after studies were written: a config.json without one held this default.
 ADDED_KEYS = {"eval_growth": 0.0}
+# Keys of the built-in models added likewise (μP's, for the models that have them).
+ADDED_MODEL_KEYS = {name: dict(mup.DEFAULTS) for name in mup.WIDTH_KEYS}
 
 
 def study_identity(config_dict: dict) -> dict:
-    """What makes two configs the same study: every key but :data:`NON_STUDY_KEYS`."""
-    return ADDED_KEYS | {k: v for k, v in config_dict.items() if k not in NON_STUDY_KEYS}
+    """What makes two configs the same study: every key but :data:`NON_STUDY_KEYS`, keys
+    added later (:data:`ADDED_KEYS`, :data:`ADDED_MODEL_KEYS`) at their defaults if missing."""
+    identity = ADDED_KEYS | {k: v for k, v in config_dict.items() if k not in NON_STUDY_KEYS}
+    model = identity.get("model")
+    if isinstance(model, dict) and model.get("name") in ADDED_MODEL_KEYS:
+        identity["model"] = ADDED_MODEL_KEYS[model["name"]] | model
+    return identity
 
 
 def key_meanings() -> dict[str, str]:

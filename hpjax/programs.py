@@ -22,6 +22,7 @@ from hpjax.studies.batch_size import runner
 from hpjax.studies.capacity_study import run_capacity_study
 from hpjax.studies.rnn import NothingToRetrainError, run_rnn_study
 from hpjax.studies.search import run_search
+from hpjax.studies.width_transfer_study import run_width_transfer
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -30,11 +31,19 @@ def _lr_sweep(config, workdir: str) -> None:
     cli.run_study(config, workdir)
 
 
+def _print_paths(what: str, paths: dict[str, str]) -> None:
+    """The line a study with a table, a report and a plot ends with (process 0 only)."""
+    if paths:
+        logging.info("%s outputs: %s", what, paths)
+        print(f"{what} table: {paths['csv']}, report: {paths['report']}, plot: {paths['plot']}")
+
+
 def _capacity_sweep(config, workdir: str) -> None:
-    paths = cli.run(run_capacity_study, config, workdir)
-    if paths:  # process 0
-        logging.info("capacity outputs: %s", paths)
-        print(f"capacity table: {paths['csv']}, report: {paths['report']}, plot: {paths['plot']}")
+    _print_paths("capacity", cli.run(run_capacity_study, config, workdir))
+
+
+def _width_transfer(config, workdir: str) -> None:
+    _print_paths("width transfer", cli.run(run_width_transfer, config, workdir))
 
 
 def _batch_size_study(config, workdir: str) -> None:
@@ -85,6 +94,11 @@ PROGRAMS = {
         _capacity_sweep,
         "capacity_sweep.py",
         "hidden units x layers (or CNN channels x layers): which architecture, over rates",
+    ),
+    "width-transfer": Program(
+        _width_transfer,
+        "width_transfer.py",
+        "the best learning rate across widths, standard parametrisation against μP",
     ),
     "batch-size-study": Program(
         _batch_size_study,

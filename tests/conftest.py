@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import subprocess
+import sys
 import tempfile
 
 import jax
@@ -51,6 +52,21 @@ def load_config(name: str, variant: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+def run_experiment(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python experiments/<script> ARGS`` in a fresh interpreter on the CPU, its output
+    captured. The tests' studies are tiny: compiled without LLVM's optimisations (faster)."""
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_tiny_npz(path: str, num_train: int = 240, seed: int = 0) -> str:

@@ -11,7 +11,8 @@ An update is split in two, so that a per-trial rate never has to live inside opt
   Adagrad's rescaled gradient, ...);
 - ``apply_update(params, u, lr, wd)`` takes the descent step ``params - lr * (u + wd * params)``
   with decoupled (AdamW-style, Loshchilov and Hutter 2019) weight decay that, like
-  ``optax.adamw``, is multiplied by the full learning rate and applies to every leaf.
+  ``optax.adamw``, is multiplied by the full learning rate and applies to every leaf; optional
+  static per-leaf multipliers of ``lr`` (μP's per-layer rates) scale both terms.
 
 With a constant ``lr`` and ``wd = 0``, ``direction(name)`` followed by ``apply_update`` equals
 ``optax.sgd(lr)``, ``optax.sgd(lr, momentum)`` (name ``"momentum"``), ``optax.adam(lr)``,
@@ -207,15 +208,26 @@ def direction_of_state(name: str, grads: Any, new_state: Any, **options: Any) ->
 
 
 def apply_update(
-    params: Any, direction_updates: Any, lr: ArrayLike, weight_decay: ArrayLike
+    params: Any,
+    direction_updates: Any,
+    lr: ArrayLike,
+    weight_decay: ArrayLike,
+    multipliers: Any = None,
 ) -> Any:
     """``params - lr * (u + weight_decay * params)``, leaf by leaf, in each leaf's dtype.
 
     A descent step with decoupled weight decay on every leaf (``optax.adamw``'s default, no mask).
+    ``multipliers`` (a tree like ``params`` of static Python floats, e.g. μP's per-layer rates:
+    :meth:`hpjax.models.Model.lr_multipliers`) scales each leaf's ``lr``, and so its
+    ``lr * weight_decay`` too; a leaf whose multiplier is 1, and every leaf when it is None,
+    steps exactly as without it.
     """
 
-    def leaf(p: jax.Array, u: jax.Array) -> jax.Array:
+    def leaf(p: jax.Array, u: jax.Array, m: float = 1.0) -> jax.Array:
         p = jnp.asarray(p)
-        return jnp.asarray(p - lr * (u + weight_decay * p)).astype(p.dtype)
+        rate = lr if m == 1.0 else lr * m
+        return jnp.asarray(p - rate * (u + weight_decay * p)).astype(p.dtype)
 
-    return jax.tree.map(leaf, params, direction_updates)
+    if multipliers is None:
+        return jax.tree.map(leaf, params, direction_updates)
+    return jax.tree.map(leaf, params, direction_updates, multipliers)

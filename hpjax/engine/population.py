@@ -314,8 +314,9 @@ def micro_step(
     opt_state = _select(accept, stepped_state, trial.opt_state)
     updates = optim.direction_of_state(spec.optimizer, mean_grad, opt_state, **options)
     params = spec.model.trainable(trial.params)
+    multipliers = spec.model.lr_multipliers(spec.optimizer)  # static: μP's per-layer rates
     new_params = _select(
-        accept, optim.apply_update(params, updates, lr, hparams.weight_decay), params
+        accept, optim.apply_update(params, updates, lr, hparams.weight_decay, multipliers), params
     )
     if spec.model.stateful:  # batch statistics move with every micro-batch of an active trial
         variables = _select(active & jnp.isfinite(loss), variables, trial.params)

@@ -119,11 +119,20 @@ class Model:
     trainable: Callable[[Any], Any] = _identity
     with_trainable: Callable[[Any, Any], Any] = _replace_all
     trial_dropout: bool = False  # has a TrialDropout layer (the ``dropout`` hyperparameter)
+    # μP's per-layer rules (an hpjax.models.mup.Parametrization); None: the standard one
+    parametrization: Any = None
 
     @property
     def stateful(self) -> bool:
         """Whether training differs from evaluation (dropout, batch statistics)."""
         return self.train_apply is not None
+
+    def lr_multipliers(self, optimizer: str) -> Any:
+        """Each trainable leaf's learning-rate multiplier under ``optimizer`` (a tree of Python
+        floats like the trainable parameters), or None when every leaf takes the rate as is."""
+        if self.parametrization is None:
+            return None
+        return self.parametrization.lr_multipliers(optimizer)
 
 
 def from_factory(

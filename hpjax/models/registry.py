@@ -11,10 +11,12 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from flax import nnx
 
 from hpjax.errors import ConfigError
+from hpjax.models import mup
 from hpjax.models.cnn import CNN, POOLS, cnn_spatial_sizes
 from hpjax.models.mlp import ACTIVATIONS, MLP
 from hpjax.models.model import Model, from_factory
@@ -92,6 +94,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "activation": "relu",
         "dropout_layers": False,
         "batch_norm": False,
+        **mup.DEFAULTS,
     },
     # In the spirit of the MNIST-1D paper's CNN (3 conv layers, ~5k params, 94% test accuracy):
     # 3 x (conv k=5, 32 channels, max-pool 2) takes length 40 to 5 x 32 features, ~12k params.
@@ -107,6 +110,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "dropout_layers": False,
         "batch_norm": False,
         "residual": False,  # layers 2.. as residual blocks at the first layer's size: deep nets
+        **mup.DEFAULTS,
     },
     "rnn": {
         "cell": "gru",
@@ -146,6 +150,14 @@ def _resolved(model_cfg: Any) -> dict[str, Any]:
         raise ConfigError(
             f"config.model.name={name!r} is unknown; allowed: {', '.join(MODEL_NAMES)}"
         )
+    if name not in mup.WIDTH_KEYS and "parametrization" in given:
+        if given["parametrization"] != "standard":
+            raise ConfigError(
+                f"config.model.parametrization={given['parametrization']!r} is not available "
+                f"for model {name!r}; allowed: standard (μP is implemented for "
+                f"{', '.join(sorted(mup.WIDTH_KEYS))})"
+            )
+        given.pop("parametrization")  # the only parametrisation it has
     unknown = sorted(set(given) - set(_DEFAULTS[name]) - {"name", "precision"})
     if unknown:
         raise ConfigError(
@@ -232,6 +244,9 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
 
     if "precision" in keys:
         _check_choice(keys, "precision", PRECISIONS)
+    if name in mup.WIDTH_KEYS:
+        _check_choice(keys, "parametrization", mup.PARAMETRIZATIONS)
+        _check_int(keys, "base_width", 1, " (the width at which μP equals the standard one)")
     if name == "mlp":
         _check_int(keys, "hidden_units", 1)
         _check_int(keys, "num_layers", 1, " (the number of hidden layers)")
@@ -266,19 +281,54 @@ def validate_model_config(model_cfg: Any, input_shape: tuple[int, ...], num_clas
         _check_choice(keys, "readout", READOUTS)
 
 
+def _built(keys: dict[str, Any], shape: tuple[int, ...], num_classes: int) -> Model:
+    """The model of validated, complete ``keys``, built once per architecture (equal specs
+    then share compilations)."""
+    key = (json.dumps(keys, sort_keys=True, default=list), shape, num_classes)
+    if key in _BUILT:
+        return _BUILT[key]
+    if keys.get("parametrization") == "mup":
+        _BUILT[key] = _mup_model(keys, shape, num_classes)
+        return _BUILT[key]
+    builder, precision = MODELS[keys["name"]], keys.get("precision", "float32")
+    _BUILT[key] = from_factory(
+        lambda rngs: apply_precision(builder(keys, shape, num_classes, rngs), precision),
+        keys["name"],
+    )
+    return _BUILT[key]
+
+
+def _mup_model(keys: dict[str, Any], shape: tuple[int, ...], num_classes: int) -> Model:
+    """The standard model of ``keys`` under μP, relative to the same model at base_width; the
+    one twice as wide shows which dimensions grow with the width (as the mup package's base
+    shapes do)."""
+    width_key, base = mup.WIDTH_KEYS[keys["name"]], int(keys["base_width"])
+
+    def standard(width: int) -> Model:
+        return _built(keys | {"parametrization": "standard", width_key: width}, shape, num_classes)
+
+    model = standard(int(keys[width_key]))
+    rules = mup.parametrization(
+        _param_shapes(model),
+        _param_shapes(standard(base)),
+        _param_shapes(standard(2 * base)),
+        base_width=base,
+        width=int(keys[width_key]),
+    )
+    return mup.with_mup(model, rules)
+
+
+def _param_shapes(model: Model) -> Any:
+    """The shapes of ``model``'s trainable parameters (nothing is allocated)."""
+    return jax.eval_shape(lambda key: model.trainable(model.init(key)), jax.random.PRNGKey(0))
+
+
 def build_model(model_cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Model:
-    """Validates ``model_cfg`` and returns the built-in model's pure ``init``/``apply``."""
+    """Validates ``model_cfg`` and returns the built-in model's pure ``init``/``apply`` (under
+    μP, with its per-layer rules: :mod:`hpjax.models.mup`)."""
     validate_model_config(model_cfg, input_shape, num_classes)
     keys = _resolved(model_cfg)
-    shape = tuple(int(d) for d in input_shape)
-    key = (json.dumps(keys, sort_keys=True, default=list), shape, int(num_classes))
-    if key not in _BUILT:  # one Model per architecture: equal specs then share compilations
-        builder, precision = MODELS[keys["name"]], keys.get("precision", "float32")
-        _BUILT[key] = from_factory(
-            lambda rngs: apply_precision(builder(keys, shape, int(num_classes), rngs), precision),
-            keys["name"],
-        )
-    return _BUILT[key]
+    return _built(keys, tuple(int(d) for d in input_shape), int(num_classes))
 
 
 _BUILT: dict[tuple, Model] = {}
