@@ -205,6 +205,7 @@ def test_critical_batch_fit_over_seeds_brackets_the_true_value():
     assert low < 256 < high and high / low < 2
     assert fit["s_min_interval"][0] < 1000 < fit["s_min_interval"][1]
     assert fit["e_min"] == pytest.approx(fit["s_min"] * fit["b_crit"])
+    assert fit["e_min_interval"][0] < 1000 * 256 < fit["e_min_interval"][1]
     line = next(
         x for x in prose.describe_steps(per_size, fit, "val_accuracy", 0.6) if "B_crit" in x
     )

@@ -1,11 +1,14 @@
 """RNN study on MNIST-1D: LSTM and GRU x 1, 2, 3 stacked layers on a random subset, then the best
 cell and depth retrained on the full training set.
 
-Stage 1 trains the 6 architectures (each its own population of 2 learning rates) on 1000 of the
-3600 training examples; stage 2 retrains the winner on all of them at its best rate x 0.5, 1, 2.
+Stage 1 trains the 6 architectures (each its own population of 2 learning rates x 3 seeds) on
+1000 of the 3600 training examples; stage 2 retrains the winner on all of them at its best rate x
+0.5, 1, 2 (3 seeds each). Cell and depth are compared seed by seed.
 
-Run (5 minutes on 2 CPU cores; measured here: the 1-layer GRU wins on the subset, 93.0%
-validation accuracy, and reaches 95.8% test accuracy retrained on all the data):
+Run (15 minutes on 2 CPU cores shared with other jobs; measured here: the 3-layer GRU wins on
+the subset, lower than the best LSTM (2 layers) by 0.18 nats [95% interval 0.08-0.27] in 3 of 3
+seeds; the GRU's depths are undecided (3 layers lower in 3 of 3 seeds, but the intervals hold 0);
+retrained on all the data it reaches 97.8% test accuracy):
   python experiments/rnn_study.py --workdir runs/rnn_study
 
 Quick variant for tests (seconds):
@@ -58,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train_subset = 400
         config.train_eval_examples = 400
         config.learning_rates = (0.01,)
+        config.seeds = (0,)
         config.full_lr_factors = (1.0,)
         config.num_steps = 10
         config.eval_every = 5

@@ -166,8 +166,8 @@ def bootstrap_interval(
 
 def fit_with_interval(per_size: Sequence[Mapping]) -> dict | None:
     """:func:`fit_critical_batch` on the median steps of the batch sizes that reached the target,
-    with ``b_crit_interval`` and ``s_min_interval`` (90%, a bootstrap over the seeds) when
-    there are several seeds; ``e_min`` = S_min x B_crit, the fewest examples (McCandlish et al.:
+    with ``b_crit_interval``, ``s_min_interval`` and ``e_min_interval`` (90%, a bootstrap over
+    the seeds) when there are several seeds; ``e_min`` = S_min x B_crit, the fewest examples (McCandlish et al.:
     (S/S_min - 1)(E/E_min - 1) = 1 is the same curve)."""
     reached = [r for r in per_size if r["reached"]]
     fit = fit_critical_batch([r["batch_size"] for r in reached], [r["steps"] for r in reached])
@@ -183,9 +183,11 @@ def fit_with_interval(per_size: Sequence[Mapping]) -> dict | None:
         medians = np.median(rows, axis=0)
         ok = np.isfinite(medians)
         again = fit_critical_batch(sizes[ok], medians[ok])
-        return again[key] if again and not again["at_bound"] else None
+        if not again or again["at_bound"]:
+            return None
+        return again["s_min"] * again["b_crit"] if key == "e_min" else again[key]
 
-    for key in ("b_crit", "s_min"):
+    for key in ("b_crit", "s_min", "e_min"):
         fit[f"{key}_interval"] = bootstrap_interval(matrix, lambda rows, k=key: refit(rows, k))
     return fit
 

@@ -298,7 +298,8 @@ def describe_steps(
             f"- Fit S(B) = S_min (1 + B_crit / B) (McCandlish et al.): S_min={fit['s_min']:.3g} "
             f"steps{_interval(fit.get('s_min_interval'))}, B_crit={fit['b_crit']:.3g}"
             f"{_interval(fit.get('b_crit_interval'))} (RMS error of log S "
-            f"{fit['rms_log_error']:.2f}); E_min = S_min B_crit = {fit['e_min']:.3g} examples, "
+            f"{fit['rms_log_error']:.2f}); E_min = S_min B_crit = {fit['e_min']:.3g} examples"
+            f"{_interval(fit.get('e_min_interval'))}, "
             "the same curve as (S/S_min - 1)(E/E_min - 1) = 1." + note
         )
     return out
