@@ -167,8 +167,8 @@ def bootstrap_interval(
 def fit_with_interval(per_size: Sequence[Mapping]) -> dict | None:
     """:func:`fit_critical_batch` on the median steps of the batch sizes that reached the target,
     with ``b_crit_interval``, ``s_min_interval`` and ``e_min_interval`` (90%, a bootstrap over
-    the seeds) when there are several seeds; ``e_min`` = S_min x B_crit, the fewest examples (McCandlish et al.:
-    (S/S_min - 1)(E/E_min - 1) = 1 is the same curve)."""
+    the seeds) when there are several seeds; ``e_min`` = S_min x B_crit, the fewest examples
+    (McCandlish et al.: (S/S_min - 1)(E/E_min - 1) = 1 is the same curve)."""
     reached = [r for r in per_size if r["reached"]]
     fit = fit_critical_batch([r["batch_size"] for r in reached], [r["steps"] for r in reached])
     if fit is None:

@@ -91,8 +91,10 @@ def plot_comparison(
 ) -> str:
     """Validation loss and accuracy at the early-stop point against depth, one line per cell.
 
-    Solid: each architecture's best subset trial; the retrained architecture's full-data result
-    is a star. With other grid keys than cell and depth, each combination is its own line.
+    Loss: the seed mean at each architecture's best rate with the seeds' standard deviation
+    (the selection criterion); accuracy: each architecture's best subset trial. The retrained
+    architecture's full-data result is a star. With other grid keys than cell and depth, each
+    combination is its own line.
     """
     fig = figures.new_figure((12.0, 4.8))
     loss_ax, acc_ax = fig.subplots(1, 2)
@@ -105,17 +107,25 @@ def plot_comparison(
     for i, (values, rows) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
         colour = cycle[i % len(cycle)]
         label = " ".join(str(v) for v in values) or "subset"
-        for ax, key in ((loss_ax, "val_loss"), (acc_ax, "val_accuracy")):
+        for ax, key in ((loss_ax, "mean_val_loss"), (acc_ax, "val_accuracy")):
             pts = sorted(
-                (r[depth], r[key])
+                (r[depth], r[key], r.get("std_val_loss") or 0.0)
                 for r in rows
                 if is_finite_number(r.get(key)) and is_finite_number(r.get(depth))
             )
             if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, "-o", color=colour, label=f"{label} (subset)")
+                xs, ys, sds = zip(*pts, strict=True)
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=sds if key == "mean_val_loss" else None,
+                    fmt="-o",
+                    color=colour,
+                    capsize=3,
+                    label=f"{label} (subset)",
+                )
     if full is not None:
-        for ax, key in ((loss_ax, "val_loss"), (acc_ax, "val_accuracy")):
+        for ax, key in ((loss_ax, "mean_val_loss"), (acc_ax, "val_accuracy")):
             if is_finite_number(full.get(key)) and is_finite_number(full.get(depth)):
                 ax.plot(
                     [full[depth]],
@@ -127,10 +137,14 @@ def plot_comparison(
                     zorder=5,
                     label=f"{_arch_label(full, keys)} (full data)",
                 )
-    for ax, name in ((loss_ax, "validation loss"), (acc_ax, "validation accuracy")):
+    titles = (
+        (loss_ax, "validation loss", "seed mean ± sd at the best rate"),
+        (acc_ax, "validation accuracy", "best trial"),
+    )
+    for ax, name, what in titles:
         ax.set_xlabel(depth.replace("_", " "))
         ax.set_ylabel(f"{name} at the early-stop point")
-        ax.set_title(name)
+        ax.set_title(f"{name} ({what})")
         depths = sorted({r[depth] for r in table if is_finite_number(r.get(depth))})
         if depths:
             ax.set_xticks(depths)
