@@ -53,6 +53,9 @@ def test_setup_leaves_out_what_varies_per_trial_and_says_no_early_stopping():
     assert text.startswith("**Setup of stage 2.** Model: cnn (channels=16), ")
     assert "Optimizer: momentum, constant learning rate." in text  # momentum is per trial
     assert "no early stopping" in text
+    budgeted = setup_sentence({**saved, "num_steps": 5000}, _summary(), ranked=False)
+    assert "each trial a budget of 5,000 steps at batch size 32" in budgeted
+    assert "ranked" not in budgeted and "ranked" in text
     mup = {**saved, "model": {**saved["model"], "parametrization": "mup"}}
     assert "parametrization=mup, base_width=64" in setup_sentence(mup, _summary())
 

@@ -530,6 +530,8 @@ def test_knee_and_noise_scale_sentences_from_hand_made_rows():
         0.4,
     )
     assert "lies outside B_crit's interval: B_simple is 10x above B_crit" in "\n".join(far)
+    negative = prose._b_simple_against_b_crit(-5.0, fit)
+    assert "is not a positive number" in negative and "within 2x" not in negative
     missed = prose.describe_noise(None, rows, fit, per_size, "val_accuracy", 0.99)
     assert "never reached val_accuracy 0.99" in missed[-1]
 

@@ -63,12 +63,20 @@ def test_shift_and_its_interval_have_the_known_answer():
     shift = wt.rate_shift(narrow, {s: r / 8 for s, r in narrow.items()})
     assert (shift.factor, shift.log2, shift.seeds) == (pytest.approx(1 / 8), pytest.approx(-3), 3)
     assert (shift.low, shift.high) == (pytest.approx(1 / 8), pytest.approx(1 / 8))
-    assert not shift.stable and shift.interval_excludes_none
-    # Seeds' own shifts 1/2, 1 and 4: the medians' ratio is 1 (the medians 2e-3 and 2e-3).
+    assert not shift.stable and shift.interval_excludes_none and shift.interval_moves
+    # The seeds' own moves -1, 0 and +2 octaves: mean 1/3, sd 1.5275, t(0.975, 2) = 4.3027.
     varied = wt.rate_shift(narrow, {0: 0.5e-3, 1: 2e-3, 2: 16e-3})
-    assert varied.factor == pytest.approx(1.0)
+    half = 4.302652729911275 * float(np.std([-1, 0, 2], ddof=1)) / math.sqrt(3)
+    assert varied.log2 == pytest.approx(1 / 3)
+    assert math.log2(varied.low) == pytest.approx(1 / 3 - half)
+    assert math.log2(varied.high) == pytest.approx(1 / 3 + half)
     assert (varied.per_seed_low, varied.per_seed_high) == (pytest.approx(0.5), pytest.approx(4))
-    assert varied.low < 1 < varied.high and varied.stable and not varied.interval_excludes_none
+    assert varied.stable and not varied.interval_stable and not varied.interval_moves
+    assert "**Undecided**" in study.verdict("mup", varied)
+    assert "**Undecided**" in study.verdict("standard", varied)
+    one = wt.rate_shift({0: 1e-3}, {0: 1e-4})
+    assert one.low is None and one.seeds == 1 and not one.interval_excludes_none
+    assert study.verdict("standard", one).startswith("Undecided: one seed")
     assert wt.rate_shift({0: 1e-3}, {1: 1e-3}) is None
 
 
@@ -99,7 +107,8 @@ def test_the_analysis_finds_the_shift_built_into_synthetic_curves():
     assert "factor of 0.0625 (log2 -4.00) from width 64 to width 1024" in lines
     assert "This agrees with the paper: under the standard parametrisation" in lines
     assert "No seed's best rate sits at an edge" in lines
-    assert "under μP spans 0.00 octaves" in lines and "as the paper claims" in lines
+    assert "under μP spans 0.00 octaves" in lines and "the same at every width" in lines
+    assert "as the paper claims" in lines
     assert "under the standard parametrisation spans 4.00 octaves" in lines
     assert "falling as the width grows, as the paper shows" in lines
     curves = wt.curves(rows, "hidden_units")
@@ -137,6 +146,14 @@ def test_config_checks():
     config.model = ml_collections.ConfigDict({"name": "rnn"})
     with pytest.raises(ConfigError, match=r"config\.model\.name='rnn' has no μP width"):
         study.validate_width_transfer_config(config)
+    config = load_config("width_transfer", "quick")
+    config.model_grid.num_layers = (1, 2)
+    with pytest.raises(ConfigError, match=r"model_grid\.num_layers varies besides the width"):
+        study.validate_width_transfer_config(config)
+    config = load_config("width_transfer", "quick")
+    config.weight_decays = (0.0, 0.1)
+    with pytest.raises(ConfigError, match=r"config\.weight_decays=\(0\.0, 0\.1\) must hold one"):
+        study.validate_width_transfer_config(config)
 
 
 def _run_binary(*args: str):
@@ -169,13 +186,14 @@ def test_the_quick_study_end_to_end_through_the_binary(tmp_path):
         "**Setup.** Model: mlp",
         "Under the standard parametrisation the best learning rate moves by a factor of",
         "Under μP the best learning rate moves by a factor of",
-        "bootstrap interval over 2 seeds",
+        "t-interval over 2 seeds",
         "the seeds' own shifts range from",
-        "edge of the learning-rate grid",
         "![width transfer](plots/width_transfer.png)",
     ):
         assert sentence in text, sentence
     assert np.isfinite([float(r["learning_rate"]) for r in kinds["best"]]).all()
+    interior = "No seed's best rate sits at an edge of the learning-rate grid" in text
+    assert interior != ("**At the edge of the learning-rate grid" in text)  # one of the two
 
 
 def test_a_bad_config_fails_in_one_line_before_compiling(tmp_path):

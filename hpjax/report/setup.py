@@ -77,7 +77,11 @@ def _data(saved: Mapping) -> str:
 
 def _budget(saved: Mapping, summary: Sequence[Mapping]) -> str:
     steps = sorted({int(r["steps"]) for r in summary if is_finite_number(r.get("steps"))})
-    most = f"up to {steps[-1]:,} steps" if steps else "its step budget"
+    budget = saved.get("num_steps")
+    if is_finite_number(budget) and budget > 0:
+        most = f"a budget of {int(budget):,} steps"
+    else:
+        most = f"up to {steps[-1]:,} steps" if steps else "its step budget"
     sizes = sorted({int(r["batch_size"]) for r in summary if is_finite_number(r.get("batch_size"))})
     batch = (
         f" at batch size {sizes[0]}"
@@ -104,15 +108,23 @@ def _budget(saved: Mapping, summary: Sequence[Mapping]) -> str:
     return f"{most}{batch}{evaluation}{stopping}"
 
 
-def setup_sentence(saved: Mapping, summary: Sequence[Mapping], title: str = "Setup") -> str:
+def setup_sentence(
+    saved: Mapping, summary: Sequence[Mapping], title: str = "Setup", ranked: bool = True
+) -> str:
     """One paragraph: model and size, optimizer, data and sizes, seeds, budget, evaluation,
-    early stopping and the metric that ranks trials."""
+    early stopping and (``ranked``: for a report that ranks trials by it) the metric that ranks
+    trials."""
     seeds = sorted({r.get("seed") for r in summary if r.get("seed") is not None}, key=str)
     model = _model(saved.get("model"), saved.get("model_grid"), summary)
     return (
         f"**{title}.** Model: {model}. Optimizer: "
         f"{_optimizer(saved, summary)}. Data: {_data(saved)}. Seeds: "
         f"{', '.join(str(s) for s in seeds) or 'none recorded'}. Budget: each trial "
-        f"{_budget(saved, summary)}. Trials are ranked by their lowest validation loss "
-        "(cross-entropy for a classifier, mean squared error for a regression)."
+        f"{_budget(saved, summary)}."
+        + (
+            " Trials are ranked by their lowest validation loss (cross-entropy for a "
+            "classifier, mean squared error for a regression)."
+            if ranked
+            else ""
+        )
     )

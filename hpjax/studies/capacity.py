@@ -371,7 +371,9 @@ def _depth_findings(table: Sequence[Mapping], width: str, unit: str, model: str)
 
 
 def _rarely_helps(comparisons: Sequence[paired.Paired]) -> str:
-    """The verdict on "deeper than three rarely helps": deeper may win decidedly at most rarely."""
+    """The verdict on "deeper than three rarely helps": supported when deeper wins none of the
+    comparisons decidedly and three wins some, undecided when none is decided, not supported
+    when deeper wins more than half, mixed otherwise."""
     helps = sum(p.winner == "b" for p in comparisons)
     if not comparisons:
         return "not tested"
@@ -383,7 +385,7 @@ def _rarely_helps(comparisons: Sequence[paired.Paired]) -> str:
 
 
 def _won(comparisons: Sequence[paired.Paired]) -> str:
-    """'K of N comparisons (J decided)': how often the deeper side won, decidedly."""
+    """'K of N widths by more than the seeds' spread': how often the deeper side won decidedly."""
     decided = sum(p.winner == "b" for p in comparisons)
     return f"{decided} of {len(comparisons)} widths by more than the seeds' spread"
 

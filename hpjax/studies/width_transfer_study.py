@@ -75,6 +75,21 @@ def validate_width_transfer_config(config: Any) -> None:
             f"config.model_grid.{width}={tuple(widths)!r} must list at least two widths to "
             f"compare, e.g. model_grid.{width}=(64, 256, 1024)"
         )
+    others = sorted(k for k, _ in study.source.model_grid if k not in (width, "parametrization"))
+    if others:
+        raise ConfigError(
+            f"config.model_grid.{others[0]} varies besides the width and parametrization; a "
+            "width-transfer study compares only those two: set it in config.model instead"
+        )
+    for key, values in (
+        ("weight_decays", study.source.weight_decays),
+        ("batch_sizes", study.source.batch_sizes),
+    ):
+        if len(values) > 1:
+            raise ConfigError(
+                f"config.{key}={tuple(values)!r} must hold one value: the study finds one best "
+                "learning rate per width, parametrization and seed"
+            )
     if len(study.source.learning_rates) < 3:
         raise ConfigError(
             f"config.learning_rates={study.source.learning_rates!r} must list at least 3 rates "
@@ -113,53 +128,59 @@ def write_width_transfer_outputs(workdir: str, saved: Mapping | None = None) -> 
 
 
 def _interval(shift: wt.Shift) -> str:
+    own = f"the seeds' own shifts range from {shift.per_seed_low:.3g} to {shift.per_seed_high:.3g}"
+    if shift.low is None:
+        return f"one seed, no interval; {own}"
     return (
-        f"{wt.INTERVAL:.0%} bootstrap interval over {shift.seeds} seeds {shift.low:.3g} to "
+        f"{wt.INTERVAL:.0%} t-interval over {shift.seeds} seeds {shift.low:.3g} to "
         f"{shift.high:.3g} (log2 {math.log2(shift.low):+.2f} to {math.log2(shift.high):+.2f}); "
-        f"the seeds' own shifts range from {shift.per_seed_low:.3g} to {shift.per_seed_high:.3g}"
+        + own
     )
 
 
 def verdict(param: Any, shift: wt.Shift) -> str:
     """The paper's claim for ``param`` (μP: the best rate stays; standard: it drifts, with Adam
-    to smaller rates as width grows) against ``shift``, said plainly."""
-    moves = f"a factor of {shift.factor:.3g}"
+    to smaller rates as width grows) against ``shift``'s interval: agrees, disagrees, or
+    undecided where the interval reaches both sides."""
+    put = f"a factor of {2**wt.STABLE_LOG2:g}"
+    if shift.low is None:
+        return "Undecided: one seed cannot separate a move from the noise between seeds."
     if param == "mup":
-        if shift.stable:
+        if shift.interval_stable:
             return (
                 "This agrees with the paper's claim that under μP the best rate stays put as the "
-                f"model widens (a move of less than a factor of {2**wt.STABLE_LOG2:g})"
-                + (
-                    ", and so does the interval."
-                    if shift.interval_stable
-                    else ", but only for the seed median: the interval reaches beyond a factor of "
-                    f"{2**wt.STABLE_LOG2:g}, so these seeds cannot rule out a larger move."
-                )
+                f"model widens: the whole interval lies within {put}."
+            )
+        if shift.interval_moves:
+            return (
+                "**This disagrees with the paper**, which claims that under μP the best rate "
+                f"stays put as the model widens: the whole interval lies beyond {put}."
             )
         return (
-            "**This disagrees with the paper**, which claims that under μP the best rate stays "
-            f"put as the model widens: here it moves by {moves}, more than the factor of "
-            f"{2**wt.STABLE_LOG2:g} this report counts as staying put."
+            "**Undecided**: the interval reaches both within and beyond the factor of "
+            f"{2**wt.STABLE_LOG2:g} this report counts as staying put, so these seeds cannot say "
+            "whether μP's best rate stays put (more seeds would)."
         )
-    if shift.stable or not shift.interval_excludes_none:
-        return (
-            "**This disagrees with the paper**, which shows the best rate drifting under the "
-            f"standard parametrisation: here it moves by {moves}"
-            + (
-                ", less than a factor of 2."
-                if shift.stable
-                else ", but its interval includes no move at all."
-            )
-        )
-    if shift.log2 < 0:
+    if shift.high < 1.0:
         return (
             "This agrees with the paper: under the standard parametrisation the best rate drifts "
-            "to smaller rates as the model widens, as in its Adam experiments."
+            "to smaller rates as the model widens (the whole interval lies below 1), as in its "
+            "Adam experiments."
+        )
+    if shift.low > 1.0:
+        return (
+            "**This disagrees with the paper in direction**: the best rate drifts, as the paper "
+            "says it does under the standard parametrisation, but to larger rates as the model "
+            "widens, where the paper's Adam experiments show it falling."
+        )
+    if shift.interval_stable:
+        return (
+            "**This disagrees with the paper**, which shows the best rate drifting under the "
+            f"standard parametrisation: here the whole interval lies within {put} of no move."
         )
     return (
-        "**This disagrees with the paper in direction**: the best rate drifts, as the paper says "
-        "it does under the standard parametrisation, but to larger rates as the model widens, "
-        "where the paper's Adam experiments show it falling."
+        "**Undecided**: the interval holds no move at all, so these seeds cannot say whether "
+        "the standard parametrisation's best rate drifts."
     )
 
 
@@ -200,14 +221,16 @@ def _span_lines(best: Sequence[Mapping]) -> list[str]:
         low = min(rows, key=lambda r: r["learning_rate"])
         high = max(rows, key=lambda r: r["learning_rate"])
         steps = np.diff([math.log2(r["learning_rate"]) for r in rows])
+        span = math.log2(high["learning_rate"] / low["learning_rate"])
         trend = (
-            "falling as the width grows"
+            "the same at every width"
+            if span == 0
+            else "falling as the width grows"
             if (steps <= 0).all()
             else "rising as the width grows"
             if (steps >= 0).all()
             else "not moving one way as the width grows"
         )
-        span = math.log2(high["learning_rate"] / low["learning_rate"])
         lines.append(
             f"- Over all widths the seed-median best rate under {_name(param)} spans "
             f"{span:.2f} octaves ({low['learning_rate']:.3g} at width {low['width']} to "
@@ -225,7 +248,8 @@ def _span_verdict(param: Any, span: float, trend: str) -> str:
             ". **This disagrees with the paper's claim** that μP's best rate stays put at every "
             "width" + (", though it has no trend." if trend.startswith("not") else ".")
         )
-    return ", as the paper shows." if trend.startswith("falling") else "."
+    falls = trend.startswith("falling") and span >= wt.STABLE_LOG2
+    return ", as the paper shows." if falls else "."
 
 
 def _edge_line(best: Sequence[Mapping], rates: Sequence[float]) -> str:
@@ -264,8 +288,14 @@ def _base_check(curves: Sequence[Mapping], base: Any) -> str:
             f" At width {base} the two parametrisations trained the same model: their losses "
             "agree to the bit."
         )
-    gap = max(abs(a - b) for a, b in pairs if math.isfinite(a) and math.isfinite(b))
-    return f" At width {base} their losses differ by up to {gap:.3g}, which they should not."
+    finite = [abs(a - b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+    diverged = sum(math.isfinite(a) != math.isfinite(b) for a, b in pairs)
+    return (
+        f" At width {base} their losses differ"
+        + (f" by up to {max(finite):.3g}" if finite else "")
+        + (f", and {diverged} rate(s) diverged under one only" if diverged else "")
+        + ", which they should not."
+    )
 
 
 def _method_lines(
@@ -291,10 +321,12 @@ def _method_lines(
         "**Method.** A trial's loss is its lowest validation loss; a diverged trial counts as "
         "infinitely bad. A seed's best rate is the grid argmin refined by the vertex of a "
         "parabola in log2(rate) through the argmin and its two neighbours (the grid argmin "
-        "itself at the grid's edge or next to a diverged rate). A shift is the ratio of the "
-        "seed-median best rates at the widest and the narrowest width; its interval is a "
-        f"bootstrap over seeds ({wt.BOOTSTRAP_RESAMPLES} resamples; with few seeds it takes only "
-        f"a few values). A move of less than a factor of {2**wt.STABLE_LOG2:g} counts as the "
+        "itself at the grid's edge or next to a diverged rate). Each seed's shift is the ratio "
+        "of its best rates at the widest and the narrowest width (the same seed, so the two are "
+        "paired); the report gives their geometric mean with a 95% Student-t interval over the "
+        "seeds (none with one seed). A verdict is taken only where that interval decides it, "
+        "else it says undecided. A move of less than a factor of "
+        f"{2**wt.STABLE_LOG2:g} counts as the "
         "best rate staying put.",
         "",
     ]

@@ -195,9 +195,12 @@ def fit_with_interval(per_size: Sequence[Mapping]) -> dict | None:
 def fastest_rates(per_trial: Sequence[Mapping]) -> tuple[list[int], list, np.ndarray, np.ndarray]:
     """``(sizes, seeds, rates, edge)``: each seed's fastest rate to the target per batch size as a
     ``[seeds, sizes]`` matrix (NaN where no rate reached it; ties go to the lower rate, as in
-    :func:`steps_to_target`), and whether that rate is the lowest or highest of its grid."""
+    :func:`steps_to_target`), and whether that rate is the lowest or highest of its grid. Where
+    the momentum is tuned too, the rate is the effective one, lr / (1 - momentum), which is what
+    scales with the batch size (Shallue et al. sec. 4.4)."""
     sizes = sorted({t["batch_size"] for t in per_trial})
     seeds = sorted({t["seed"] for t in per_trial}, key=str)
+    tuned = len({t.get("momentum") for t in per_trial} - {None}) > 1
     rates = np.full((len(seeds), len(sizes)), np.nan)
     edge = np.zeros((len(seeds), len(sizes)), bool)
     for j, b in enumerate(sizes):
@@ -207,8 +210,9 @@ def fastest_rates(per_trial: Sequence[Mapping]) -> tuple[list[int], list, np.nda
                 t for t in per_trial if t["batch_size"] == b and t["seed"] == seed and t["reached"]
             ]
             if hits:
-                rate = min(hits, key=lambda t: (t["steps"], t["learning_rate"]))["learning_rate"]
-                rates[i, j] = rate
+                best = min(hits, key=lambda t: (t["steps"], t["learning_rate"]))
+                rate = best["learning_rate"]
+                rates[i, j] = rate / (1 - best["momentum"]) if tuned else rate
                 edge[i, j] = len(set(grid)) > 1 and rate in (min(grid), max(grid))
     return sizes, seeds, rates, edge
 
@@ -225,7 +229,7 @@ def fit_rate_power_law(per_trial: Sequence[Mapping]) -> dict | None:
     points whose fastest rate is the grid's lowest or highest: there the true optimum may lie
     beyond the grid, and the exponent is bounded by the grid's own scaling.
     """
-    sizes, _, rates, edge = fastest_rates(per_trial)
+    sizes, seeds, rates, edge = fastest_rates(per_trial)
     log_b = np.log(np.asarray(sizes, float))
 
     def slope(rows: np.ndarray) -> float | None:
@@ -244,6 +248,8 @@ def fit_rate_power_law(per_trial: Sequence[Mapping]) -> dict | None:
     return {
         "alpha": alpha,
         "alpha_interval": interval,
+        "seeds": len(seeds),
+        "effective": len({t.get("momentum") for t in per_trial} - {None}) > 1,
         "sizes": sum(np.isfinite(rates).any(axis=0)),
         "points": int(np.isfinite(rates).sum()),
         "at_edge": int(edge.sum()),

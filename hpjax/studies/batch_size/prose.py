@@ -333,7 +333,11 @@ def _rate_law_sentence(per_trial: Sequence[Mapping]) -> list[str]:
     rule = {name: f"the {name} rule ({k:g})" for name, k in RULE_EXPONENTS.items()}
     outside = [name for name in RULE_EXPONENTS if name not in inside]
     if bounds is None:
-        verdict = "one seed gives no interval to set the rules against."
+        verdict = (
+            "one seed gives no interval to set the rules against."
+            if law["seeds"] < 2
+            else "the exponent is undefined on most resamples of the seeds, so it has no interval."
+        )
     elif not outside:
         verdict = f"{' and '.join(rule.values())} both lie inside it: the seeds cannot choose."
     elif inside:
@@ -349,7 +353,8 @@ def _rate_law_sentence(per_trial: Sequence[Mapping]) -> list[str]:
         else " No fastest rate lies at an edge of its grid."
     )
     return [
-        f"- Fastest rate against batch size (Shallue et al. sec. 4.4): lr* ~ B^{law['alpha']:.2f}"
+        f"- Fastest {'effective rate lr / (1 - momentum)' if law['effective'] else 'rate'} "
+        f"against batch size (Shallue et al. sec. 4.4): lr* ~ B^{law['alpha']:.2f}"
         f"{_interval(bounds)} (least squares in log-log over {law['sizes']} batch sizes, on the "
         f"median over seeds of each seed's fastest rate); {verdict}{edge}"
     ]
@@ -521,6 +526,12 @@ def describe_noise(
 def _b_simple_against_b_crit(b_simple: float, fit: Mapping) -> str:
     """B_simple set against the fitted B_crit (and its interval): within 2x, or by how much not."""
     ratio = b_simple / fit["b_crit"]
+    if not (is_finite_number(ratio) and ratio > 0):
+        return (
+            f"- Critical batch size from the steps-to-target fit: B_crit={fit['b_crit']:.3g}; "
+            f"B_simple at the target ({b_simple:.3g}) is not a positive number (its trace "
+            "estimate went negative), so it cannot be set against B_crit."
+        )
     factor = max(ratio, 1 / ratio)
     bounds = fit.get("b_crit_interval")
     inside = (

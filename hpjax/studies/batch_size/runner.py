@@ -148,7 +148,7 @@ def run_fixed_epochs(config, workdir: str, dataset: data_lib.Dataset) -> list[di
         "engine's, at each trial's lowest validation loss.",
         "",
         report_setup.setup_sentence(
-            files.read_config(os.path.join(workdir, "grid")), runs["grid"][0]
+            files.read_config(os.path.join(workdir, "grid")), runs["grid"][0], ranked=False
         ),
     ]
     write_report(
@@ -360,6 +360,7 @@ def _noise_setup(s, cfg, rate: float, run_dir: str) -> list[str]:
         report_setup.setup_sentence(
             files.read_config(run_dir) or config_to_dict(cfg),
             [{"seed": cfg.seeds[0], "batch_size": b, "steps": steps}],
+            ranked=False,
         ),
     ]
 

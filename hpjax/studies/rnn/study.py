@@ -237,7 +237,12 @@ def _cell_finding(rows: Sequence[Mapping], keys: Sequence[str]) -> str:
         return ""
     a, b = sorted(best_of.values(), key=lambda r: r["mean_val_loss"])[:2]
     p = paired.compare(b.get("seed_values") or {}, a.get("seed_values") or {})
-    if p.winner == "undecided":
+    if p.winner == "a":  # the lower mean loses on the seeds both have
+        verdict = (
+            f"on the seeds both cells have, the {b['cell'].upper()} is lower, against the seed "
+            "means: the two rankings disagree, so neither cell is the clear choice."
+        )
+    elif p.winner == "undecided":
         verdict = (
             "the seeds do not separate the two cells (undecided), so on this data the guide's "
             "advice to try both stands without a winner."
