@@ -20,17 +20,12 @@ from typing import Any
 import numpy as np
 
 from hpjax.report.labels import is_finite_number
+from hpjax.studies import capacity
 
 # A move of less than this many octaves (a factor of 2: one step of the default grid) counts as
 # the best rate staying put.
 STABLE_LOG2 = 1.0
 INTERVAL = 0.95
-
-
-def rate_of(row: Mapping) -> float:
-    """The trial's learning rate as listed in the grid (before any batch-size scaling)."""
-    base = row.get("base_learning_rate")
-    return float(base if is_finite_number(base) else row["learning_rate"])
 
 
 def loss_of(row: Mapping) -> float:
@@ -140,7 +135,7 @@ def best_rates(summary: Sequence[Mapping], width: str) -> list[dict]:
 
 def with_rates(summary: Sequence[Mapping]) -> list[dict]:
     """The summary rows with each one's grid rate as ``rate``."""
-    return [dict(r, rate=rate_of(r)) for r in summary]
+    return [dict(r, rate=float(capacity.rate_of(r))) for r in summary]
 
 
 @dataclasses.dataclass(frozen=True)
