@@ -64,6 +64,9 @@ def test_shift_and_its_interval_have_the_known_answer():
     assert (shift.factor, shift.log2, shift.seeds) == (pytest.approx(1 / 8), pytest.approx(-3), 3)
     assert (shift.low, shift.high) == (pytest.approx(1 / 8), pytest.approx(1 / 8))
     assert not shift.stable and shift.interval_excludes_none and shift.interval_moves
+    assert "**This disagrees with the paper**, which claims that under μP" in study.verdict(
+        "mup", shift
+    )
     # The seeds' own moves -1, 0 and +2 octaves: mean 1/3, sd 1.5275, t(0.975, 2) = 4.3027.
     varied = wt.rate_shift(narrow, {0: 0.5e-3, 1: 2e-3, 2: 16e-3})
     half = 4.302652729911275 * float(np.std([-1, 0, 2], ddof=1)) / math.sqrt(3)
@@ -123,11 +126,11 @@ def test_disagreements_and_edges_are_said_plainly():
     rows = wt.with_rates(_summary(centre, diverged={("mup", 64, 2.0**-5)}))
     best = wt.best_rates(rows, "hidden_units")
     lines = "\n".join(study.findings_lines(best, RATES))
-    assert "**This disagrees with the paper**, which claims that under μP" in lines
     assert "**This disagrees with the paper**, which shows the best rate drifting" in lines
     # μP at 1024 wants 2^-2, beyond the grid's largest rate 2^-3: flagged
     assert "**At the edge of the learning-rate grid (0.000244 to 0.125)**" in lines
     assert "μP, width 1024, seed 0: 0.125" in lines
+    assert "**Undecided**: a best rate at an end width lies at the edge" in lines
     assert "rising as the width grows. **This disagrees with the paper's claim**" in lines
     curve = [
         c

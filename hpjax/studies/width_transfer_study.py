@@ -194,10 +194,21 @@ def findings_lines(best: Sequence[Mapping], rates: Sequence[float]) -> list[str]
         if shift is None:
             lines.append(f"- Under {_name(param)} no seed has a best rate at both widths.")
             continue
+        bound = any(
+            r["at_edge"]
+            for r in best
+            if r["parametrization"] == param and r["width"] in (widths[0], widths[-1])
+        )
+        said = (
+            "**Undecided**: a best rate at an end width lies at the edge of the learning-rate "
+            "grid, so this shift is a bound, not a measurement (widen config.learning_rates)."
+            if bound
+            else verdict(param, shift)
+        )
         lines.append(
             f"- Under {_name(param)} the best learning rate moves by a factor of "
             f"{shift.factor:.3g} (log2 {shift.log2:+.2f}) from width {widths[0]} to width "
-            f"{widths[-1]}: {_interval(shift)}. {verdict(param, shift)}"
+            f"{widths[-1]}: {_interval(shift)}. {said}"
         )
     lines += _span_lines(best)
     if all(found.get(p) for p in ("standard", "mup")):
