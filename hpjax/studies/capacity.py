@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from hpjax.models import mup
 from hpjax.report import markdown
 from hpjax.report.diagnostics import KINDS
 from hpjax.report.labels import is_finite_number
 from hpjax.studies import paired
 
 # The width axis of each model family: what "more units" means for it.
-WIDTH_KEYS = {"mlp": "hidden_units", "cnn": "channels", "rnn": "hidden_size"}
+WIDTH_KEYS = {**mup.WIDTH_KEYS, "rnn": "hidden_size"}
 DEPTH_KEY = "num_layers"
 # A gap (validation minus training loss at the early-stop point, in nats) above this is where the
 # validation loss has "pulled away" from the training loss.

@@ -93,9 +93,9 @@ def steps_to_target(
     return per_size, per_trial
 
 
-def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
-    """One batch size's row: the median over seeds of each seed's fastest rate (and momentum,
-    where the study tunes it)."""
+def fastest_by_seed(trials: Sequence[Mapping]) -> dict[Any, Mapping | None]:
+    """seed -> its fastest trial to the target (fewest steps, then the lower rate), or None
+    where no trial of that seed reached it: the one choice every steps-to-target figure reads."""
     fastest: dict[Any, Mapping | None] = {}
     never = math.inf
     order = sorted(
@@ -104,6 +104,13 @@ def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
     for t in order:
         if fastest.get(t["seed"]) is None:
             fastest[t["seed"]] = t if t["reached"] else None
+    return fastest
+
+
+def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
+    """One batch size's row: the median over seeds of each seed's fastest rate (and momentum,
+    where the study tunes it)."""
+    fastest = fastest_by_seed(trials)
     seed_steps = [fastest[k]["steps"] if fastest[k] else math.inf for k in sorted(fastest)]
     middle = float(np.median(seed_steps))
     hits = [t for t in fastest.values() if t is not None]
@@ -121,7 +128,7 @@ def _per_size(batch_size: int, trials: Sequence[Mapping]) -> dict:
         "seed_steps": seed_steps,
         "interval": rep["interval"] if rep else None,
         "resolution": resolution(rep["interval"], rep["steps"]) if rep else None,
-        "epochs": rep["epochs"] * middle / rep["steps"] if rep and rep["steps"] else 0.0,
+        "epochs": _epochs_at(rep, middle),
         "examples": middle * batch_size if reached else None,
         "learning_rate": rep["learning_rate"] if rep else None,
         "base_learning_rate": rep["base_learning_rate"] if rep else None,
@@ -192,28 +199,33 @@ def fit_with_interval(per_size: Sequence[Mapping]) -> dict | None:
     return fit
 
 
-def fastest_rates(per_trial: Sequence[Mapping]) -> tuple[list[int], list, np.ndarray, np.ndarray]:
-    """``(sizes, seeds, rates, edge)``: each seed's fastest rate to the target per batch size as a
-    ``[seeds, sizes]`` matrix (NaN where no rate reached it; ties go to the lower rate, as in
-    :func:`steps_to_target`), and whether that rate is the lowest or highest of its grid. Where
-    the momentum is tuned too, the rate is the effective one, lr / (1 - momentum), which is what
-    scales with the batch size (Shallue et al. sec. 4.4)."""
+def tunes_momentum(per_trial: Sequence[Mapping]) -> bool:
+    """Whether the study tried more than one momentum (``steps_to_target.momenta``)."""
+    return len({t.get("momentum") for t in per_trial} - {None}) > 1
+
+
+def fastest_rates(
+    per_trial: Sequence[Mapping], effective: bool = False
+) -> tuple[list[int], list, np.ndarray, np.ndarray]:
+    """``(sizes, seeds, rates, edge)``: each seed's fastest rate to the target per batch size
+    (:func:`fastest_by_seed`) as a ``[seeds, sizes]`` matrix (NaN where no rate reached it), and
+    whether that rate is the lowest or highest of its grid. ``effective``: the rate is
+    lr / (1 - momentum), what scales with the batch size where the momentum is tuned too
+    (Shallue et al. sec. 4.4)."""
     sizes = sorted({t["batch_size"] for t in per_trial})
     seeds = sorted({t["seed"] for t in per_trial}, key=str)
-    tuned = len({t.get("momentum") for t in per_trial} - {None}) > 1
     rates = np.full((len(seeds), len(sizes)), np.nan)
     edge = np.zeros((len(seeds), len(sizes)), bool)
     for j, b in enumerate(sizes):
-        grid = [t["learning_rate"] for t in per_trial if t["batch_size"] == b]
+        trials = [t for t in per_trial if t["batch_size"] == b]
+        grid = {t["learning_rate"] for t in trials}
+        fastest = fastest_by_seed(trials)
         for i, seed in enumerate(seeds):
-            hits = [
-                t for t in per_trial if t["batch_size"] == b and t["seed"] == seed and t["reached"]
-            ]
-            if hits:
-                best = min(hits, key=lambda t: (t["steps"], t["learning_rate"]))
+            best = fastest.get(seed)
+            if best is not None:
                 rate = best["learning_rate"]
-                rates[i, j] = rate / (1 - best["momentum"]) if tuned else rate
-                edge[i, j] = len(set(grid)) > 1 and rate in (min(grid), max(grid))
+                rates[i, j] = rate / (1 - best["momentum"]) if effective else rate
+                edge[i, j] = len(grid) > 1 and rate in (min(grid), max(grid))
     return sizes, seeds, rates, edge
 
 
@@ -229,7 +241,8 @@ def fit_rate_power_law(per_trial: Sequence[Mapping]) -> dict | None:
     points whose fastest rate is the grid's lowest or highest: there the true optimum may lie
     beyond the grid, and the exponent is bounded by the grid's own scaling.
     """
-    sizes, seeds, rates, edge = fastest_rates(per_trial)
+    effective = tunes_momentum(per_trial)
+    sizes, seeds, rates, edge = fastest_rates(per_trial, effective)
     log_b = np.log(np.asarray(sizes, float))
 
     def slope(rows: np.ndarray) -> float | None:
@@ -249,7 +262,7 @@ def fit_rate_power_law(per_trial: Sequence[Mapping]) -> dict | None:
         "alpha": alpha,
         "alpha_interval": interval,
         "seeds": len(seeds),
-        "effective": len({t.get("momentum") for t in per_trial} - {None}) > 1,
+        "effective": effective,
         "sizes": sum(np.isfinite(rates).any(axis=0)),
         "points": int(np.isfinite(rates).sum()),
         "at_edge": int(edge.sum()),
