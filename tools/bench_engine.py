@@ -11,10 +11,13 @@ noisy neighbour slows both alike; the ratio is the engine's share of the minimal
   python tools/bench_engine.py                    # K = 8 and 32, 2000 steps
   python tools/bench_engine.py --population_sizes 8 --steps 500 --repeats 2
   python tools/bench_engine.py --model gru --hidden_units 32 --population_sizes 8,64,512
+  python tools/bench_engine.py --model cnn --hidden_units 16 --num_layers 3 --batch_size 32 \
+      --population_sizes 512 --steps 100 --rows_per_group 0,16,32,64
 
 ``--model gru`` (a GRU of ``hidden_units`` over MNIST-1D's 40 steps) and ``--model cnn`` (the
 built-in CNN, ``hidden_units`` channels per layer) answer whether a population of many rows is
-slower per trial-step than smaller groups for models whose per-trial working set is larger.
+slower per trial-step than smaller groups for models whose per-trial working set is larger;
+``--rows_per_group`` times the engine with its rows in groups of each size (one column each).
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hidden_units", type=int, default=256, help="units, or CNN channels")
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rows_per_group",
+        default="0",
+        help="the engine's largest group of rows (0: all rows "
+        "at once); a list times each, e.g. 0,16,32,64",
+    )
     return parser.parse_args(argv)
 
 
@@ -102,40 +111,55 @@ def main(argv=None) -> int:
         f"{args.batch_size}, {args.steps} steps; {jax.device_count()} {jax.default_backend()} "
         "device(s)"
     )
-    print(f"{'K':>4} {'minimal trial-steps/s':>22} {'engine trial-steps/s':>21} {'ratio':>6}")
+    groups = [int(g) for g in args.rows_per_group.split(",")]
+    names = [f"engine g={g}" if g else "engine" for g in groups]
+    print(
+        f"{'K':>4} {'minimal':>9} " + " ".join(f"{n:>12}" for n in names) + "  (trial-steps/s;"
+        " ratio to minimal)"
+    )
     for k in (int(s) for s in args.population_sizes.split(",")):
         rates = np.geomspace(1e-4, 1e-2, k).astype(np.float32)
         keys = jax.random.split(jax.random.PRNGKey(0), k)
         params = jax.vmap(model.init)(keys)
         minimal = minimal_loop(model, x, y, args.batch_size, args.steps)
-        spec = population.PopulationSpec(
-            model=model,
-            optimizer="adam",
-            schedule="constant",
-            microbatch=args.batch_size,
-            num_train=dataset.num_train,
-            accumulates=False,
-            divergence_loss=100.0 * float(np.log(10)),
-        )
         hparams = population.make_hparams(
             learning_rate=rates, batch_size=args.batch_size, max_steps=2**30
         )
-        fresh = jax.device_get(population.init_population(spec, hparams))
         ticks = jnp.int32(args.steps)
-        engine = functools.partial(population.train_ticks, spec)
+        engines = []
+        for group in groups:
+            spec = population.PopulationSpec(
+                model=model,
+                optimizer="adam",
+                schedule="constant",
+                microbatch=args.batch_size,
+                num_train=dataset.num_train,
+                accumulates=False,
+                divergence_loss=100.0 * float(np.log(10)),
+                rows_per_group=group,
+            )
+            fresh = jax.device_get(population.init_population(spec, hparams))
+            engine = functools.partial(population.train_ticks, spec)
 
-        def run_engine(engine=engine, fresh=fresh, hparams=hparams, ticks=ticks):
-            state = jax.tree.map(jnp.asarray, fresh)  # a fresh copy: the loop donates it
-            return engine(state, hparams, x, y, ticks).trials.step
+            def run_engine(engine=engine, fresh=fresh, hparams=hparams, ticks=ticks):
+                state = jax.tree.map(jnp.asarray, fresh)  # a fresh copy: the loop donates it
+                return engine(state, hparams, x, y, ticks).trials.step
 
-        time_call(minimal, params, keys, jnp.asarray(rates))  # compile both first
-        time_call(run_engine)
-        best_min, best_eng = np.inf, np.inf
-        for _ in range(args.repeats):  # alternate: a noisy neighbour slows both alike
+            engines.append(run_engine)
+        time_call(minimal, params, keys, jnp.asarray(rates))  # compile all first
+        for run_engine in engines:
+            time_call(run_engine)
+        best_min, best_eng = np.inf, [np.inf] * len(engines)
+        for _ in range(args.repeats):  # alternate: a noisy neighbour slows all alike
             best_min = min(best_min, time_call(minimal, params, keys, jnp.asarray(rates)))
-            best_eng = min(best_eng, time_call(run_engine))
-        rate_min, rate_eng = k * args.steps / best_min, k * args.steps / best_eng
-        print(f"{k:>4} {rate_min:>22.0f} {rate_eng:>21.0f} {rate_eng / rate_min:>6.2f}")
+            for i, run_engine in enumerate(engines):
+                best_eng[i] = min(best_eng[i], time_call(run_engine))
+        rate_min = k * args.steps / best_min
+        cells = " ".join(
+            f"{k * args.steps / t:>7.0f} {k * args.steps / t / rate_min:.2f}".rjust(12)
+            for t in best_eng
+        )
+        print(f"{k:>4} {rate_min:>9.0f} {cells}", flush=True)
     return 0
 
 

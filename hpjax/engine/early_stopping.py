@@ -10,6 +10,8 @@ tracked, so every trial still has an early-stop point to checkpoint).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -25,13 +27,14 @@ class EarlyStopState:
     stopped: jax.Array  # bool, stopped by patience
 
 
-def init(num_trials: int) -> EarlyStopState:
-    """The state before any evaluation."""
+def init(num_trials: int, xp: Any = jnp) -> EarlyStopState:
+    """The state before any evaluation; ``xp=numpy`` builds it on the host (where each
+    ``jnp`` constructor would compile a program of its own)."""
     return EarlyStopState(
-        best_value=jnp.full((num_trials,), jnp.inf, jnp.float32),
-        best_step=jnp.zeros((num_trials,), jnp.int32),
-        bad_evaluations=jnp.zeros((num_trials,), jnp.int32),
-        stopped=jnp.zeros((num_trials,), bool),
+        best_value=xp.full((num_trials,), xp.inf, xp.float32),
+        best_step=xp.zeros((num_trials,), xp.int32),
+        bad_evaluations=xp.zeros((num_trials,), xp.int32),
+        stopped=xp.zeros((num_trials,), bool),
     )
 
 

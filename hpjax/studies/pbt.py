@@ -152,7 +152,7 @@ def plot_schedules(workdir: str, keys: tuple[str, ...]) -> str | None:
             ax.step(steps, values + values[-1:], where="post", label=f"member {r['trial']}")
             shown += values
         if min(shown) > 0 and max(shown) / min(shown) >= 10:  # a log axis only over a decade:
-            ax.set_yscale("log")  # within one, matplotlib would label no tick at all
+            figures.log_scale(ax, "y")  # within one, matplotlib would label no tick at all
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.set_title(f"{key} along each member's lineage")

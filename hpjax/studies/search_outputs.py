@@ -172,7 +172,7 @@ def plot_search(rows, pareto, path: str) -> str:
             color="C3",
             label="Pareto front",
         )
-        ax.set_xscale("log")
+        figures.log_scale(ax, "x")
 
         ax.set_xlabel("parameters")
         ax.set_ylabel("best validation loss")

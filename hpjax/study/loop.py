@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -69,7 +68,7 @@ class StudyData:
         on_host: bool = False,
     ) -> StudyData:
         n = min(train_eval_examples, dataset.num_train)
-        put = sharding.replicate if sharding else jnp.asarray
+        put = sharding.replicate if sharding else jax.device_put
         train = put if not on_host else lambda a: a
         return cls(
             dataset,
@@ -102,13 +101,13 @@ def _current_rates(schedule: str, steps: jax.Array, hparams: population.TrialHPa
 def _ended_store(fresh: population.PopulationState, num_trials: int) -> dict:
     """Host arrays ``[N]`` for every trial's final state, filled as trials end."""
     zeros = lambda a: np.zeros((num_trials,) + a.shape[1:], a.dtype)  # noqa: E731
-    es = early_stopping.init(num_trials)
+    es = early_stopping.init(num_trials, np)
     return {
         "best_params": jax.tree.map(zeros, fresh.best_params),
-        "best_value": np.array(es.best_value),
-        "best_step": np.array(es.best_step),
-        "bad_evaluations": np.array(es.bad_evaluations),
-        "stopped": np.array(es.stopped),
+        "best_value": es.best_value,
+        "best_step": es.best_step,
+        "bad_evaluations": es.bad_evaluations,
+        "stopped": es.stopped,
         "step": np.zeros(num_trials, np.int32),
         "diverged": np.zeros(num_trials, bool),
     }
@@ -155,6 +154,7 @@ class PopulationRun:
             num_classes=dataset.num_classes,
             task=task,
             augment=dataset.augment,
+            num_devices=sharding.num_devices,
         )
         adaptive = study.adaptive
         shrink = ADAPTIVE_SHRINK if adaptive.is_adaptive else study.placement.compact_fraction
@@ -184,7 +184,7 @@ class PopulationRun:
         train = population.evaluate(spec, state.trials.params, d.x_train_eval, d.y_train_eval)
         val = population.evaluate(spec, state.trials.params, d.x_val, d.y_val)
         state, _ = population.record_evaluation(
-            spec, state, val[self.task.monitor], jnp.asarray(evaluated)
+            spec, state, val[self.task.monitor], jax.device_put(np.asarray(evaluated))
         )
         rates = _current_rates(spec.schedule, state.trials.step, self.rows.hparams)
         steps, rates, train, val = self.sharding.to_host((state.trials.step, rates, train, val))
@@ -318,7 +318,7 @@ class PopulationRun:
                 self.rows.hparams,
                 d.x_train,
                 d.y_train,
-                jnp.asarray(num_ticks, jnp.int32),
+                jax.device_put(np.int32(num_ticks)),
             )
         if self.hooks:
             jax.block_until_ready(state)
@@ -382,7 +382,9 @@ class PopulationRun:
             copies = np.zeros(len(layout.positions), bool)
             for e in decision.exploits:
                 source[e.trial], copies[e.trial] = e.parent, True
-            state = population.copy_rows(state, jnp.asarray(source), jnp.asarray(copies))
+            state = population.copy_rows(
+                state, jax.device_put(np.asarray(source)), jax.device_put(np.asarray(copies))
+            )
         return state
 
     def _refill(self, state, active: np.ndarray):

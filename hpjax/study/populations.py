@@ -144,11 +144,13 @@ def population_spec(
     num_classes: int,
     task: tasks.Task,
     augment: Callable | None = None,
+    num_devices: int = 1,
 ) -> PopulationSpec:
     """The static part of ``plan``'s compiled program: the one place a spec is built.
 
     Divergence: a batch loss above ``divergence_factor`` x ln(classes) for a classification
-    task; for other tasks only a non-finite loss (their scale is the user's).
+    task; for other tasks only a non-finite loss (their scale is the user's). The rows train
+    in groups as :func:`hpjax.engine.population.rows_per_group` says for ``num_devices``.
     """
     budget = spec.budget
     classes = task.classification and num_classes > 1
@@ -173,6 +175,9 @@ def population_spec(
         per_trial_momentum=any(t.momentum is not None for t in plan.trials),
         label_smoothing=any(t.label_smoothing is not None for t in plan.trials),
         augment=augment,
+        rows_per_group=population.rows_per_group(
+            min(len(plan.trials), spec.adaptive.slots or len(plan.trials)), num_devices
+        ),
     )
 
 

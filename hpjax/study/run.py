@@ -74,12 +74,12 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
     """The model's input and output shapes against the data's, before anything compiles: one
     line naming the shapes when they do not fit."""
     x = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
-    key = jax.random.PRNGKey(0)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a key, abstract: nothing compiles
     try:
         params = jax.eval_shape(model.init, key)
         out = jax.eval_shape(model.apply, params, x)
         if model.stateful:  # the training mode too (dropout streams, batch statistics)
-            jax.eval_shape(model.train_apply, params, x, key, jnp.zeros((), jnp.float32))
+            jax.eval_shape(model.train_apply, params, x, key, jax.ShapeDtypeStruct((), jnp.float32))
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 (a user's module fails in many ways)
@@ -364,6 +364,7 @@ def run_plans(
             num_classes=dataset.num_classes,
             task=task,
             augment=dataset.augment,
+            num_devices=sharding.num_devices,
         )
         for p in plans
     ]

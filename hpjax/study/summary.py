@@ -62,8 +62,13 @@ def summarise(run: PopulationRun) -> list[dict]:
     put = run.sharding.put_rows if shardable else run.sharding.replicate
     d = run.data
     test = run.sharding.to_host(population.evaluate(run.spec, put(best_params), d.x_test, d.y_test))
+    optional = [  # once, not per row: a population of N trials would check N^2 of them
+        key
+        for key in hparams_lib.OPTIONAL
+        if any(getattr(t, key) is not None for t in run.plan.trials)
+    ]
     rows = [
-        _summary_row(run, plan, j, pos, {k: v[j] for k, v in test.items()})
+        _summary_row(run, plan, j, pos, {k: v[j] for k, v in test.items()}, optional)
         for j, pos in enumerate(started)
     ]
     if run.scheduler is not None:
@@ -95,7 +100,9 @@ def write_best_checkpoints(run: PopulationRun, rows: list[dict]) -> None:
     )
 
 
-def _summary_row(run: PopulationRun, plan: PopulationPlan, j: int, pos: int, test: dict) -> dict:
+def _summary_row(
+    run: PopulationRun, plan: PopulationPlan, j: int, pos: int, test: dict, optional: list[str]
+) -> dict:
     ended, layout = run.ended, run.rows
     trial = plan.trials[j]
     history = run.history[trial.index]
@@ -140,9 +147,8 @@ def _summary_row(run: PopulationRun, plan: PopulationPlan, j: int, pos: int, tes
         row["rung"] = layout.pruned[pos]
     if run.task.monitor != "loss":
         row[f"best_val_{run.task.monitor}"] = best_value
-    for key in hparams_lib.OPTIONAL:
-        if any(getattr(t, key) is not None for t in run.plan.trials):
-            row[key] = getattr(trial, key)
+    for key in optional:
+        row[key] = getattr(trial, key)
     row.update({k: v for k, v in run.model_config.items() if k != "name"})
     row["base_learning_rate"] = trial.base_learning_rate
     row["input_dim"] = int(np.prod(run.data.dataset.input_shape))
