@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 from hpjax import data
 from hpjax.errors import ConfigError
+from tests.conftest import ROOT
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
@@ -115,6 +119,31 @@ def test_mnist1d_cache_hit_returns_identical_arrays_without_regenerating(
     second = mnist()
     for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(first, field), getattr(second, field))
+
+
+def test_mnist1d_noted_args_give_the_packages_cache_key(mnist_cache, monkeypatch):
+    """The args noted in the cache directory name the file the package's own args name."""
+    cache, _ = mnist_cache
+    monkeypatch.setenv("HPJAX_CACHE", str(cache))
+    (note,) = cache.glob("mnist1d-args-*.json")
+    noted = data._mnist1d_key_args()
+    assert noted == json.loads(note.read_text())
+    assert data._mnist1d_cache_path(noted) == data._mnist1d_cache_path(data._mnist1d_args()[1])
+
+
+def test_mnist1d_cached_load_does_not_import_the_package(mnist_cache):
+    cache, first = mnist_cache
+    code = (
+        "import sys; from hpjax import data; from tests.test_data import make_config; "
+        "ds = data.load_dataset(make_config()); "
+        "print(int('mnist1d' in sys.modules), int('scipy' in sys.modules), ds.num_train)"
+    )
+    env = {**os.environ, "HPJAX_CACHE": str(cache)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "0", str(first.num_train)]
 
 
 def test_mnist1d_corrupt_cache_is_regenerated(tmp_path, monkeypatch):
