@@ -28,12 +28,9 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
-import json
 import logging
 import numbers
 import os
-import random
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -41,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from hpjax import data_mnist1d
 from hpjax.data_checks import (
     as_array,
     check_classes,
@@ -60,7 +58,6 @@ _NPZ_REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 _NPZ_OPTIONAL = ("x_val", "y_val")
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0
-_CACHE_FORMAT = 1  # bump when the cached file layout changes
 # Independent random streams derived from data_seed, so changing one draw never shifts another.
 _VAL_STREAM = 0
 _SUBSET_STREAM = 1
@@ -160,7 +157,7 @@ def load_dataset(config: Any) -> Dataset:
         raise ConfigError(f"config.data_seed={data_seed} is negative; use an integer >= 0")
 
     if name == "mnist1d":
-        x_train, y_train, x_test, y_test = _load_mnist1d()
+        x_train, y_train, x_test, y_test = data_mnist1d.load()
         x_val = y_val = None
     elif name == "digits":
         x_train, y_train, x_test, y_test = _load_digits()
@@ -324,11 +321,6 @@ def from_arrays(
     )
 
 
-def cache_dir() -> str:
-    """Directory for generated data: ``$HPJAX_CACHE`` if set, else ``~/.cache/hpjax``."""
-    return os.path.expanduser(os.environ.get("HPJAX_CACHE") or "~/.cache/hpjax")
-
-
 # --------------------------------------------------------------------------------------------
 # Config access
 
@@ -371,132 +363,6 @@ def _as_x(x: np.ndarray) -> np.ndarray:
 
 def _as_y(y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.int32)
-
-
-# --------------------------------------------------------------------------------------------
-# MNIST-1D, generated offline and cached
-
-
-def _mnist1d_args() -> tuple[Any, dict[str, Any]]:
-    import mnist1d.data
-
-    args = mnist1d.data.get_dataset_args()
-    return args, dict(vars(args))
-
-
-def _mnist1d_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("mnist1d")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _mnist1d_key_args() -> dict[str, Any]:
-    """The package's default args as the cache key reads them. They are noted in the cache
-    directory the first time for each version of mnist1d, so that loading cached data does not
-    import it (0.6 s, most of it scipy)."""
-    version = _mnist1d_version()
-    note = os.path.join(cache_dir(), f"mnist1d-args-{version}.json")
-    if version != "unknown":
-        try:
-            with open(note) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            pass
-    key_args = json.loads(json.dumps(_mnist1d_args()[1], default=str))
-    if version != "unknown":
-        try:
-            os.makedirs(cache_dir(), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=cache_dir())
-            with os.fdopen(fd, "w") as f:
-                json.dump(key_args, f)
-            os.replace(tmp, note)
-        except OSError as e:
-            log.warning("Could not note MNIST-1D's args at %s (%s)", note, e)
-    return key_args
-
-
-def _mnist1d_cache_path(arg_dict: dict[str, Any]) -> str:
-    # The download URL does not affect generated data; leave it out of the key.
-    key_src = {k: v for k, v in arg_dict.items() if k != "url"}
-    key_src["_mnist1d_version"] = _mnist1d_version()
-    key_src["_format"] = _CACHE_FORMAT
-    digest = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()
-    return os.path.join(cache_dir(), f"mnist1d-{digest[:16]}.npz")
-
-
-def _read_mnist1d_cache(path: str) -> tuple[np.ndarray, ...] | None:
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = tuple(np.asarray(f[k]) for k in keys)
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # any unreadable cache is regenerated, not fatal
-        log.warning("Ignoring unreadable MNIST-1D cache %s (%s); regenerating", path, e)
-        return None
-    x_train, y_train, x_test, y_test = arrays
-    if (
-        x_train.ndim != 2
-        or x_test.ndim != 2
-        or x_train.shape[1:] != x_test.shape[1:]
-        or y_train.shape != (len(x_train),)
-        or y_test.shape != (len(x_test),)
-    ):
-        log.warning("Ignoring MNIST-1D cache %s with unexpected shapes; regenerating", path)
-        return None
-    return arrays
-
-
-def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz via a temporary file in the same directory and os.replace."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _load_mnist1d() -> tuple[np.ndarray, ...]:
-    """MNIST-1D with the package's default args, from the cache or generated (no download)."""
-    path = _mnist1d_cache_path(_mnist1d_key_args())
-    cached = _read_mnist1d_cache(path)
-    if cached is not None:
-        return cached
-
-    import mnist1d.data
-
-    args, _ = _mnist1d_args()
-
-    # make_dataset reseeds the global `random` and `np.random` generators; restore them so
-    # loading data has no side effect on the caller's randomness.
-    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
-    try:
-        raw = mnist1d.data.make_dataset(args)
-    finally:
-        np.random.set_state(np_state)  # noqa: NPY002
-        random.setstate(py_state)
-    arrays = {
-        "x_train": _as_x(raw["x"]),
-        "y_train": _as_y(raw["y"]),
-        "x_test": _as_x(raw["x_test"]),
-        "y_test": _as_y(raw["y_test"]),
-    }
-    try:
-        _write_atomically(path, arrays)
-    except OSError as e:
-        log.warning("Could not cache MNIST-1D at %s (%s); continuing without a cache", path, e)
-    return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
 
 
 # --------------------------------------------------------------------------------------------

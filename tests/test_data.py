@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hpjax import data
+from hpjax import data, data_mnist1d
 from hpjax.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -126,9 +126,11 @@ def test_mnist1d_noted_args_give_the_packages_cache_key(mnist_cache, monkeypatch
     cache, _ = mnist_cache
     monkeypatch.setenv("HPJAX_CACHE", str(cache))
     (note,) = cache.glob("mnist1d-args-*.json")
-    noted = data._mnist1d_key_args()
+    noted = data_mnist1d._key_args()
     assert noted == json.loads(note.read_text())
-    assert data._mnist1d_cache_path(noted) == data._mnist1d_cache_path(data._mnist1d_args()[1])
+    assert data_mnist1d._cache_path(noted) == data_mnist1d._cache_path(
+        data_mnist1d._package_args()[1]
+    )
 
 
 def test_mnist1d_cached_load_does_not_import_the_package(mnist_cache):
