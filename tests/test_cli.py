@@ -138,8 +138,8 @@ def test_ctrl_c_ends_with_how_to_resume_and_the_rerun_finishes(tmp_path):
     args = [
         f"--workdir={workdir}",
         *TINY,
-        "--config.num_steps=1000",
-        "--config.patience=0",
+        "--config.num_steps=6000",  # about 10 s after the first state checkpoint: the signal
+        "--config.patience=0",  # comes before the end even on a busy machine (1000 steps did not)
         "--config.checkpoint_every=5",
     ]
     process = subprocess.Popen(
