@@ -138,12 +138,18 @@ def test_ctrl_c_ends_with_how_to_resume_and_the_rerun_finishes(tmp_path):
     args = [
         f"--workdir={workdir}",
         *TINY,
-        "--config.num_steps=6000",  # about 10 s after the first state checkpoint: the signal
-        "--config.patience=0",  # comes before the end even on a busy machine (1000 steps did not)
+        "--config.num_steps=1000",
+        "--config.patience=0",
         "--config.checkpoint_every=5",
     ]
     process = subprocess.Popen(
-        [sys.executable, BINARY, *args], stderr=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, BINARY, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        # A test runner started in the background (`cmd &` in a script) ignores SIGINT, and so
+        # would the binary, which Python then leaves without its KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     state = workdir / "state" / "population_0"

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hpjax.engine import population
+from hpjax.models import ABSTRACT_KEY
 
 
 def _tree_bytes(tree) -> int:
@@ -47,7 +48,7 @@ def estimate_trial(
     """The memory one trial adds to a population of ``spec`` (no compilation of the population);
     the targets of one example have ``target_shape`` and ``target_dtype`` (class labels by
     default)."""
-    params = jax.eval_shape(spec.model.init, jax.random.PRNGKey(0))
+    params = jax.eval_shape(spec.model.init, ABSTRACT_KEY)
     opt_state = jax.eval_shape(spec.direction().init, params)
     param_bytes, opt_bytes = _tree_bytes(params), _tree_bytes(opt_state)
     state = 4 * param_bytes + 2 * opt_bytes  # params, best, grad sum, candidate; opt, candidate
@@ -65,7 +66,7 @@ def _activation_bytes(
 ) -> int:
     """Bytes of every intermediate value of one trial's micro-batch gradient (traced, not
     compiled): an upper bound, since XLA reuses buffers."""
-    params = jax.eval_shape(spec.model.init, jax.random.PRNGKey(0))
+    params = jax.eval_shape(spec.model.init, ABSTRACT_KEY)
     x = jax.ShapeDtypeStruct((spec.microbatch, *input_shape), jnp.float32)
     y = jax.ShapeDtypeStruct((spec.microbatch, *target_shape), jnp.dtype(target_dtype))
 

@@ -10,10 +10,11 @@ first use, so that the engine imports without ml-collections.
 
 import importlib
 
-from hpjax.models.model import Model, TrialDropout, from_factory
+from hpjax.models.model import ABSTRACT_KEY, Model, TrialDropout, from_factory
 
 _REGISTRY = ("build_model", "default_model_config", "validate_model_config")
 __all__ = [
+    "ABSTRACT_KEY",
     "Model",
     "TrialDropout",
     "build_model",

@@ -46,6 +46,9 @@ _PER_CALL = (nnx.Intermediate, nnx.Cache, nnx.Perturbation)
 _EVAL_MODE = {"deterministic": True, "use_running_average": True}
 _TRAIN_MODE = {"deterministic": False, "use_running_average": False}
 
+# A PRNG key as jax.eval_shape takes it: abstract, so that nothing compiles to make one.
+ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
 
 def check_input(x: jax.Array, input_shape: tuple[int, ...], model: str) -> jax.Array:
     """Checks that ``x`` is ``[B, *input_shape]`` and casts it to float32."""

@@ -19,7 +19,7 @@ from hpjax.errors import ConfigError
 from hpjax.models import mup
 from hpjax.models.cnn import CNN, POOLS, cnn_spatial_sizes
 from hpjax.models.mlp import ACTIVATIONS, MLP
-from hpjax.models.model import Model, from_factory
+from hpjax.models.model import ABSTRACT_KEY, Model, from_factory
 from hpjax.models.precision import PRECISIONS, apply_precision
 from hpjax.models.rnn import CELLS, READOUTS, RNNClassifier
 
@@ -320,7 +320,7 @@ def _mup_model(keys: dict[str, Any], shape: tuple[int, ...], num_classes: int) -
 
 def _param_shapes(model: Model) -> Any:
     """The shapes of ``model``'s trainable parameters (nothing is allocated)."""
-    return jax.eval_shape(lambda key: model.trainable(model.init(key)), jax.random.PRNGKey(0))
+    return jax.eval_shape(lambda key: model.trainable(model.init(key)), ABSTRACT_KEY)
 
 
 def build_model(model_cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> Model:

@@ -29,7 +29,7 @@ from flax import nnx
 
 from hpjax.config import plain
 from hpjax.errors import ConfigError, one_line
-from hpjax.models import build_model, from_factory
+from hpjax.models import ABSTRACT_KEY, build_model, from_factory
 from hpjax.models.registry import MODEL_NAMES
 
 
@@ -258,7 +258,7 @@ def restore_best(
         recorded = saved["checksums"][position]
         metadata["checksums"] = recorded
     built = _trained_model(metadata, trial, model)
-    abstract = jax.eval_shape(built.init, jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(built.init, ABSTRACT_KEY)
     if position is not None:  # every trial of the population, stacked
         rows = len(saved["trials"])
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct((rows, *s.shape), s.dtype), abstract)

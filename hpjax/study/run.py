@@ -27,7 +27,7 @@ from hpjax import data as data_lib
 from hpjax.engine import host_data, memory, tasks
 from hpjax.engine.sharding import TrialSharding
 from hpjax.errors import ConfigError, one_line
-from hpjax.models import Model, build_model, from_factory
+from hpjax.models import ABSTRACT_KEY, Model, build_model, from_factory
 from hpjax.report import study_report
 from hpjax.results import files, optuna_storage, tensorboard
 from hpjax.studies import pbt
@@ -74,7 +74,7 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
     """The model's input and output shapes against the data's, before anything compiles: one
     line naming the shapes when they do not fit."""
     x = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # a key, abstract: nothing compiles
+    key = ABSTRACT_KEY
     try:
         params = jax.eval_shape(model.init, key)
         out = jax.eval_shape(model.apply, params, x)
@@ -105,7 +105,7 @@ def _check_augment(dataset: data_lib.Dataset) -> None:
         return
     x = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
     try:
-        out = jax.eval_shape(dataset.augment, jax.random.PRNGKey(0), x)
+        out = jax.eval_shape(dataset.augment, ABSTRACT_KEY, x)
     except Exception as error:  # noqa: BLE001 (a user's function fails in many ways)
         raise ConfigError(
             f"augment(key, x) fails on a batch of shape {list(x.shape)}: {one_line(error)}"
