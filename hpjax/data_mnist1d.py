@@ -10,7 +10,8 @@ import logging
 import os
 import random
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -55,11 +56,7 @@ def _key_args() -> dict[str, Any]:
     key_args = json.loads(json.dumps(_package_args()[1], default=str))
     if version != "unknown":
         try:
-            os.makedirs(cache_dir(), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=cache_dir())
-            with os.fdopen(fd, "w") as f:
-                json.dump(key_args, f)
-            os.replace(tmp, note)
+            _write_atomically(note, lambda f: f.write(json.dumps(key_args).encode()))
         except OSError as e:
             log.warning("Could not note MNIST-1D's args at %s (%s)", note, e)
     return key_args
@@ -97,14 +94,14 @@ def _read_cache(path: str) -> tuple[np.ndarray, ...] | None:
     return arrays
 
 
-def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz via a temporary file in the same directory and os.replace."""
+def _write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` into a temporary file in ``path``'s directory, moved onto ``path``."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -140,7 +137,7 @@ def load() -> tuple[np.ndarray, ...]:
         "y_test": np.ascontiguousarray(raw["y_test"], dtype=np.int32),
     }
     try:
-        _write_atomically(path, arrays)
+        _write_atomically(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
         log.warning("Could not cache MNIST-1D at %s (%s); continuing without a cache", path, e)
     return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
