@@ -10,6 +10,7 @@ noisy neighbour slows both alike; the ratio is the engine's share of the minimal
 
   python tools/bench_engine.py                    # K = 8 and 32, 2000 steps
   python tools/bench_engine.py --population_sizes 8 --steps 500 --repeats 2
+  python tools/bench_engine.py --batch_norm --rows_per_group 0,1 --steps 500
   python tools/bench_engine.py --model gru --hidden_units 32 --population_sizes 8,64,512
   python tools/bench_engine.py --model cnn --hidden_units 16 --num_layers 3 --batch_size 32 \
       --population_sizes 512 --steps 100 --rows_per_group 0,16,32,64
@@ -52,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--batch_norm",
+        action="store_true",
+        help="the MLP or CNN with batch normalisation (the engine then trains rows one at a "
+        "time on one CPU device; --rows_per_group 0,1 times all rows at once against that)",
+    )
+    parser.add_argument(
         "--rows_per_group",
         default="0",
         help="the engine's largest group of rows (0: all rows "
@@ -61,28 +68,35 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def minimal_loop(model, x_train, y_train, batch_size: int, steps: int):
-    """The plainest vmapped training loop of the recipe; returns ``run(params, keys, lrs)``."""
+    """The plainest vmapped training loop of the recipe; returns ``run(variables, keys, lrs)``.
+    A model with batch statistics trains them in its training mode as the engine does."""
     adam = optax.scale_by_adam()
 
-    def train_one(params, key, lr):
+    def train_one(variables, key, lr):
         def step(carry, _):
-            params, opt_state, key = carry
-            key, sub = jax.random.split(key)
+            variables, opt_state, key = carry
+            key, sub, dropout_key = jax.random.split(key, 3)
             idx = jax.random.randint(sub, (batch_size,), 0, x_train.shape[0])
 
             def loss_fn(p):
-                logits = model.apply(p, x_train[idx])
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y_train[idx]).mean()
+                full = model.with_trainable(variables, p)
+                if model.stateful:
+                    logits, full = model.train_apply(full, x_train[idx], dropout_key, 0.0)
+                else:
+                    logits = model.apply(full, x_train[idx])
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, y_train[idx])
+                return loss.mean(), full
 
-            loss, grads = jax.value_and_grad(loss_fn)(params)
+            (loss, variables), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                model.trainable(variables)
+            )
             updates, opt_state = adam.update(grads, opt_state)
-            params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-            return (params, opt_state, key), loss
+            params = jax.tree.map(lambda p, u: p - lr * u, model.trainable(variables), updates)
+            return (model.with_trainable(variables, params), opt_state, key), loss
 
-        (params, _, _), losses = jax.lax.scan(
-            step, (params, adam.init(params), key), None, length=steps
-        )
-        return params, losses[-1]
+        start = adam.init(model.trainable(variables))
+        (variables, _, _), losses = jax.lax.scan(step, (variables, start, key), None, length=steps)
+        return variables, losses[-1]
 
     return jax.jit(jax.vmap(train_one))
 
@@ -104,10 +118,13 @@ def main(argv=None) -> int:
     keys = default_model_config(name)
     width = {"mlp": "hidden_units", "gru": "hidden_size", "cnn": "channels"}[args.model]
     keys[width], keys["num_layers"] = args.hidden_units, args.num_layers
+    if args.batch_norm:
+        keys["batch_norm"] = True
     model = build_model(keys, dataset.input_shape, dataset.num_classes)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     print(
-        f"recipe: {args.model.upper()} {args.hidden_units}x{args.num_layers}, Adam, batch "
+        f"recipe: {args.model.upper()} {args.hidden_units}x{args.num_layers}"
+        f"{' with batch norm' if args.batch_norm else ''}, Adam, batch "
         f"{args.batch_size}, {args.steps} steps; {jax.device_count()} {jax.default_backend()} "
         "device(s)"
     )

@@ -122,6 +122,7 @@ class Model:
     trainable: Callable[[Any], Any] = _identity
     with_trainable: Callable[[Any, Any], Any] = _replace_all
     trial_dropout: bool = False  # has a TrialDropout layer (the ``dropout`` hyperparameter)
+    batch_statistics: bool = False  # carries state besides its parameters (nnx.BatchStat, ...)
     # μP's per-layer rules (an hpjax.models.mup.Parametrization); None: the standard one
     parametrization: Any = None
 
@@ -345,6 +346,7 @@ def _stateful(make, name, parts, num_params, structure) -> Model:
         trainable=_take_params,
         with_trainable=_put_params,
         trial_dropout=bool(rate_paths),
+        batch_statistics=bool(jax.tree.leaves(abstract_state)),
     )
 
 

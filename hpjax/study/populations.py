@@ -176,7 +176,9 @@ def population_spec(
         label_smoothing=any(t.label_smoothing is not None for t in plan.trials),
         augment=augment,
         rows_per_group=population.rows_per_group(
-            min(len(plan.trials), spec.adaptive.slots or len(plan.trials)), num_devices
+            min(len(plan.trials), spec.adaptive.slots or len(plan.trials)),
+            num_devices,
+            model.batch_statistics,
         ),
     )
 
