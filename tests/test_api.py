@@ -241,6 +241,78 @@ def test_model_grid_sweeps_your_models_architecture_and_best_restores(regression
     assert loss == pytest.approx(best["test_loss"], rel=1e-5)
 
 
+class ActivationRegressor(nnx.Module):
+    def __init__(self, width: int, activation: str, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(5, width, rngs=rngs)
+        self.out = nnx.Linear(width, 2, rngs=rngs)
+        self.activation = getattr(nnx, activation)
+
+    def __call__(self, x):
+        return self.out(self.activation(self.hidden(x)))
+
+
+def make_activation_regressor(rngs, width: int = 16, activation: str = "relu") -> nnx.Module:
+    return ActivationRegressor(width, activation, rngs=rngs)
+
+
+def test_a_space_is_crossed_with_the_grid_axes_and_model_grid_and_every_trial_restores(
+    regression_data, tmp_path
+):
+    """Issue 34: a space with model_grid and weight_decays trained every trial at the factory's
+    defaults and the first decay; a trial of a shape-keeping keyword (tanh against the default
+    relu) restored as the default model, and a width other than the default did not restore."""
+    workdir = str(tmp_path / "crossed")
+    study = hpjax.train(
+        make_activation_regressor,
+        regression_data,
+        workdir,
+        space={"learning_rate": hpjax.loguniform(1e-2, 1e-1)},
+        num_samples=2,
+        weight_decays=(0.0, 0.5),
+        model_grid={"width": (4, 8), "activation": ("relu", "tanh")},
+        **STEPS,
+    )
+    cells = [(r["width"], r["activation"], r["weight_decay"]) for r in study.rows]
+    assert len(study.rows) == 16 and len(set(cells)) == 8 and cells.count(cells[0]) == 2
+    assert len({r["learning_rate"] for r in study.rows}) == 2
+    assert {r["num_params"] for r in study.rows} == {5 * 4 + 4 + 4 * 2 + 2, 5 * 8 + 8 + 8 * 2 + 2}
+    for row in study.rows:
+        restored = study.restore(row["trial"])
+        assert restored.module.activation is getattr(nnx, row["activation"])
+        outputs = restored.module(jnp.asarray(regression_data.x_test))
+        loss = float(hpjax.REGRESSION.mean_loss(outputs, regression_data.y_test))
+        assert loss == pytest.approx(row["test_loss"], rel=1e-5), row["trial"]
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (
+            dict(space={"batch_size": hpjax.choice(8, 16)}, batch_sizes=(16, 32)),
+            r"batch_sizes=\(16, 32\) sets batch_size, which space.batch_size also sets",
+        ),
+        (
+            dict(space={"seed": hpjax.choice(0, 1)}, seeds=(0, 1, 2)),
+            r"seeds=\(0, 1, 2\) sets seed, which space.seed also sets",
+        ),
+        (
+            dict(trials='[{"learning_rate": 0.01}]', seeds=(0, 1)),
+            r"seeds=\(0, 1\) lists several values beside trials",
+        ),
+        (
+            dict(trials='[{"learning_rate": 0.01}]', model_grid={"width": (4, 8)}),
+            r"model_grid=\{'width': \(4, 8\)\} lists several values beside trials",
+        ),
+    ],
+    ids=["space_and_batch_sizes", "space_and_seeds", "trials_and_seeds", "trials_and_model_grid"],
+)
+def test_two_sources_of_one_value_are_refused_in_one_line(config, match, regression_data, tmp_path):
+    workdir = tmp_path / "refused"
+    with pytest.raises(hpjax.ConfigError, match=match):
+        hpjax.train(make_activation_regressor, regression_data, str(workdir), **STEPS, **config)
+    assert not workdir.exists()
+
+
 def test_a_space_of_typed_dimensions_and_asha(classification_data, tmp_path):
     study = hpjax.train(
         tiny_cnn,

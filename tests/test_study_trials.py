@@ -87,6 +87,27 @@ def test_model_grid_gives_one_population_per_architecture(config):
     assert study.model_config(made[-1].architecture)["hidden_units"] == 16
 
 
+def test_a_space_is_crossed_with_model_grid_and_every_list_it_does_not_hold(config):
+    """A binary's config: model_grid.hidden_units and batch_sizes beside a space of rates and
+    decays (every trial was at 256 units and the first batch size)."""
+    config.model_grid = ml_collections.ConfigDict({"hidden_units": (8, 64)})
+    config.batch_sizes = (16, 32)
+    config.space = ml_collections.ConfigDict(
+        {"learning_rate": (1e-3, 1e-1, "log"), "weight_decay": (0.0, 0.5)}
+    )
+    config.space_sampler = "random"
+    config.num_samples = 3
+    made = spec.parse(config).trials
+    cells = {(t.architecture_dict["hidden_units"], t.batch_size, t.seed) for t in made}
+    assert len(made) == 2 * 3 * 2 * 2 and len(cells) == 2 * 2 * 2
+    assert len({(t.learning_rate, t.weight_decay) for t in made}) == 3
+    # the architecture outermost, then the space's points, then the lists, seeds inner
+    assert [t.architecture_dict["hidden_units"] for t in made] == [8] * 12 + [64] * 12
+    assert [(t.batch_size, t.seed) for t in made[:4]] == [(16, 0), (16, 1), (32, 0), (32, 1)]
+    plans = populations.plan_populations(spec.parse(config), made, 1000)
+    assert {p.architecture["hidden_units"] for p in plans} == {8, 64}
+
+
 def test_batch_groups():
     powers = [2**i for i in range(12)]
     assert populations.batch_groups(powers, "vmap", 8) == dict.fromkeys(powers, 0)

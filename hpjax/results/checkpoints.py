@@ -221,12 +221,29 @@ class RestoredTrial:
     metadata: dict
 
 
+def _hashable(value: Any) -> Any:
+    """A JSON value as the factory was given it: lists back to tuples."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _architecture(metadata: dict, model_config: dict) -> tuple[tuple[str, Any], ...]:
+    """The keywords the trial's factory was called with (``model_grid``'s values): recorded
+    as ``architecture``; in checkpoints from before that, the model config's keys but its
+    name (a user model's config holds nothing else)."""
+    if "architecture" in metadata:
+        pairs = [(str(k), v) for k, v in metadata["architecture"]]
+    else:
+        pairs = [(k, v) for k, v in model_config.items() if k != "name"]
+    return tuple(sorted((k, _hashable(v)) for k, v in pairs))
+
+
 def _trained_model(metadata: dict, trial: int, model: Callable | None) -> Any:
     """The model a trial was trained with: the user's ``model`` factory, or a built-in one
     rebuilt from the checkpoint's metadata."""
     model_config = metadata["model_config"]
     if model is not None:
-        return from_factory(model, str(model_config.get("name", "model")))
+        name = str(model_config.get("name", "model"))
+        return from_factory(model, name, _architecture(metadata, model_config))
     if model_config.get("name") in MODEL_NAMES:
         return build_model(
             ml_collections.ConfigDict(model_config),
@@ -277,7 +294,13 @@ def restore_best(
         raise ConfigError(f"{where} cannot be read: {one_line(error)[:300]}") from None
     finally:
         checkpointer.close()
-    return RestoredTrial(module=built.module(params), params=params, metadata=metadata)
+    try:
+        module = built.module(params)
+    except ValueError as error:  # another factory than the trial's
+        raise ConfigError(
+            f"trial {trial}: {one_line(error)}; pass the factory it was trained with"
+        ) from None
+    return RestoredTrial(module=module, params=params, metadata=metadata)
 
 
 class StateCheckpoints:

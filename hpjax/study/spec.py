@@ -181,6 +181,7 @@ def parse(config: ml_collections.ConfigDict, *, num_train: int | None = None) ->
     budget = _budget(read)
     placement = _placement(read)
     source = _trial_source(read)
+    _refuse_lists_beside_trials(source)
     trials = trials_lib.build_trials(source)
     adaptive = _adaptive(read, budget, placement, source)
     model = read.section("model")
@@ -319,6 +320,30 @@ def _unit_interval(read: _Reader, key: str) -> tuple[float, ...]:
     if not values or not all(_is_real(v) and 0 <= v < 1 for v in values):
         _fail(key, values, "must be a non-empty tuple of numbers in [0, 1)")
     return tuple(float(v) for v in values)
+
+
+def _refuse_lists_beside_trials(source: trials_lib.TrialSource) -> None:
+    """``trials`` names every trial as it is: a list of several values beside it (seeds, batch
+    sizes, weight decays, ``model_grid``) would be dropped, so it is refused in one line. The
+    learning rates' list, whose default holds several, is what ``trials`` replaces."""
+    if not source.explicit:
+        return
+    for key, values in [
+        ("model_grid", trials_lib.architectures(source)),
+        ("seeds", source.seeds),
+        (source.batch_size_key, source.batch_sizes),
+        ("weight_decays", source.weight_decays),
+        ("dropouts", source.dropouts),
+        ("label_smoothings", source.label_smoothings),
+    ]:
+        if len(values) > 1:
+            shown = dict(source.model_grid) if key == "model_grid" else values
+            _fail(
+                key,
+                shown,
+                "lists several values beside trials, which names every trial as it is: give "
+                "each trial its own values in trials (model.KEY for the architecture)",
+            )
 
 
 def _positive_ints(key: str, values: tuple) -> tuple[int, ...]:

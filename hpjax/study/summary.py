@@ -93,6 +93,8 @@ def write_best_checkpoints(run: PopulationRun, rows: list[dict]) -> None:
         rows,
         {
             "model_config": dict(run.model_config),
+            # the keywords a user factory was called with, which restore_best calls it with
+            "architecture": [list(kv) for kv in run.plan.trials[0].architecture],
             "input_shape": list(run.data.dataset.input_shape),
             "num_classes": int(run.data.dataset.num_classes),
             "task": run.task.name,

@@ -4,8 +4,9 @@
   architectures of ``model_grid``) is the ``grid`` sampler over those choices; with
   ``lr_sampling`` the rates are first drawn from ``lr_range`` by the ``random`` or
   ``quasi_random`` sampler, a one-dimensional space.
-- ``space`` with ``space_sampler`` draws points of a space (times ``seeds`` unless it holds the
-  seed); keys it lacks take the config's first value.
+- ``space`` with ``space_sampler`` draws points of a space, crossed with every grid axis
+  (``model_grid``, ``learning_rates``, ``batch_sizes``, ``seeds``, ``weight_decays``, ...) that
+  it does not hold; a list of several values for a key the space holds is refused.
 - ``trials`` (JSON) and a search's proposals are points given as they are.
 
 Every point then becomes a :class:`Trial` through :func:`make_trial`, the one place a trial is
@@ -183,27 +184,76 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
     )
 
 
-def points(source: TrialSource) -> tuple[list[dict], str]:
-    """Every point the source names, and what to call one in an error message."""
-    defaults = _defaults(source)
-    if source.explicit:  # each must give its rate
-        del defaults["learning_rate"]
-        return [defaults | dict(p) for p in source.explicit], "trials"
-    if source.dimensions:
-        drawn = space_lib.sample(
-            list(source.dimensions), source.space_sampler, source.num_samples, source.sampling_seed
-        )
-        has_seed = any(d.key == "seed" for d in source.dimensions)
-        seeds = [{}] if has_seed else [{"seed": s} for s in source.seeds]
-        return [defaults | seed | p for p in drawn for seed in seeds], "space"
-    product = [
+def _grid_axes(source: TrialSource) -> list[space_lib.Dimension]:
+    """The product's axes, each a dimension of its choices: architectures first."""
+    return [
         space_lib.Dimension("architecture", choices=architectures(source)),
         space_lib.Dimension("learning_rate", choices=learning_rates(source)),
         space_lib.Dimension("batch_size", choices=source.batch_sizes),
         space_lib.Dimension("seed", choices=source.seeds),
         space_lib.Dimension("weight_decay", choices=source.weight_decays),
     ] + [space_lib.Dimension(k, choices=v) for k, v in _regularisation(source).items()]
-    return space_lib.sample(product, "grid", 0, 0), "trials"
+
+
+# The config key of each grid axis, for the one line that refuses two sources of one value.
+_AXIS_KEYS = {
+    "seed": "seeds",
+    "weight_decay": "weight_decays",
+    "dropout": "dropouts",
+    "label_smoothing": "label_smoothings",
+}
+
+
+def axis_key(source: TrialSource, axis: str) -> str:
+    """The config key that lists the values of the grid axis ``axis``."""
+    if axis == "batch_size":
+        return source.batch_size_key
+    return {"architecture": "model_grid", **_AXIS_KEYS}.get(axis, f"{axis}s")
+
+
+def crossed_axes(source: TrialSource) -> list[space_lib.Dimension]:
+    """The grid axes a space is crossed with: every axis the space does not hold (a single
+    value is then every trial's). An axis of several values that the space also holds gives a
+    key two sources: refused in one line (the learning rate excepted, whose list has a default
+    of several rates: the space's rates replace it)."""
+    held = {d.key for d in source.dimensions}
+    axes = []
+    for axis in _grid_axes(source):
+        if axis.key not in held:
+            axes.append(axis)
+        elif axis.key != "learning_rate" and len(axis.choices) > 1:
+            raise config_error(
+                axis_key(source, axis.key),
+                tuple(axis.choices),
+                f"sets {axis.key}, which space.{axis.key} also sets: give it in one place "
+                "(in the space, or as a list crossed with the space's points)",
+            )
+    return axes
+
+
+def points(source: TrialSource) -> tuple[list[dict], str]:
+    """Every point the source names, and what to call one in an error message.
+
+    A space's points are crossed with the grid axes it does not hold (``model_grid``'s
+    architectures outermost, then the points, then seeds and the other lists)."""
+    defaults = _defaults(source)
+    if source.explicit:  # each must give its rate
+        del defaults["learning_rate"]
+        return [defaults | dict(p) for p in source.explicit], "trials"
+    if source.dimensions:
+        axes = crossed_axes(source)
+        drawn = space_lib.sample(
+            list(source.dimensions), source.space_sampler, source.num_samples, source.sampling_seed
+        )
+        outer = [a for a in axes if a.key == "architecture"]
+        inner = [a for a in axes if a.key != "architecture"]
+        return [
+            defaults | p | a | c
+            for a in space_lib.sample(outer, "grid", 0, 0)
+            for p in drawn
+            for c in space_lib.sample(inner, "grid", 0, 0)
+        ], "space"
+    return space_lib.sample(_grid_axes(source), "grid", 0, 0), "trials"
 
 
 def build_trials(source: TrialSource) -> tuple[Trial, ...]:
