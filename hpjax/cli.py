@@ -270,7 +270,10 @@ def run_study(config, workdir: str) -> list[dict]:
     rows = run(train_and_evaluate, config, workdir)
     if jax.process_index() != 0:
         return rows
-    best = best_row(rows)
+    try:
+        best = best_row(rows)
+    except ConfigError as error:  # every trial diverged: the files are written, say so
+        fail(f"{error} (summary: {workdir}/summary.csv, report: {workdir}/report.md)")
     print(
         f"best trial {best['trial']}: "
         f"learning_rate={best.get('learning_rate_at_best', best['learning_rate']):.3g} "

@@ -159,6 +159,53 @@ def test_a_task_of_your_own(regression_data, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "loss, match",
+    [
+        (lambda o, t: jnp.square(o - t).mean(), r"must give one value per example .* shape \[\]"),
+        (lambda o, t: jnp.square(o - t)[::2].mean(-1), r"one value per example .* shape \[2\]"),
+        (lambda o, t: o["missing"], r"loss\(outputs, targets\) fails on a batch of 3"),
+    ],
+    ids=["one_per_batch", "half_a_batch", "raises"],
+)
+def test_a_task_of_the_wrong_shape_is_one_line_before_the_workdir(
+    loss, match, regression_data, tmp_path
+):
+    """Issue 34: such a loss raised 'cannot reshape' after the workdir was made."""
+    workdir = tmp_path / "wrong"
+    with pytest.raises(hpjax.ConfigError, match=match):
+        hpjax.train(tiny_regressor, regression_data, str(workdir), task=hpjax.Task("t", loss))
+    assert not workdir.exists()
+
+
+def test_a_workdir_that_cannot_be_one_is_one_line(regression_data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    with pytest.raises(hpjax.ConfigError, match="is a file; choose a directory"):
+        hpjax.train(tiny_regressor, regression_data, str(afile), **STEPS)
+    with pytest.raises(hpjax.ConfigError, match="cannot be written: Not a directory"):
+        hpjax.train(tiny_regressor, regression_data, str(afile / "under"), **STEPS)
+    with pytest.raises(hpjax.ConfigError, match="cannot be written"):  # read-only for root too
+        hpjax.train(tiny_regressor, regression_data, "/proc/hpjax_study", **STEPS)
+
+
+def test_a_trial_named_twice_is_one_warning_line(regression_data, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        rows = hpjax.train(
+            tiny_regressor,
+            regression_data,
+            str(tmp_path / "twice"),
+            learning_rates=(0.01, 0.03, 0.01),
+            verbose=False,
+            **STEPS,
+        ).rows
+    warned = [r.getMessage() for r in caplog.records if "repeat" in r.getMessage()]
+    assert warned == [
+        "1 trial(s) repeat another's hyperparameters and will train the same again: 2 (= 0)"
+    ]
+    assert rows[2]["best_val_loss"] == pytest.approx(rows[0]["best_val_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"no_such_key": 1}, "unknown config key 'no_such_key'"),

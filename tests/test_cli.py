@@ -133,6 +133,18 @@ def test_missing_workdir_and_a_workdir_that_is_a_file(tmp_path):
     assert a_file.read_text() == "mine"
 
 
+def test_a_study_whose_every_trial_diverges_ends_in_one_line_with_its_files(tmp_path):
+    workdir = tmp_path / "diverged"
+    tiny = [a for a in TINY if not a.startswith("--config.learning_rates")]
+    result = run_binary(f"--workdir={workdir}", *tiny, "--config.learning_rates=(1000.0,)")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert error_lines(result) == [
+        "error: no trial has a finite best_val_loss (every trial diverged or none ran); lower "
+        f"the learning rates (summary: {workdir}/summary.csv, report: {workdir}/report.md)"
+    ]
+    assert (workdir / "summary.csv").exists()
+
+
 def test_ctrl_c_ends_with_how_to_resume_and_the_rerun_finishes(tmp_path):
     workdir = tmp_path / "w"
     args = [

@@ -425,12 +425,20 @@ def workdir_lock(workdir: str):
     process that holds it. The kernel releases the lock when its process ends, however it ends,
     so a lock left by a killed run never blocks a rerun. Re-entrant within one process.
     """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
-    if path in _HELD:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir!r} is a file; choose a directory (--workdir)")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.realpath(os.path.join(workdir, LOCK_FILE))
+        handle = None if path in _HELD else open(path, "a+")  # noqa: SIM115 (held while locked)
+    except OSError as error:  # read-only, no permission, a file on the path
+        raise ConfigError(
+            f"workdir {workdir!r} cannot be written: {error.strerror or error}; choose a "
+            "writable directory (--workdir)"
+        ) from None
+    if handle is None:
         _HELD[path][1] += 1
     else:
-        handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's life)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

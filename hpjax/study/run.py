@@ -41,7 +41,7 @@ from hpjax.study.populations import (
     population_spec,
 )
 from hpjax.study.sections import OutputSpec, StudySpec
-from hpjax.study.trials import varying_keys
+from hpjax.study.trials import Trial, varying_keys
 
 ModelFactory = Callable[..., nnx.Module]
 
@@ -99,6 +99,29 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
         )
 
 
+def check_task_fits(model: Model, task: tasks.Task, dataset: data_lib.Dataset) -> None:
+    """The task's loss and metrics must give one value per example (``[B]``): one line naming
+    the function and the shape it gave, before the workdir is touched."""
+    batch = 3
+    x = jax.ShapeDtypeStruct((batch, *dataset.input_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch, *dataset.y_train.shape[1:]), dataset.y_train.dtype)
+    outputs = jax.eval_shape(model.apply, jax.eval_shape(model.init, ABSTRACT_KEY), x)
+    for name, fn in (("loss", task.loss), *task.metrics):
+        try:
+            shape = getattr(jax.eval_shape(fn, outputs, y), "shape", None)
+        except Exception as error:  # noqa: BLE001 (a user's function fails in many ways)
+            raise ConfigError(
+                f"task {task.name!r}: {name}(outputs, targets) fails on a batch of {batch}: "
+                f"{one_line(error)}"
+            ) from None
+        if shape is None or tuple(shape) != (batch,):
+            raise ConfigError(
+                f"task {task.name!r}: {name}(outputs, targets) must give one value per example "
+                f"(shape [{batch}] for a batch of {batch}); it gave shape "
+                f"{list(shape) if shape is not None else 'none'}"
+            )
+
+
 def _check_augment(dataset: data_lib.Dataset) -> None:
     """The data's ``augment(key, x)`` must return a batch of ``x``'s shape (one line if not)."""
     if dataset.augment is None:
@@ -131,6 +154,26 @@ def check_regularisation(study: StudySpec, models: dict[tuple, Model], task: tas
     if smoothing and not task.classification:
         raise ConfigError(
             f"label_smoothing={smoothing[0]} smooths class labels; task {task.name!r} has none"
+        )
+
+
+def _warn_duplicates(trials: Sequence[Trial]) -> None:
+    """One warning line naming the trials that repeat another's hyperparameters (a value listed
+    twice, or a sampled space of few choices): they train again and give the same result."""
+    first: dict[Trial, int] = {}
+    repeats = []
+    for trial in trials:
+        same = first.setdefault(dataclasses.replace(trial, index=0), trial.index)
+        if same != trial.index:
+            repeats.append(f"{trial.index} (= {same})")
+    if repeats:
+        shown = ", ".join(repeats[:5]) + (
+            f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        )
+        logging.warning(
+            "%d trial(s) repeat another's hyperparameters and will train the same again: %s",
+            len(repeats),
+            shown,
         )
 
 
@@ -211,7 +254,10 @@ def train_study(
     spec_lib.check_data(study, dataset.num_train)
     models = build_models(study, dataset, model)  # every model checked before the workdir
     check_regularisation(study, models, task)
+    for built in models.values():
+        check_task_fits(built, task, dataset)
     _check_augment(dataset)
+    _warn_duplicates(study.trials)
     study = one_batch_size_per_program(study, models)
     sizes = {split: len(getattr(dataset, f"y_{split}")) for split in ("train", "val", "test")}
     study = spec_lib.with_inputs(
