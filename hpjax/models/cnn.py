@@ -124,6 +124,7 @@ class CNN(nnx.Module):
                     kernel_size=(kernel_size,) * rank,
                     strides=(1 if residual and layer > 0 else stride,) * rank,
                     padding="SAME",
+                    use_bias=not batch_norm,  # the BatchNorm's bias (see the MLP)
                     rngs=rngs,
                 )
             )
@@ -132,7 +133,7 @@ class CNN(nnx.Module):
         sizes = cnn_spatial_sizes(self.input_shape, num_layers, stride, pool, pool_size, residual)
         features = math.prod(sizes[-1]) * channels
         if hidden_units > 0:
-            self.dense = nnx.Linear(features, hidden_units, rngs=rngs)
+            self.dense = nnx.Linear(features, hidden_units, use_bias=not batch_norm, rngs=rngs)
             features = hidden_units
         else:
             self.dense = None

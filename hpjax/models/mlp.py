@@ -45,7 +45,12 @@ class MLP(nnx.Module):
         self.activation = activation
         widths = [math.prod(self.input_shape)] + [hidden_units] * num_layers
         self.hidden = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+            [
+                # a bias before a BatchNorm is the norm's to give: a bias of the layer would have
+                # a gradient of rounding alone, which Adam turns into steps of the learning rate
+                nnx.Linear(a, b, use_bias=not batch_norm, rngs=rngs)
+                for a, b in zip(widths[:-1], widths[1:], strict=True)
+            ]
         )
         self.norms = nnx.List(
             [nnx.BatchNorm(hidden_units, rngs=rngs) for _ in range(num_layers)]

@@ -18,7 +18,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -155,20 +155,28 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def write_csv(
-    path: str, rows: Sequence[dict], columns: Sequence[str], *, exact: bool = False
+    path: str,
+    rows: Sequence[dict],
+    columns: Sequence[str],
+    *,
+    exact: bool | Collection[str] = False,
 ) -> None:
     """Writes ``rows`` as CSV with ``columns`` in that order; None and non-finite become empty.
 
-    Floats get 6 significant digits, or every digit with ``exact`` (values read back to compute
-    with, such as PBT's hyperparameters)."""
-    fmt = repr if exact else _format
+    Floats get 6 significant digits, or every digit in the ``exact`` columns (True: all), the
+    values read back to compute with: PBT's hyperparameters, a trial's own values to train it
+    again."""
+    fmt = {k: repr if exact is True or k in (exact or ()) else _format for k in columns}
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(
-                {k: "" if _finite_or_none(row.get(k)) is None else fmt(row.get(k)) for k in columns}
+                {
+                    k: "" if _finite_or_none(row.get(k)) is None else fmt[k](row.get(k))
+                    for k in columns
+                }
             )
     os.replace(tmp, path)
 

@@ -286,11 +286,12 @@ class PopulationRun:
             num_ticks = self.plan.window_ticks(int(state.tick))
             if known:  # the last window ends with the budget of the longest trial
                 num_ticks = min(num_ticks, self.plan.total_ticks - int(state.tick))
+            before = self._steps_and_divergence(state)
             state = self._train(state, num_ticks)
             reporter.num_trials = len(layout.positions)
             self.row_ticks += len(layout.positions) * num_ticks
             self.training_ticks += int(active.sum()) * num_ticks
-            state = self.evaluate(state, active)
+            state = self.evaluate(state, active & self._due(before, state))
             reporter.update(int(state.tick), self._best_message(state))
             evaluations += 1
             if every > 0 and evaluations % every == 0:
@@ -338,6 +339,25 @@ class PopulationRun:
                 self.data.x_train, self.data.y_train, self.spec.microbatch, self.sharding
             )
         return self.host_batches.train(self.spec, state, self.rows.hparams, num_ticks)
+
+    def _steps_and_divergence(self, state: population.PopulationState) -> tuple[np.ndarray, ...]:
+        trials = state.trials
+        return tuple(np.asarray(a) for a in self.sharding.to_host((trials.step, trials.diverged)))
+
+    def _due(self, before: tuple[np.ndarray, ...], state: population.PopulationState) -> np.ndarray:
+        """The rows whose evaluation falls in this window, as it would alone: with several batch
+        sizes in one program a window is ``eval_every`` steps of a batch of their gcd, so a
+        trial is evaluated only in the windows where its own step reaches a multiple of
+        ``eval_every`` (or its budget), and in the one where it diverged."""
+        plan = self.plan
+        one_size = len({t.batch_size for t in plan.trials}) <= 1
+        if one_size or plan.eval_growth > 0 or plan.batch_choices:
+            return np.ones(len(self.rows.positions), bool)
+        steps, diverged = self._steps_and_divergence(state)
+        moved = steps != before[0]
+        every = self.study.budget.eval_every
+        at_mark = (steps % every == 0) | (steps >= self.rows.columns["max_steps"])
+        return (moved & at_mark) | (diverged & ~before[1])
 
     def _active(self, state: population.PopulationState) -> np.ndarray:
         return np.asarray(self.sharding.to_host(population.active_mask(state, self.rows.hparams)))

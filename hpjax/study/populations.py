@@ -106,6 +106,10 @@ def plan_populations(
             warmup = (opt.warmup_steps,) * len(group)
         warmup = tuple(_given(t.warmup_steps, w) for t, w in zip(group, warmup, strict=True))
         largest = max((*(t.batch_size for t in group), *choices))
+        # A window is eval_every steps of a batch of the sizes' gcd (of the largest under PBT,
+        # whose members move between sizes): each trial's every eval_every-th step of its own
+        # then ends a window, where it alone is evaluated (PopulationRun._due).
+        unit = largest if choices else math.gcd(*(t.batch_size for t in group))
         plans.append(
             PopulationPlan(
                 index=index,
@@ -114,7 +118,7 @@ def plan_populations(
                 max_steps=max_steps,
                 warmup_steps=warmup,
                 total_ticks=total_ticks,
-                eval_ticks=max(1, budget.eval_every * largest // microbatch),
+                eval_ticks=max(1, budget.eval_every * unit // microbatch),
                 decay_rate=opt.decay_rate,
                 end_factor=opt.end_factor,
                 momentum=opt.first_moment,

@@ -24,7 +24,7 @@ from absl import logging
 from flax import nnx
 
 from hpjax import data as data_lib
-from hpjax.engine import host_data, memory, tasks
+from hpjax.engine import host_data, hparams, memory, tasks
 from hpjax.engine.sharding import TrialSharding
 from hpjax.errors import ConfigError, one_line
 from hpjax.models import ABSTRACT_KEY, Model, build_model, from_factory
@@ -451,7 +451,10 @@ def run_plans(
     if sharding.is_writer:
         columns = summary.summary_columns(task)
         extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
-        files.write_csv(os.path.join(workdir, "summary.csv"), rows, columns + tuple(extra))
+        exact = {*hparams.SEARCHABLE, "base_learning_rate"}  # a trial's values, to rerun it
+        exact |= {f"{k}_at_best" for k in exact}
+        path = os.path.join(workdir, "summary.csv")
+        files.write_csv(path, rows, columns + tuple(extra), exact=exact)
         population_columns = list(dict.fromkeys(k for p in populations for k in p))
         files.write_csv(os.path.join(workdir, "populations.csv"), populations, population_columns)
     return rows

@@ -169,8 +169,9 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
         if key in ("momentum", "dropout", "label_smoothing") and value >= 1:
             raise config_error(f"{where}.{key}", value, "must be in [0, 1)")
         optional[key] = int(value) if hparams.BY_NAME[key].integer else float(value)
-    architecture = tuple(point.get("architecture", ())) + tuple(
-        sorted((k.removeprefix("model."), v) for k, v in point.items() if k.startswith("model."))
+    architecture = dict(point.get("architecture", ()))
+    architecture.update(
+        {k.removeprefix("model."): v for k, v in point.items() if k.startswith("model.")}
     )
     return Trial(
         index=index,
@@ -179,7 +180,7 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
         seed=int(point["seed"]),
         weight_decay=float(point["weight_decay"]),
         base_learning_rate=float(lr),
-        architecture=architecture,
+        architecture=tuple(sorted(architecture.items())),
         **optional,
     )
 
@@ -237,9 +238,13 @@ def points(source: TrialSource) -> tuple[list[dict], str]:
     A space's points are crossed with the grid axes it does not hold (``model_grid``'s
     architectures outermost, then the points, then seeds and the other lists)."""
     defaults = _defaults(source)
-    if source.explicit:  # each must give its rate
+    if source.explicit:  # each must give its rate; model_grid's architecture unless its own
         del defaults["learning_rate"]
-        return [defaults | dict(p) for p in source.explicit], "trials"
+        return [
+            defaults | {"architecture": a} | dict(p)
+            for a in architectures(source)
+            for p in source.explicit
+        ], "trials"
     if source.dimensions:
         axes = crossed_axes(source)
         drawn = space_lib.sample(
