@@ -143,6 +143,19 @@ def test_a_missing_extra_is_one_line_naming_it(tiny_config, tmp_path, monkeypatc
         train_and_evaluate(tiny_config, str(tmp_path / "c"))
 
 
+def test_an_unreachable_storage_is_one_line_before_training_with_its_password_hidden(
+    tiny_config, tmp_path
+):
+    """Issue 34: the line came after all training had run, and printed the password."""
+    tiny_config.optuna_storage = "postgresql://hpjax:s3cret-pw@127.0.0.1:9/hpjax"
+    with pytest.raises(ConfigError) as raised:
+        train_and_evaluate(tiny_config, str(tmp_path / "w"))
+    message = str(raised.value)
+    assert "s3cret-pw" not in message and "\n" not in message
+    assert message.startswith("the Optuna storage postgresql://hpjax:***@127.0.0.1:9/hpjax")
+    assert "cannot be reached" in message and not (tmp_path / "w").exists()
+
+
 def test_the_live_hook_writes_each_evaluation_from_its_worker_thread(tmp_path):
     """While a study runs, each evaluation reaches the trial's live run (written by the hook's
     worker thread; on_end waits for it)."""

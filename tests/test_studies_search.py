@@ -113,6 +113,18 @@ def test_bad_search_config_is_one_line_and_touches_nothing(tiny_npz, tmp_path, p
     assert not (tmp_path / "w").exists()
 
 
+def test_a_server_that_is_down_when_a_worker_starts_is_one_line_without_its_password(
+    tiny_npz, tmp_path
+):
+    """Issue 34: an OperationalError traceback from the advisory lock."""
+    config = search_config("tpe,quick", tiny_npz)
+    config.optuna_storage = "postgresql://hpjax:s3cret-pw@127.0.0.1:9/hpjax"
+    with pytest.raises(ConfigError, match=r"postgresql://hpjax:\*\*\*@127.0.0.1:9/hpjax") as e:
+        run_search(config, str(tmp_path / "w"))
+    assert "s3cret-pw" not in str(e.value) and "cannot be reached" in str(e.value)
+    assert not (tmp_path / "w").exists()
+
+
 def test_every_variant_loads():
     for variant in ("tpe", "qmc", "random", "cmaes", "gp", "sequential", "pareto"):
         assert load_config_variant(variant).search.sampler.startswith("optuna_")

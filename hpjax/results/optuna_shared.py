@@ -36,6 +36,8 @@ from collections.abc import Iterator, Sequence
 
 from absl import logging
 
+from hpjax.errors import ConfigError, one_line
+
 try:
     import optuna
 except ImportError:  # the extra is not installed
@@ -68,6 +70,35 @@ def shown(url: str) -> str:
     if not is_server(url):
         return url
     return _sqlalchemy().engine.make_url(url).render_as_string(hide_password=True)
+
+
+def masked(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` hidden wherever it appears (a driver's message
+    may quote the URL it was given)."""
+    if not is_server(url):
+        return text
+    password = _sqlalchemy().engine.make_url(url).password
+    text = text.replace(url, shown(url))
+    return text.replace(str(password), "***") if password else text
+
+
+def check_reachable(url: str) -> None:
+    """Connects to the database server at ``url`` once: one line (its password hidden) when it
+    cannot be reached, before any training rather than after all of it."""
+    if not is_server(url):
+        return
+    engine = _sqlalchemy().create_engine(driver_url(url), connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:  # noqa: BLE001 (SQLAlchemy and the drivers raise many kinds)
+        raise ConfigError(
+            f"the Optuna storage {shown(url)} cannot be reached "
+            f"({masked(one_line(error), url)[:300]}); start the server, fix the URL, or pass "
+            "--config.optuna_storage=off"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _sqlalchemy():

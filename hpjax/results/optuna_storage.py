@@ -27,7 +27,7 @@ from absl import logging
 
 from hpjax.errors import ConfigError, one_line
 from hpjax.report.labels import varying_hparams
-from hpjax.results import checkpoints, files
+from hpjax.results import checkpoints, files, optuna_shared
 from hpjax.results.files import is_result_column
 
 try:
@@ -113,8 +113,8 @@ def _database_study(workdir: str, storage: str, name: str):
         local = os.path.join(workdir, DATABASE)
         if "://" in storage or not os.path.exists(local):
             raise ConfigError(
-                f"cannot write the study to the Optuna storage {url!r} "
-                f"({one_line(error)}); fix it, or "
+                f"cannot write the study to the Optuna storage {optuna_shared.shown(url)!r} "
+                f"({optuna_shared.masked(one_line(error), url)}); fix it, or "
                 "pass --config.optuna_storage=off"
             ) from None
         damaged = local + ".damaged"

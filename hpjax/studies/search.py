@@ -416,6 +416,7 @@ def run_search(
     spec_lib.check_data(first, dataset.num_train)
     chosen_outputs(first.outputs)
     build_models(first, dataset, model)
+    optuna_shared.check_reachable(setting)  # a server that is down: one line, nothing written
     os.makedirs(workdir, exist_ok=True)
     train = {"model": model, "task": task, "dataset": dataset}
     with files.workdir_lock(workdir):

@@ -29,7 +29,7 @@ from hpjax.engine.sharding import TrialSharding
 from hpjax.errors import ConfigError, one_line
 from hpjax.models import ABSTRACT_KEY, Model, build_model, from_factory
 from hpjax.report import study_report
-from hpjax.results import files, optuna_storage, tensorboard
+from hpjax.results import files, optuna_shared, optuna_storage, tensorboard
 from hpjax.studies import pbt
 from hpjax.study import loop, summary, waves
 from hpjax.study import spec as spec_lib
@@ -340,6 +340,7 @@ def chosen_outputs(outputs: OutputSpec) -> set[str]:
     storage = outputs.optuna_storage
     if storage not in ("auto", "off"):
         optuna_storage.require()
+        optuna_shared.check_reachable(storage)
     if storage not in ("auto", "off") or (storage == "auto" and optuna_storage.available()):
         out.add("optuna")
     return out
