@@ -345,19 +345,11 @@ class PopulationRun:
         return tuple(np.asarray(a) for a in self.sharding.to_host((trials.step, trials.diverged)))
 
     def _due(self, before: tuple[np.ndarray, ...], state: population.PopulationState) -> np.ndarray:
-        """The rows whose evaluation falls in this window, as it would alone: with several batch
-        sizes in one program a window is ``eval_every`` steps of a batch of their gcd, so a
-        trial is evaluated only in the windows where its own step reaches a multiple of
-        ``eval_every`` (or its budget), and in the one where it diverged."""
-        plan = self.plan
-        one_size = len({t.batch_size for t in plan.trials}) <= 1
-        if one_size or plan.eval_growth > 0 or plan.batch_choices:
+        if not self.plan.evaluates_by_row:
             return np.ones(len(self.rows.positions), bool)
         steps, diverged = self._steps_and_divergence(state)
-        moved = steps != before[0]
-        every = self.study.budget.eval_every
-        at_mark = (steps % every == 0) | (steps >= self.rows.columns["max_steps"])
-        return (moved & at_mark) | (diverged & ~before[1])
+        eval_every = self.study.budget.eval_every
+        return self.plan.due(before, (steps, diverged), self.rows.columns["max_steps"], eval_every)
 
     def _active(self, state: population.PopulationState) -> np.ndarray:
         return np.asarray(self.sharding.to_host(population.active_mask(state, self.rows.hparams)))

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 from hpjax.engine import memory, population, tasks
@@ -48,6 +49,21 @@ class PopulationPlan:
             return self.eval_ticks
         steps = max(1, math.floor(self.eval_growth * (tick // self.ticks_per_step)))
         return min(self.eval_ticks, steps * self.ticks_per_step)
+
+    @property
+    def evaluates_by_row(self) -> bool:
+        """Whether a window's end is not every trial's evaluation: several batch sizes (and no
+        PBT choices or growing windows), the windows ``eval_every`` steps of their gcd."""
+        several = len({t.batch_size for t in self.trials}) > 1
+        return several and self.eval_growth <= 0 and not self.batch_choices
+
+    def due(self, before: tuple, after: tuple, max_steps: np.ndarray, eval_every: int):
+        """The rows evaluated at a window's end, as each would be alone: (steps, diverged)
+        ``before`` and ``after`` the window; a row whose own step reached a multiple of
+        ``eval_every`` or its budget in the window, or that diverged in it."""
+        steps, diverged = after
+        at_mark = (steps % eval_every == 0) | (steps >= max_steps)
+        return ((steps != before[0]) & at_mark) | (diverged & ~before[1])
 
     @property
     def architecture(self) -> dict[str, Any]:
