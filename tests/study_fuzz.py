@@ -22,6 +22,7 @@ import os
 import shutil
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -165,6 +166,8 @@ def studies(draw) -> dict[str, Any]:
     grid_keys = draw(st.lists(st.sampled_from(sorted(grid)), max_size=len(grid), unique=True))
     study["model_grid"] = {k: grid[k] if naming != "trials" else (grid[k][0],) for k in grid_keys}
     study["scheduler"] = draw(st.sampled_from(["none", "slots", "asha"]))
+    if jax.device_count() > 1:  # a process started with several (CPU) devices
+        study["num_devices"] = draw(st.sampled_from(sorted({1, 2, jax.device_count()})))
     study["kill_at"] = draw(st.sampled_from([0, 0, 2, 3]))
     return study
 
@@ -172,6 +175,7 @@ def studies(draw) -> dict[str, Any]:
 def overrides(study: dict[str, Any]) -> dict[str, Any]:
     """The study's config keys, as the API takes them (a binary's --config.KEY likewise)."""
     config = dict(BASE, schedule=study["schedule"], patience=study["patience"])
+    config["num_devices"] = study.get("num_devices", 1)
     config |= {k: v for k, v in study["lists"].items() if k != "batch_sizes"}
     config["batch_sizes"] = study["lists"]["batch_sizes"]
     if study["naming"] == "space":
@@ -262,8 +266,9 @@ def _curves(workdir: str) -> dict[int, list[dict]]:
 
 
 def alone_config(study: dict[str, Any], row: dict) -> dict[str, Any]:
-    """The study of ``row``'s trial alone: its own values as the one trial, no scheduler."""
-    config = dict(BASE, schedule=study["schedule"], patience=study["patience"])
+    """The study of ``row``'s trial alone: its own values as the one trial, no scheduler, on
+    one device."""
+    config = dict(BASE, schedule=study["schedule"], patience=study["patience"], num_devices=1)
     point = {"learning_rate": row["learning_rate"], "batch_size": row["batch_size"]}
     for key in ("seed", "weight_decay", "dropout", "label_smoothing", "momentum", "warmup_steps"):
         if row.get(key) is not None:

@@ -188,6 +188,45 @@ def test_a_workdir_that_cannot_be_one_is_one_line(regression_data, tmp_path):
         hpjax.train(tiny_regressor, regression_data, "/proc/hpjax_study", **STEPS)
 
 
+class IgnoresItsParameters(nnx.Module):
+    """Outputs that training cannot move (as a branch drawn with Python's random at trace
+    time can leave the evaluated one untrained)."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.out = nnx.Linear(5, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return 0.0 * self.out(x) + jnp.ones((x.shape[0], 2))
+
+
+def test_outputs_that_training_does_not_move_are_one_warning_line(
+    regression_data, tmp_path, caplog
+):
+    with caplog.at_level("WARNING"):
+        hpjax.train(
+            lambda rngs: IgnoresItsParameters(rngs=rngs),
+            regression_data,
+            str(tmp_path / "still"),
+            learning_rates=(0.01, 0.1),
+            verbose=False,
+            **STEPS,
+        )
+        hpjax.train(
+            tiny_regressor,
+            regression_data,
+            str(tmp_path / "moves"),
+            learning_rates=(0.01,),
+            verbose=False,
+            **STEPS,
+        )
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if "did not" in r.getMessage() or "moved" in r.getMessage()
+    ]
+    assert len(warned) == 1 and "outputs do not depend on its training" in warned[0]
+
+
 def test_a_trial_named_twice_is_one_warning_line(regression_data, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         rows = hpjax.train(

@@ -5,6 +5,7 @@ kill and a rerun against the uninterrupted run).
 
   python tools/fuzz_studies.py --examples 300           # or as many as fit in --minutes
   python tools/fuzz_studies.py --examples 20 --seed 7   # another draw
+  python tools/fuzz_studies.py --examples 20 --cpu_devices 4  # trials sharded over 1, 2, 4
 
 Prints a line per study (seconds, outcome, the study), then the count of studies trained,
 refused and failed; on a failure Hypothesis shrinks it to the smallest failing study, which is
@@ -21,6 +22,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if "--cpu_devices" in sys.argv:  # before JAX starts: the host CPU as that many devices
+    count = sys.argv[sys.argv.index("--cpu_devices") + 1]
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+    )
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
@@ -33,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--minutes", type=float, default=30.0, help="stop drawing after this")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cpu_devices", type=int, default=1, help="draw placements over this many CPU devices"
+    )
     args = parser.parse_args(argv)
     counts = {"trained": 0, "refused": 0}
     start = time.perf_counter()

@@ -33,6 +33,7 @@ from hpjax.results import files, optuna_shared, optuna_storage, tensorboard
 from hpjax.studies import pbt
 from hpjax.study import loop, summary, waves
 from hpjax.study import spec as spec_lib
+from hpjax.study.hooks import UntrainedOutputs
 from hpjax.study.populations import (
     PopulationPlan,
     fit_plans,
@@ -276,6 +277,7 @@ def train_study(
         plans = plan_waves(study, held, dataset.num_train)
         earlier = [a for a in study.architectures if a not in models]
         models |= build_models(study, dataset, model, earlier)
+        hooks = [*hooks, UntrainedOutputs()]
         if "tensorboard" in outputs:
             board = tensorboard.TensorBoardHook(workdir, varying_keys(study.trials))
             hooks = [*hooks, board]
