@@ -28,6 +28,7 @@ if "--cpu_devices" in sys.argv:  # before JAX starts: the host CPU as that many 
         os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
     )
 
+import jax  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 
@@ -60,7 +61,10 @@ def main(argv=None) -> int:
         if time.perf_counter() - start > 60 * args.minutes:
             return  # out of time: the rest pass without running
         began = time.perf_counter()
-        outcome = study_fuzz.check_study(study, scratch)
+        try:
+            outcome = study_fuzz.check_study(study, scratch)
+        finally:  # one process holding every study's programs runs out of memory maps
+            jax.clear_caches()
         counts[outcome.split(":")[0]] += 1
         print(
             f"{time.perf_counter() - began:6.1f}s {outcome[:120]} {json.dumps(study)}", flush=True

@@ -286,7 +286,8 @@ class PopulationRun:
             num_ticks = self.plan.window_ticks(int(state.tick))
             if known:  # the last window ends with the budget of the longest trial
                 num_ticks = min(num_ticks, self.plan.total_ticks - int(state.tick))
-            before = self._steps_and_divergence(state)
+            by_row = self.plan.evaluates_by_row
+            before = self._steps_and_divergence(state) if by_row else None
             state = self._train(state, num_ticks)
             reporter.num_trials = len(layout.positions)
             self.row_ticks += len(layout.positions) * num_ticks
@@ -344,8 +345,8 @@ class PopulationRun:
         trials = state.trials
         return tuple(np.asarray(a) for a in self.sharding.to_host((trials.step, trials.diverged)))
 
-    def _due(self, before: tuple[np.ndarray, ...], state: population.PopulationState) -> np.ndarray:
-        if not self.plan.evaluates_by_row:
+    def _due(self, before: tuple | None, state: population.PopulationState) -> np.ndarray:
+        if before is None:  # every row's evaluation falls at each window's end
             return np.ones(len(self.rows.positions), bool)
         steps, diverged = self._steps_and_divergence(state)
         eval_every = self.study.budget.eval_every
