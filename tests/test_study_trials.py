@@ -133,7 +133,15 @@ def test_budget_in_epochs_and_steps_per_batch_size(config):
     study = spec.parse(config)
     (plan,) = populations.plan_populations(study, study.trials, 1000)
     assert plan.max_steps == (100, 100) and plan.total_ticks == 300
-    assert plan.eval_ticks == 5 * 30 // 10  # eval_every counts steps of the largest batch
+    # windows are eval_every steps of the sizes' gcd (10): each row is evaluated at its own
+    # steps 5, 10, ..., as alone, so batch 30 (3 ticks a step) at every third window
+    assert plan.evaluates_by_row and plan.eval_ticks == 5
+    budget = np.array(plan.max_steps)
+    before = (np.array([5, 1]), np.array([False, False]))
+    after = (np.array([10, 3]), np.array([False, False]))
+    assert plan.due(before, after, budget, 5).tolist() == [True, False]
+    after = (np.array([10, 5]), np.array([False, False]))
+    assert plan.due(before, after, budget, 5).tolist() == [True, True]
 
 
 @pytest.mark.parametrize(
