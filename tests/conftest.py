@@ -118,6 +118,30 @@ def postgres_url():
         subprocess.run(["bash", script, "stop", directory], check=False)
 
 
+@pytest.fixture
+def private_postgres(tmp_path):
+    """A PostgreSQL server of this test alone, to restart or halt: ``(url, control)``, where
+    ``control("restart")`` and ``control("halt")`` run ``tools/postgres_throwaway.sh``."""
+    script = os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "tools", "postgres_throwaway.sh"
+    )
+    directory = tempfile.mkdtemp(prefix="hpjax-pg-")
+
+    def control(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", script, action, directory], capture_output=True, text=True, check=False
+        )
+
+    started = control("start")
+    if started.returncode:
+        control("stop")
+        pytest.fail(f"no PostgreSQL server could be started: {started.stderr.strip()[-300:]}")
+    try:
+        yield started.stdout.strip(), control
+    finally:
+        control("stop")
+
+
 @pytest.fixture(scope="session")
 def tiny_npz(tmp_path_factory) -> str:
     return write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"))

@@ -280,3 +280,74 @@ def test_a_worker_killed_between_asking_and_beating_loses_nothing(postgres_url):
     counted = optuna_shared.budget(study)
     assert (counted.used, counted.waiting, counted.running) == (3, 1, 1)
     assert counted.askable(4) == 2  # the retry, and one new point for the abandoned one
+
+
+def wait_for(path: str, procs: list[subprocess.Popen], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        assert all(p.poll() is None for p in procs), "a worker ended early"
+        time.sleep(0.05)
+
+
+def test_a_server_restarted_under_two_workers_loses_nothing(private_postgres, tmp_path):
+    """The server restarts twice while two workers train and tell (every evaluation writes an
+    intermediate value, every second a heartbeat): both ride it out, and the study ends with
+    every trial complete once, none running, none retried."""
+    url, control = private_postgres
+    name = f"restart_{uuid.uuid4().hex[:8]}"
+    flags = worker_flags(
+        url,
+        name,
+        **{"search.num_trials": 8, "search.population": 2, "num_steps": 400, "eval_every": 20},
+    )
+    workdirs = [str(tmp_path / w) for w in ("a", "b")]
+    procs = [start_worker(w, flags) for w in workdirs]
+    for workdir in workdirs:
+        wait_for(os.path.join(workdir, "round_000", "asked.json"), procs)
+    assert control("restart").returncode == 0
+    wait_for(os.path.join(workdirs[0], "round_001", "asked.json"), procs)
+    assert control("restart").returncode == 0
+    finish(procs, workdirs)
+
+    logs = [open(w + ".log").read() for w in workdirs]
+    assert any("lost the connection to postgresql://hpjax:***@" in log for log in logs)
+    assert not any(url.split(":")[2].split("@")[0] in log for log in logs)  # no password
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 8
+    assert not any(t.system_attrs.get("retry_history") for t in trials)
+    rows = [r for w in workdirs for r in read_search_csv(w)]
+    assert sorted(int(r["number"]) for r in rows) == list(range(8))  # each trained once
+
+
+def test_a_server_that_stays_down_stops_the_worker_in_one_line_and_the_rerun_finishes(
+    private_postgres, tmp_path
+):
+    url, control = private_postgres
+    name = f"down_{uuid.uuid4().hex[:8]}"
+    flags = worker_flags(
+        url,
+        name,
+        **{
+            "search.num_trials": 4,
+            "search.population": 2,
+            "num_steps": 400,
+            "eval_every": 20,
+            "search.reconnect_s": 3,
+        },
+    )
+    workdir = str(tmp_path / "w")
+    proc = start_worker(workdir, flags)
+    wait_for(os.path.join(workdir, "round_000", "asked.json"), [proc])
+    assert control("halt").returncode == 0
+    assert proc.wait(timeout=300) == 2
+    log = open(workdir + ".log").read()
+    (line,) = [x for x in log.splitlines() if x.startswith("error:")]
+    assert "the Optuna storage postgresql://hpjax:***@127.0.0.1:" in line
+    assert "has not answered for 3 s" in line and "run the same command again" in line
+    assert "Traceback" not in log and url.split(":")[2].split("@")[0] not in log
+    assert control("restart").returncode == 0
+    finish([start_worker(workdir, flags)], [workdir])
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert sorted(int(r["number"]) for r in read_search_csv(workdir)) == [0, 1, 2, 3]

@@ -2,6 +2,8 @@
 # A throwaway PostgreSQL server on this machine, for the tests and for trying search workers.
 #
 #   url=$(bash tools/postgres_throwaway.sh start /tmp/pg)  # postgresql://hpjax:PASSWORD@127.0.0.1:PORT/hpjax
+#   bash tools/postgres_throwaway.sh restart /tmp/pg       # restarts it (same port and password)
+#   bash tools/postgres_throwaway.sh halt /tmp/pg          # stops it, keeping /tmp/pg (restart)
 #   bash tools/postgres_throwaway.sh stop /tmp/pg          # stops it and removes /tmp/pg
 #
 # A new cluster in DIR (which must not hold one), listening on 127.0.0.1 only, on a free port,
@@ -10,7 +12,7 @@
 # PostgreSQL's initdb and pg_ctl on PATH or under /usr/lib/postgresql/*/bin (Debian's
 # postgresql package). For workers on several machines use a server they all reach.
 set -euo pipefail
-usage="usage: postgres_throwaway.sh start|stop DIR"
+usage="usage: postgres_throwaway.sh start|restart|halt|stop DIR"
 action="${1:?$usage}"
 dir="${2:?$usage}"
 pg_ctl_path="$(command -v pg_ctl 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | sort -V | tail -1 || true)"
@@ -50,6 +52,12 @@ case "$action" in
       exit 1
     fi
     echo "postgresql://hpjax:$password@127.0.0.1:$port/hpjax"
+    ;;
+  restart)  # the same server, port and password: what a worker sees of a server restart
+    as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w restart >/dev/null
+    ;;
+  halt)  # the server down, its cluster kept (restart brings it back)
+    as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
     ;;
   stop)
     if [ -d "$dir/data" ]; then

@@ -52,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "heartbeat_s": 10,
             "grace_s": 60,
             "max_retry": 3,
+            # A server that drops its connections (a restart): each call is tried again for up
+            # to reconnect_s seconds; past that the worker stops with one line, its trials kept.
+            "reconnect_s": 300,
             "space": ml_collections.ConfigDict(
                 {
                     "learning_rate": (1e-4, 1e-1, "log"),

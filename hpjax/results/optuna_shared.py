@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from absl import logging
 
 from hpjax.errors import ConfigError, one_line
+from hpjax.results import storage_retry
 
 try:
     import optuna
@@ -123,25 +124,52 @@ KEEPALIVE = {
 }
 
 
+def reconnect(url: str, seconds: float, longest_wait: float = 10.0) -> storage_retry.Reconnect:
+    """Retries of the calls to the server at ``url`` that lose their connection, for up to
+    ``seconds`` (at most ``longest_wait`` between tries), its password hidden in messages."""
+    return storage_retry.Reconnect(
+        shown(url), seconds, mask=lambda text: masked(text, url), longest_wait=longest_wait
+    )
+
+
 def open_storage(
-    url: str, heartbeat_s: int | None = None, grace_s: int | None = None, max_retry: int = 0
+    url: str,
+    heartbeat_s: int | None = None,
+    grace_s: int | None = None,
+    max_retry: int = 0,
+    retry: storage_retry.Reconnect | None = None,
 ):
     """The storage at ``url``: a server with heartbeats (every ``heartbeat_s``) and retries of
-    lost trials; a SQLite URL (one machine), or no ``heartbeat_s``, without."""
+    lost trials; a SQLite URL (one machine), or no ``heartbeat_s``, without. With ``retry`` a
+    server's calls that lose their connection are tried again (:mod:`storage_retry`)."""
     if not is_server(url) or heartbeat_s is None:
         return optuna.storages.RDBStorage(driver_url(url))
     engine = {"pool_pre_ping": True, "connect_args": KEEPALIVE}
-    with warnings.catch_warnings(), _advisory_lock(url, "tables"):  # created once, not raced
-        warnings.simplefilter("ignore")  # heartbeats and the retry callback are experimental
-        return optuna.storages.RDBStorage(
-            driver_url(url),
-            engine_kwargs=engine,
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry
-            ),
-        )
+    storage_class = optuna.storages.RDBStorage
+    if retry is not None:
+        storage_class = storage_retry.retrying(storage_class, retry)
+
+    def connect():
+        with warnings.catch_warnings(), _advisory_lock(url, "tables", retry):  # made once
+            warnings.simplefilter("ignore")  # heartbeats and the retry callback: experimental
+            return storage_class(
+                driver_url(url),
+                engine_kwargs=engine,
+                heartbeat_interval=heartbeat_s,
+                grace_period=grace_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=max_retry
+                ),
+            )
+
+    storage = connect() if retry is None else retry.call(connect)
+    storage.hpjax_retry = retry
+    return storage
+
+
+def _retry_of(study) -> storage_retry.Reconnect | None:
+    backend = getattr(study._storage, "_backend", study._storage)
+    return getattr(backend, "hpjax_retry", None)
 
 
 def has_heartbeat(study) -> bool:
@@ -154,9 +182,13 @@ def _lock_key(name: str) -> int:
 
 
 @contextlib.contextmanager
-def _advisory_lock(url: str, name: str) -> Iterator[None]:
+def _advisory_lock(
+    url: str, name: str, retry: storage_retry.Reconnect | None = None
+) -> Iterator[None]:
     """PostgreSQL's session lock ``name``, on a connection of its own outside any transaction
-    (a server's idle-in-transaction timeout never drops it); says so while it waits."""
+    (a server's idle-in-transaction timeout never drops it); says so while it waits. With
+    ``retry`` a lost connection is tried again while the lock is taken; a lock whose connection
+    the server dropped (a restart) went with it, and there is nothing to release."""
     sqlalchemy = _sqlalchemy()
     engine = sqlalchemy.create_engine(
         driver_url(url),
@@ -165,8 +197,10 @@ def _advisory_lock(url: str, name: str) -> Iterator[None]:
         connect_args=KEEPALIVE,
     )
     key = {"key": _lock_key(name)}
-    try:
-        with engine.connect() as connection:
+
+    def acquire():
+        connection = engine.connect()
+        try:
             waited = 0.0
             try_lock = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
             while not connection.execute(try_lock, key).scalar():
@@ -174,21 +208,37 @@ def _advisory_lock(url: str, name: str) -> Iterator[None]:
                     logging.warning("search: waiting %.0f s for another worker's ask lock", waited)
                 time.sleep(0.1)
                 waited = round(waited + 0.1, 1)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    try:
+        connection = acquire() if retry is None else retry.call(acquire)
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+            except Exception as error:
+                if not storage_retry.is_connection_error(error):
+                    raise
+            finally:
+                with contextlib.suppress(Exception):
+                    connection.close()
     finally:
         engine.dispose()
 
 
 @contextlib.contextmanager
-def ask_lock(url: str, study_name: str) -> Iterator[None]:
+def ask_lock(
+    url: str, study_name: str, retry: storage_retry.Reconnect | None = None
+) -> Iterator[None]:
     """Holds the storage's lock for counting and asking: one worker at a time. The lock goes
     with its holder's connection or process, so a killed worker never leaves it held."""
     kind = scheme(url)
     if kind == "postgresql":
-        with _advisory_lock(url, study_name):
+        with _advisory_lock(url, study_name, retry):
             yield
         return
     if kind != "sqlite":
@@ -236,9 +286,14 @@ def _beating(study) -> set[int]:
     """The ids of the trials with a heartbeat recorded."""
     backend = getattr(study._storage, "_backend", study._storage)
     table = optuna.storages._rdb.models.TrialHeartbeatModel.__tablename__
-    with backend.engine.connect() as connection:
-        rows = connection.execute(_sqlalchemy().text(f"SELECT trial_id FROM {table}"))
-        return {row[0] for row in rows}
+
+    def read() -> set[int]:
+        with backend.engine.connect() as connection:
+            rows = connection.execute(_sqlalchemy().text(f"SELECT trial_id FROM {table}"))
+            return {row[0] for row in rows}
+
+    retry = _retry_of(study)
+    return read() if retry is None else retry.call(read)
 
 
 def fail_lost(study, keys: set[str]) -> list[int]:

@@ -75,7 +75,7 @@ def validate_search(config) -> dict[str, Any]:
         _fail(
             "sampler", s.sampler, "needs torch (Optuna's GP sampler runs on it): pip install torch"
         )
-    for key in ("num_trials", "population", "heartbeat_s", "grace_s"):
+    for key in ("num_trials", "population", "heartbeat_s", "grace_s", "reconnect_s"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             _fail(key, s[key], "must be a positive integer")
     if isinstance(s.max_retry, bool) or not isinstance(s.max_retry, int) or s.max_retry < 0:
@@ -172,6 +172,7 @@ class Worker:
     config: Any
     distributions: dict
     objectives: tuple[str, ...]
+    retry: optuna_shared.storage_retry.Reconnect | None  # a server's dropped connections
     known: set[int] = dataclasses.field(default_factory=set)  # numbers in this workdir's rounds
 
     @property
@@ -195,10 +196,15 @@ def open_worker(config, workdir: str, setting: str, distributions: dict) -> Work
                 f"({earlier.get('study_name')!r} in {earlier.get('storage')}); choose another "
                 "--workdir",
             )
-    storage = optuna_shared.open_storage(url, int(s.heartbeat_s), int(s.grace_s), int(s.max_retry))
+    retry = None
+    if optuna_shared.is_server(url):  # beats and polls at least every heartbeat while it waits
+        retry = optuna_shared.reconnect(url, float(s.reconnect_s), float(s.heartbeat_s))
+    storage = optuna_shared.open_storage(
+        url, int(s.heartbeat_s), int(s.grace_s), int(s.max_retry), retry
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objectives = tuple(as_tuple(s.objectives))
-    with optuna_shared.ask_lock(url, str(s.study_name)):
+    with optuna_shared.ask_lock(url, str(s.study_name), retry):
         study = optuna.create_study(
             study_name=str(s.study_name),
             storage=storage,
@@ -213,7 +219,8 @@ def open_worker(config, workdir: str, setting: str, distributions: dict) -> Work
             f"differ from those of the study {s.study_name!r} in {record['storage']} "
             f"({len(study.directions)} objective(s)); every worker of a study has the same",
         )
-    worker = Worker(study, url, optuna_shared.worker_id(workdir), config, distributions, objectives)
+    name = optuna_shared.worker_id(workdir)
+    worker = Worker(study, url, name, config, distributions, objectives, retry)
     files.write_json(
         path, {"worker": worker.name, **record, "search": search_outputs.setup(config)}
     )
@@ -227,7 +234,7 @@ def _ask_round(worker: Worker, path: str) -> tuple[list[dict], optuna_shared.Hea
     beating as soon as it is asked. Returns the round and its running heartbeat; an empty round
     when other workers' trials still run; None when the budget is spent and nothing runs."""
     s, study = worker.settings, worker.study
-    with optuna_shared.ask_lock(worker.url, str(s.study_name)):
+    with optuna_shared.ask_lock(worker.url, str(s.study_name), worker.retry):
         mine = _own_trials(worker)
         lost = optuna_shared.fail_lost(study, set(worker.distributions))
         if lost:
@@ -290,7 +297,7 @@ def _earlier_round(worker: Worker, path: str):
     asked = files.read_json_file(path, "the trials a search round asked")
     worker.known |= {a["number"] for a in asked}
     study = worker.study
-    with optuna_shared.ask_lock(worker.url, str(worker.settings.study_name)):
+    with optuna_shared.ask_lock(worker.url, str(worker.settings.study_name), worker.retry):
         every = study.get_trials(deepcopy=False)
         trials = {t.number: t for t in every}
         for entry in asked:  # rounds asked before trial ids were kept
