@@ -2,6 +2,8 @@
 workdir that cannot be written."""
 
 import errno
+import os
+import re
 
 
 class ConfigError(ValueError):
@@ -33,18 +35,38 @@ _DISK_ERRORS = {
 }
 
 
-def disk_error_message(error: BaseException, workdir: str) -> str | None:
-    """One line for an error caused (at any depth of its chain) by a full disk or a workdir
-    that cannot be written; None for any other error."""
+# TensorStore (Orbax's array writer) reports an OS error as text inside a ValueError:
+# '... Failed writing: "PATH": ... No space left on device [os_error_code='28']'.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_FAILED_PATH = re.compile(r'(?:writing|file):? "([^"]+)"')
+
+
+def disk_os_error(error: BaseException | None) -> OSError | None:
+    """The full-disk or unwritable-path error at any depth of ``error``'s chain, as an
+    OSError (TensorStore's text-only reports converted); None for any other error."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
-            where = f" ({error.filename})" if error.filename else ""
-            return (
-                f"cannot write to {workdir!r}: {_DISK_ERRORS[error.errno]}{where}; nothing "
-                "written before is lost: make room (or make it writable) and run the same "
-                "command again to resume"
-            )
+            return error
+        code = _OS_ERROR_CODE.search(str(error))
+        if code and int(code.group(1)) in _DISK_ERRORS:
+            number = int(code.group(1))
+            paths = _FAILED_PATH.findall(str(error))
+            return OSError(number, os.strerror(number), paths[-1] if paths else None)
         error = error.__cause__ or error.__context__
     return None
+
+
+def disk_error_message(error: BaseException, workdir: str) -> str | None:
+    """One line for an error caused (at any depth of its chain) by a full disk or a workdir
+    that cannot be written; None for any other error."""
+    found = disk_os_error(error)
+    if found is None:
+        return None
+    where = f" ({found.filename})" if found.filename else ""
+    return (
+        f"cannot write to {workdir!r}: {_DISK_ERRORS[found.errno]}{where}; nothing "
+        "written before is lost: make room (or make it writable) and run the same "
+        "command again to resume"
+    )

@@ -233,6 +233,107 @@ def test_a_full_disk_is_one_line_and_the_study_resumes(tiny_config, tmp_path, mo
     assert strip(rows) == strip(reference)
 
 
+TENSORSTORE_FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "params.a/0.0" in OCDBT database at local file '
+    '"/w/state/population_0/400.orbax-checkpoint-tmp/params/ocdbt.process_0/": Failed writing: '
+    '"/w/state/population_0/400.orbax-checkpoint-tmp/params/ocdbt.process_0/d/2a7c": Failed to '
+    "write 69825 bytes to file 14: No space left on device [os_error_code='28']"
+)
+
+
+def test_tensorstore_s_text_only_full_disk_is_the_os_error_it_stands_for():
+    """Orbax's array writer (TensorStore) raises a ValueError whose text carries the OS error
+    code: it is the ENOSPC of the file it names, also wrapped by other errors."""
+    import errno
+
+    from hpjax.errors import disk_error_message, disk_os_error
+
+    found = disk_os_error(RuntimeError("save failed").with_traceback(None))
+    assert found is None
+    try:
+        try:
+            raise ValueError(TENSORSTORE_FULL)
+        except ValueError as inner:
+            raise RuntimeError("Save Finalize thread failed") from inner
+    except RuntimeError as outer:
+        found = disk_os_error(outer)
+        message = disk_error_message(outer, "/w")
+    assert found.errno == errno.ENOSPC
+    assert (
+        found.filename
+        == "/w/state/population_0/400.orbax-checkpoint-tmp/params/ocdbt.process_0/d/2a7c"
+    )
+    assert message.startswith("cannot write to '/w': the disk is full (/w/state/")
+    other = ValueError("RESOURCE_EXHAUSTED: out of memory [os_error_code='12']")
+    assert disk_os_error(other) is None
+
+
+def test_orbax_s_thread_logs_of_a_full_disk_are_dropped_and_its_other_errors_kept():
+    import logging
+
+    from hpjax.results.checkpoints import _quiet_orbax
+
+    def record(level, message, error=None, path="/site-packages/orbax/checkpoint/future.py"):
+        exc_info = (type(error), error, None) if error else None
+        return logging.LogRecord("absl", level, path, 1, message, (), exc_info)
+
+    assert not _quiet_orbax(record(logging.ERROR, "thread raised: " + TENSORSTORE_FULL))
+    assert not _quiet_orbax(
+        record(logging.ERROR, "4 Handler Commit operations failed", ValueError(TENSORSTORE_FULL))
+    )
+    assert not _quiet_orbax(record(logging.INFO, "saved"))
+    assert _quiet_orbax(record(logging.ERROR, "a real failure", ValueError("bad shape")))
+    assert _quiet_orbax(record(logging.ERROR, "ours: " + TENSORSTORE_FULL, path="/hpjax/x.py"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (a real full disk); skipped where this process may not mount one."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_disk_full_in_a_state_checkpoint_s_arrays_is_one_line_and_the_rerun_resumes(
+    small_disk, tmp_path
+):
+    """The default MLP's state checkpoint (about 4 MB) on a 2 MiB disk: Orbax's threads fail
+    writing its arrays; the binary says so in one line (no traceback, no Orbax error log), and
+    after making room the same command ends as an uninterrupted study."""
+    study = [
+        "--config.num_steps=200",
+        "--config.eval_every=20",
+        "--config.checkpoint_every=5",
+        "--config.learning_rates=(0.001,0.003)",
+        "--config.weight_decays=(0.0,)",
+        "--config.make_report=False",
+    ]
+    workdir = str(small_disk / "run")
+    failed = run_binary("--workdir", workdir, *study)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("error:")]
+    assert "the disk is full" in line and "state/population_0" in line
+    assert "Traceback" not in failed.stderr
+    assert not [x for x in failed.stderr.splitlines() if x.startswith("E")]
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = run_binary("--workdir", workdir, *study)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = str(tmp_path / "reference")
+    assert run_binary("--workdir", reference, *study).returncode == 0
+    measured = ("peak_memory_mb", "memory_estimate_mb", "wall_s")
+    rows = [
+        [{k: v for k, v in row.items() if k not in measured} for row in files.read_summary(d)]
+        for d in (workdir, reference)
+    ]
+    assert rows[0] == rows[1]
+
+
 def test_a_ctrl_c_logged_by_a_library_is_dropped_and_other_errors_kept():
     """Orbax logs a Ctrl-C that lands while it finishes a checkpoint, with its traceback (the
     test above meets it now and then); the binary's one line is what the user reads."""

@@ -14,6 +14,7 @@ stopping, data keys, position in the data) taken right after an evaluation, with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import zlib
@@ -28,14 +29,40 @@ from absl import logging
 from flax import nnx
 
 from hpjax.config import plain
-from hpjax.errors import ConfigError, one_line
+from hpjax.errors import ConfigError, disk_os_error, one_line
 from hpjax.models import ABSTRACT_KEY, build_model, from_factory
 from hpjax.models.registry import MODEL_NAMES
 
 
 def _quiet_orbax(record) -> bool:
-    """Drops Orbax's many INFO lines per save; its warnings and errors still show."""
-    return record.levelno >= 30 or "/orbax/" not in record.pathname
+    """Drops Orbax's many INFO lines per save, and the errors (with tracebacks) that each of
+    its writing threads logs for a full disk: the save raises it once, as an OSError, in the
+    caller's thread. Its other warnings and errors still show."""
+    if "/orbax/" not in record.pathname:
+        return True
+    if record.levelno < 30:
+        return False
+    logged = record.exc_info[1] if record.exc_info else None
+    return disk_os_error(logged) is None and disk_os_error(Exception(record.getMessage())) is None
+
+
+def _disk_errors_raised_as_os_errors(write: Callable) -> Callable:
+    """TensorStore reports a full disk as a ValueError with the OS error code in its text;
+    callers (and the binaries' one line) get the OSError it stands for, chained to it."""
+
+    @functools.wraps(write)
+    def wrapped(*args, **kwargs):
+        try:
+            return write(*args, **kwargs)
+        except OSError:
+            raise
+        except Exception as error:
+            found = disk_os_error(error)
+            if found is None:
+                raise
+            raise found from error
+
+    return wrapped
 
 
 logging.get_absl_logger().addFilter(_quiet_orbax)
@@ -67,6 +94,7 @@ def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options, item_names=("params", "metadata"))
 
 
+@_disk_errors_raised_as_os_errors
 def _clear_step(manager: ocp.CheckpointManager, step: int) -> None:
     """Removes a finished checkpoint at ``step`` so that a new save there can replace it."""
     manager.wait_until_finished()
@@ -117,6 +145,7 @@ def _row(tree: Any, j: int) -> Any:
     return jax.tree.map(lambda leaf: np.asarray(leaf[j]), tree)
 
 
+@_disk_errors_raised_as_os_errors
 def save_best(
     workdir: str, population: int, best_params: Any, rows: list[dict], extra: dict
 ) -> None:
@@ -310,6 +339,7 @@ class StateCheckpoints:
         self.directory = state_dir(workdir, population)
         self.manager = _manager(self.directory, max_to_keep=2)
 
+    @_disk_errors_raised_as_os_errors
     def save(self, tick: int, state: Any, host: dict) -> None:
         """Saves asynchronously; ``host`` is JSON metadata (metrics lines, finished flag).
 
@@ -368,12 +398,14 @@ class StateCheckpoints:
             + "); pass --config.restart=True to discard them and train this study afresh"
         )
 
+    @_disk_errors_raised_as_os_errors
     def clear(self) -> None:
         """Deletes every checkpoint of this population (it trains again from the start)."""
         self.manager.wait_until_finished()
         for step in self.manager.all_steps():
             self.manager.delete(step)
 
+    @_disk_errors_raised_as_os_errors
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
