@@ -189,3 +189,16 @@ def test_a_state_checkpoint_keeps_the_host_state_of_the_moment_it_was_saved(tmp_
     saver.close()
     _, restored = checkpoints.StateCheckpoints(str(tmp_path), 0).restore_latest({"w": np.zeros(2)})
     assert restored["scheduler"]["recorded"] == [[0.5]] and restored["metrics_lines"] == 3
+
+
+def test_config_json_hides_a_storage_password_and_the_study_still_resumes(tmp_path):
+    """config.json is read by people and tools: a storage URL's password is not in it, and a
+    rerun given the URL with its password is the same study (resume), not a different one."""
+    url = "postgresql+psycopg://hpjax:s3cret@db.example:5432/hpjax"
+    config = {"learning_rates": [0.01], "optuna_storage": url}
+    workdir = str(tmp_path / "w")
+    assert files.prepare_workdir(workdir, config) is False
+    text = open(os.path.join(workdir, "config.json")).read()
+    assert "s3cret" not in text and "postgresql+psycopg://hpjax:***@db.example:5432/hpjax" in text
+    assert files.prepare_workdir(workdir, config) is True
+    assert "s3cret" not in open(os.path.join(workdir, "config.json")).read()

@@ -312,7 +312,11 @@ def test_a_server_restarted_under_two_workers_loses_nothing(private_postgres, tm
 
     logs = [open(w + ".log").read() for w in workdirs]
     assert any("lost the connection to postgresql://hpjax:***@" in log for log in logs)
-    assert not any(url.split(":")[2].split("@")[0] in log for log in logs)  # no password
+    password = url.split(":")[2].split("@")[0]
+    assert not any(password in log for log in logs)
+    written = [os.path.join(d, n) for w in workdirs for d, _, names in os.walk(w) for n in names]
+    assert os.path.join(workdirs[0], "worker.json") in written
+    assert not [p for p in written if password.encode() in open(p, "rb").read()]
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 8
     assert not any(t.system_attrs.get("retry_history") for t in trials)

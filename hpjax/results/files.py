@@ -191,6 +191,18 @@ def write_json(path: str, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+_URL_PASSWORD = re.compile(r"(://[^/:@]*:)[^@/]*@")
+
+
+def write_config(workdir: str, config_dict: dict) -> None:
+    """``config.json``, with the password of a storage URL hidden (the file is shared and read
+    by people; a worker is given its URL on the command line, never from this file)."""
+    shown = dict(config_dict)
+    if isinstance(shown.get("optuna_storage"), str):
+        shown["optuna_storage"] = _URL_PASSWORD.sub(r"\1***@", shown["optuna_storage"])
+    write_json(os.path.join(workdir, "config.json"), shown)
+
+
 def write_markdown(path: PathLike, lines: Sequence[str]) -> str:
     """Writes a markdown document (one string per line) atomically; returns its path."""
     path = os.fspath(path)
@@ -397,7 +409,7 @@ def prepare_workdir(workdir: str, config_dict: dict, extendable: Sequence[str] =
         same = ignore(old) == ignore(config_dict)
         if same and not config_dict.get("restart", False):
             if old != config_dict:
-                write_json(path, config_dict)
+                write_config(workdir, config_dict)
             return True
         if not same and not config_dict.get("overwrite", False):
             differing = sorted(
@@ -412,7 +424,7 @@ def prepare_workdir(workdir: str, config_dict: dict, extendable: Sequence[str] =
             )
         _remove_outputs(workdir)
     os.makedirs(workdir, exist_ok=True)
-    write_json(path, config_dict)
+    write_config(workdir, config_dict)
     return False
 
 

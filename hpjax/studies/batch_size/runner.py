@@ -289,7 +289,7 @@ def run_noise_scale(config, workdir: str, dataset: data_lib.Dataset) -> list[dic
     cfg = noise_config(config, rate, dataset.num_train, momentum)
     check_engine_config(cfg, dataset)
     os.makedirs(workdir, exist_ok=True)
-    files.write_json(os.path.join(workdir, "config.json"), config_to_dict(cfg))
+    files.write_config(workdir, config_to_dict(cfg))
     rows = measure_noise_scale(cfg, dataset, s, os.path.join(workdir, "run"))
     files.write_csv(
         os.path.join(workdir, "noise_scale.csv"),
