@@ -1,11 +1,15 @@
 """Memory of a population before it compiles, and splitting populations that would not fit.
 
-Per trial a population holds its parameters, their best-point copy, the summed micro-batch
-gradients, the optimizer state, and one more copy of parameters and optimizer state for the
-candidate update; the activations of one micro-batch are the intermediate values of its traced
-gradient (no compilation). A population whose estimate exceeds ``memory_fraction`` of the
-devices' memory (or holds more than ``max_population`` trials) is split into chunks that run in
-turn.
+Per trial a population holds its state (the exact bytes of its :class:`TrialState`: parameters,
+optimizer state, gradient sum; and its best parameters) and, at its peak, the buffers of one of
+its two programs: a micro-batch's gradient (the training tick) or the forward pass of one
+evaluation batch (the evaluation, usually the larger: up to 1024 examples at once). Each is
+the peak of the values alive at once in the traced program (no compilation), walking its
+equations in order, freeing each value after its last use and writing an elementwise result
+over a dying input of its size, as XLA's fusions do. ``python tools/bench_memory.py`` prints
+the estimate against the measured peak. A population whose estimate exceeds
+``memory_fraction`` of the devices' memory (or holds more than ``max_population`` trials) is
+split into chunks that run in turn.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ import resource
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jax_core
 
-from hpjax.engine import population
+from hpjax.engine import early_stopping, population
 from hpjax.models import ABSTRACT_KEY
+
+# Primitives whose body runs many times: its peak adds to the outputs it builds (stacked
+# results, carries), where a call's body peak already holds its outputs.
+_LOOPS = ("scan", "while")
 
 
 def _tree_bytes(tree) -> int:
@@ -31,8 +40,14 @@ def _tree_bytes(tree) -> int:
 class TrialMemory:
     """Estimated bytes of one trial in a population."""
 
-    state_bytes: int  # parameters, best copy, gradient sum, optimizer state, update candidate
-    activation_bytes: int  # intermediate values of one micro-batch gradient
+    state_bytes: int  # its TrialState, best parameters and early-stopping state, alive throughout
+    train_bytes: int  # the peak buffers of one micro-batch's gradient
+    eval_bytes: int  # the peak buffers of the forward pass of one evaluation batch
+
+    @property
+    def activation_bytes(self) -> int:
+        """The larger program's buffers: what the trial adds beyond its state at the peak."""
+        return max(self.train_bytes, self.eval_bytes)
 
     @property
     def total(self) -> int:
@@ -44,51 +59,96 @@ def estimate_trial(
     input_shape: tuple[int, ...],
     target_shape: tuple[int, ...] = (),
     target_dtype: str = "int32",
+    eval_examples: int | None = None,
 ) -> TrialMemory:
     """The memory one trial adds to a population of ``spec`` (no compilation of the population);
     the targets of one example have ``target_shape`` and ``target_dtype`` (class labels by
-    default)."""
-    params = jax.eval_shape(spec.model.init, ABSTRACT_KEY)
-    opt_state = jax.eval_shape(spec.direction().init, params)
-    param_bytes, opt_bytes = _tree_bytes(params), _tree_bytes(opt_state)
-    state = 4 * param_bytes + 2 * opt_bytes  # params, best, grad sum, candidate; opt, candidate
+    default); ``eval_examples`` is the largest set it is evaluated on (default: a whole
+    evaluation batch, ``spec.eval_batch_size``)."""
+    trial = jax.eval_shape(functools.partial(population._init_trial, spec), jnp.int32(0))
+    best = jax.eval_shape(spec.model.init, ABSTRACT_KEY)
+    early_stop = jax.eval_shape(functools.partial(early_stopping.init, 1))
+    eval_batch = min(spec.eval_batch_size, eval_examples or spec.eval_batch_size)
+    shapes = (tuple(input_shape), tuple(target_shape), str(target_dtype))
     return TrialMemory(
-        state, _activation_bytes(spec, input_shape, tuple(target_shape), str(target_dtype))
+        state_bytes=_tree_bytes(trial) + _tree_bytes(best) + _tree_bytes(early_stop),
+        train_bytes=_program_peak(spec, *shapes, spec.microbatch, gradient=True),
+        eval_bytes=_program_peak(spec, *shapes, eval_batch, gradient=False),
     )
 
 
-@functools.lru_cache(maxsize=32)
-def _activation_bytes(
+@functools.lru_cache(maxsize=64)
+def _program_peak(
     spec: population.PopulationSpec,
     input_shape: tuple[int, ...],
     target_shape: tuple[int, ...],
     target_dtype: str,
+    batch: int,
+    gradient: bool,
 ) -> int:
-    """Bytes of every intermediate value of one trial's micro-batch gradient (traced, not
-    compiled): an upper bound, since XLA reuses buffers."""
+    """Peak bytes alive in one trial's micro-batch gradient (``gradient``) or its evaluation
+    forward pass over ``batch`` examples, beyond the parameters and the batch."""
     params = jax.eval_shape(spec.model.init, ABSTRACT_KEY)
-    x = jax.ShapeDtypeStruct((spec.microbatch, *input_shape), jnp.float32)
-    y = jax.ShapeDtypeStruct((spec.microbatch, *target_shape), jnp.dtype(target_dtype))
+    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch, *target_shape), jnp.dtype(target_dtype))
 
     def loss(params, x, y):
         return spec.task.mean_loss(spec.model.apply(params, x), y)
 
-    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params, x, y)
-    return _jaxpr_bytes(jaxpr.jaxpr)
+    def per_example(params, x, y):
+        return spec.task.per_example(spec.model.apply(params, x), y)
+
+    program = jax.value_and_grad(loss) if gradient else per_example
+    return _peak_bytes(jax.make_jaxpr(program)(params, x, y).jaxpr)
 
 
-def _jaxpr_bytes(jaxpr) -> int:
-    total = 0
-    for eqn in jaxpr.eqns:
+def _bytes(var) -> int:
+    aval = var.aval
+    if not hasattr(aval, "shape"):
+        return 0
+    return int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+
+
+def _inner_programs(eqn):
+    """The jaxprs an equation runs (a call's, a loop's body, a branch)."""
+    for param in eqn.params.values():
+        for value in param if isinstance(param, tuple | list) else (param,):
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
+def _peak_bytes(jaxpr) -> int:
+    """The most bytes of values defined inside ``jaxpr`` alive at once (its inputs excluded)."""
+    variables = lambda vs: [v for v in vs if not isinstance(v, jax_core.Literal)]  # noqa: E731
+    last_use = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for var in variables(eqn.invars):
+            last_use[var] = i
+    for var in variables(jaxpr.outvars):
+        last_use[var] = len(jaxpr.eqns)
+    defined: set = set()
+    live = peak = 0
+    for i, eqn in enumerate(jaxpr.eqns):
+        inner = [_peak_bytes(j) for j in _inner_programs(eqn)]
+        dying = [_bytes(v) for v in set(variables(eqn.invars)) if v in defined and last_use[v] == i]
+        new = 0
         for var in eqn.outvars:
-            aval = var.aval
-            if hasattr(aval, "shape"):
-                total += int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
-        for param in eqn.params.values():  # nested programs (pjit, scan, custom_vjp)
-            inner = getattr(param, "jaxpr", None)
-            if inner is not None:
-                total += _jaxpr_bytes(getattr(inner, "jaxpr", inner))
-    return total
+            size = _bytes(var)
+            if not inner and size in dying:
+                dying.remove(size)  # written over the dying input, in place
+            else:
+                new += size
+        if not inner:
+            peak = max(peak, live + new)
+        elif eqn.primitive.name in _LOOPS:
+            peak = max(peak, live + new + max(inner))
+        else:
+            peak = max(peak, live + max(new, max(inner)))
+        live += new - sum(dying)
+        live -= sum(_bytes(v) for v in eqn.outvars if last_use.get(v, -1) <= i)
+        defined.update(eqn.outvars)
+    return peak
 
 
 def device_memory_bytes() -> int:

@@ -250,16 +250,20 @@ def fit_plans(
     memory_fraction: float,
     max_population: int,
     slots: int = 0,
+    eval_examples: int | None = None,
 ) -> tuple[list[PopulationPlan], list[float]]:
     """Splits plans that would not fit into chunks; returns them with their estimates (MiB).
 
     With ``slots`` (an adaptive study) a plan's program holds that many rows, whatever its
     number of trials; it is never split, and slots that do not fit are an error.
+    ``eval_examples``: the largest set the trials are evaluated on (validation or test).
     """
     budget = memory_fraction * memory.device_memory_bytes() * num_devices
     fitted, estimates = [], []
     for plan, spec in zip(plans, specs, strict=True):
-        per_trial = memory.estimate_trial(spec, input_shape, target_shape, target_dtype).total
+        per_trial = memory.estimate_trial(
+            spec, input_shape, target_shape, target_dtype, eval_examples
+        ).total
         size = len(plan.trials)
         limit = max(1, int(budget // max(per_trial, 1)))
         if max_population > 0:

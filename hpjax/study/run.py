@@ -427,6 +427,11 @@ def run_plans(
         memory_fraction=study.placement.memory_fraction,
         max_population=study.placement.max_population,
         slots=study.adaptive.slots,
+        eval_examples=max(
+            len(dataset.x_val),
+            len(dataset.x_test),
+            min(study.placement.train_eval_examples, dataset.num_train),
+        ),
     )
     rows: list[dict] = []
     populations: list[dict] = []
