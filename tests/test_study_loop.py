@@ -360,6 +360,20 @@ def test_memory_estimate_of_each_program_is_near_xla_s_own_buffers(name, size_ke
     assert 0.75 <= train <= 1.5 and 0.75 <= evaluation <= 1.5, (train, evaluation)
 
 
+def test_memory_estimate_counts_a_program_that_draws_random_keys():
+    """A model drawing dropout masks carries typed PRNG keys (``key<fry>``) through its program:
+    each counts its key data's bytes (the last CI failed on them)."""
+    from hpjax.engine import memory
+
+    def noisy(x):
+        keys = jax.random.split(jax.random.key(0), 4)
+        return x + jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(keys)
+
+    x = jnp.zeros((4, 1000))
+    peak = memory._peak_bytes(jax.make_jaxpr(noisy)(x).jaxpr)
+    assert x.nbytes <= peak <= 3 * x.nbytes + 4 * 8, peak
+
+
 def _cut_line(path, number):
     lines = open(path).read().splitlines(keepends=True)
     lines[number] = lines[number][:15]  # cut mid-record, its newline gone

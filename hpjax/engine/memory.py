@@ -33,7 +33,7 @@ _LOOPS = ("scan", "while")
 
 
 def _tree_bytes(tree) -> int:
-    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _bytes(var) -> int:
     aval = var.aval
     if not hasattr(aval, "shape"):
         return 0
-    return int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+    return int(np.prod(aval.shape)) * aval.dtype.itemsize
 
 
 def _inner_programs(eqn):
