@@ -28,6 +28,7 @@ and resumes like them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -42,7 +43,7 @@ from hpjax import data as data_lib
 from hpjax import runtime
 from hpjax.config import default_config
 from hpjax.configs import search as search_config
-from hpjax.engine import tasks
+from hpjax.engine import optim, tasks
 from hpjax.errors import ConfigError
 from hpjax.results.study import Study
 from hpjax.studies.search import run_search
@@ -76,6 +77,7 @@ def make_config(model_name: str, dataset_name: str, **overrides: Any) -> ml_coll
             "hpjax.config.default_config() (see hpjax/config.py), e.g. learning_rates, "
             "batch_sizes, seeds, optimizer, schedule, num_steps, patience"
         )
+    overrides = _optimizer_by_name(overrides)
     for key in BUILT_IN_KEYS:
         if key in overrides:
             raise ConfigError(
@@ -100,6 +102,29 @@ def make_config(model_name: str, dataset_name: str, **overrides: Any) -> ml_coll
     config.model = ml_collections.ConfigDict({"name": model_name})
     config.dataset = dataset_name
     return config
+
+
+def _optimizer_by_name(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``optimizer=`` given as an optax factory (``optax.lion``, a ``functools.partial`` of
+    one, a function of yours) becomes its import path and ``optimizer_kwargs`` its keywords, as
+    a binary's config writes them; ``optimizer_kwargs`` may be a dict."""
+    changed: dict[str, Any] = {}
+    keywords: dict[str, Any] = {}
+    given = overrides.get("optimizer_kwargs")
+    if callable(overrides.get("optimizer")):
+        changed["optimizer"], keywords = optim.factory_name(overrides["optimizer"])
+    if isinstance(given, Mapping):
+        keywords = keywords | dict(given)
+    elif given is not None:  # a JSON object's text, as in a binary's config
+        if keywords:
+            raise ConfigError(
+                "the optimizer's keywords are given twice: in functools.partial and in "
+                "optimizer_kwargs; give them once"
+            )
+        return overrides | changed
+    if keywords or given is not None:
+        changed["optimizer_kwargs"] = json.dumps(keywords, sort_keys=True)
+    return overrides | changed
 
 
 def _as_config_section(key: str, value: Any) -> dict:

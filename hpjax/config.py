@@ -118,7 +118,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _add_optimizer_keys(config: ml_collections.ConfigDict) -> None:
     """The optimizer, its options and the schedule; the peak learning rate is per trial."""
-    config.optimizer = "adam"  # adagrad | adam | momentum | rmsprop | sgd
+    # adagrad | adam | momentum | rmsprop | sgd, or an optax factory's import path (optax.lion)
+    config.optimizer = "adam"
+    config.optimizer_kwargs = "{}"  # that factory's fixed keywords, a JSON object: '{"b1": 0.95}'
     config.momentum = 0.9  # with optimizer='momentum'
     config.nesterov = False  # with optimizer='momentum' (Nesterov's accelerated gradient)
     config.b1 = 0.9  # Adam's first-moment decay (a per-trial `momentum` in a space replaces it)

@@ -183,3 +183,14 @@ class CrashAtEvaluation(loop.Hooks):
         self.left -= 1
         if self.left == 0:
             raise Crash
+
+
+def three_class_data():
+    """150 examples of 16 features in 3 separable classes (120 train, 30 test): a tiny data set
+    for studies of your own model."""
+    import hpjax
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=150)
+    x = rng.normal(size=(150, 16)) * 0.5 + y[:, None] * np.linspace(-1, 1, 16)
+    return hpjax.from_arrays(x[:120], y[:120], x[120:], y[120:])

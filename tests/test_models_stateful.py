@@ -22,7 +22,7 @@ from hpjax.errors import ConfigError
 from hpjax.models import TrialDropout, build_model, from_factory
 from hpjax.results import files
 from hpjax.study.run import train_and_evaluate
-from tests.conftest import Crash, CrashAtEvaluation
+from tests.conftest import Crash, CrashAtEvaluation, three_class_data
 
 STEPS = dict(num_steps=30, eval_every=10, patience=0, schedule="constant")
 
@@ -67,10 +67,7 @@ def shift_and_noise(key, x):
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 3, size=150)
-    x = rng.normal(size=(150, 16)) * 0.5 + y[:, None] * np.linspace(-1, 1, 16)
-    return hpjax.from_arrays(x[:120], y[:120], x[120:], y[120:])
+    return three_class_data()
 
 
 # Each case: the model, the study's axes (several trials in one program) and its data.

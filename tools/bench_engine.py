@@ -64,6 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the engine's largest group of rows (0: all rows "
         "at once); a list times each, e.g. 0,16,32,64",
     )
+    parser.add_argument(
+        "--optimizers",
+        default="adam",
+        help="the engine's optimizers, timed side by side: built-in names or optax factories' "
+        "import paths, e.g. adam,optax.adam",
+    )
     return parser.parse_args(argv)
 
 
@@ -129,7 +135,12 @@ def main(argv=None) -> int:
         "device(s)"
     )
     groups = [int(g) for g in args.rows_per_group.split(",")]
-    names = [f"engine g={g}" if g else "engine" for g in groups]
+    optimizers = args.optimizers.split(",")
+    variants = [(g, o) for o in optimizers for g in groups]
+    names = [
+        (f"{o} " if len(optimizers) > 1 else "engine") + (f" g={g}" if g else "")
+        for g, o in variants
+    ]
     print(
         f"{'K':>4} {'minimal':>9} " + " ".join(f"{n:>12}" for n in names) + "  (trial-steps/s;"
         " ratio to minimal)"
@@ -144,10 +155,10 @@ def main(argv=None) -> int:
         )
         ticks = jnp.int32(args.steps)
         engines = []
-        for group in groups:
+        for group, optimizer in variants:
             spec = population.PopulationSpec(
                 model=model,
-                optimizer="adam",
+                optimizer=optimizer,
                 schedule="constant",
                 microbatch=args.batch_size,
                 num_train=dataset.num_train,

@@ -14,6 +14,13 @@ An update is split in two, so that a per-trial rate never has to live inside opt
   ``optax.adamw``, is multiplied by the full learning rate and applies to every leaf; optional
   static per-leaf multipliers of ``lr`` (μP's per-layer rates) scale both terms.
 
+Any optax optimizer factory, named by its import path (``optax.lion``, ``optax.contrib.muon``,
+``mypackage.optimizers.clipped_adam``: a function of ``learning_rate`` and keywords returning an
+``optax.GradientTransformation``), takes the same path: its direction is its transformation at
+``learning_rate=1``, negated (:func:`factory_direction`), so the per-trial rate, its schedule and
+hpjax's weight decay apply as for the built-ins; a factory's own keywords (Lion's ``b1``, AdamW's
+``weight_decay``) are static for the study.
+
 With a constant ``lr`` and ``wd = 0``, ``direction(name)`` followed by ``apply_update`` equals
 ``optax.sgd(lr)``, ``optax.sgd(lr, momentum)`` (name ``"momentum"``), ``optax.adam(lr)``,
 ``optax.adagrad(lr)`` and ``optax.rmsprop(lr)``, default for default; with ``wd > 0`` and
@@ -42,6 +49,10 @@ dtype (float32), exact up to 2**24 updates.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -147,6 +158,93 @@ def _options(
     )
 
 
+def is_factory(name: str) -> bool:
+    """True when ``name`` is the import path of an optax optimizer factory, not a built-in."""
+    return "." in name
+
+
+def resolve_factory(name: str) -> Callable[..., optax.GradientTransformation]:
+    """The function the dotted path ``name`` names, checked to take a ``learning_rate``."""
+    module_name, attributes = name, []
+    while True:
+        try:
+            target: Any = importlib.import_module(module_name)
+            break
+        except ModuleNotFoundError as error:
+            missing = error.name or ""
+            if not module_name.startswith(missing) or "." not in module_name:
+                raise ConfigError(
+                    f"config.optimizer={name!r}: no module {missing!r} "
+                    f"(a built-in, {', '.join(OPTIMIZERS)}, or the import path of an optax "
+                    "optimizer factory, e.g. optax.lion)"
+                ) from None
+            module_name, _, last = module_name.rpartition(".")
+            attributes.insert(0, last)
+    for attribute in attributes:
+        if not hasattr(target, attribute):
+            raise ConfigError(f"config.optimizer={name!r}: {target.__name__} has no {attribute!r}")
+        target = getattr(target, attribute)
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        raise ConfigError(f"config.optimizer={name!r} is not a function") from None
+    if "learning_rate" not in parameters and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):
+        raise ConfigError(
+            f"config.optimizer={name!r} takes no learning_rate: hpjax sets each trial's rate "
+            "(and its schedule) through it; name an optimizer factory such as optax.lion"
+        )
+    return target
+
+
+def factory_direction(name: str, **options: Any) -> optax.GradientTransformation:
+    """The learning-rate-free part of the optax factory ``name`` with keywords ``options``:
+    its transformation at ``learning_rate=1``, negated (optax's updates are descent steps
+    ``-lr * u``; a direction is ``u``). A bad keyword is a :class:`ConfigError`."""
+    make = resolve_factory(name)
+    try:
+        transformation = make(learning_rate=1.0, **options)
+    except TypeError as error:
+        raise ConfigError(f"config.optimizer_kwargs for {name}: {error}") from None
+    if not isinstance(transformation, optax.GradientTransformation):
+        raise ConfigError(
+            f"config.optimizer={name!r} returned a {type(transformation).__name__}, not an "
+            "optax.GradientTransformation"
+        )
+    return optax.chain(transformation, optax.scale(-1.0))
+
+
+def factory_name(factory: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
+    """The import path hpjax records for an optimizer factory given as a function or a
+    ``functools.partial`` of one (whose keywords it returns beside), checked to import back to
+    the same function: ``optax.lion`` for optax's own."""
+    keywords: dict[str, Any] = {}
+    while isinstance(factory, functools.partial):
+        if factory.args:
+            raise ConfigError(
+                "optimizer=functools.partial(...) with positional arguments: give them as "
+                "keywords, e.g. functools.partial(optax.lion, b1=0.95)"
+            )
+        keywords = dict(factory.keywords) | keywords
+        factory = factory.func
+    base = getattr(factory, "__name__", "")
+    candidates = [f"optax.{base}", f"optax.contrib.{base}"]
+    candidates.append(
+        f"{getattr(factory, '__module__', '')}.{getattr(factory, '__qualname__', '')}"
+    )
+    for candidate in candidates:
+        try:
+            if resolve_factory(candidate) is factory:
+                return candidate, keywords
+        except ConfigError:
+            continue
+    raise ConfigError(
+        f"optimizer={factory!r} cannot be imported by its name, which config.json records "
+        "(a lambda or a function inside a function): define it at the top level of a module"
+    )
+
+
 def direction(name: str, **options: Any) -> optax.GradientTransformation:
     """The learning-rate-free part of optimizer ``name``, as an optax transformation.
 
@@ -156,6 +254,8 @@ def direction(name: str, **options: Any) -> optax.GradientTransformation:
     :func:`_options`). Numeric options may be traced; build the transformation inside the
     per-trial function and call its ``init`` there too.
     """
+    if is_factory(name):
+        return factory_direction(name, **options)
     o = _options(name, **options)
     if name == "sgd":
         return optax.identity()

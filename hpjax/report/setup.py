@@ -4,9 +4,11 @@ sizes, seeds, budget, evaluation, early stopping and the metric that ranks trial
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hpjax.engine import optim
 from hpjax.report.labels import is_finite_number
 from hpjax.study.spec import OPTIMIZER_OPTIONS
 
@@ -52,6 +54,8 @@ def _optimizer(saved: Mapping, summary: Sequence[Mapping]) -> str:
         and not (k == "eps" and not saved[k])  # 0: optax's default
         and not (k == "momentum" and k in per_trial)
     ]
+    if optim.is_factory(name):  # an optax factory: its fixed keywords
+        fixed = [f"{k} {v}" for k, v in json.loads(saved.get("optimizer_kwargs") or "{}").items()]
     schedule = _name(saved.get("schedule", "constant"))
     warmup = saved.get("warmup_steps") or 0
     return (

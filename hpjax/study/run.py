@@ -254,6 +254,8 @@ def train_study(
     """Runs the parsed study into ``workdir``; returns the summary rows."""
     spec_lib.check_data(study, dataset.num_train)
     models = build_models(study, dataset, model)  # every model checked before the workdir
+    for built in models.values():
+        built.lr_multipliers(study.optimizer.name)  # μP has a rule for the optimizer, or a line
     check_regularisation(study, models, task)
     for built in models.values():
         check_task_fits(built, task, dataset)

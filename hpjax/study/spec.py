@@ -56,9 +56,9 @@ def with_points(study: StudySpec, points: Sequence[Mapping[str, Any]]) -> StudyS
     listed = [dict(p) for p in points]
     source = dataclasses.replace(study.source, explicit=tuple(listed))
     config = dict(study.config) | {"trials": json.dumps(listed, sort_keys=True)}
-    return dataclasses.replace(
-        study, trials=trials_lib.build_trials(source), source=source, config=config
-    )
+    trials = trials_lib.build_trials(source)
+    check_factory_axes(study.optimizer, trials)
+    return dataclasses.replace(study, trials=trials, source=source, config=config)
 
 
 def with_inputs(
@@ -183,6 +183,7 @@ def parse(config: ml_collections.ConfigDict, *, num_train: int | None = None) ->
     source = _trial_source(read)
     _refuse_lists_beside_trials(source)
     trials = trials_lib.build_trials(source)
+    check_factory_axes(optimizer, trials)
     adaptive = _adaptive(read, budget, placement, source)
     model = read.section("model")
     spec = StudySpec(
@@ -222,7 +223,17 @@ def check_data(spec: StudySpec, num_train: int) -> None:
 
 
 def _optimizer(read: _Reader) -> OptimizerSpec:
-    name = read.choice("optimizer", optim.OPTIMIZERS)
+    raw = read.raw("optimizer")
+    factory = isinstance(raw, str) and optim.is_factory(raw)
+    if not factory and raw not in optim.OPTIMIZERS:
+        _fail(
+            "optimizer",
+            raw,
+            f"is unknown; allowed: {', '.join(optim.OPTIMIZERS)}, or the import path of an "
+            "optax optimizer factory (optax.lion, optax.contrib.muon, mypackage.make_optimizer)",
+        )
+    name = str(raw)
+    kwargs = _optimizer_kwargs(read, name, factory)
     schedule = read.choice("schedule", optim.SCHEDULES)
     momentum = read.number("momentum", 0.0, 1.0, open_high=True)
     b1 = read.number("b1", 0.0, 1.0, open_high=True, meaning="Adam's first-moment decay")
@@ -236,6 +247,9 @@ def _optimizer(read: _Reader) -> OptimizerSpec:
         for key in OPTIMIZER_OPTIONS.get(name, ())
         if not (key == "eps" and eps == 0.0)
     )
+    if factory:
+        optim.factory_direction(name, **kwargs)  # built once now: a bad name or keyword is a line
+        options = tuple(sorted(kwargs.items()))
     return OptimizerSpec(
         name=name,
         schedule=schedule,
@@ -246,6 +260,44 @@ def _optimizer(read: _Reader) -> OptimizerSpec:
         decay_rate=read.number("decay_rate", 0.0, 1.0, open_low=True),
         end_factor=read.number("end_factor", 0.0, 1.0),
     )
+
+
+def _optimizer_kwargs(read: _Reader, name: str, factory: bool) -> dict[str, Any]:
+    """The static keywords of an optax factory: ``config.optimizer_kwargs``, a JSON object."""
+    text = read.raw("optimizer_kwargs")
+    try:
+        kwargs = json.loads(text or "{}")
+    except (TypeError, json.JSONDecodeError):
+        kwargs = None
+    if not isinstance(kwargs, dict):
+        _fail(
+            "optimizer_kwargs",
+            text,
+            """must be a JSON object of the optimizer factory's keywords, e.g. '{"b1": 0.95}'""",
+        )
+    if kwargs and not factory:
+        _fail(
+            "optimizer_kwargs",
+            text,
+            f"is for an optax factory as config.optimizer; the built-in {name!r} takes its "
+            "options from their own keys (config.b1, config.momentum, config.eps, ...)",
+        )
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def check_factory_axes(optimizer: OptimizerSpec, trials: Sequence[Any]) -> None:
+    """An optax factory's keywords are static: no trial may set a momentum of its own."""
+    if not optim.is_factory(optimizer.name):
+        return
+    for trial in trials:
+        if trial.momentum is not None:
+            _fail(
+                "momentum",
+                trial.momentum,
+                f"is a per-trial value of the built-in optimizers (momentum, adam); "
+                f"{optimizer.name}'s keywords are fixed for the study: set them in "
+                "config.optimizer_kwargs",
+            )
 
 
 def _budget(read: _Reader) -> BudgetSpec:
