@@ -90,3 +90,19 @@ def test_the_storage_subclass_routes_every_database_method_through_the_retry():
         "get_head_version",
         "get_all_versions",
     }
+
+
+def test_every_database_call_of_optuna_s_cached_storage_is_retried():
+    """CachedStorage calls private methods of the RDB storage directly (``_get_trials``): each
+    that reaches the database is retried (the suite once lost a worker on ``_get_trials`` during
+    a server restart)."""
+    import inspect
+    import re
+
+    from optuna.storages import _cached_storage
+
+    from hpjax.results import storage_retry
+
+    called = set(re.findall(r"_backend\.(\w+)", inspect.getsource(_cached_storage)))
+    no_database = {"get_heartbeat_interval", "get_heartbeat_stale_trial_callback"}
+    assert called - no_database - set(storage_retry.DATABASE_METHODS) == set()

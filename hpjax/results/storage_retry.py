@@ -25,7 +25,8 @@ from hpjax.errors import ConfigError, one_line
 
 T = TypeVar("T")
 
-# The storage methods that reach the database (Optuna's RDBStorage, 4.x and 5.x).
+# The storage methods that reach the database (Optuna's RDBStorage, 4.x and 5.x), the private
+# ones included that Optuna's CachedStorage calls on it directly (_get_trials, ...).
 DATABASE_METHODS = (
     "create_new_study",
     "delete_study",
@@ -52,6 +53,10 @@ DATABASE_METHODS = (
     "get_best_trial",
     "record_heartbeat",
     "_get_stale_trial_ids",
+    "_get_trials",
+    "_get_best_trial_id",
+    "_create_new_trial",
+    "_set_trial_param",
 )
 
 
