@@ -318,14 +318,11 @@ def micro_step(
     )
     params = spec.model.trainable(trial.params)
     options = spec.options(hparams.momentum if spec.per_trial_momentum else None)
-    if optim.is_factory(spec.optimizer):  # an optax factory's state may hold anything: its
-        # direction is what its update returns
-        updates, stepped_state = spec.direction().update(mean_grad, trial.opt_state, params)
-        opt_state = _select(accept, stepped_state, trial.opt_state)
-    else:
-        direction = optim.direction(spec.optimizer, **options)
-        _, stepped_state = direction.update(mean_grad, trial.opt_state)
-        opt_state = _select(accept, stepped_state, trial.opt_state)
+    direction = optim.direction(spec.optimizer, **options)
+    updates, stepped_state = direction.update(mean_grad, trial.opt_state, params)
+    opt_state = _select(accept, stepped_state, trial.opt_state)
+    if not optim.is_factory(spec.optimizer):  # an optax factory's state may hold anything: its
+        # direction stays what its update returned
         updates = optim.direction_of_state(spec.optimizer, mean_grad, opt_state, **options)
     multipliers = spec.model.lr_multipliers(spec.optimizer)  # static: μP's per-layer rates
     new_params = _select(
