@@ -4,6 +4,7 @@ equals each trial trained alone by that optax optimizer in a plain loop written 
 takes the factory itself, a study with one resumes after a kill as if uninterrupted, and what
 cannot work is refused in one line before compiling."""
 
+import dataclasses
 import functools
 import json
 
@@ -30,6 +31,11 @@ NUM_TRAIN = 48
 def clipped_adam(learning_rate, max_norm: float = 1.0) -> optax.GradientTransformation:
     """A user's chain: Adam on gradients clipped to a global norm."""
     return optax.chain(optax.clip_by_global_norm(max_norm), optax.adam(learning_rate))
+
+
+def clipped_momentum(learning_rate, max_norm: float = 1.0) -> optax.GradientTransformation:
+    """A user's chain whose clip norm matters (Adam's scale invariance hides most of it)."""
+    return optax.chain(optax.clip_by_global_norm(max_norm), optax.sgd(learning_rate, 0.9))
 
 
 FACTORIES = [
@@ -77,6 +83,15 @@ def _row(tree, j):
     return jax.tree.map(lambda a: np.asarray(a[j]), tree)
 
 
+def _plain_loop(transformation, params, loss, steps):
+    """``steps`` full-batch updates of ``transformation``: optax's own loop, not hpjax's."""
+    opt_state = transformation.init(params)
+    for _ in range(steps):
+        updates, opt_state = transformation.update(jax.grad(loss)(params), opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
 @pytest.mark.parametrize("name,kwargs,make", FACTORIES, ids=[f[0] for f in FACTORIES])
 def test_a_population_of_a_factory_equals_each_trial_in_a_plain_optax_loop(
     problem, name, kwargs, make
@@ -98,12 +113,7 @@ def test_a_population_of_a_factory_equals_each_trial_in_a_plain_optax_loop(
         return spec.task.mean_loss(model.apply(params, x), y)
 
     for j, trial in enumerate(trials):
-        params = _row(start.trials.params, j)
-        transformation = make(trial["learning_rate"])
-        opt_state = transformation.init(params)
-        for _ in range(12):
-            updates, opt_state = transformation.update(jax.grad(loss)(params), opt_state, params)
-            params = optax.apply_updates(params, updates)
+        params = _plain_loop(make(trial["learning_rate"]), _row(start.trials.params, j), loss, 12)
         jax.tree.map(
             lambda ours, theirs: np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=atol),
             _row(end.trials.params, j),
@@ -205,3 +215,150 @@ def test_mup_with_a_factory_is_refused_in_one_line_before_the_workdir(data, tmp_
     with pytest.raises(ConfigError, match="optax.lion.*μP") as error:
         train_and_evaluate(cfg, str(tmp_path / "w"), dataset=data)
     assert "\n" not in str(error.value) and not (tmp_path / "w").exists()
+
+
+# Per-trial keywords of a factory: each trial's value traced inside the one compiled program.
+KEYWORD_AXES = [
+    ("optax.lion", {}, "b1", (0.8, 0.95), lambda lr, v: optax.lion(lr, b1=v)),
+    (
+        "optax.adamw",
+        {"weight_decay": 0.1},
+        "b2",
+        (0.9, 0.999),
+        lambda lr, v: optax.adamw(lr, b2=v, weight_decay=0.1),
+    ),
+    (f"{__name__}.clipped_momentum", {}, "max_norm", (0.02, 0.5), clipped_momentum),
+]
+if hasattr(optax.contrib, "muon"):
+    KEYWORD_AXES.append(
+        (
+            "optax.contrib.muon",
+            {},
+            "beta",
+            (0.8, 0.95),
+            lambda lr, v: optax.contrib.muon(lr, beta=v),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,key,values,make", KEYWORD_AXES, ids=[f"{a[0]}-{a[2]}" for a in KEYWORD_AXES]
+)
+def test_a_population_over_rates_and_a_factory_keyword_equals_each_trial_in_a_plain_loop(
+    problem, name, kwargs, key, values, make
+):
+    """2 rates x 2 values of the keyword in one program; each trial against the optax optimizer
+    built with its own value, stepped in a loop written here."""
+    model, x, y = problem
+    spec = dataclasses.replace(_spec(model, name, kwargs, NUM_TRAIN), traced_options=(key,))
+    grid = [(lr, v) for lr in (0.003, 0.03) for v in values]
+    trials = [{"learning_rate": lr, "max_steps": 12, "batch_size": NUM_TRAIN} for lr, _ in grid]
+    hparams = trial_hparams(trials).replace(
+        optimizer_values={key: jnp.asarray([v for _, v in grid], jnp.float32)}
+    )
+    start = population.init_population(spec, hparams)
+    kept = jax.device_get(start)
+    end = population.train_ticks(spec, start, hparams, x, y, jnp.int32(12))
+    atol = 1e-5 if "muon" in name else 1e-6  # parameters of order 0.1-1: matmul rounding
+
+    def loss(params):
+        return spec.task.mean_loss(model.apply(params, x), y)
+
+    finals = []
+    for j, (lr, value) in enumerate(grid):
+        transformation = make(lr, np.float32(value))
+        params = _plain_loop(transformation, _row(kept.trials.params, j), loss, 12)
+        jax.tree.map(
+            lambda ours, theirs: np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=atol),
+            _row(end.trials.params, j),
+            params,
+        )
+        finals.append(params)
+    # the keyword changed the trajectory: trials of one rate and two values differ
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), finals[0], finals[1])
+    assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+SEARCHED = dict(
+    num_steps=30,
+    eval_every=10,
+    patience=0,
+    batch_size=8,
+    space={"learning_rate": hpjax.loguniform(1e-3, 1e-2), "b1": hpjax.uniform(0.8, 0.99)},
+    num_samples=4,
+)
+
+
+def test_a_study_searching_lions_b1_resumes_after_a_kill_and_names_b1_everywhere(data, tmp_path):
+    cfg = api.make_config("net", data.name, optimizer=optax.lion, **SEARCHED)
+    killed = str(tmp_path / "killed")
+    with pytest.raises(Crash):
+        train_and_evaluate(cfg, killed, model=net, dataset=data, hooks=[CrashAtEvaluation(2)])
+    resumed = train_and_evaluate(cfg, killed, model=net, dataset=data)
+    whole = hpjax.train(
+        net, data, str(tmp_path / "whole"), optimizer=optax.lion, verbose=False, **SEARCHED
+    )
+    b1s = [r["b1"] for r in whole.rows]
+    assert len(set(b1s)) == 4 and all(0.8 <= b <= 0.99 for b in b1s)
+    for a, b in zip(resumed, whole.rows, strict=True):
+        for key in ("learning_rate", "b1", "best_val_loss", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    summary = files.read_summary(str(tmp_path / "whole"))
+    assert [r["b1"] for r in summary] == b1s  # exact in summary.csv: a trial can be rerun
+    # each trial alone, with its b1 as a static keyword, ends where it ended in the population
+    for row in whole.rows[:2]:
+        alone = hpjax.train(
+            net,
+            data,
+            str(tmp_path / f"alone{row['trial']}"),
+            optimizer=functools.partial(optax.lion, b1=row["b1"]),
+            verbose=False,
+            **(
+                SEARCHED
+                | {"space": {}, "num_samples": 0, "learning_rates": (row["learning_rate"],)}
+            ),
+        )
+        assert alone.rows[0]["best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-5)
+
+
+def test_pbt_over_lions_b1_and_the_rate_replays_every_member_alone(tiny_config, tmp_path):
+    from hpjax.studies import pbt
+
+    config = tiny_config
+    config.optimizer = "optax.lion"
+    config.num_steps, config.patience = 60, 0
+    config.scheduler = "pbt"
+    config.space = {"learning_rate": (1e-4, 3e-3, "log"), "b1": (0.8, 0.99, "linear")}
+    config.num_samples = 4
+    config.pbt.interval = 20
+    config.pbt.resample_probability = 0.0
+    workdir = str(tmp_path / "pbt_lion")
+    rows = train_and_evaluate(config, workdir)
+    lineage = files.read_csv(str(tmp_path / "pbt_lion" / "lineage.csv"))
+    assert {"before_b1", "after_b1"} <= set(lineage[0])
+    assert any(e["after_b1"] != e["before_b1"] for e in lineage)
+    assert all("b1_at_best" in r for r in rows)
+    for member in range(4):
+        for r in pbt.replay(workdir, member):
+            assert r["replayed_val_loss"] == pytest.approx(r["recorded_val_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "optimizer,space,match",
+    [
+        ("optax.contrib.muon", {"ns_steps": (3, 5)}, r"muon's keyword 'ns_steps' cannot differ"),
+        ("optax.adamw", {"nesterov": (0, 1)}, r"adamw's keyword 'nesterov' cannot differ"),
+        ("optax.lion", {"mu_dtype": (1.0, 2.0)}, r"mu_dtype.*cannot differ"),
+        ("optax.lion", {"beta": (0.5, 0.9)}, r"space.beta.*not searchable.*b1, b2"),
+    ],
+)
+def test_a_keyword_the_factory_needs_fixed_is_refused_in_one_line(
+    optimizer, space, match, data, tmp_path
+):
+    if "muon" in optimizer and not hasattr(optax.contrib, "muon"):
+        pytest.skip("this optax has no muon")
+    steps = STEPS | {"space": space, "space_sampler": "grid", "learning_rates": (1e-3,)}
+    with pytest.raises(ConfigError, match=match) as error:
+        hpjax.train(net, data, str(tmp_path / "w"), optimizer=optimizer, verbose=False, **steps)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "w").exists()

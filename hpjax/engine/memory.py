@@ -69,7 +69,9 @@ def estimate_trial(
     the targets of one example have ``target_shape`` and ``target_dtype`` (class labels by
     default); ``eval_examples`` is the largest set it is evaluated on (default: a whole
     evaluation batch, ``spec.eval_batch_size``)."""
-    trial = jax.eval_shape(functools.partial(population._init_trial, spec), jnp.int32(0))
+    trial = jax.eval_shape(
+        functools.partial(population._init_trial, spec), population.one_trial_hparams(spec)
+    )
     best = jax.eval_shape(spec.model.init, ABSTRACT_KEY)
     early_stop = jax.eval_shape(functools.partial(early_stopping.init, 1))
     eval_batch = min(spec.eval_batch_size, eval_examples or spec.eval_batch_size)

@@ -18,8 +18,11 @@ Any optax optimizer factory, named by its import path (``optax.lion``, ``optax.c
 ``mypackage.optimizers.clipped_adam``: a function of ``learning_rate`` and keywords returning an
 ``optax.GradientTransformation``), takes the same path: its direction is its transformation at
 ``learning_rate=1``, negated (:func:`factory_direction`), so the per-trial rate, its schedule and
-hpjax's weight decay apply as for the built-ins; a factory's own keywords (Lion's ``b1``, AdamW's
-``weight_decay``) are static for the study.
+hpjax's weight decay apply as for the built-ins. A factory's own numeric keywords (Lion's ``b1``,
+a clip norm) may differ between trials: :func:`factory_keywords` names them, and the engine builds
+the transformation inside the vmapped step from each trial's traced values (the idiom of optax
+issue 932), so a population over them is one compiled program; :func:`check_traceable` refuses, in
+one line before compiling, a keyword the factory branches on in Python. The rest are static.
 
 With a constant ``lr`` and ``wd = 0``, ``direction(name)`` followed by ``apply_update`` equals
 ``optax.sgd(lr)``, ``optax.sgd(lr, momentum)`` (name ``"momentum"``), ``optax.adam(lr)``,
@@ -60,6 +63,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
+from hpjax.engine.hparams import NAMES as HPARAM_NAMES
 from hpjax.errors import ConfigError
 
 OPTIMIZERS = ("adagrad", "adam", "momentum", "rmsprop", "sgd")
@@ -243,6 +247,45 @@ def factory_name(factory: Callable[..., Any]) -> tuple[str, dict[str, Any]]:
         f"optimizer={factory!r} cannot be imported by its name, which config.json records "
         "(a lambda or a function inside a function): define it at the top level of a module"
     )
+
+
+def factory_keywords(name: str) -> dict[str, Any]:
+    """The keywords of the factory ``name`` a trial may set, each with the factory's default
+    (``inspect.Parameter.empty`` where it has none): every named keyword but ``learning_rate``
+    and the names of hpjax's own hyperparameters (``weight_decay``, ``momentum``,
+    ``decay_rate``, ...), which keep hpjax's meaning; those stay static keywords."""
+    parameters = inspect.signature(resolve_factory(name)).parameters.values()
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in HPARAM_NAMES
+    }
+
+
+def check_traceable(name: str, static: dict[str, Any], varying: dict[str, float]) -> None:
+    """Each keyword in ``varying`` (keyword -> an example value) of factory ``name`` can be a
+    traced per-trial value: its transformation is built, initialised and applied to a small
+    parameter tree under ``jax.eval_shape`` with that one keyword traced. A factory that needs
+    it as a Python value (an ``if``, a loop count, a dtype) is a :class:`ConfigError` naming it."""
+    make = resolve_factory(name)
+    params = {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}
+    for key, example in varying.items():
+
+        def one_step(value, key=key):
+            transformation = make(learning_rate=1.0, **(static | {key: value}))
+            state = transformation.init(params)
+            return transformation.update(params, state, params)
+
+        try:
+            jax.eval_shape(one_step, jnp.asarray(example, jnp.float32))
+        except Exception as error:  # noqa: BLE001 (what a factory raises on a tracer is its own)
+            lines = str(error).strip().splitlines()
+            reason = lines[0][:160] if lines else type(error).__name__
+            raise ConfigError(
+                f"{name}'s keyword {key!r} cannot differ between trials: the factory needs it "
+                f"as a fixed Python value ({type(error).__name__}: {reason}); it must stay "
+                "fixed across the population: give it once in config.optimizer_kwargs"
+            ) from None
 
 
 def direction(name: str, **options: Any) -> optax.GradientTransformation:

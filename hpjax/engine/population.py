@@ -53,6 +53,9 @@ class PopulationSpec:
     per_trial_momentum: bool = False
     # augment(key, x) -> x: applied to each trial's micro-batch at every tick, inside the program
     augment: Any = None
+    # An optax factory's keywords that trials set for themselves (Lion's b1): read from
+    # TrialHParams.optimizer_values, traced; the factory's other keywords stay static.
+    traced_options: tuple[str, ...] = ()
     # True when some trial smooths its labels: the trained loss then reads TrialHParams's
     # label_smoothing (classification only); else the task's own loss, as compiled before.
     label_smoothing: bool = False
@@ -60,17 +63,22 @@ class PopulationSpec:
     # (0: all rows at once); see in_row_groups and rows_per_group
     rows_per_group: int = 0
 
-    def options(self, first_moment: jax.Array | None = None) -> dict[str, Any]:
-        """The optimizer's options; ``first_moment`` (a trial's momentum, or Adam's b1) replaces
-        the static option when given."""
+    def options(self, hparams: TrialHParams | None = None) -> dict[str, Any]:
+        """The optimizer's options for one trial: the static ones, with the trial's own values
+        from ``hparams`` (one row) where trials differ in them: its momentum (or Adam's b1) when
+        :attr:`per_trial_momentum`, and a factory's keywords named in :attr:`traced_options`."""
         options = dict(self.optimizer_options)
-        if first_moment is not None and self.optimizer in optim.FIRST_MOMENT:
-            options[optim.FIRST_MOMENT[self.optimizer]] = first_moment
+        if hparams is None:
+            return options
+        if self.per_trial_momentum and self.optimizer in optim.FIRST_MOMENT:
+            options[optim.FIRST_MOMENT[self.optimizer]] = hparams.momentum
+        for key in self.traced_options:
+            options[key] = hparams.optimizer_values[key]
         return options
 
-    def direction(self, first_moment: jax.Array | None = None) -> optax.GradientTransformation:
+    def direction(self, hparams: TrialHParams | None = None) -> optax.GradientTransformation:
         """The optimizer's learning-rate-free transformation (see :meth:`options`)."""
-        return optim.direction(self.optimizer, **self.options(first_moment))
+        return optim.direction(self.optimizer, **self.options(hparams))
 
 
 @struct.dataclass
@@ -88,6 +96,8 @@ class TrialHParams:
     momentum: jax.Array  # momentum (optimizer 'momentum') or Adam's b1; unused by the others
     dropout: jax.Array  # the rate of the model's TrialDropout layers; unused without them
     label_smoothing: jax.Array  # classification: the weight of the uniform label distribution
+    # an optax factory's keywords that trials set (PopulationSpec.traced_options): name -> [K]
+    optimizer_values: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
     @property
     def num_trials(self) -> int:
@@ -134,9 +144,10 @@ HPARAM_DEFAULTS = dict(
 _INT_HPARAMS = ("batch_size", "seed", "warmup_steps", "max_steps")
 
 
-def make_hparams(learning_rate, batch_size, **columns) -> TrialHParams:
+def make_hparams(learning_rate, batch_size, optimizer_values=None, **columns) -> TrialHParams:
     """:class:`TrialHParams` from per-trial sequences (or scalars, broadcast to every trial);
-    a column not given takes its value from :data:`HPARAM_DEFAULTS`."""
+    a column not given takes its value from :data:`HPARAM_DEFAULTS`. ``optimizer_values``:
+    an optax factory's per-trial keywords, name -> sequence (float32)."""
     unknown = set(columns) - set(HPARAM_DEFAULTS)
     if unknown:
         raise TypeError(
@@ -146,16 +157,27 @@ def make_hparams(learning_rate, batch_size, **columns) -> TrialHParams:
     num = np.atleast_1d(np.asarray(learning_rate)).shape[0]
     values = {k: v for k, v in HPARAM_DEFAULTS.items() if v is not None} | columns
     values |= {"learning_rate": learning_rate, "batch_size": batch_size}
-    return TrialHParams(  # by NumPy: jnp.asarray and broadcast_to compile a program each
+
+    def column(value, dtype):  # by NumPy: jnp.asarray and broadcast_to compile a program each
+        return jax.device_put(np.broadcast_to(np.asarray(value, dtype), (num,)))
+
+    return TrialHParams(
         **{
-            name: jax.device_put(
-                np.broadcast_to(
-                    np.asarray(value, np.int32 if name in _INT_HPARAMS else np.float32), (num,)
-                )
-            )
+            name: column(value, np.int32 if name in _INT_HPARAMS else np.float32)
             for name, value in values.items()
-        }
+        },
+        optimizer_values={
+            name: column(value, np.float32) for name, value in (optimizer_values or {}).items()
+        },
     )
+
+
+def one_trial_hparams(spec: PopulationSpec) -> TrialHParams:
+    """A single trial's hyperparameters (scalars, the defaults) for the shapes of its state:
+    what :func:`_init_trial` takes, for estimates that trace one trial."""
+    values = {k: 0.0 for k in spec.traced_options}
+    row = make_hparams([1.0], [spec.microbatch], optimizer_values=values)
+    return jax.tree.map(lambda a: a[0], row)
 
 
 def is_active(
@@ -176,13 +198,15 @@ def _all_finite(tree) -> jax.Array:
     return jnp.isfinite(sum(jnp.sum(x, dtype=jnp.float32) for x in jax.tree.leaves(tree)))
 
 
-def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
-    init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+def _init_trial(spec: PopulationSpec, hparams: TrialHParams) -> TrialState:
+    """One trial's fresh state from its row of ``hparams``: its seed, and the optimizer's
+    per-trial options (a factory may keep them in its state)."""
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(hparams.seed))
     variables = spec.model.init(init_key)
     params = spec.model.trainable(variables)
     return TrialState(
         params=variables,
-        opt_state=spec.direction().init(params),
+        opt_state=spec.direction(hparams).init(params),
         grad_sum=jax.tree.map(jnp.zeros_like, params),
         loss_sum=jnp.zeros((), jnp.float32),
         micro_count=jnp.zeros((), jnp.int32),
@@ -193,15 +217,15 @@ def _init_trial(spec: PopulationSpec, seed: jax.Array) -> TrialState:
     )
 
 
-def _init_trials(spec: PopulationSpec, seeds: jax.Array) -> TrialState:
+def _init_trials(spec: PopulationSpec, hparams: TrialHParams) -> TrialState:
     """Every trial's fresh state. On the CPU one trial after another (``lax.map``, the values a
     ``vmap`` gives): XLA:CPU on two cores deadlocks running many batched QR decompositions side
     by side (the orthogonal initialisers of LSTM and GRU recurrent kernels), and 8
     bidirectional 2-layer LSTMs of 32 units hung every time. Elsewhere as one ``vmap``."""
     init = functools.partial(_init_trial, spec)
     if jax.default_backend() == "cpu":
-        return jax.lax.map(init, seeds)
-    return jax.vmap(init)(seeds)
+        return jax.lax.map(init, hparams)
+    return jax.vmap(init)(hparams)
 
 
 def _select_rows(mask: jax.Array, new, old):
@@ -215,7 +239,7 @@ def _select_rows(mask: jax.Array, new, old):
 def init_population(spec: PopulationSpec, hparams: TrialHParams) -> PopulationState:
     """Fresh parameters and optimizer states for every trial, from each trial's seed."""
 
-    trials = _init_trials(spec, hparams.seed)
+    trials = _init_trials(spec, hparams)
     return PopulationState(
         trials=trials,
         best_params=trials.params,
@@ -317,7 +341,7 @@ def micro_step(
         end_factor=hparams.end_factor,
     )
     params = spec.model.trainable(trial.params)
-    options = spec.options(hparams.momentum if spec.per_trial_momentum else None)
+    options = spec.options(hparams)
     direction = optim.direction(spec.optimizer, **options)
     updates, stepped_state = direction.update(mean_grad, trial.opt_state, params)
     opt_state = _select(accept, stepped_state, trial.opt_state)
@@ -542,7 +566,7 @@ def restart_rows(
     The other rows go on untouched; the shapes do not change, so nothing recompiles. This is how
     a freed slot takes the next trial of a queue.
     """
-    fresh = _init_trials(spec, hparams.seed)
+    fresh = _init_trials(spec, hparams)
     early_stop = _select_rows(rows, early_stopping.init(rows.shape[0]), state.early_stop)
     return state.replace(
         trials=_select_rows(rows, fresh, state.trials),

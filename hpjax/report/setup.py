@@ -10,7 +10,7 @@ from typing import Any
 
 from hpjax.engine import optim
 from hpjax.report.labels import is_finite_number
-from hpjax.study.spec import OPTIMIZER_OPTIONS
+from hpjax.study.optimizer_section import OPTIMIZER_OPTIONS
 
 
 def _model(model: Any, grid: Any, summary: Sequence[Mapping]) -> str:

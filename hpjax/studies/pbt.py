@@ -96,8 +96,12 @@ def replay(workdir: str, member: int, rows: int | None = None) -> list[dict]:
     state, out = None, []
     for segment in lineage_path(lineage, member, end_tick):
         row = jax.tree.map(lambda a, m=segment.member: a[jnp.full(rows, m)], everyone)
+        own_values = {k: v for k, v in segment.values.items() if k not in row.optimizer_values}
+        factory_values = {k: v for k, v in segment.values.items() if k in row.optimizer_values}
         hparams = row.replace(
-            **{k: jnp.full(rows, v, getattr(row, k).dtype) for k, v in segment.values.items()}
+            **{k: jnp.full(rows, v, getattr(row, k).dtype) for k, v in own_values.items()},
+            optimizer_values=row.optimizer_values
+            | {k: jnp.full(rows, v, jnp.float32) for k, v in factory_values.items()},
         )
         own = population.init_population(spec, hparams)
         if state is None:
@@ -148,7 +152,7 @@ def plot_schedules(workdir: str, keys: tuple[str, ...]) -> str | None:
         for r in summary:
             path = lineage_path(lineage, int(r["trial"]), 2**62)
             steps = [start_step.get(seg.start, 0) for seg in path] + [end]
-            values = [seg.values.get(key, getattr(first[seg.member], key)) for seg in path]
+            values = [seg.values.get(key, first[seg.member].value(key)) for seg in path]
             ax.step(steps, values + values[-1:], where="post", label=f"member {r['trial']}")
             shown += values
         if min(shown) > 0 and max(shown) / min(shown) >= 10:  # a log axis only over a decade:

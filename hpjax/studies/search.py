@@ -33,7 +33,7 @@ from absl import logging
 
 from hpjax import data as data_lib
 from hpjax.config import as_tuple
-from hpjax.engine import hparams, tasks
+from hpjax.engine import hparams, optim, tasks
 from hpjax.errors import config_error
 from hpjax.results import files, optuna_shared, optuna_storage
 from hpjax.studies import search_outputs
@@ -109,13 +109,14 @@ def validate_search(config) -> dict[str, Any]:
     space = flat_space(s.space)
     if not space:
         _fail("space", space, "is empty; give at least one key to search")
-    return {key: _distribution(key, value) for key, value in space.items()}
+    optimizer = str(config.optimizer)
+    factory_keys = tuple(optim.factory_keywords(optimizer)) if optim.is_factory(optimizer) else ()
+    allowed = (*hparams.SEARCHABLE, *factory_keys, "model.KEY")
+    return {key: _distribution(key, value, allowed) for key, value in space.items()}
 
 
-def _distribution(key: str, value: Any):
-    dim = space_lib.parse_dimension(
-        key, value, where="search.space", allowed=(*hparams.SEARCHABLE, "model.KEY")
-    )
+def _distribution(key: str, value: Any, allowed: tuple[str, ...]):
+    dim = space_lib.parse_dimension(key, value, where="search.space", allowed=allowed)
     if not dim.is_range:
         return optuna.distributions.CategoricalDistribution(dim.choices)
     log = dim.scale == "log"

@@ -226,7 +226,7 @@ class PopulationRun:
         """Trains (or resumes) the population; returns its summary rows and metrics line count."""
         layout = self.rows
         # Initialise on one device, then shard (sharded initialisation hung a small GRU).
-        fresh = population.init_population(self.spec, population.make_hparams(**layout.columns))
+        fresh = population.init_population(self.spec, layout.make_hparams(layout.columns))
         self.ended = _ended_store(jax.device_get(fresh), layout.num_trials)
         # Process 0 saves and restores; with several processes it broadcasts what it restored.
         saved = (

@@ -40,6 +40,17 @@ class PopulationPlan:
     batch_choices: tuple[int, ...] = ()  # sizes a trial may move to later (PBT's explore)
     ticks_per_step: int = 1  # of the largest batch size
     eval_growth: float = 0.0  # > 0: evaluation windows grow with the steps taken
+    # an optax factory's keywords: the value of each for trials that do not set it
+    optimizer_defaults: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def optimizer_keys(self) -> tuple[str, ...]:
+        """The factory's keywords some trial of the plan sets: per-trial values, traced."""
+        return tuple(sorted({k for t in self.trials for k, _ in t.optimizer_values}))
+
+    def optimizer_value(self, trial: Trial, key: str) -> float:
+        """``trial``'s value of the factory keyword ``key``: its own, else the study's."""
+        return dict(trial.optimizer_values).get(key, dict(self.optimizer_defaults).get(key))
 
     def window_ticks(self, tick: int) -> int:
         """Ticks from ``tick`` to the next evaluation: ``eval_ticks``; with ``eval_growth``, the
@@ -83,6 +94,9 @@ class PopulationPlan:
             dropout=[_given(t.dropout, 0.0) for t in self.trials],
             label_smoothing=[_given(t.label_smoothing, 0.0) for t in self.trials],
             max_steps=list(self.max_steps),
+            optimizer_values={
+                k: [self.optimizer_value(t, k) for t in self.trials] for k in self.optimizer_keys
+            },
         )
 
 
@@ -141,6 +155,7 @@ def plan_populations(
                 batch_choices=choices,
                 ticks_per_step=largest // microbatch,
                 eval_growth=budget.eval_growth,
+                optimizer_defaults=opt.factory_defaults,
             )
         )
     return plans
@@ -193,6 +208,7 @@ def population_spec(
         divergence_loss=limit,
         task=task,
         per_trial_momentum=any(t.momentum is not None for t in plan.trials),
+        traced_options=plan.optimizer_keys,
         label_smoothing=any(t.label_smoothing is not None for t in plan.trials),
         augment=augment,
         rows_per_group=population.rows_per_group(

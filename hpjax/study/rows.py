@@ -53,6 +53,9 @@ class RowLayout:
         shrink_fraction: float,
     ):
         self.full = {k: np.asarray(getattr(full_hparams, k)) for k in hparams_lib.NAMES}
+        # an optax factory's per-trial keywords: columns beside hpjax's own, by their names
+        self.optimizer_keys = tuple(full_hparams.optimizer_values)
+        self.full |= {k: np.asarray(v) for k, v in full_hparams.optimizer_values.items()}
         self.num_trials = len(self.full["seed"])
         self.sharding = sharding
         self.shrink_fraction = shrink_fraction
@@ -80,7 +83,13 @@ class RowLayout:
 
     def push(self) -> None:
         """The rows' hyperparameters onto the devices."""
-        self.hparams = self.sharding.put_rows(population.make_hparams(**self.columns))
+        self.hparams = self.sharding.put_rows(self.make_hparams(self.columns))
+
+    def make_hparams(self, columns: dict[str, np.ndarray]) -> population.TrialHParams:
+        """The hyperparameters of ``columns`` (the rows' values, key -> [rows])."""
+        own = {k: v for k, v in columns.items() if k not in self.optimizer_keys}
+        values = {k: columns[k] for k in self.optimizer_keys}
+        return population.make_hparams(**own, optimizer_values=values)
 
     def start(self, rows: np.ndarray, allowed: bool) -> np.ndarray:
         """The next pending trials take ``rows`` (those left over stay empty); which did."""

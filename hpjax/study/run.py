@@ -461,7 +461,7 @@ def run_plans(
     if sharding.is_writer:
         columns = summary.summary_columns(task)
         extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
-        exact = {*hparams.SEARCHABLE, "base_learning_rate"}  # a trial's values, to rerun it
+        exact = {*hparams.SEARCHABLE, *study.optimizer.factory_keys, "base_learning_rate"}
         exact |= {f"{k}_at_best" for k in exact}
         path = os.path.join(workdir, "summary.csv")
         files.write_csv(path, rows, columns + tuple(extra), exact=exact)

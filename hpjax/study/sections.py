@@ -26,6 +26,13 @@ class OptimizerSpec:
     warmup_epochs: float  # > 0: warmup in epochs (per batch size) instead of steps
     decay_rate: float
     end_factor: float
+    # an optax factory's keywords a trial may set, each with its value for trials that do not
+    # (config.optimizer_kwargs, else the factory's default; None when it has no number)
+    factory_defaults: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def factory_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.factory_defaults)
 
 
 @dataclasses.dataclass(frozen=True)

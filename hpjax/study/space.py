@@ -78,13 +78,14 @@ def parse_dimension(key: str, value: Any, *, where: str, allowed: tuple[str, ...
     return Dimension(key, choices=tuple(value))
 
 
-def parse_space(space, *, where: str = "space") -> list[Dimension]:
-    """Every dimension of a config section ``key -> range | choices``, in key order."""
+def parse_space(
+    space, *, where: str = "space", extra_keys: tuple[str, ...] = ()
+) -> list[Dimension]:
+    """Every dimension of a config section ``key -> range | choices``, in key order;
+    ``extra_keys`` (an optax factory's keywords) are searchable beside hpjax's own."""
     space = space.to_dict() if hasattr(space, "to_dict") else dict(space or {})
-    return [
-        parse_dimension(key, space[key], where=where, allowed=hparams.SEARCHABLE)
-        for key in sorted(space)
-    ]
+    allowed = (*hparams.SEARCHABLE, *extra_keys)
+    return [parse_dimension(key, space[key], where=where, allowed=allowed) for key in sorted(space)]
 
 
 def sample(dimensions: list[Dimension], sampler: str, count: int, seed: int) -> list[dict]:

@@ -13,24 +13,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
-from hpjax.config import as_tuple, config_to_dict, default_config
-from hpjax.engine import host_data, optim
+from hpjax.config import as_tuple, config_to_dict
+from hpjax.engine import host_data
 from hpjax.engine import hparams as hparams_lib
 from hpjax.errors import config_error
 from hpjax.models.precision import PRECISIONS
 from hpjax.study import space as space_lib
 from hpjax.study import trials as trials_lib
+from hpjax.study.config_reader import Reader as _Reader
+from hpjax.study.config_reader import fail as _fail
+from hpjax.study.config_reader import is_int as _is_int
+from hpjax.study.config_reader import is_real as _is_real
+from hpjax.study.optimizer_section import check_factory_axes, parse_optimizer
 from hpjax.study.populations import batch_groups
 from hpjax.study.sections import (
     AdaptiveSpec,
     BudgetSpec,
-    OptimizerSpec,
     OutputSpec,
     PlacementSpec,
     ProcessSpec,
@@ -41,13 +44,6 @@ BATCH_AXES = ("auto", "split", "vmap")
 SCHEDULERS = ("none", "asha", "pbt")
 OUTPUT_SWITCHES = ("auto", "on", "off")
 PBT_DEFAULT_KEYS = ("learning_rate", "weight_decay")
-# The static options each optimizer takes from the config (the rest are its per-trial values).
-OPTIMIZER_OPTIONS = {
-    "momentum": ("momentum", "nesterov"),
-    "adam": ("b1", "b2", "eps"),
-    "adagrad": ("initial_accumulator_value", "eps"),
-    "rmsprop": ("rms_decay", "eps"),
-}
 
 
 def with_points(study: StudySpec, points: Sequence[Mapping[str, Any]]) -> StudySpec:
@@ -74,90 +70,6 @@ def with_inputs(
     return dataclasses.replace(study, config=config)
 
 
-def _fail(key: str, value: Any, why: str) -> None:
-    raise config_error(key, value, why)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-class _Reader:
-    """Typed reads of a ConfigDict, each naming its key when the value has the wrong type."""
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
-        self.defaults = default_config()
-
-    def raw(self, key: str) -> Any:
-        """The config's value of ``key`` (``a.b`` for a section's key), else the table's."""
-        node = self.config
-        for part in key.split("."):
-            if node is None or part not in node:
-                return self._default(key)
-            node = node[part]
-        return node
-
-    def _default(self, key: str) -> Any:
-        node = self.defaults
-        for part in key.split("."):
-            if node is None or part not in node:
-                return None
-            node = node[part]
-        return node
-
-    def integer(self, key: str, low: int | None = None, meaning: str = "") -> int:
-        value = self.raw(key)
-        note = f" ({meaning})" if meaning else ""
-        if not _is_int(value) or (low is not None and value < low):
-            bound = "" if low is None else f" >= {low}"
-            _fail(key, value, f"must be an integer{bound}" + note)
-        return int(value)
-
-    def number(
-        self,
-        key: str,
-        low: float = -math.inf,
-        high: float = math.inf,
-        *,
-        open_low: bool = False,
-        open_high: bool = False,
-        meaning: str = "",
-    ) -> float:
-        value = self.raw(key)
-        note = f" ({meaning})" if meaning else ""
-        if not _is_real(value) or math.isnan(value):
-            _fail(key, value, "must be a number" + note)
-        above = value > low if open_low else value >= low
-        below = value < high if open_high else value <= high
-        if not (above and below):
-            interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-            _fail(key, value, f"must be in {interval}" + note)
-        return float(value)
-
-    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
-        value = self.raw(key)
-        if value not in allowed:
-            _fail(key, value, f"is unknown; allowed: {', '.join(allowed)}")
-        return str(value)
-
-    def flag(self, key: str) -> bool:
-        value = self.raw(key)
-        if not isinstance(value, bool):
-            _fail(key, value, "must be True or False")
-        return value
-
-    def section(self, key: str) -> dict:
-        value = self.raw(key)
-        if value is None:
-            return {}
-        return value.to_dict() if hasattr(value, "to_dict") else dict(value)
-
-
 def parse_process(config: ml_collections.ConfigDict) -> ProcessSpec:
     """The process keys of ``config``, checked (the binaries read them before JAX starts)."""
     read = _Reader(config)
@@ -177,10 +89,10 @@ def parse(config: ml_collections.ConfigDict, *, num_train: int | None = None) ->
     ``num_train`` (the training set's size) adds the checks that need the data.
     """
     read = _Reader(config)
-    optimizer = _optimizer(read)
+    optimizer = parse_optimizer(read)
     budget = _budget(read)
     placement = _placement(read)
-    source = _trial_source(read)
+    source = _trial_source(read, optimizer.factory_keys)
     _refuse_lists_beside_trials(source)
     trials = trials_lib.build_trials(source)
     check_factory_axes(optimizer, trials)
@@ -220,84 +132,6 @@ def check_data(spec: StudySpec, num_train: int) -> None:
                     f"is not below the budget of {steps} steps (batch size {size}): the rate "
                     "would never reach its peak",
                 )
-
-
-def _optimizer(read: _Reader) -> OptimizerSpec:
-    raw = read.raw("optimizer")
-    factory = isinstance(raw, str) and optim.is_factory(raw)
-    if not factory and raw not in optim.OPTIMIZERS:
-        _fail(
-            "optimizer",
-            raw,
-            f"is unknown; allowed: {', '.join(optim.OPTIMIZERS)}, or the import path of an "
-            "optax optimizer factory (optax.lion, optax.contrib.muon, mypackage.make_optimizer)",
-        )
-    name = str(raw)
-    kwargs = _optimizer_kwargs(read, name, factory)
-    schedule = read.choice("schedule", optim.SCHEDULES)
-    momentum = read.number("momentum", 0.0, 1.0, open_high=True)
-    b1 = read.number("b1", 0.0, 1.0, open_high=True, meaning="Adam's first-moment decay")
-    read.number("b2", 0.0, 1.0, open_high=True, meaning="Adam's second-moment decay")
-    eps = read.number("eps", 0.0, meaning="0 = the optimizer's own default")
-    read.flag("nesterov")
-    read.number("rms_decay", 0.0, 1.0, open_high=True, meaning="RMSProp's decay")
-    read.number("initial_accumulator_value", 0.0, meaning="Adagrad's initial sum")
-    options = tuple(
-        (key, read.raw(key))
-        for key in OPTIMIZER_OPTIONS.get(name, ())
-        if not (key == "eps" and eps == 0.0)
-    )
-    if factory:
-        optim.factory_direction(name, **kwargs)  # built once now: a bad name or keyword is a line
-        options = tuple(sorted(kwargs.items()))
-    return OptimizerSpec(
-        name=name,
-        schedule=schedule,
-        options=options,
-        first_moment=b1 if name == "adam" else momentum,
-        warmup_steps=read.integer("warmup_steps", 0, "steps of linear warmup"),
-        warmup_epochs=read.number("warmup_epochs", 0.0, math.inf, open_high=True),
-        decay_rate=read.number("decay_rate", 0.0, 1.0, open_low=True),
-        end_factor=read.number("end_factor", 0.0, 1.0),
-    )
-
-
-def _optimizer_kwargs(read: _Reader, name: str, factory: bool) -> dict[str, Any]:
-    """The static keywords of an optax factory: ``config.optimizer_kwargs``, a JSON object."""
-    text = read.raw("optimizer_kwargs")
-    try:
-        kwargs = json.loads(text or "{}")
-    except (TypeError, json.JSONDecodeError):
-        kwargs = None
-    if not isinstance(kwargs, dict):
-        _fail(
-            "optimizer_kwargs",
-            text,
-            """must be a JSON object of the optimizer factory's keywords, e.g. '{"b1": 0.95}'""",
-        )
-    if kwargs and not factory:
-        _fail(
-            "optimizer_kwargs",
-            text,
-            f"is for an optax factory as config.optimizer; the built-in {name!r} takes its "
-            "options from their own keys (config.b1, config.momentum, config.eps, ...)",
-        )
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-
-
-def check_factory_axes(optimizer: OptimizerSpec, trials: Sequence[Any]) -> None:
-    """An optax factory's keywords are static: no trial may set a momentum of its own."""
-    if not optim.is_factory(optimizer.name):
-        return
-    for trial in trials:
-        if trial.momentum is not None:
-            _fail(
-                "momentum",
-                trial.momentum,
-                f"is a per-trial value of the built-in optimizers (momentum, adam); "
-                f"{optimizer.name}'s keywords are fixed for the study: set them in "
-                "config.optimizer_kwargs",
-            )
 
 
 def _budget(read: _Reader) -> BudgetSpec:
@@ -405,9 +239,8 @@ def _positive_ints(key: str, values: tuple) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _trial_source(read: _Reader) -> trials_lib.TrialSource:
-    """Every way the config names trials, read and checked (built by :mod:`.trials`)."""
-    explicit = ()
+def _explicit_trials(read: _Reader) -> tuple[dict, ...]:
+    """``config.trials``: a JSON list of trial objects (none when empty)."""
     text = read.raw("trials") or ""
     if not isinstance(text, str):
         _fail("trials", text, "must be a JSON string of a list of trials")
@@ -422,7 +255,14 @@ def _trial_source(read: _Reader) -> trials_lib.TrialSource:
             or not all(isinstance(d, dict) for d in listed)
         ):
             _fail("trials", text[:80], "must be a JSON list of trial objects")
-        explicit = tuple(listed)
+        return tuple(listed)
+    return ()
+
+
+def _trial_source(read: _Reader, optimizer_keys: tuple[str, ...]) -> trials_lib.TrialSource:
+    """Every way the config names trials, read and checked (built by :mod:`.trials`);
+    ``optimizer_keys``: an optax factory's keywords a trial (or the space) may set."""
+    explicit = _explicit_trials(read)
     seeds = as_tuple(read.raw("seeds"))
     if not seeds:
         _fail("seeds", seeds, "is empty; list at least one seed")
@@ -480,10 +320,11 @@ def _trial_source(read: _Reader) -> trials_lib.TrialSource:
         lr_scaling=scaling,
         base_batch_size=int(base) if _is_int(base) else 0,
         explicit=explicit,
-        dimensions=tuple(space_lib.parse_space(space)),
+        dimensions=tuple(space_lib.parse_space(space, extra_keys=optimizer_keys)),
         space_sampler=sampler,
         num_samples=read.raw("num_samples"),
         model_grid=tuple((k, tuple(as_tuple(grid[k]))) for k in sorted(grid)),
+        optimizer_keys=optimizer_keys,
     )
 
 

@@ -151,6 +151,8 @@ def _summary_row(
         row[f"best_val_{run.task.monitor}"] = best_value
     for key in optional:
         row[key] = getattr(trial, key)
+    for key in run.plan.optimizer_keys:  # an optax factory's per-trial keywords
+        row[key] = run.plan.optimizer_value(trial, key)
     row.update({k: v for k, v in run.model_config.items() if k != "name"})
     row["base_learning_rate"] = trial.base_learning_rate
     row["input_dim"] = int(np.prod(run.data.dataset.input_shape))

@@ -50,15 +50,21 @@ class Trial:
     momentum: float | None = None  # momentum, or Adam's b1
     dropout: float | None = None
     label_smoothing: float | None = None
+    # an optax factory's keywords this trial sets (Lion's b1): sorted (name, value) pairs
+    optimizer_values: tuple[tuple[str, float], ...] = ()
 
     @property
     def architecture_dict(self) -> dict:
         return dict(self.architecture)
 
     def value(self, key: str) -> Any:
-        """A hyperparameter or architecture key (``model.KEY`` or ``KEY``) of this trial."""
+        """A hyperparameter, an optimizer factory's keyword or an architecture key
+        (``model.KEY`` or ``KEY``) of this trial."""
         if key in hparams.SEARCHABLE or key == "base_learning_rate":
             return getattr(self, key)
+        optimizer_values = dict(self.optimizer_values)
+        if key in optimizer_values:
+            return optimizer_values[key]
         return self.architecture_dict.get(key.removeprefix("model."))
 
 
@@ -84,6 +90,7 @@ class TrialSource:
     space_sampler: str = "quasi_random"
     num_samples: Any = 0
     model_grid: tuple[tuple[str, tuple], ...] = ()  # model key -> values
+    optimizer_keys: tuple[str, ...] = ()  # an optax factory's keywords a trial may set
 
 
 def scaled_learning_rate(source: TrialSource, learning_rate: float, batch_size: int) -> float:
@@ -140,7 +147,7 @@ def _defaults(source: TrialSource) -> dict[str, Any]:
 def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where: str) -> Trial:
     """The trial of ``point`` (hyperparameter -> value, ``model.KEY`` -> value, or an
     ``architecture`` tuple), its rate scaled; ``where`` names it in errors."""
-    allowed = hparams.SEARCHABLE
+    allowed = (*hparams.SEARCHABLE, *source.optimizer_keys)
     unknown = [
         k for k in point if k not in (*allowed, "architecture") and not k.startswith("model.")
     ]
@@ -150,6 +157,17 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
             dict(point),
             f"needs learning_rate and may set {', '.join(allowed[1:])} or model.KEY",
         )
+    optimizer_values = {}
+    for key in source.optimizer_keys:
+        if key not in point:
+            continue
+        value = point[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            raise config_error(
+                f"{where}.{key}", value, "must be a finite number (a per-trial optimizer keyword)"
+            )
+        optimizer_values[key] = float(value)
     lr, size = point["learning_rate"], point["batch_size"]
     if (
         isinstance(lr, bool)
@@ -181,6 +199,7 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
         weight_decay=float(point["weight_decay"]),
         base_learning_rate=float(lr),
         architecture=tuple(sorted(architecture.items())),
+        optimizer_values=tuple(sorted(optimizer_values.items())),
         **optional,
     )
 
@@ -270,5 +289,7 @@ def build_trials(source: TrialSource) -> tuple[Trial, ...]:
 def varying_keys(trials: Sequence[Trial]) -> list[str]:
     """The hyperparameters and architecture keys that differ between ``trials``."""
     keys = [k for k in hparams.SEARCHABLE if len({t.value(k) for t in trials}) > 1]
+    optimizer_keys = sorted({k for t in trials for k, _ in t.optimizer_values})
+    keys += [k for k in optimizer_keys if len({t.value(k) for t in trials}) > 1]
     arch = sorted({k for t in trials for k, _ in t.architecture})
     return keys + [k for k in arch if len({t.architecture_dict.get(k) for t in trials}) > 1]

@@ -67,11 +67,15 @@ def definition(trial: Trial) -> tuple:
         rounded(trial.momentum),
         rounded(trial.dropout),
         rounded(trial.label_smoothing),
+        tuple((k, rounded(v)) for k, v in trial.optimizer_values),
     )
 
 
 def _trial_from_dict(d: dict) -> Trial:
-    d = dict(d) | {"architecture": tuple((k, v) for k, v in d.get("architecture", ()))}
+    d = dict(d) | {
+        "architecture": tuple((k, v) for k, v in d.get("architecture", ())),
+        "optimizer_values": tuple((k, v) for k, v in d.get("optimizer_values", ())),
+    }
     return Trial(**d)
 
 
