@@ -101,10 +101,12 @@ def _program_peak(
     y = jax.ShapeDtypeStruct((batch, *target_shape), jnp.dtype(target_dtype))
 
     def loss(params, x, y):
-        return spec.task.mean_loss(spec.model.apply(params, x), y)
+        return spec.task.mean_loss(spec.model.apply(params, x), y, x)
 
     def per_example(params, x, y):
-        return spec.task.per_example(spec.model.apply(params, x), y)
+        if spec.task.reduction == "mean":
+            return spec.task.batch_means(spec.model.apply(params, x), y, x)
+        return spec.task.per_example(spec.model.apply(params, x), y, x)
 
     program = jax.value_and_grad(loss) if gradient else per_example
     return _peak_bytes(jax.make_jaxpr(program)(params, x, y).jaxpr)

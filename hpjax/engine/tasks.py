@@ -2,8 +2,12 @@
 
 A :class:`Task` is static (it is part of the compiled program): the engine trains on the mean of
 ``loss(outputs, targets)`` over a batch, and an evaluation reports the mean loss and the mean of
-every metric over a set. ``monitor`` names the value early stopping watches on the validation
-set (``"loss"`` or one of the metrics); it must be lower-is-better. Built-ins:
+every metric over a set. The model's outputs may be any pytree (``{"logits": ..., "aux": ...}``:
+a KL term, a load-balancing loss the model returns); a loss or metric with a parameter named
+``inputs`` is also given the batch's inputs (a reconstruction); with ``reduction="mean"`` each
+gives one value of its batch (a scalar) instead of one per example. ``monitor`` names the value
+early stopping watches on the validation set (``"loss"`` or one of the metrics); it must be
+lower-is-better. Built-ins:
 :data:`CLASSIFICATION` (softmax cross-entropy with integer labels; accuracy) and
 :data:`REGRESSION` (mean squared error; mean absolute error). A user's own task is a
 :class:`Task` with functions of their own.
@@ -12,7 +16,10 @@ set (``"loss"`` or one of the metrics); it must be lower-is-better. Built-ins:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +27,23 @@ import optax
 
 from hpjax.errors import ConfigError
 
-# (outputs [B, ...], targets [B, ...]) -> one value per example [B]
-PerExample = Callable[[jax.Array, jax.Array], jax.Array]
+# (outputs, targets [B, ...][, inputs=[B, ...]]) -> one value per example [B], or of the batch []
+PerExample = Callable[..., jax.Array]
+REDUCTIONS = ("per_example", "mean")
+
+
+@functools.lru_cache(maxsize=256)
+def takes_inputs(fn: Callable) -> bool:
+    """Whether a loss or metric has a parameter named ``inputs`` (the batch's inputs)."""
+    try:
+        return "inputs" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def signature(fn: Callable) -> str:
+    """How hpjax calls ``fn``, for messages: ``(outputs, targets)`` or with ``inputs``."""
+    return "(outputs, targets, inputs)" if takes_inputs(fn) else "(outputs, targets)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +56,16 @@ class Task:
     monitor: str = "loss"  # lower is better; "loss" or a metric's name
     higher_is_better: tuple[str, ...] = ()  # metrics that are not lower-is-better (reporting)
     classification: bool = False  # targets are integer class labels
+    # "per_example": the loss and metrics give [B]; "mean": one value of the batch, [] (a mean
+    # over the batch, or a term of the whole batch); evaluation then walks unpadded batches
+    reduction: str = "per_example"
 
     def __post_init__(self):
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(
+                f"task {self.name!r}: reduction={self.reduction!r} is unknown; allowed: "
+                f"{', '.join(REDUCTIONS)}"
+            )
         names = [name for name, _ in self.metrics]
         if "loss" in names or len(set(names)) != len(names):
             raise ConfigError(f"task {self.name!r}: metric names must be unique and not 'loss'")
@@ -54,14 +84,42 @@ class Task:
     def metric_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.metrics)
 
-    def mean_loss(self, outputs: jax.Array, targets: jax.Array) -> jax.Array:
-        return jnp.mean(self.loss(outputs, targets))
+    @property
+    def functions(self) -> tuple[tuple[str, PerExample], ...]:
+        """The loss and every metric, by name."""
+        return (("loss", self.loss), *self.metrics)
 
-    def per_example(self, outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
-        """The loss and every metric of each example, ``{name: [B]}``."""
-        values = {"loss": self.loss(outputs, targets)}
-        values.update({name: fn(outputs, targets) for name, fn in self.metrics})
-        return {k: jnp.asarray(v, jnp.float32).reshape(outputs.shape[0]) for k, v in values.items()}
+    def value(self, fn: PerExample, outputs: Any, targets: jax.Array, inputs: Any) -> jax.Array:
+        """``fn`` of a batch, given the inputs where it asks for them."""
+        if takes_inputs(fn):
+            return fn(outputs, targets, inputs=inputs)
+        return fn(outputs, targets)
+
+    def mean_loss(self, outputs: Any, targets: jax.Array, inputs: Any = None) -> jax.Array:
+        """The batch's loss: the mean of its examples' (or the loss itself, ``"mean"``)."""
+        loss = self.value(self.loss, outputs, targets, inputs)
+        return loss if self.reduction == "mean" else jnp.mean(loss)
+
+    def per_example(
+        self, outputs: Any, targets: jax.Array, inputs: Any = None
+    ) -> dict[str, jax.Array]:
+        """The loss and every metric of each example, ``{name: [B]}`` (``"per_example"``)."""
+        num = targets.shape[0]
+        return {
+            name: jnp.asarray(self.value(fn, outputs, targets, inputs), jnp.float32).reshape(num)
+            for name, fn in self.functions
+        }
+
+    def batch_means(
+        self, outputs: Any, targets: jax.Array, inputs: Any = None
+    ) -> dict[str, jax.Array]:
+        """The loss and every metric of the batch as a whole, ``{name: []}``."""
+        if self.reduction == "per_example":
+            return {k: jnp.mean(v) for k, v in self.per_example(outputs, targets, inputs).items()}
+        return {
+            name: jnp.asarray(self.value(fn, outputs, targets, inputs), jnp.float32).reshape(())
+            for name, fn in self.functions
+        }
 
     def with_monitor(self, monitor: str) -> Task:
         return dataclasses.replace(self, monitor=monitor)

@@ -92,6 +92,8 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
         wanted, what = (2, dataset.num_classes), f"{dataset.num_classes} classes"
     else:
         wanted, what = (2, *dataset.y_train.shape[1:]), "the regression targets"
+    if not isinstance(out, jax.ShapeDtypeStruct):  # a pytree of outputs: the task's to check
+        return
     if tuple(out.shape) != wanted:
         raise ConfigError(
             f"model {model.name!r} gives outputs of shape {list(out.shape[1:])} per example, but "
@@ -101,24 +103,39 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
 
 
 def check_task_fits(model: Model, task: tasks.Task, dataset: data_lib.Dataset) -> None:
-    """The task's loss and metrics must give one value per example (``[B]``): one line naming
-    the function and the shape it gave, before the workdir is touched."""
+    """The task's loss and metrics must give one value per example (``[B]``), or one of the
+    batch (``[]``) for ``reduction="mean"``: one line naming the function, how it is called and
+    the shape it gave, before the workdir is touched."""
     batch = 3
     x = jax.ShapeDtypeStruct((batch, *dataset.input_shape), jnp.float32)
     y = jax.ShapeDtypeStruct((batch, *dataset.y_train.shape[1:]), dataset.y_train.dtype)
     outputs = jax.eval_shape(model.apply, jax.eval_shape(model.init, ABSTRACT_KEY), x)
-    for name, fn in (("loss", task.loss), *task.metrics):
+    if not isinstance(outputs, jax.ShapeDtypeStruct) and task in tasks.TASKS.values():
+        structure = jax.tree_util.tree_structure(outputs)
+        raise ConfigError(
+            f"model {model.name!r} gives its outputs as a pytree ({structure}); the built-in "
+            f"task {task.name!r} takes one array: pass task=hpjax.Task(...) whose loss reads them"
+        )
+    per_example = task.reduction == "per_example"
+    wanted = (batch,) if per_example else ()
+    for name, fn in task.functions:
+        call = f"{name}{tasks.signature(fn)}"
         try:
-            shape = getattr(jax.eval_shape(fn, outputs, y), "shape", None)
+            given = jax.eval_shape(lambda o, t, i, fn=fn: task.value(fn, o, t, i), outputs, y, x)
+            shape = getattr(given, "shape", None)
         except Exception as error:  # noqa: BLE001 (a user's function fails in many ways)
             raise ConfigError(
-                f"task {task.name!r}: {name}(outputs, targets) fails on a batch of {batch}: "
-                f"{one_line(error)}"
+                f"task {task.name!r}: {call} fails on a batch of {batch}: {one_line(error)}"
             ) from None
-        if shape is None or tuple(shape) != (batch,):
+        if shape is None or tuple(shape) != wanted:
+            what = (
+                f"one value per example (shape [{batch}] for a batch of {batch}; a value of the "
+                "whole batch needs Task(..., reduction='mean'))"
+                if per_example
+                else "one value for the batch (a scalar, as reduction='mean' says)"
+            )
             raise ConfigError(
-                f"task {task.name!r}: {name}(outputs, targets) must give one value per example "
-                f"(shape [{batch}] for a batch of {batch}); it gave shape "
+                f"task {task.name!r}: {call} must give {what}; it gave shape "
                 f"{list(shape) if shape is not None else 'none'}"
             )
 
