@@ -77,7 +77,7 @@ def make_config(model_name: str, dataset_name: str, **overrides: Any) -> ml_coll
             "hpjax.config.default_config() (see hpjax/config.py), e.g. learning_rates, "
             "batch_sizes, seeds, optimizer, schedule, num_steps, patience"
         )
-    overrides = _optimizer_by_name(overrides)
+    overrides = _optimizers_by_name(overrides)
     for key in BUILT_IN_KEYS:
         if key in overrides:
             raise ConfigError(
@@ -102,6 +102,30 @@ def make_config(model_name: str, dataset_name: str, **overrides: Any) -> ml_coll
     config.model = ml_collections.ConfigDict({"name": model_name})
     config.dataset = dataset_name
     return config
+
+
+def _optimizers_by_name(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``optimizers=`` (an axis of optimizers: names, optax factories, partials) as a binary's
+    config writes it: their names, and ``optimizer_kwargs`` mapping each partial's factory to
+    its keywords."""
+    given = overrides.get("optimizers")
+    if given is None or isinstance(given, str):
+        return _optimizer_by_name(overrides)
+    names, keywords = [], {}
+    for optimizer in given:
+        name, own = optim.factory_name(optimizer) if callable(optimizer) else (optimizer, {})
+        names.append(name)
+        if own:
+            keywords[name] = own
+    extra = overrides.get("optimizer_kwargs")
+    if isinstance(extra, Mapping):
+        keywords |= {k: dict(v) for k, v in extra.items()}
+    elif extra:  # a JSON object's text, as in a binary's config (checked by the parser)
+        try:
+            keywords |= json.loads(extra)
+        except (TypeError, ValueError):
+            return overrides | {"optimizers": tuple(names)}
+    return overrides | {"optimizers": tuple(names), "optimizer_kwargs": json.dumps(keywords)}
 
 
 def _optimizer_by_name(overrides: dict[str, Any]) -> dict[str, Any]:

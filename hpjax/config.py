@@ -121,6 +121,9 @@ def _add_optimizer_keys(config: ml_collections.ConfigDict) -> None:
     # adagrad | adam | momentum | rmsprop | sgd, or an optax factory's import path (optax.lion)
     config.optimizer = "adam"
     config.optimizer_kwargs = "{}"  # that factory's fixed keywords, a JSON object: '{"b1": 0.95}'
+    # several optimizers compared in one study, an axis crossed with the others (replaces
+    # optimizer; optimizer_kwargs then maps each factory to its keywords: '{"optax.lion": {...}}')
+    config.optimizers = ()
     config.momentum = 0.9  # with optimizer='momentum'
     config.nesterov = False  # with optimizer='momentum' (Nesterov's accelerated gradient)
     config.b1 = 0.9  # Adam's first-moment decay (a per-trial `momentum` in a space replaces it)

@@ -119,7 +119,19 @@ SPACE = {
     "momentum": ((0.8, 0.95, "linear"), (0.8, 0.9)),
     "warmup_steps": ((0, 8, "linear"), (0, 4)),
     "seed": (None, (0, 1)),
+    "b1": ((0.8, 0.95, "linear"), (0.8, 0.9)),  # Lion's, a per-trial keyword of the factory
 }
+# The optimizer drawn: the built-in Adam, an optax factory, or both as an optimizer axis.
+OPTIMIZERS = ("adam", "adam", "optax.lion", "axis")
+AXIS = ("adam", "optax.lion")
+
+
+def space_keys(optimizer: str) -> list[str]:
+    """The keys a space may hold with ``optimizer``: hpjax's momentum (Adam's b1) is the
+    built-ins', Lion's b1 the factory's; an axis of both holds neither."""
+    keys = set(SPACE) - {"momentum", "b1"}
+    keys |= {"adam": {"momentum"}, "optax.lion": {"b1"}}.get(optimizer, set())
+    return sorted(keys)
 
 
 @st.composite
@@ -130,9 +142,12 @@ def studies(draw) -> dict[str, Any]:
     study: dict[str, Any] = {"model": model, "naming": naming}
     study["schedule"] = draw(st.sampled_from(["constant", "cosine", "linear"]))
     study["patience"] = draw(st.sampled_from([0, 1]))
+    optimizer = study["optimizer"] = draw(st.sampled_from(OPTIMIZERS))
     held = set()
     if naming == "space":
-        keys = draw(st.lists(st.sampled_from(sorted(SPACE)), min_size=1, max_size=3, unique=True))
+        keys = draw(
+            st.lists(st.sampled_from(space_keys(optimizer)), min_size=1, max_size=3, unique=True)
+        )
         sampler = draw(st.sampled_from(["random", "quasi_random", "grid"]))
         study["space_sampler"] = sampler
         study["space"] = {
@@ -162,6 +177,11 @@ def studies(draw) -> dict[str, Any]:
             }
             for _ in range(count)
         ]
+        for trial in study["trials"]:
+            if optimizer == "axis":
+                trial["optimizer"] = draw(st.sampled_from(AXIS))
+            if optimizer == "optax.lion" and draw(st.booleans()):
+                trial["b1"] = draw(st.sampled_from(SPACE["b1"][1]))
     grid = GRIDS[model]
     grid_keys = draw(st.lists(st.sampled_from(sorted(grid)), max_size=len(grid), unique=True))
     study["model_grid"] = {k: grid[k] if naming != "trials" else (grid[k][0],) for k in grid_keys}
@@ -176,6 +196,11 @@ def overrides(study: dict[str, Any]) -> dict[str, Any]:
     """The study's config keys, as the API takes them (a binary's --config.KEY likewise)."""
     config = dict(BASE, schedule=study["schedule"], patience=study["patience"])
     config["num_devices"] = study.get("num_devices", 1)
+    optimizer = study.get("optimizer", "adam")
+    if optimizer == "axis":
+        config["optimizers"] = AXIS
+    else:
+        config["optimizer"] = optimizer
     config |= {k: v for k, v in study["lists"].items() if k != "batch_sizes"}
     config["batch_sizes"] = study["lists"]["batch_sizes"]
     if study["naming"] == "space":
@@ -223,6 +248,8 @@ def expected_count(study: dict[str, Any]) -> int:
             lengths[key] = 1
     if study["naming"] == "trials":
         return len(study["trials"])
+    if study.get("optimizer") == "axis":
+        architectures *= len(AXIS)
     if study["naming"] == "grid":
         return architectures * math.prod(lengths.values())
     if study["space_sampler"] == "grid":
@@ -240,10 +267,16 @@ def _close(a: float, b: float) -> bool:
 
 def check_axes(study: dict[str, Any], rows: list[dict]) -> None:
     assert len(rows) == expected_count(study), (len(rows), expected_count(study))
+    if study.get("optimizer") == "axis" and study["naming"] != "trials":
+        for name in AXIS:  # every point once per optimizer
+            assert sum(r["optimizer"] == name for r in rows) == len(rows) // len(AXIS), name
     if study["naming"] == "trials":
         named = sorted((p["learning_rate"], p["seed"], p["batch_size"]) for p in study["trials"])
         got = sorted((r["learning_rate"], r["seed"], r["batch_size"]) for r in rows)
         assert all(map(_close_tuple, named, got)), (named, got)
+        if study.get("optimizer") == "axis":
+            by_trial = sorted(p["optimizer"] for p in study["trials"])
+            assert by_trial == sorted(r["optimizer"] for r in rows)
         return
     held = set(study.get("space", {}))
     for key, values in study["lists"].items():
@@ -269,8 +302,10 @@ def alone_config(study: dict[str, Any], row: dict) -> dict[str, Any]:
     """The study of ``row``'s trial alone: its own values as the one trial, no scheduler, on
     one device."""
     config = dict(BASE, schedule=study["schedule"], patience=study["patience"], num_devices=1)
+    config["optimizer"] = row["optimizer"]  # a trial of an optimizer axis: that one alone
     point = {"learning_rate": row["learning_rate"], "batch_size": row["batch_size"]}
-    for key in ("seed", "weight_decay", "dropout", "label_smoothing", "momentum", "warmup_steps"):
+    keys = ("seed", "weight_decay", "dropout", "label_smoothing", "momentum", "warmup_steps", "b1")
+    for key in keys:
         if row.get(key) is not None:
             point[key] = row[key]
     config["trials"] = json.dumps([point])

@@ -167,8 +167,11 @@ def is_factory(name: str) -> bool:
     return "." in name
 
 
-def resolve_factory(name: str) -> Callable[..., optax.GradientTransformation]:
-    """The function the dotted path ``name`` names, checked to take a ``learning_rate``."""
+def resolve_factory(
+    name: str, where: str = "config.optimizer"
+) -> Callable[..., optax.GradientTransformation]:
+    """The function the dotted path ``name`` names, checked to take a ``learning_rate``;
+    ``where`` is the key a message names."""
     module_name, attributes = name, []
     while True:
         try:
@@ -178,7 +181,7 @@ def resolve_factory(name: str) -> Callable[..., optax.GradientTransformation]:
             missing = error.name or ""
             if not module_name.startswith(missing) or "." not in module_name:
                 raise ConfigError(
-                    f"config.optimizer={name!r}: no module {missing!r} "
+                    f"{where}={name!r}: no module {missing!r} "
                     f"(a built-in, {', '.join(OPTIMIZERS)}, or the import path of an optax "
                     "optimizer factory, e.g. optax.lion)"
                 ) from None
@@ -186,27 +189,29 @@ def resolve_factory(name: str) -> Callable[..., optax.GradientTransformation]:
             attributes.insert(0, last)
     for attribute in attributes:
         if not hasattr(target, attribute):
-            raise ConfigError(f"config.optimizer={name!r}: {target.__name__} has no {attribute!r}")
+            raise ConfigError(f"{where}={name!r}: {target.__name__} has no {attribute!r}")
         target = getattr(target, attribute)
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):
-        raise ConfigError(f"config.optimizer={name!r} is not a function") from None
+        raise ConfigError(f"{where}={name!r} is not a function") from None
     if "learning_rate" not in parameters and not any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     ):
         raise ConfigError(
-            f"config.optimizer={name!r} takes no learning_rate: hpjax sets each trial's rate "
+            f"{where}={name!r} takes no learning_rate: hpjax sets each trial's rate "
             "(and its schedule) through it; name an optimizer factory such as optax.lion"
         )
     return target
 
 
-def factory_direction(name: str, **options: Any) -> optax.GradientTransformation:
+def factory_direction(
+    name: str, where: str = "config.optimizer", **options: Any
+) -> optax.GradientTransformation:
     """The learning-rate-free part of the optax factory ``name`` with keywords ``options``:
     its transformation at ``learning_rate=1``, negated (optax's updates are descent steps
     ``-lr * u``; a direction is ``u``). A bad keyword is a :class:`ConfigError`."""
-    make = resolve_factory(name)
+    make = resolve_factory(name, where)
     try:
         transformation = make(learning_rate=1.0, **options)
     except TypeError as error:

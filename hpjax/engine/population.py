@@ -512,7 +512,12 @@ def evaluate(
         return a.reshape((num_batches, batch) + a.shape[1:])
 
     if spec.task.reduction == "mean":
-        return jax.vmap(lambda p: _batch_mean_evaluation(spec, p, x, y, batch))(params)
+
+        def batch_values(p, xb, yb):
+            return spec.task.batch_means(spec.model.apply(p, xb), yb, xb)
+
+        over_set = functools.partial(tasks.mean_over_set, x=x, y=y, batch=batch)
+        return jax.vmap(lambda p: over_set(functools.partial(batch_values, p)))(params)
     xs, ys = batched(x), batched(y)
     weights = (jnp.arange(num_batches * batch) < num).reshape(num_batches, batch)
     names = ("loss", *spec.task.metric_names)
@@ -528,37 +533,6 @@ def evaluate(
         return {k: v / num for k, v in sums.items()}
 
     return jax.vmap(one_trial)(params)
-
-
-def _batch_mean_evaluation(
-    spec: PopulationSpec, params: Params, x: jax.Array, y: jax.Array, batch: int
-) -> dict[str, jax.Array]:
-    """A task whose values are of a whole batch (``reduction="mean"``) over the set: its
-    batches' values weighted by their sizes, the last batch short instead of padded (padding
-    would enter a batch's value)."""
-    num = x.shape[0]
-    whole = num // batch
-    split = whole * batch
-
-    def values(xb, yb):
-        return spec.task.batch_means(spec.model.apply(params, xb), yb, xb)
-
-    def one_batch(totals, batch_data):
-        means = values(*batch_data)
-        return {k: totals[k] + means[k] * batch for k in totals}, None
-
-    names = ("loss", *spec.task.metric_names)
-    totals = {k: jnp.zeros((), jnp.float32) for k in names}
-    if whole:
-
-        def grouped(a):
-            return a[:split].reshape((whole, batch) + a.shape[1:])
-
-        totals, _ = jax.lax.scan(one_batch, totals, (grouped(x), grouped(y)))
-    if split < num:
-        means = values(x[split:], y[split:])
-        totals = {k: totals[k] + means[k] * (num - split) for k in totals}
-    return {k: v / num for k, v in totals.items()}
 
 
 @jit(static_argnums=0, donate_argnums=1)

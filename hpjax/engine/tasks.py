@@ -125,6 +125,36 @@ class Task:
         return dataclasses.replace(self, monitor=monitor)
 
 
+def mean_over_set(
+    values: Callable[[jax.Array, jax.Array], dict[str, jax.Array]],
+    x: jax.Array,
+    y: jax.Array,
+    batch: int,
+) -> dict[str, jax.Array]:
+    """The mean over the set ``(x, y)`` of a task whose values are of a whole batch
+    (``reduction="mean"``; ``values(xb, yb) -> {name: []}``): its batches' values weighted by
+    their sizes, the last batch short instead of padded (padding would enter its value)."""
+    num = x.shape[0]
+    whole = num // batch
+    split = whole * batch
+
+    def one_batch(totals, batch_data):
+        means = values(*batch_data)
+        return {k: totals[k] + means[k] * batch for k in totals}, None
+
+    totals = jax.tree.map(jnp.zeros_like, jax.eval_shape(values, x[:1], y[:1]))
+    if whole:
+
+        def grouped(a):
+            return a[:split].reshape((whole, batch) + a.shape[1:])
+
+        totals, _ = jax.lax.scan(one_batch, totals, (grouped(x), grouped(y)))
+    if split < num:
+        means = values(x[split:], y[split:])
+        totals = {k: totals[k] + means[k] * (num - split) for k in totals}
+    return {k: v / num for k, v in totals.items()}
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Softmax cross-entropy of each example with an integer label."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)

@@ -44,26 +44,44 @@ def _name(value: Any) -> str:
 
 
 def _optimizer(saved: Mapping, summary: Sequence[Mapping]) -> str:
-    name = _name(saved.get("optimizer", "?"))
+    """Each optimizer of the study with its fixed settings (``config.optimizers``: all of them),
+    and the schedule."""
+    names = [_name(n) for n in saved.get("optimizers") or ()] or [_name(saved.get("optimizer"))]
+    keywords = json.loads(saved.get("optimizer_kwargs") or "{}")
     per_trial = {k for r in summary for k, v in r.items() if v not in (None, "")}
-    fixed = [
-        f"{k} {saved[k]:g}" if isinstance(saved[k], float) else f"{k} {saved[k]}"
-        for k in OPTIMIZER_OPTIONS.get(name, ())
-        if k in saved
-        and saved[k] is not False
-        and not (k == "eps" and not saved[k])  # 0: optax's default
-        and not (k == "momentum" and k in per_trial)
+    described = [
+        _fixed_settings(
+            name,
+            saved,
+            keywords.get(name, {}) if len(names) > 1 or saved.get("optimizers") else keywords,
+            per_trial,
+        )
+        for name in names
     ]
-    if optim.is_factory(name):  # an optax factory: its fixed keywords
-        fixed = [f"{k} {v}" for k, v in json.loads(saved.get("optimizer_kwargs") or "{}").items()]
     schedule = _name(saved.get("schedule", "constant"))
     warmup = saved.get("warmup_steps") or 0
     return (
-        f"{name}"
-        + (f" ({', '.join(fixed)})" if fixed else "")
+        "; ".join(described)
         + f", {schedule} learning rate"
         + (f" after {warmup} warmup steps" if warmup else "")
     )
+
+
+def _fixed_settings(name: str, saved: Mapping, keywords: Mapping, per_trial: set) -> str:
+    """``name (its fixed options)``: a built-in's config keys, a factory's fixed keywords;
+    those trials set for themselves are left out."""
+    if optim.is_factory(name):
+        fixed = [f"{k} {v}" for k, v in keywords.items() if k not in per_trial]
+    else:
+        fixed = [
+            f"{k} {saved[k]:g}" if isinstance(saved[k], float) else f"{k} {saved[k]}"
+            for k in OPTIMIZER_OPTIONS.get(name, ())
+            if k in saved
+            and saved[k] is not False
+            and not (k == "eps" and not saved[k])  # 0: optax's default
+            and not (k == "momentum" and k in per_trial)
+        ]
+    return f"{name}" + (f" ({', '.join(fixed)})" if fixed else "")
 
 
 def _data(saved: Mapping) -> str:
@@ -121,7 +139,7 @@ def setup_sentence(
     seeds = sorted({r.get("seed") for r in summary if r.get("seed") is not None}, key=str)
     model = _model(saved.get("model"), saved.get("model_grid"), summary)
     return (
-        f"**{title}.** Model: {model}. Optimizer: "
+        f"**{title}.** Model: {model}. Optimizer{'s' if saved.get('optimizers') else ''}: "
         f"{_optimizer(saved, summary)}. Data: {_data(saved)}. Seeds: "
         f"{', '.join(str(s) for s in seeds) or 'none recorded'}. Budget: each trial "
         f"{_budget(saved, summary)}."

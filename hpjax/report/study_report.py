@@ -11,6 +11,7 @@ from hpjax.report.diagnostics import diagnose_workdir
 from hpjax.report.figures import MAX_LINES, plot_hparam, plot_hparam_panels, plot_learning_curves
 from hpjax.report.labels import is_number, varying_hparams
 from hpjax.report.markdown import best_trial, write_report
+from hpjax.report.optimizers import optimizer_section
 from hpjax.report.regularisation import regularisation_section
 from hpjax.report.setup import setup_sentence
 from hpjax.results import optuna_storage
@@ -154,7 +155,8 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     name, intro = _intro(saved, summary, os.path.basename(os.path.abspath(workdir)))
     adaptive_lines, adaptive_tables, adaptive_plots = _adaptive(workdir, saved, summary)
     regular_lines, regular_tables, regular_plots = regularisation_section(workdir, summary)
-    intro += adaptive_lines + regular_lines
+    optimizer_lines, optimizer_tables, _ = optimizer_section(summary)
+    intro += adaptive_lines + regular_lines + optimizer_lines
 
     plots = _plots(workdir, name, metrics, summary, _x_axis(summary, x_hparam))
     plots += adaptive_plots + regular_plots
@@ -180,7 +182,7 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     ]
     columns = ["trial"] + hparams + [k for k in results if k in present]
     tables = [("Trials, best validation loss first", sorted(summary, key=sort_key), columns)]
-    tables += adaptive_tables + regular_tables
+    tables += adaptive_tables + regular_tables + optimizer_tables
     importances = optuna_storage.param_importances(summary)
     if importances:
         rows = [{"hyperparameter": k, "importance": v} for k, v in importances.items()]

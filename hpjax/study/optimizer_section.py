@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from hpjax.config import as_tuple
 from hpjax.engine import optim
 from hpjax.study.config_reader import Reader, fail, is_real
 from hpjax.study.sections import OptimizerSpec
@@ -22,19 +23,38 @@ OPTIMIZER_OPTIONS = {
 }
 
 
-def parse_optimizer(read: Reader) -> OptimizerSpec:
-    """The optimizer, its static options and the schedule of a config (one line if wrong)."""
-    raw = read.raw("optimizer")
+def parse_optimizers(read: Reader) -> tuple[OptimizerSpec, tuple[OptimizerSpec, ...]]:
+    """The study's optimizer, and every optimizer of ``config.optimizers`` (an axis crossed
+    with the others; the first is then the study's optimizer), each checked in one line."""
+    names = as_tuple(read.raw("optimizers"))
+    if not names:
+        return parse_optimizer(read, read.raw("optimizer")), ()
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        fail("optimizers", names, "must be distinct optimizer names (adam, optax.lion, ...)")
+    keywords = _keywords_by_optimizer(read, names)
+    specs = tuple(
+        parse_optimizer(read, name, where="optimizers", kwargs=keywords.get(name, {}))
+        for name in names
+    )
+    return specs[0], specs
+
+
+def parse_optimizer(
+    read: Reader, raw: Any, where: str = "optimizer", kwargs: dict | None = None
+) -> OptimizerSpec:
+    """The optimizer ``raw``, its static options (``kwargs``, else config.optimizer_kwargs)
+    and the schedule of a config; ``where`` names it in a message."""
     factory = isinstance(raw, str) and optim.is_factory(raw)
     if not factory and raw not in optim.OPTIMIZERS:
         fail(
-            "optimizer",
+            where,
             raw,
             f"is unknown; allowed: {', '.join(optim.OPTIMIZERS)}, or the import path of an "
             "optax optimizer factory (optax.lion, optax.contrib.muon, mypackage.make_optimizer)",
         )
     name = str(raw)
-    kwargs = _optimizer_kwargs(read, name, factory)
+    if kwargs is None:
+        kwargs = _optimizer_kwargs(read, name, factory)
     schedule = read.choice("schedule", optim.SCHEDULES)
     momentum = read.number("momentum", 0.0, 1.0, open_high=True)
     b1 = read.number("b1", 0.0, 1.0, open_high=True, meaning="Adam's first-moment decay")
@@ -50,7 +70,8 @@ def parse_optimizer(read: Reader) -> OptimizerSpec:
     )
     defaults = ()
     if factory:
-        optim.factory_direction(name, **kwargs)  # built once now: a bad name or keyword is a line
+        # built once now: a bad name or keyword is a line
+        optim.factory_direction(name, f"config.{where}", **kwargs)
         options = tuple(sorted(kwargs.items()))
         defaults = tuple(
             (key, _number_or_none(kwargs.get(key, default)))
@@ -73,27 +94,74 @@ def _number_or_none(value: Any) -> float | None:
     return float(value) if is_real(value) else None
 
 
-def _optimizer_kwargs(read: Reader, name: str, factory: bool) -> dict[str, Any]:
-    """The static keywords of an optax factory: ``config.optimizer_kwargs``, a JSON object."""
+def _json_object(read: Reader, example: str) -> dict[str, Any]:
+    """``config.optimizer_kwargs`` as a dict (one line naming ``example`` if not an object)."""
     text = read.raw("optimizer_kwargs")
     try:
         kwargs = json.loads(text or "{}")
     except (TypeError, json.JSONDecodeError):
         kwargs = None
     if not isinstance(kwargs, dict):
-        fail(
-            "optimizer_kwargs",
-            text,
-            """must be a JSON object of the optimizer factory's keywords, e.g. '{"b1": 0.95}'""",
-        )
+        fail("optimizer_kwargs", text, f"must be a JSON object, e.g. '{example}'")
+    return kwargs
+
+
+def _static(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def _optimizer_kwargs(read: Reader, name: str, factory: bool) -> dict[str, Any]:
+    """The static keywords of an optax factory: ``config.optimizer_kwargs``, a JSON object."""
+    kwargs = _json_object(read, '{"b1": 0.95}')
     if kwargs and not factory:
         fail(
             "optimizer_kwargs",
-            text,
+            read.raw("optimizer_kwargs"),
             f"is for an optax factory as config.optimizer; the built-in {name!r} takes its "
             "options from their own keys (config.b1, config.momentum, config.eps, ...)",
         )
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return _static(kwargs)
+
+
+def _keywords_by_optimizer(read: Reader, names: tuple[str, ...]) -> dict[str, dict]:
+    """With several optimizers, ``config.optimizer_kwargs`` maps each factory among them to
+    its static keywords."""
+    given = _json_object(read, '{"optax.lion": {"b1": 0.95}}')
+    factories = [n for n in names if optim.is_factory(n)]
+    for name, kwargs in given.items():
+        if name not in factories or not isinstance(kwargs, dict):
+            fail(
+                "optimizer_kwargs",
+                read.raw("optimizer_kwargs"),
+                "must map each optax factory of config.optimizers to its keywords, e.g. "
+                f'\'{{"optax.lion": {{"b1": 0.95}}}}\'; factories: '
+                f"{', '.join(factories) or 'none'}",
+            )
+    return {name: _static(kwargs) for name, kwargs in given.items()}
+
+
+def check_optimizer_axes(optimizers: Sequence[OptimizerSpec], trials: Sequence[Any]) -> None:
+    """Each trial's optimizer-specific values against its optimizer (the study's, or the one of
+    ``optimizers`` it names): see :func:`check_factory_axes`; a factory keyword a trial sets
+    must be one of its own optimizer."""
+    by_name = {o.name: o for o in optimizers}
+    groups: dict[str, list] = {}
+    for trial in trials:
+        groups.setdefault(trial.optimizer or optimizers[0].name, []).append(trial)
+    for name, group in groups.items():
+        optimizer = by_name[name]
+        for trial in group:
+            for key, value in trial.optimizer_values:
+                if key not in optimizer.factory_keys:
+                    owners = [o.name for o in optimizers if key in o.factory_keys]
+                    fail(
+                        key,
+                        value,
+                        f"is a keyword of {', '.join(owners)}, not of {name}, which trial "
+                        f"{trial.index} trains with: vary it in a study of {owners[0]} alone, "
+                        "or give it in config.trials to that optimizer's trials only",
+                    )
+        check_factory_axes(optimizer, group)
 
 
 def check_factory_axes(optimizer: OptimizerSpec, trials: Sequence[Any]) -> None:

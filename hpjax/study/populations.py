@@ -113,7 +113,8 @@ def plan_populations(
 ) -> list[PopulationPlan]:
     """Groups ``trials`` into populations and plans each one's loop in ticks of its micro-batch.
 
-    Each architecture is its own population; batch sizes are grouped by :func:`batch_groups`.
+    Each architecture (and each optimizer of config.optimizers) is its own population; batch
+    sizes are grouped by :func:`batch_groups`.
     """
     placement, budget, opt = spec.placement, spec.budget, spec.optimizer
     group_of = batch_groups(
@@ -121,10 +122,12 @@ def plan_populations(
     )
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
-        groups.setdefault((trial.architecture, group_of[trial.batch_size]), []).append(trial)
+        key = (trial.architecture, trial.optimizer, group_of[trial.batch_size])
+        groups.setdefault(key, []).append(trial)
     choices = spec.adaptive.batch_choices
     plans = []
     for index, group in enumerate(groups.values()):
+        own = spec.optimizer_of(group[0])  # the population's optimizer (config.optimizers)
         microbatch = math.gcd(*(t.batch_size for t in group), *choices)
         max_steps = tuple(budget.max_steps(t.batch_size, num_train) for t in group)
         total_ticks = max(
@@ -151,11 +154,11 @@ def plan_populations(
                 eval_ticks=max(1, budget.eval_every * unit // microbatch),
                 decay_rate=opt.decay_rate,
                 end_factor=opt.end_factor,
-                momentum=opt.first_moment,
+                momentum=own.first_moment,
                 batch_choices=choices,
                 ticks_per_step=largest // microbatch,
                 eval_growth=budget.eval_growth,
-                optimizer_defaults=opt.factory_defaults,
+                optimizer_defaults=own.factory_defaults,
             )
         )
     return plans
@@ -187,20 +190,20 @@ def population_spec(
     task; for other tasks only a non-finite loss (their scale is the user's). The rows train
     in groups as :func:`hpjax.engine.population.rows_per_group` says for ``num_devices``.
     """
-    budget = spec.budget
+    budget, optimizer = spec.budget, spec.optimizer_of(plan.trials[0])
     classes = task.classification and num_classes > 1
     limit = budget.divergence_factor * math.log(num_classes) if classes else math.inf
     return PopulationSpec(
         model=model,
-        optimizer=spec.optimizer.name,
-        schedule=spec.optimizer.schedule,
+        optimizer=optimizer.name,
+        schedule=optimizer.schedule,
         microbatch=plan.microbatch,
         accumulates=any(
             b != plan.microbatch
             for b in (*(t.batch_size for t in plan.trials), *plan.batch_choices)
         ),
         num_train=num_train,
-        optimizer_options=spec.optimizer.options,
+        optimizer_options=optimizer.options,
         patience=budget.patience,
         min_delta=budget.min_delta,
         min_steps=budget.min_steps,

@@ -272,7 +272,8 @@ def train_study(
     spec_lib.check_data(study, dataset.num_train)
     models = build_models(study, dataset, model)  # every model checked before the workdir
     for built in models.values():
-        built.lr_multipliers(study.optimizer.name)  # μP has a rule for the optimizer, or a line
+        for optimizer in study.optimizers:  # μP has a rule for each optimizer, or a line
+            built.lr_multipliers(optimizer.name)
     check_regularisation(study, models, task)
     for built in models.values():
         check_task_fits(built, task, dataset)
@@ -478,7 +479,8 @@ def run_plans(
     if sharding.is_writer:
         columns = summary.summary_columns(task)
         extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
-        exact = {*hparams.SEARCHABLE, *study.optimizer.factory_keys, "base_learning_rate"}
+        factory_keys = {k for o in study.optimizers for k in o.factory_keys}
+        exact = {*hparams.SEARCHABLE, *factory_keys, "base_learning_rate"}
         exact |= {f"{k}_at_best" for k in exact}
         path = os.path.join(workdir, "summary.csv")
         files.write_csv(path, rows, columns + tuple(extra), exact=exact)

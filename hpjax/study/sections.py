@@ -129,6 +129,17 @@ class StudySpec:
     outputs: OutputSpec
     source: trials_lib.TrialSource  # how the config names its trials
     config: Mapping[str, Any]  # the whole config as JSON: config.json and the study's identity
+    # config.optimizers: every optimizer of the study's optimizer axis (empty: just optimizer)
+    optimizer_choices: tuple[OptimizerSpec, ...] = ()
+
+    @property
+    def optimizers(self) -> tuple[OptimizerSpec, ...]:
+        """Every optimizer the study trains with."""
+        return self.optimizer_choices or (self.optimizer,)
+
+    def optimizer_of(self, trial: trials_lib.Trial) -> OptimizerSpec:
+        """The optimizer ``trial`` trains with: the one it names, else the study's."""
+        return next((o for o in self.optimizers if o.name == trial.optimizer), self.optimizer)
 
     def model_config(self, architecture: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
         """The model's keys with one architecture's values (and the precision unless float32)."""

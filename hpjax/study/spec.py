@@ -29,7 +29,7 @@ from hpjax.study.config_reader import Reader as _Reader
 from hpjax.study.config_reader import fail as _fail
 from hpjax.study.config_reader import is_int as _is_int
 from hpjax.study.config_reader import is_real as _is_real
-from hpjax.study.optimizer_section import check_factory_axes, parse_optimizer
+from hpjax.study.optimizer_section import check_optimizer_axes, parse_optimizers
 from hpjax.study.populations import batch_groups
 from hpjax.study.sections import (
     AdaptiveSpec,
@@ -53,7 +53,7 @@ def with_points(study: StudySpec, points: Sequence[Mapping[str, Any]]) -> StudyS
     source = dataclasses.replace(study.source, explicit=tuple(listed))
     config = dict(study.config) | {"trials": json.dumps(listed, sort_keys=True)}
     trials = trials_lib.build_trials(source)
-    check_factory_axes(study.optimizer, trials)
+    check_optimizer_axes(study.optimizers, trials)
     return dataclasses.replace(study, trials=trials, source=source, config=config)
 
 
@@ -89,13 +89,14 @@ def parse(config: ml_collections.ConfigDict, *, num_train: int | None = None) ->
     ``num_train`` (the training set's size) adds the checks that need the data.
     """
     read = _Reader(config)
-    optimizer = parse_optimizer(read)
+    optimizer, choices = parse_optimizers(read)
     budget = _budget(read)
     placement = _placement(read)
-    source = _trial_source(read, optimizer.factory_keys)
+    factory_keys = tuple(dict.fromkeys(k for o in choices or (optimizer,) for k in o.factory_keys))
+    source = _trial_source(read, factory_keys, tuple(o.name for o in choices))
     _refuse_lists_beside_trials(source)
     trials = trials_lib.build_trials(source)
-    check_factory_axes(optimizer, trials)
+    check_optimizer_axes(choices or (optimizer,), trials)
     adaptive = _adaptive(read, budget, placement, source)
     model = read.section("model")
     spec = StudySpec(
@@ -108,6 +109,7 @@ def parse(config: ml_collections.ConfigDict, *, num_train: int | None = None) ->
         outputs=_outputs(read, model, source),
         source=source,
         config=config_to_dict(config),
+        optimizer_choices=choices,
     )
     if num_train is not None:
         check_data(spec, num_train)
@@ -259,9 +261,12 @@ def _explicit_trials(read: _Reader) -> tuple[dict, ...]:
     return ()
 
 
-def _trial_source(read: _Reader, optimizer_keys: tuple[str, ...]) -> trials_lib.TrialSource:
+def _trial_source(
+    read: _Reader, optimizer_keys: tuple[str, ...], optimizers: tuple[str, ...]
+) -> trials_lib.TrialSource:
     """Every way the config names trials, read and checked (built by :mod:`.trials`);
-    ``optimizer_keys``: an optax factory's keywords a trial (or the space) may set."""
+    ``optimizer_keys``: the optax factories' keywords a trial (or the space) may set;
+    ``optimizers``: the optimizer axis (config.optimizers)."""
     explicit = _explicit_trials(read)
     seeds = as_tuple(read.raw("seeds"))
     if not seeds:
@@ -325,6 +330,7 @@ def _trial_source(read: _Reader, optimizer_keys: tuple[str, ...]) -> trials_lib.
         num_samples=read.raw("num_samples"),
         model_grid=tuple((k, tuple(as_tuple(grid[k]))) for k in sorted(grid)),
         optimizer_keys=optimizer_keys,
+        optimizers=optimizers,
     )
 
 

@@ -128,7 +128,7 @@ def _summary_row(
         "trial": trial.index,
         "population": run.plan.index,
         "model": run.model.name,
-        "optimizer": run.study.optimizer.name,
+        "optimizer": run.spec.optimizer,
         "schedule": run.study.optimizer.schedule,
         **{k: getattr(trial, k) for k in hparams_lib.SUMMARY},
         "num_params": run.model.num_params,

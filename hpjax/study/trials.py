@@ -52,6 +52,7 @@ class Trial:
     label_smoothing: float | None = None
     # an optax factory's keywords this trial sets (Lion's b1): sorted (name, value) pairs
     optimizer_values: tuple[tuple[str, float], ...] = ()
+    optimizer: str = ""  # one of config.optimizers; "" = the study's optimizer
 
     @property
     def architecture_dict(self) -> dict:
@@ -60,7 +61,7 @@ class Trial:
     def value(self, key: str) -> Any:
         """A hyperparameter, an optimizer factory's keyword or an architecture key
         (``model.KEY`` or ``KEY``) of this trial."""
-        if key in hparams.SEARCHABLE or key == "base_learning_rate":
+        if key in hparams.SEARCHABLE or key in ("base_learning_rate", "optimizer"):
             return getattr(self, key)
         optimizer_values = dict(self.optimizer_values)
         if key in optimizer_values:
@@ -91,6 +92,7 @@ class TrialSource:
     num_samples: Any = 0
     model_grid: tuple[tuple[str, tuple], ...] = ()  # model key -> values
     optimizer_keys: tuple[str, ...] = ()  # an optax factory's keywords a trial may set
+    optimizers: tuple[str, ...] = ()  # config.optimizers: an axis of the optimizers compared
 
 
 def scaled_learning_rate(source: TrialSource, learning_rate: float, batch_size: int) -> float:
@@ -148,6 +150,8 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
     """The trial of ``point`` (hyperparameter -> value, ``model.KEY`` -> value, or an
     ``architecture`` tuple), its rate scaled; ``where`` names it in errors."""
     allowed = (*hparams.SEARCHABLE, *source.optimizer_keys)
+    if source.optimizers:
+        allowed += ("optimizer",)
     unknown = [
         k for k in point if k not in (*allowed, "architecture") and not k.startswith("model.")
     ]
@@ -156,6 +160,13 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
             where,
             dict(point),
             f"needs learning_rate and may set {', '.join(allowed[1:])} or model.KEY",
+        )
+    optimizer = point.get("optimizer", "")
+    if source.optimizers and optimizer not in source.optimizers:
+        raise config_error(
+            f"{where}.optimizer",
+            optimizer or None,
+            f"must name one of config.optimizers: {', '.join(source.optimizers)}",
         )
     optimizer_values = {}
     for key in source.optimizer_keys:
@@ -200,14 +211,17 @@ def make_trial(source: TrialSource, index: int, point: Mapping[str, Any], where:
         base_learning_rate=float(lr),
         architecture=tuple(sorted(architecture.items())),
         optimizer_values=tuple(sorted(optimizer_values.items())),
+        optimizer=optimizer,
         **optional,
     )
 
 
 def _grid_axes(source: TrialSource) -> list[space_lib.Dimension]:
     """The product's axes, each a dimension of its choices: architectures first."""
+    optimizers = [space_lib.Dimension("optimizer", choices=source.optimizers)]
     return [
         space_lib.Dimension("architecture", choices=architectures(source)),
+        *(optimizers if source.optimizers else []),
         space_lib.Dimension("learning_rate", choices=learning_rates(source)),
         space_lib.Dimension("batch_size", choices=source.batch_sizes),
         space_lib.Dimension("seed", choices=source.seeds),
@@ -288,7 +302,7 @@ def build_trials(source: TrialSource) -> tuple[Trial, ...]:
 
 def varying_keys(trials: Sequence[Trial]) -> list[str]:
     """The hyperparameters and architecture keys that differ between ``trials``."""
-    keys = [k for k in hparams.SEARCHABLE if len({t.value(k) for t in trials}) > 1]
+    keys = [k for k in (*hparams.SEARCHABLE, "optimizer") if len({t.value(k) for t in trials}) > 1]
     optimizer_keys = sorted({k for t in trials for k, _ in t.optimizer_values})
     keys += [k for k in optimizer_keys if len({t.value(k) for t in trials}) > 1]
     arch = sorted({k for t in trials for k, _ in t.architecture})

@@ -68,6 +68,7 @@ def definition(trial: Trial) -> tuple:
         rounded(trial.dropout),
         rounded(trial.label_smoothing),
         tuple((k, rounded(v)) for k, v in trial.optimizer_values),
+        trial.optimizer,
     )
 
 
