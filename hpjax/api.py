@@ -257,8 +257,10 @@ def search(
         num_trials=num_trials,
         population=population,
         study_name=study_name,
-        space=ml_collections.ConfigDict(_as_config_section("space", space)),
     )
+    # replaced, not updated: ConfigDict.update merges a section into the default space, which
+    # would search the default's keys (weight decay) beside the ones given
+    section.space = ml_collections.ConfigDict(_as_config_section("space", space))
     unknown = sorted(set(options or {}) - set(section.keys()))
     if unknown:
         raise ConfigError(

@@ -362,3 +362,31 @@ def test_a_keyword_the_factory_needs_fixed_is_refused_in_one_line(
         hpjax.train(net, data, str(tmp_path / "w"), optimizer=optimizer, verbose=False, **steps)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "w").exists()
+
+
+def test_a_search_proposes_lions_b1_and_each_trial_trains_with_its_own(data, tmp_path):
+    rows = hpjax.search(
+        net,
+        data,
+        str(tmp_path / "search"),
+        space={"learning_rate": hpjax.loguniform(1e-3, 1e-2), "b1": hpjax.uniform(0.8, 0.99)},
+        num_trials=4,
+        population=2,
+        sampler="optuna_random",
+        optimizer=optax.lion,
+        verbose=False,
+        **{k: v for k, v in STEPS.items() if k != "learning_rates"},
+    )
+    assert len(rows) == 4 and len({r["b1"] for r in rows}) == 4
+    assert all(r["weight_decay"] == 0.0 for r in rows)  # the space given, not the default's
+    assert all(0.8 <= r["b1"] <= 0.99 for r in rows)
+    row = rows[-1]  # its b1 is what trained it: the same trial with b1 as a fixed keyword
+    alone = hpjax.train(
+        net,
+        data,
+        str(tmp_path / "alone"),
+        optimizer=functools.partial(optax.lion, b1=row["b1"]),
+        verbose=False,
+        **(STEPS | {"learning_rates": (row["learning_rate"],)}),
+    )
+    assert alone.rows[0]["best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-5)
