@@ -42,11 +42,9 @@ FACTORIES = [
     ("optax.lion", {"b1": 0.95}, lambda lr: optax.lion(lr, b1=0.95)),
     ("optax.adamw", {"weight_decay": 0.1}, lambda lr: optax.adamw(lr, weight_decay=0.1)),
     (f"{__name__}.clipped_adam", {"max_norm": 0.05}, lambda lr: clipped_adam(lr, 0.05)),
+    # optax >= 0.2.8 (pyproject.toml) has Muon
+    ("optax.contrib.muon", {"beta": 0.9}, lambda lr: optax.contrib.muon(lr, beta=0.9)),
 ]
-if hasattr(optax.contrib, "muon"):
-    FACTORIES.append(
-        ("optax.contrib.muon", {"beta": 0.9}, lambda lr: optax.contrib.muon(lr, beta=0.9))
-    )
 
 
 @pytest.fixture(scope="module")
@@ -228,17 +226,8 @@ KEYWORD_AXES = [
         lambda lr, v: optax.adamw(lr, b2=v, weight_decay=0.1),
     ),
     (f"{__name__}.clipped_momentum", {}, "max_norm", (0.02, 0.5), clipped_momentum),
+    ("optax.contrib.muon", {}, "beta", (0.8, 0.95), lambda lr, v: optax.contrib.muon(lr, beta=v)),
 ]
-if hasattr(optax.contrib, "muon"):
-    KEYWORD_AXES.append(
-        (
-            "optax.contrib.muon",
-            {},
-            "beta",
-            (0.8, 0.95),
-            lambda lr, v: optax.contrib.muon(lr, beta=v),
-        )
-    )
 
 
 @pytest.mark.parametrize(
@@ -355,8 +344,6 @@ def test_pbt_over_lions_b1_and_the_rate_replays_every_member_alone(tiny_config, 
 def test_a_keyword_the_factory_needs_fixed_is_refused_in_one_line(
     optimizer, space, match, data, tmp_path
 ):
-    if "muon" in optimizer and not hasattr(optax.contrib, "muon"):
-        pytest.skip("this optax has no muon")
     steps = STEPS | {"space": space, "space_sampler": "grid", "learning_rates": (1e-3,)}
     with pytest.raises(ConfigError, match=match) as error:
         hpjax.train(net, data, str(tmp_path / "w"), optimizer=optimizer, verbose=False, **steps)
