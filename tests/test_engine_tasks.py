@@ -236,3 +236,46 @@ def test_an_unknown_reduction_is_one_line():
         hpjax.ConfigError, match="reduction='sum' is unknown; allowed: per_example, mean"
     ):
         hpjax.Task("t", vae_loss, reduction="sum")
+
+
+class NormalisedAutoEncoder(nnx.Module):
+    """The auto-encoder with batch statistics (a stateful model) and an architecture keyword."""
+
+    def __init__(self, rngs: nnx.Rngs, width: int = 4):
+        self.encode = nnx.Linear(16, width, rngs=rngs)
+        self.norm = nnx.BatchNorm(width, rngs=rngs)
+        self.decode = nnx.Linear(width, 16, rngs=rngs)
+
+    def __call__(self, x):
+        z = self.norm(self.encode(x))
+        return {"reconstruction": self.decode(z), "kl": 0.5 * jnp.sum(jnp.square(z), axis=-1)}
+
+
+def normalised_auto_encoder(rngs: nnx.Rngs, width: int = 4) -> nnx.Module:
+    return NormalisedAutoEncoder(rngs, width)
+
+
+def test_a_task_of_your_own_with_batch_statistics_and_a_model_grid_equals_each_trial_alone(
+    unlabelled, tmp_path
+):
+    steps = dict(task=VAE, num_steps=30, eval_every=10, batch_size=8, verbose=False)
+    together = hpjax.train(
+        normalised_auto_encoder,
+        unlabelled,
+        str(tmp_path / "together"),
+        learning_rates=(0.003, 0.03),
+        model_grid={"width": (4, 6)},
+        **steps,
+    ).rows
+    assert len(together) == 4
+    for row in together:
+        alone = hpjax.train(
+            normalised_auto_encoder,
+            unlabelled,
+            str(tmp_path / f"alone{row['trial']}"),
+            learning_rates=(row["learning_rate"],),
+            model_grid={"width": (row["width"],)},
+            **steps,
+        ).rows[0]
+        for key in ("best_val_loss", "test_loss", "test_reconstruction"):
+            assert alone[key] == pytest.approx(row[key], rel=1e-5), (row["trial"], key)
