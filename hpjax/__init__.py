@@ -26,6 +26,7 @@ _EXPORTS = {
     "Task": "hpjax.engine.tasks",
     "ConfigError": "hpjax.errors",
     "restore_best": "hpjax.results.checkpoints",
+    "replay": "hpjax.studies.replay.run",
     "TrialDropout": "hpjax.models.model",
 }
 __all__ = sorted(_EXPORTS)

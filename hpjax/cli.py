@@ -265,9 +265,10 @@ def run(study: Callable[[Any, str], Any], config, workdir: str) -> Any:
         os._exit(130)
 
 
-def run_study(config, workdir: str) -> list[dict]:
-    """Runs ``train_and_evaluate`` and prints the best trial in one line (process 0)."""
-    rows = run(train_and_evaluate, config, workdir)
+def run_study(config, workdir: str, study: Callable = train_and_evaluate) -> list[dict]:
+    """Runs ``study`` (``train_and_evaluate``, or one around it) and prints the best trial in
+    one line (process 0)."""
+    rows = run(study, config, workdir)
     if jax.process_index() != 0:
         return rows
     try:

@@ -31,6 +31,7 @@ NON_STUDY_KEYS = (
     "process_id",
     "train_data",  # where the training set lives; the batches are the same
     "data_sizes",  # recorded from the data (its fingerprint is the study's), for the reports
+    "replay",  # what is read from the finished study's curves, not how they are trained
 )
 
 
@@ -177,6 +178,14 @@ def _add_adaptive_keys(config: ml_collections.ConfigDict) -> None:
     config.pbt.fraction = 0.25  # the bottom fraction copies a member of the top fraction
     config.pbt.resample_probability = 0.25  # else each searched value is x0.8 or x1.25
     config.pbt.seed = 0
+    # After a dense study (scheduler none, slots 0): its schedulers replayed on its own curves
+    # (hpjax.replay, tools/replay_schedulers.py), written to replay.csv and report.md.
+    config.replay = ml_collections.ConfigDict()
+    config.replay.run = False  # True: replay the schedulers once the study has finished
+    config.replay.schedulers = ""  # 'asha:eta=3,grace=300; median:warmup=500'; "" = a grid
+    config.replay.orders = 20  # arrival orders per seed: the study's own, then random ones
+    config.replay.slots = 8  # trials training at once in the replayed asynchronous schedulers
+    config.replay.seed = 0  # of the random arrival orders
 
 
 def as_tuple(value: Any) -> tuple:

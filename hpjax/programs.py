@@ -15,20 +15,44 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import jax
 from absl import logging
 
 from hpjax import cli
 from hpjax.studies.batch_size import runner
 from hpjax.studies.capacity_study import run_capacity_study
+from hpjax.studies.replay import run as replay_run
+from hpjax.studies.replay.settings import check_before_training
 from hpjax.studies.rnn import NothingToRetrainError, run_rnn_study
 from hpjax.studies.search import run_search
 from hpjax.studies.width_transfer_study import run_width_transfer
+from hpjax.study import spec
+from hpjax.study.run import train_and_evaluate
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def _lr_sweep(config, workdir: str) -> None:
-    cli.run_study(config, workdir)
+    cli.run_study(config, workdir, _train_then_replay)
+
+
+def _train_then_replay(config, workdir: str) -> list[dict]:
+    """The study; with ``replay.run``, its schedulers replayed on its curves once finished
+    (their settings checked before anything trains)."""
+    replaying = spec.parse_replay(config)
+    if replaying.run:
+        check_before_training(replaying.schedulers, spec.parse(config).budget)
+    rows = train_and_evaluate(config, workdir)
+    if replaying.run and jax.process_index() == 0:
+        result = replay_run.replay(
+            workdir,
+            replaying.schedulers,
+            orders=replaying.orders,
+            slots=replaying.slots,
+            seed=replaying.seed,
+        )
+        print(replay_run.closing_line(result))
+    return rows
 
 
 def _print_paths(what: str, paths: dict[str, str]) -> None:
@@ -89,6 +113,12 @@ PROGRAMS = {
         "lr_sweep.py",
         "every learning rate (and seed, weight decay, batch size, sampled point) of the config "
         "trained at once; variants quasi_random, asha, pbt, budget",
+    ),
+    "replay": Program(
+        _lr_sweep,
+        "replay.py",
+        "a dense learning-rate grid (32 rates x 3 seeds), then ASHA, Hyperband, median, "
+        "Wilcoxon, patience and random search replayed on its curves: regret against budget",
     ),
     "capacity-sweep": Program(
         _capacity_sweep,

@@ -150,6 +150,11 @@ def tiny_npz(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_config(tiny_npz):
     """The learning-rate sweep's config, shrunk to a few seconds on the tiny data set."""
+    return make_tiny_config(tiny_npz)
+
+
+def make_tiny_config(tiny_npz: str):
+    """:func:`tiny_config`'s body, for fixtures of a wider scope."""
     config = load_config("lr_sweep")
     config.dataset = "npz"
     config.npz_path = tiny_npz

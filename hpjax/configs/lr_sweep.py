@@ -23,6 +23,11 @@ Adaptive variants over the default study's space (learning rate, weight decay, w
 Add ",budget" to stop starting trials once the grid's budget of trial-steps is spent (8 slots,
 as the grid has 8 rows), for a comparison at equal cost.
 
+Which scheduler fits this problem (32 rates x 3 seeds dense, then ASHA, Hyperband, median,
+Wilcoxon, patience and random search replayed on the curves: replay.csv and report.md):
+  python experiments/lr_sweep.py --workdir runs/replay \
+    --config=experiments/configs/lr_sweep.py:replay
+
 Dropout against overfitting (the guide's cure for "more units lead to overfitting"): a wide MLP
 (40-512-512-10) on 500 training examples, 6 dropout rates from 0 to 0.5 x 3 seeds in one
 program; the report tabulates validation minus training loss per rate:
@@ -31,6 +36,7 @@ program; the report tabulates validation minus training loss per rate:
 """
 
 import ml_collections
+import numpy as np
 
 from hpjax.config import default_config
 
@@ -51,9 +57,9 @@ def default_space() -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default_config()
     variants = set((arg or "").split(",")) - {""}
-    unknown = variants - {"quasi_random", "asha", "pbt", "budget", "dropout"}
+    unknown = variants - {"quasi_random", "asha", "pbt", "budget", "dropout", "replay"}
     if unknown:
-        known = "quasi_random, asha, pbt, budget, dropout"
+        known = "quasi_random, asha, pbt, budget, dropout, replay"
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {known}")
     if variants & {"quasi_random", "asha"}:
         config.space = default_space()
@@ -85,6 +91,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_steps = 1500  # 300 epochs: without dropout it memorises the 500 examples
         config.eval_every = 25
         config.patience = 0  # an equal budget: the gaps are compared at the end
+    if "replay" in variants:  # a dense grid, then its schedulers replayed on its curves
+        if variants & {"quasi_random", "asha", "pbt", "budget"}:
+            raise ValueError(
+                "the replay variant trains a dense grid: no quasi_random, asha, pbt, budget"
+            )
+        config.learning_rates = tuple(float(f"{r:.3g}") for r in np.geomspace(1e-4, 0.1, 32))
+        config.seeds = (0, 1, 2)
+        config.replay.run = True
     if "budget" in variants and "pbt" not in variants:  # PBT's budget is its members' steps
         config.budget_trial_steps = GRID_TRIAL_STEPS
         config.slots = 8

@@ -117,7 +117,7 @@ def write_report(
     workdir: PathLike,
     title: str,
     intro_lines: Sequence[str],
-    tables: Sequence[tuple[str, Sequence[Mapping], Sequence[str]]],
+    tables: Sequence[tuple],
     plots: Sequence[str],
     diagnostics: Sequence[Diagnostic],
     *,
@@ -139,8 +139,11 @@ def write_report(
         lines += [" ".join(line.strip() for line in intro_lines), ""]
     if summary:
         lines += [_best_line(summary), ""]
-    for heading, rows, columns in tables:
-        lines += [f"## {heading}", "", markdown_table(rows, columns)]
+    for heading, rows, columns, *before in tables:  # before: paragraphs ahead of the table
+        lines += [f"## {heading}", ""]
+        for paragraph in before[0] if before else ():
+            lines += [paragraph, ""]
+        lines += [markdown_table(rows, columns)]
     if plots:
         lines += ["## Plots", ""]
         for plot in plots:

@@ -16,6 +16,7 @@ from hpjax.report.regularisation import regularisation_section
 from hpjax.report.setup import setup_sentence
 from hpjax.results import optuna_storage
 from hpjax.results.files import PathLike, read_csv, read_workdir
+from hpjax.studies.replay.report import replay_section
 
 
 def _name(v: Any) -> str | None:
@@ -159,7 +160,8 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     intro += adaptive_lines + regular_lines + optimizer_lines
 
     plots = _plots(workdir, name, metrics, summary, _x_axis(summary, x_hparam))
-    plots += adaptive_plots + regular_plots
+    replay_lines, replay_tables, replay_plots = replay_section(workdir)
+    plots += adaptive_plots + regular_plots + replay_plots
 
     def sort_key(r: Mapping) -> tuple[bool, float]:
         v = r.get("best_val_loss")
@@ -183,6 +185,7 @@ def default_report(workdir: PathLike, x_hparam: str = "learning_rate") -> str:
     columns = ["trial"] + hparams + [k for k in results if k in present]
     tables = [("Trials, best validation loss first", sorted(summary, key=sort_key), columns)]
     tables += adaptive_tables + regular_tables + optimizer_tables
+    tables += [(*t, replay_lines) for t in replay_tables]
     importances = optuna_storage.param_importances(summary)
     if importances:
         rows = [{"hyperparameter": k, "importance": v} for k, v in importances.items()]

@@ -167,3 +167,14 @@ class ProcessSpec:
     coordinator_address: str  # "" = found by JAX
     num_processes: int  # 0 = found by JAX
     process_id: int  # -1 = found by JAX
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaySpec:
+    """Schedulers replayed on a finished dense study's curves (``config.replay``)."""
+
+    run: bool
+    schedulers: str  # "" = the default grid
+    orders: int
+    slots: int
+    seed: int

@@ -37,6 +37,7 @@ from hpjax.study.sections import (
     OutputSpec,
     PlacementSpec,
     ProcessSpec,
+    ReplaySpec,
     StudySpec,
 )
 
@@ -81,6 +82,29 @@ def parse_process(config: ml_collections.ConfigDict) -> ProcessSpec:
         num_processes=read.integer("num_processes", 0, "0 = found by JAX"),
         process_id=read.integer("process_id", -1, "-1 = found by JAX"),
     )
+
+
+def parse_replay(config: ml_collections.ConfigDict) -> ReplaySpec:
+    """``config.replay``, checked; with ``run`` the study must be dense (its trials are cut by
+    neither a scheduler, slots nor a budget), refused before anything trains."""
+    read = _Reader(config)
+    spec = ReplaySpec(
+        run=read.flag("replay.run"),
+        schedulers=str(read.raw("replay.schedulers") or ""),
+        orders=read.integer("replay.orders", 1, "arrival orders per seed"),
+        slots=read.integer("replay.slots", 1, "trials training at once"),
+        seed=read.integer("replay.seed"),
+    )
+    if spec.run:
+        for key, dense in (("scheduler", "none"), ("slots", 0), ("budget_trial_steps", 0)):
+            if read.raw(key) != dense:
+                _fail(
+                    key,
+                    read.raw(key),
+                    f"must be {dense!r} with replay.run=True: a replay needs a dense study, "
+                    "every trial trained to its own end",
+                )
+    return spec
 
 
 def parse(config: ml_collections.ConfigDict, *, num_train: int | None = None) -> StudySpec:
