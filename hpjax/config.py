@@ -183,7 +183,7 @@ def _add_adaptive_keys(config: ml_collections.ConfigDict) -> None:
     config.replay = ml_collections.ConfigDict()
     config.replay.run = False  # True: replay the schedulers once the study has finished
     config.replay.schedulers = ""  # 'asha:eta=3,grace=300; median:warmup=500'; "" = a grid
-    config.replay.orders = 20  # arrival orders per seed: the study's own, then random ones
+    config.replay.orders = 10  # arrival orders per seed: the study's own, then random ones
     config.replay.slots = 8  # trials training at once in the replayed asynchronous schedulers
     config.replay.seed = 0  # of the random arrival orders
 

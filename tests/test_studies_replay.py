@@ -159,3 +159,33 @@ def test_replay_writes_its_table_plot_and_report_section(dense_workdir, tmp_path
     assert "## Which scheduler? Replayed on these curves" in report
     assert "![replay pareto](plots/replay_pareto.png)" in report
     assert result.seconds > 0
+
+
+def test_replays_in_worker_processes_equal_those_in_one(dense_workdir):
+    settings = "asha:eta=3,grace=10; median:warmup=20; patience:p=2; random:fraction=0.5"
+    one = hpjax.replay(dense_workdir, settings, orders=3, slots=4, write=False, workers=1)
+    two = hpjax.replay(dense_workdir, settings, orders=3, slots=4, write=False, workers=2)
+    assert one.runs == two.runs and one.rows == two.rows
+
+
+def test_the_binary_refuses_a_bad_replay_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    root = __file__.rsplit("/tests/", 1)[0]
+    for flags, match in [
+        (["--config.replay.schedulers=asha:eta=1"], "eta must be above 1"),
+        (["--config.scheduler=asha", "--config.slots=4"], "a replay needs a dense study"),
+    ]:
+        workdir = tmp_path / "never"
+        done = subprocess.run(
+            [sys.executable, f"{root}/experiments/lr_sweep.py", f"--workdir={workdir}"]
+            + ["--config.replay.run=True", *flags],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 2, done.stderr[-500:]
+        (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+        assert match in line
+        assert not workdir.exists()

@@ -24,7 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir")
     parser.add_argument("--schedulers", default="", help="NAME:KEY=VALUE,...; ... ('' = a grid)")
-    parser.add_argument("--orders", type=int, default=20, help="arrival orders per seed")
+    parser.add_argument("--orders", type=int, default=10, help="arrival orders per seed")
     parser.add_argument("--slots", type=int, default=8, help="trials training at once")
     parser.add_argument("--seed", type=int, default=0, help="of the random arrival orders")
     parser.add_argument("--monitor", default="loss", help="the monitored validation value")

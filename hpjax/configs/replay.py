@@ -4,7 +4,7 @@
 40-256-256-256-10 on MNIST-1D, AdamW, cosine, 3000 steps, patience 10), every trial trained to
 its own end in one program; then ASHA, synchronous successive halving, Optuna's successive
 halving, Hyperband, median stopping, Wilcoxon pruning, shorter patience and random search
-replayed on its curves (config.replay), each over 20 arrival orders per seed:
+replayed on its curves (config.replay), each over 10 arrival orders per seed:
   hpjax replay --workdir runs/replay
   python experiments/lr_sweep.py --workdir runs/replay \
     --config=experiments/configs/lr_sweep.py:replay

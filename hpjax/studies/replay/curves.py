@@ -80,18 +80,18 @@ class DenseStudy:
         return sum(g.size for g in self.groups)
 
 
-def _dense_or_refuse(workdir: str, config: Mapping, summary: Sequence[Mapping]) -> None:
+def _dense_or_refuse(workdir: str, saved: Mapping, summary: Sequence[Mapping]) -> None:
     if not summary:
         raise ConfigError(f"{workdir!r} holds no summary.csv: replay a finished study")
-    if config.get("scheduler", "none") != "none" or config.get("slots", 0):
+    if saved.get("scheduler", "none") != "none" or saved.get("slots", 0):
         raise ConfigError(
-            f"{workdir!r} ran scheduler={config.get('scheduler')!r} with "
-            f"slots={config.get('slots')}: a replay needs a dense study (scheduler 'none', "
+            f"{workdir!r} ran scheduler={saved.get('scheduler')!r} with "
+            f"slots={saved.get('slots')}: a replay needs a dense study (scheduler 'none', "
             "slots 0: every trial trained to its own end), whose curves hold every evaluation "
             "a scheduler could have seen"
         )
     cut = [r["trial"] for r in summary if r.get("status") in NOT_DENSE_STATUSES]
-    if config.get("budget_trial_steps", 0) or cut:
+    if saved.get("budget_trial_steps", 0) or cut:
         raise ConfigError(
             f"{workdir!r}: trials {cut[:5]} were cut by a scheduler or the study's budget; a "
             "replay needs every trial's whole curve (budget_trial_steps 0)"
@@ -153,12 +153,12 @@ def _group(seed, rows, curves, monitor, rule) -> Curves:
     )
 
 
-def _budget_steps(config: Mapping, summary: Sequence[Mapping], groups) -> int:
+def _budget_steps(saved: Mapping, summary: Sequence[Mapping], groups) -> int:
     """The longest trial's budget in optimizer steps (where the last rung must fall short of)."""
     taken = max(int(g.final_steps.max()) for g in groups)
-    epochs = float(config.get("num_epochs") or 0)
+    epochs = float(saved.get("num_epochs") or 0)
     if epochs <= 0:
-        return max(int(config.get("num_steps") or 0), taken)
+        return max(int(saved.get("num_steps") or 0), taken)
     per_epoch = [r["steps"] / r["epochs"] for r in summary if r.get("epochs") and r.get("steps")]
     return max([taken, *(int(epochs * p) for p in per_epoch)])
 
@@ -166,9 +166,9 @@ def _budget_steps(config: Mapping, summary: Sequence[Mapping], groups) -> int:
 def read_dense(workdir: str, monitor: str = "loss") -> DenseStudy:
     """The dense study in ``workdir``, one :class:`Curves` per seed; refused in one line when
     it is not dense (a scheduler, slots or a budget cut its trials) or has no such monitor."""
-    config, metrics, summary = files.read_workdir(workdir)
+    saved, metrics, summary = files.read_workdir(workdir)
     summary = sorted(summary, key=lambda r: r["trial"])  # the arrival order of the study
-    _dense_or_refuse(workdir, config, summary)
+    _dense_or_refuse(workdir, saved, summary)
     column = monitored_column(monitor)
     if column not in summary[0]:
         found = sorted(k[len("best_val_") :] for k in summary[0] if k.startswith("best_val_"))
@@ -178,9 +178,9 @@ def read_dense(workdir: str, monitor: str = "loss") -> DenseStudy:
     if missing:
         raise ConfigError(f"metrics.jsonl has no evaluation of trials {missing[:5]}")
     rule = {
-        "patience": int(config.get("patience", 0)),
-        "min_delta": float(config.get("min_delta", 0.0)),
-        "min_steps": int(config.get("min_steps", 0)),
+        "patience": int(saved.get("patience", 0)),
+        "min_delta": float(saved.get("min_delta", 0.0)),
+        "min_steps": int(saved.get("min_steps", 0)),
     }
     seeds = list(dict.fromkeys(r.get("seed") for r in summary))
     groups = tuple(
@@ -188,5 +188,5 @@ def read_dense(workdir: str, monitor: str = "loss") -> DenseStudy:
     )
     first = curves[summary[0]["trial"]]
     eval_every = int(first[1]["step"] - first[0]["step"]) if len(first) > 1 else 1
-    max_steps = _budget_steps(config, summary, groups)
+    max_steps = _budget_steps(saved, summary, groups)
     return DenseStudy(workdir, monitor, groups, **rule, max_steps=max_steps, eval_every=eval_every)

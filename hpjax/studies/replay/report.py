@@ -96,7 +96,7 @@ def plot_pareto(rows: Sequence[Mapping], path: str) -> str:
     ax.set_title("Schedulers replayed on this study's curves (bars: middle 95% of replays)")
     ax.set_xlim(0, 105)
     ax.set_yscale("symlog", linthresh=0.1)  # linear below 0.1%, so zero regret has a place
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=-0.02)  # zero-regret points whole, not cut by the axis
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
 
@@ -108,7 +108,11 @@ def _with_interval(
     mean, low, high = (row.get(k) for k in (key, f"{key}_low", f"{key}_high"))
     if not _finite(mean, low, high):
         return ""
-    return f"{scale * mean:{fmt}}{unit} [{scale * low:{fmt}}, {scale * high:{fmt}}]"
+
+    def number(x: float) -> str:  # 160, not 1.6e+02
+        return f"{x:.0f}" if abs(x) >= 100 else f"{x:{fmt}}"
+
+    return f"{number(scale * mean)}{unit} [{number(scale * low)}, {number(scale * high)}]"
 
 
 def headline(row: Mapping) -> str:

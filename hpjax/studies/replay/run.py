@@ -12,9 +12,11 @@ orders: the study's own first, then random permutations. The outputs, in the wor
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
+from concurrent import futures
 
 import numpy as np
 from absl import logging
@@ -24,6 +26,8 @@ from hpjax.results import files
 from hpjax.studies.replay import outcomes, report
 from hpjax.studies.replay.curves import DenseStudy, read_dense
 from hpjax.studies.replay.settings import Setting, default_settings, parse_settings, run_setting
+
+PARALLEL_FROM_EVALUATIONS = 50_000  # evaluations x settings: below, one process is quicker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,30 +56,78 @@ def replay_setting(
 ) -> list[dict]:
     """``setting``'s replays over every seed and arrival order: one outcome row each."""
     out = []
-    for g, curves in enumerate(study.groups):
-        fixed = None
-        for o, order in enumerate(arrival_orders(curves.size, orders, seed, g)):
-            if setting.scheduler.ordered or fixed is None:
-                fixed = run_setting(setting, curves, order, slots, study)
-            row = {"setting": setting.key, "order": o} | outcomes.outcome(curves, fixed, order)
-            out.append(row)
+    for g in range(len(study.groups)):
+        out += _replays(study, setting, g, range(orders), orders, slots, seed)
     return out
+
+
+def _replays(study, setting, group, order_ids, orders, slots, seed) -> list[dict]:
+    """``setting`` on seed ``group`` in the arrival orders ``order_ids`` (an order-free setting
+    runs once; each order still sets its random search at equal budget)."""
+    curves = study.groups[group]
+    every = arrival_orders(curves.size, orders, seed, group)
+    fixed, out = None, []
+    for o in order_ids:
+        if setting.scheduler.ordered or fixed is None:
+            fixed = run_setting(setting, curves, every[o], slots, study)
+        out.append({"setting": setting.key, "order": o} | outcomes.outcome(curves, fixed, every[o]))
+    return out
+
+
+_WORKER_STUDY: list[DenseStudy] = []  # a worker process's copy of the study
+
+
+def _start_worker(study: DenseStudy) -> None:
+    _WORKER_STUDY[:] = [study]
+
+
+def _worker_replays(*args) -> list[dict]:
+    return _replays(_WORKER_STUDY[0], *args)
+
+
+def _all_replays(study, settings, orders, slots, seed, workers) -> list[list[dict]]:
+    """Every setting's replays, in ``workers`` processes (one replay per task; an order-free
+    setting's per seed), in the order of ``settings``."""
+    tasks = [
+        (i, (s, g, [o] if s.scheduler.ordered else range(orders), orders, slots, seed))
+        for i, s in enumerate(settings)
+        for g in range(len(study.groups))
+        for o in (range(orders) if s.scheduler.ordered else [0])
+    ]
+    out: list[list[dict]] = [[] for _ in settings]
+    if workers <= 1:
+        for i, args in tasks:
+            out[i] += _replays(study, *args)
+        return out
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs XLA
+    with futures.ProcessPoolExecutor(workers, context, _start_worker, (study,)) as pool:
+        done = pool.map(_worker_replays, *zip(*(args for _, args in tasks), strict=True))
+        for (i, _), rows in zip(tasks, done, strict=True):
+            out[i] += rows
+    return out
+
+
+def default_workers(study: DenseStudy, settings: Sequence[Setting]) -> int:
+    """Processes for a replay: one per core once it is long enough to repay their start."""
+    evaluations = int(sum(g.lengths.sum() for g in study.groups)) * len(settings)
+    return max(1, os.cpu_count() or 1) if evaluations >= PARALLEL_FROM_EVALUATIONS else 1
 
 
 def replay(
     workdir: str,
     schedulers: str | Sequence[Setting] = "",
     *,
-    orders: int = 20,
+    orders: int = 10,
     slots: int = 8,
     seed: int = 0,
     monitor: str = "loss",
     write: bool = True,
+    workers: int | None = None,
 ) -> Replay:
     """Replays ``schedulers`` (``"asha:eta=3,grace=300; median:warmup=1000"``; empty: the
     default grid of :func:`~hpjax.studies.replay.settings.default_settings`) on the dense study
-    in ``workdir``, with ``slots`` trials training at once; writes its files unless ``write``
-    is False."""
+    in ``workdir``, with ``slots`` trials training at once, in ``workers`` processes (None:
+    one per core for a long replay); writes its files unless ``write`` is False."""
     start = time.perf_counter()
     study = read_dense(os.fspath(workdir), monitor)
     if isinstance(schedulers, str):
@@ -85,9 +137,11 @@ def replay(
         settings = tuple(schedulers)
     if orders < 1 or slots < 1:
         raise ValueError(f"orders ({orders}) and slots ({slots}) must be at least 1")
+    workers = default_workers(study, settings) if workers is None else workers
     rows, runs = [], []
-    for setting in settings:
-        replays = replay_setting(study, setting, orders, slots, seed)
+    for setting, replays in zip(
+        settings, _all_replays(study, settings, orders, slots, seed, workers), strict=True
+    ):
         runs += replays
         rows.append(outcomes.summarise(setting.key, setting.label, replays))
     seconds = time.perf_counter() - start
