@@ -7,12 +7,14 @@ cannot work is refused in one line before compiling."""
 import dataclasses
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import optuna
 import pytest
 from flax import nnx
 
@@ -21,7 +23,7 @@ from hpjax import api
 from hpjax.engine import population
 from hpjax.errors import ConfigError
 from hpjax.models import build_model
-from hpjax.results import files
+from hpjax.results import files, optuna_storage
 from hpjax.study.run import train_and_evaluate
 from tests.conftest import Crash, CrashAtEvaluation, three_class_data, trial_hparams
 
@@ -377,3 +379,15 @@ def test_a_search_proposes_lions_b1_and_each_trial_trains_with_its_own(data, tmp
         **(STEPS | {"learning_rates": (row["learning_rate"],)}),
     )
     assert alone.rows[0]["best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-5)
+
+
+def test_the_report_plots_against_a_searched_factory_keyword(data, tmp_path):
+    workdir = str(tmp_path / "b1")
+    hpjax.train(net, data, workdir, optimizer=optax.lion, verbose=False, report_x="b1", **SEARCHED)
+    assert os.path.exists(os.path.join(workdir, "plots", "b1_vs_best_val_loss.png"))
+    assert "b1 vs best val loss" in open(os.path.join(workdir, "report.md")).read()
+    # Optuna's export has b1 as the range it was drawn from, not 4 categories
+    storage = optuna_storage.journal(os.path.join(workdir, "optuna.log"))
+    (name,) = optuna.get_all_study_names(storage)
+    (trial, *_) = optuna.load_study(study_name=name, storage=storage).trials
+    assert isinstance(trial.distributions["b1"], optuna.distributions.FloatDistribution)

@@ -8,7 +8,7 @@ no micro-batch accumulation, no data stream. The engine trains the same recipe (
 compiled first and then timed over the same number of steps, alternating repeats so that a
 noisy neighbour slows both alike; the ratio is the engine's share of the minimal loop's speed.
 
-  python tools/bench_engine.py                    # K = 8 and 32, 2000 steps
+  python tools/bench_engine.py                    # K = 8, 32 and 128, 1000 steps (13 min)
   python tools/bench_engine.py --population_sizes 8 --steps 500 --repeats 2
   python tools/bench_engine.py --batch_norm --rows_per_group 0,1 --steps 500
   python tools/bench_engine.py --model gru --hidden_units 32 --population_sizes 8,64,512
@@ -45,8 +45,8 @@ from hpjax.models.registry import default_model_config  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--population_sizes", default="8,32")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--population_sizes", default="8,32,128")
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--model", choices=("mlp", "gru", "cnn"), default="mlp")
     parser.add_argument("--hidden_units", type=int, default=256, help="units, or CNN channels")

@@ -39,6 +39,7 @@ DATABASE = "optuna.db"
 JOURNAL = "optuna.log"
 LOG_SCALE = ("learning_rate", "base_learning_rate")
 NOT_PARAMS = ("model",)  # identical for every trial of a study; its name is the study's
+DRAWN_FROM_A_RANGE = 4  # distinct float values from which a column reads as a range
 
 
 def available() -> bool:
@@ -69,6 +70,13 @@ def _distribution(key: str, values: Sequence[Any]):
         return optuna.distributions.FloatDistribution(
             float(min(distinct)), float(max(distinct)), log=True
         )
+    if (
+        numbers
+        and len(distinct) >= DRAWN_FROM_A_RANGE
+        and any(isinstance(v, float) for v in distinct)
+    ):
+        # drawn from a range (a space's weight decay, Lion's b1): a range, not choices
+        return optuna.distributions.FloatDistribution(float(min(distinct)), float(max(distinct)))
     return optuna.distributions.CategoricalDistribution(distinct)
 
 

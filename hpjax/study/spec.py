@@ -434,7 +434,7 @@ def _check_pbt_batch_sizes(dimensions, placement: PlacementSpec) -> None:
 def _outputs(read: _Reader, model: Mapping, source: trials_lib.TrialSource) -> OutputSpec:
     x = read.raw("report_x")
     model_keys = (set(model) | {k for k, _ in source.model_grid}) - {"name"}
-    allowed = (*REPORT_X, *sorted(model_keys))
+    allowed = (*REPORT_X, *source.optimizer_keys, *sorted(model_keys))
     if x not in allowed:
         _fail("report_x", x, f"is not a hyperparameter of the study; allowed: {', '.join(allowed)}")
     storage = str(read.raw("optuna_storage"))
