@@ -97,15 +97,18 @@ def _study(curves: Curves, patience: int = 0) -> DenseStudy:
 
 def test_synchronous_halving_and_figures_by_hand():
     curves = _toy([[4, 3, 2, 1, 0.5], [4, 2, 1.5, 1.4, 1.3], [4, 3.5, 3, 2.5, 2], [4, 4, 4, 4, 4]])
-    run = simulate.successive_halving(curves, min_steps=10, eta=2, max_rungs=8)
+    run = simulate.successive_halving(curves, min_steps=10, eta=2, max_rungs=8, max_steps=40)
     # rung 10: values 3, 2, 3.5, 4 -> keep 2 (trials 1 and 0); rung 20: 2 vs 1.5 -> keep 1
     assert run.pruned_at == {2: 10, 3: 10, 0: 20}
-    row = outcome(curves, run, np.arange(4))
+    row = outcome(curves, run, [np.arange(4)])
     assert row["trial"] == 101 and row["best_value"] == 1.3 and row["rank"] == 2
     assert math.isclose(row["regret_pct"], 100 * (1.3 - 0.5) / 0.5)
     assert math.isclose(row["budget_share"], (20 + 40 + 10 + 10) / 160)
     # random search at that budget (80 steps): the first two trials of the order, 40 each
     assert math.isclose(row["random_regret_pct"], 0.0)
+    # over two orders: trials 0, 1 (regret 0), then 3, 2 (best 2.0: regret 300%)
+    both = outcome(curves, run, [np.arange(4), np.array([3, 2, 1, 0])])
+    assert math.isclose(both["random_regret_pct"], 150.0)
     assert row["test"] == 1.0
 
 
@@ -113,7 +116,11 @@ def test_patience_cuts_by_hpjax_rule_and_cannot_exceed_the_dense_one():
     curves = _toy([[3, 2, 2.5, 2.4, 1.0], [3, 2.9, 2.8, 2.7, 2.6]])
     run = simulate.patience(curves, patience=2, min_delta=0.0, min_steps=0)
     assert run.seen.tolist() == [3, 4] and run.pruned_at == {0: 30}
-    assert outcome(curves, run, np.arange(2))["best_value"] == 2.0
+    row = outcome(curves, run, [np.arange(2)])
+    # the pick is trial 0, cut at step 30 with 2.0: above trial 0's dense best (1.0), so rank 2,
+    # and no test value (it was measured at step 40, which the cut trial never reached)
+    assert row["best_value"] == 2.0 and row["trial"] == 100 and row["rank"] == 2
+    assert math.isnan(row["test"])
     with pytest.raises(ConfigError, match="cannot show a longer patience"):
         parse_settings("patience:p=4", _study(curves, patience=3))
 
@@ -151,8 +158,7 @@ def test_replay_writes_its_table_plot_and_report_section(dense_workdir, tmp_path
     runs = files.read_csv(f"{workdir}/replay_runs.csv", key="setting")
     assert len(runs) == 3 * len(rows)
     for row in rows:
-        assert 0 < row["budget_share"] <= 1 and row["regret_pct"] >= 0
-        assert row["budget_share_low"] <= row["budget_share"] <= row["budget_share_high"]
+        assert 0 < row["budget_share"] <= 1 and row["replays"] == 3
     full = result.row("random:fraction=0.5")
     assert math.isclose(full["budget_share"], 0.5, abs_tol=0.1)
     report = open(f"{workdir}/report.md").read()
@@ -189,3 +195,11 @@ def test_the_binary_refuses_a_bad_replay_before_training(tmp_path):
         (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
         assert match in line
         assert not workdir.exists()
+
+
+def test_a_setting_given_zero_keeps_it():
+    study = _study(_toy([[1, 0.5, 0.4, 0.3, 0.2]]))
+    (median,) = parse_settings("median:warmup=0", study)
+    assert median.get("warmup") == 0 and median.key == "median:warmup=0,startup=5"
+    (default,) = parse_settings("median", study)
+    assert default.get("warmup") == 10  # an eighth of the 40 steps, on the evaluation grid

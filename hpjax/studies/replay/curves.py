@@ -90,11 +90,16 @@ def _dense_or_refuse(workdir: str, saved: Mapping, summary: Sequence[Mapping]) -
             "slots 0: every trial trained to its own end), whose curves hold every evaluation "
             "a scheduler could have seen"
         )
-    cut = [r["trial"] for r in summary if r.get("status") in NOT_DENSE_STATUSES]
-    if saved.get("budget_trial_steps", 0) or cut:
+    if saved.get("budget_trial_steps", 0):
         raise ConfigError(
-            f"{workdir!r}: trials {cut[:5]} were cut by a scheduler or the study's budget; a "
-            "replay needs every trial's whole curve (budget_trial_steps 0)"
+            f"{workdir!r} ran with budget_trial_steps={saved['budget_trial_steps']}: a replay "
+            "needs every trial's whole curve (budget_trial_steps 0)"
+        )
+    cut = [r["trial"] for r in summary if r.get("status") in NOT_DENSE_STATUSES]
+    if cut:
+        raise ConfigError(
+            f"{workdir!r}: trials {cut[:5]} were cut before their end (pruned or stopped by a "
+            "budget); a replay needs every trial's whole curve"
         )
 
 
@@ -182,11 +187,18 @@ def read_dense(workdir: str, monitor: str = "loss") -> DenseStudy:
         "min_delta": float(saved.get("min_delta", 0.0)),
         "min_steps": int(saved.get("min_steps", 0)),
     }
-    seeds = list(dict.fromkeys(r.get("seed") for r in summary))
+    # one arrival queue per population (as the live loop runs one ASHA each) and seed
+    keys = list(dict.fromkeys((r.get("population"), r.get("seed")) for r in summary))
     groups = tuple(
-        _group(s, [r for r in summary if r.get("seed") == s], curves, monitor, rule) for s in seeds
+        _group(
+            k[1],
+            [r for r in summary if (r.get("population"), r.get("seed")) == k],
+            curves,
+            monitor,
+            rule,
+        )
+        for k in keys
     )
-    first = curves[summary[0]["trial"]]
-    eval_every = int(first[1]["step"] - first[0]["step"]) if len(first) > 1 else 1
+    eval_every = int(saved.get("eval_every") or 1)
     max_steps = _budget_steps(saved, summary, groups)
     return DenseStudy(workdir, monitor, groups, **rule, max_steps=max_steps, eval_every=eval_every)

@@ -6,10 +6,12 @@ One replay is a setting run on one seed's curves with one arrival order. Its out
 - ``best_value``: the best monitored value among the trials it let finish (its recommendation;
   every trial it started when none finished), and ``trial``, the study's number of that pick;
 - ``regret_pct``: how far that is above the dense best, in percent of the dense best;
-- ``rank``: the pick's place among all trials by their dense best (1: the dense best itself);
-- ``test``: the pick's test value at its dense early-stop point (what retraining it would give);
-- ``random_regret_pct``: random search's regret at the same budget and arrival order (the first
-  trials of the order, each trained to its end, while they fit).
+- ``rank``: where the value it returns falls among all trials' dense best values (1: no trial
+  of the dense study did better);
+- ``test``: the pick's test value at its dense early-stop point, when the replay let it train
+  that far (NaN for a pick cut earlier, whose test value was never measured);
+- ``random_regret_pct``: random search's mean regret at the same budget over random arrival
+  orders (the first trials of each, trained to their end, while they fit).
 
 Over the replays each figure has its mean and the middle 95% of the replays (2.5th to 97.5th
 percentile): where one run of that scheduler on this problem lands, not an interval of a mean.
@@ -46,10 +48,21 @@ def _regret(curves: Curves, value: float) -> float:
     return 100.0 * (value - best) / max(abs(best), 1e-12)
 
 
-def outcome(curves: Curves, run: simulate.Run, order: np.ndarray) -> dict:
-    """One replay's figures (see the module's docstring)."""
+def random_regret(curves: Curves, budget: float, orders: Sequence[np.ndarray]) -> float:
+    """Random search's mean regret at ``budget`` steps over the random arrival ``orders``."""
+    regrets = [
+        _regret(curves, _pick(curves, simulate.random_search(curves, o, budget))[2]) for o in orders
+    ]
+    finite = [r for r in regrets if np.isfinite(r)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def outcome(curves: Curves, run: simulate.Run, baseline: Sequence[np.ndarray]) -> dict:
+    """One replay's figures (see the module's docstring); ``baseline``: the random arrival
+    orders random search at the same budget is averaged over."""
     spent, pick, value = _pick(curves, run)
-    _, random_pick, random_value = _pick(curves, simulate.random_search(curves, order, spent))
+    finite = curves.dense_best[np.isfinite(curves.dense_best)]
+    whole = run.seen[pick] == curves.last[pick]  # its test value is at its dense early stop
     return {
         "seed": curves.seed,
         "budget_share": spent / float(curves.final_steps.sum()),
@@ -58,9 +71,9 @@ def outcome(curves: Curves, run: simulate.Run, order: np.ndarray) -> dict:
         "trial": int(curves.trials[pick]),
         "best_value": value,
         "regret_pct": _regret(curves, value),
-        "rank": curves.rank(pick),
-        "test": float(curves.test[pick]),
-        "random_regret_pct": _regret(curves, random_value),
+        "rank": 1 + int((finite < value).sum()),
+        "test": float(curves.test[pick]) if whole else float("nan"),
+        "random_regret_pct": random_regret(curves, spent, baseline),
     }
 
 

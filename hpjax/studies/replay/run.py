@@ -27,6 +27,7 @@ from hpjax.studies.replay import outcomes, report
 from hpjax.studies.replay.curves import DenseStudy, read_dense
 from hpjax.studies.replay.settings import Setting, default_settings, parse_settings, run_setting
 
+BASELINE_ORDERS = 20  # random orders random search at a replay's budget is averaged over
 PARALLEL_FROM_EVALUATIONS = 50_000  # evaluations x settings: below, one process is quicker
 
 
@@ -66,11 +67,14 @@ def _replays(study, setting, group, order_ids, orders, slots, seed) -> list[dict
     runs once; each order still sets its random search at equal budget)."""
     curves = study.groups[group]
     every = arrival_orders(curves.size, orders, seed, group)
+    if setting.name == "random":  # random search draws its trials at random, never by index
+        every = arrival_orders(curves.size, orders + 1, seed, group)[1:]
+    baseline = arrival_orders(curves.size, BASELINE_ORDERS + 1, seed + 1, group)[1:]
     fixed, out = None, []
     for o in order_ids:
         if setting.scheduler.ordered or fixed is None:
             fixed = run_setting(setting, curves, every[o], slots, study)
-        out.append({"setting": setting.key, "order": o} | outcomes.outcome(curves, fixed, every[o]))
+        out.append({"setting": setting.key, "order": o} | outcomes.outcome(curves, fixed, baseline))
     return out
 
 

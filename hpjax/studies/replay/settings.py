@@ -25,30 +25,30 @@ from hpjax.study.sections import BudgetSpec
 @dataclasses.dataclass(frozen=True)
 class Scheduler:
     title: str
-    keys: Mapping[str, float]  # its settings with their defaults
+    keys: Mapping[str, float | None]  # its settings with their defaults (None: from the study)
     ordered: bool  # whether the trials' arrival order changes its decisions
     source: str  # whose decisions: hpjax's class, Optuna's pruner, or the rule written here
 
 
 SCHEDULERS = {
-    "asha": Scheduler("ASHA", {"eta": 3, "grace": 0}, True, "hpjax.study.schedulers.Asha"),
+    "asha": Scheduler("ASHA", {"eta": 3, "grace": None}, True, "hpjax.study.schedulers.Asha"),
     "successive_halving": Scheduler(
         "Synchronous successive halving",
-        {"eta": 3, "grace": 0, "rungs": 8},
+        {"eta": 3, "grace": None, "rungs": 8},
         False,
         "hpjax.studies.replay.simulate.successive_halving",
     ),
     "optuna_asha": Scheduler(
         "Optuna successive halving",
-        {"eta": 3, "grace": 0},
+        {"eta": 3, "grace": None},
         True,
         "optuna.pruners.SuccessiveHalvingPruner",
     ),
     "hyperband": Scheduler(
-        "Hyperband", {"eta": 3, "grace": 0}, True, "optuna.pruners.HyperbandPruner"
+        "Hyperband", {"eta": 3, "grace": None}, True, "optuna.pruners.HyperbandPruner"
     ),
     "median": Scheduler(
-        "Median stopping", {"warmup": 0, "startup": 5}, True, "optuna.pruners.MedianPruner"
+        "Median stopping", {"warmup": None, "startup": 5}, True, "optuna.pruners.MedianPruner"
     ),
     "wilcoxon": Scheduler(
         "Wilcoxon pruning", {"p": 0.1, "startup": 2}, True, "optuna.pruners.WilcoxonPruner"
@@ -80,7 +80,7 @@ class Setting:
         shown = []
         for k, v in self.params:
             if self.name == "random" and k == "fraction":
-                shown.append(f"{v:.0%} of the budget")
+                shown.append(f"{100 * v:g}% of the budget")
             elif self.name == "patience" and k == "p":
                 shown.append(f"patience {v:g}")
             else:
@@ -142,9 +142,9 @@ def _snap(steps: float, study: DenseStudy) -> int:
 
 def _with_defaults(name: str, given: Mapping[str, float], study: DenseStudy):
     values = dict(SCHEDULERS[name].keys) | dict(given)
-    if "grace" in values and not values["grace"]:
+    if "grace" in values and values["grace"] is None:
         values["grace"] = _snap(study.max_steps / values["eta"] ** 3, study)
-    if name == "median" and not values["warmup"]:
+    if name == "median" and values["warmup"] is None:
         values["warmup"] = _snap(study.max_steps / 8, study)
     return tuple((k, float(v)) for k, v in values.items())
 
@@ -207,12 +207,15 @@ def run_setting(
         judge = simulate.AshaJudge(curves, int(p["grace"]), p["eta"], study.max_steps)
         return simulate.run_rows(curves, order, slots, judge)
     if name == "successive_halving":
-        return simulate.successive_halving(curves, int(p["grace"]), p["eta"], int(p["rungs"]))
+        return simulate.successive_halving(
+            curves, int(p["grace"]), p["eta"], int(p["rungs"]), study.max_steps
+        )
     if name == "patience":
         return simulate.patience(curves, int(p["p"]), study.min_delta, study.min_steps)
     if name == "random":
         return simulate.random_search(curves, order, p["fraction"] * curves.final_steps.sum())
-    judge = simulate.OptunaJudge(curves, optuna_pruner(setting, study))
+    objective = "mean" if name == "wilcoxon" else "best"
+    judge = simulate.OptunaJudge(curves, optuna_pruner(setting, study), objective)
     return simulate.run_rows(curves, order, slots, judge)
 
 

@@ -71,9 +71,10 @@ class OptunaJudge:
     monitored value reported at its step from the first after training (step 0, the same
     untrained model for every rate of a seed, is not), ``should_prune`` asked at each (values
     of evaluations a trial passed before its first judgement are reported first), and the trial
-    told complete with its best value, or pruned."""
+    told complete with its best value (or, for the Wilcoxon pruner, whose objective is the mean
+    of what it was told, their mean), or pruned."""
 
-    def __init__(self, curves: Curves, pruner: Any):
+    def __init__(self, curves: Curves, pruner: Any, objective: str = "best"):
         import optuna  # an optional extra: only these replays need it
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -85,6 +86,7 @@ class OptunaJudge:
             pruner=pruner,
             sampler=optuna.samplers.RandomSampler(seed=0),  # replayed trials sample nothing
         )
+        self.objective = objective  # "best", or "mean" of the reported values (Wilcoxon's)
         self.trials: dict[int, Any] = {}
         self.reported: dict[int, int] = {}
 
@@ -111,8 +113,10 @@ class OptunaJudge:
     def complete(self, trial: int) -> None:
         c = self.curves
         self._report_to(trial, int(c.last[trial]))
-        best = float(c.dense_best[trial])
-        self.study.tell(self.trials[trial], best if math.isfinite(best) else math.inf)
+        value = float(c.dense_best[trial])
+        if self.objective == "mean":
+            value = float(np.mean(c.values[trial, 1 : c.lengths[trial]]))
+        self.study.tell(self.trials[trial], value if math.isfinite(value) else math.inf)
 
 
 def run_rows(curves: Curves, order: np.ndarray, slots: int, judge: Judge) -> Run:
@@ -131,10 +135,13 @@ def run_rows(curves: Curves, order: np.ndarray, slots: int, judge: Judge) -> Run
         if trial is not None:
             seen[trial] = 0
             judge.start(trial)
+            if last[trial] == 0:  # evaluated once, before any training: nothing to judge
+                completed[trial] = True
+                judge.complete(trial)
 
+    last = curves.last
     for r in range(len(rows)):
         take(r)
-    last = curves.last
     while any(t is not None for t in rows):
         for t in rows:  # the scheduler, in row order, over the trials still training
             if t is not None and seen[t] < last[t]:
@@ -142,18 +149,20 @@ def run_rows(curves: Curves, order: np.ndarray, slots: int, judge: Judge) -> Run
                 if step is not None:
                     pruned_at[t] = step
         for r, t in enumerate(rows):  # ended rows take the next trials
-            if t is not None and (t in pruned_at or seen[t] >= last[t]):
-                if t not in pruned_at:
-                    completed[t] = True
-                    judge.complete(t)
+            if t is not None and (t in pruned_at or completed[t]):
                 take(r)
         for t in rows:  # one window: every row to its next evaluation
             if t is not None and seen[t] < last[t]:
                 seen[t] += 1
+                if seen[t] == last[t]:  # its last evaluation: it ends, told before others go on
+                    completed[t] = True
+                    judge.complete(t)
     return Run(seen, completed, pruned_at)
 
 
-def successive_halving(curves: Curves, min_steps: int, eta: float, max_rungs: int) -> Run:
+def successive_halving(
+    curves: Curves, min_steps: int, eta: float, max_rungs: int, max_steps: int
+) -> Run:
     """Synchronous successive halving: every trial trains to the first rung; the best
     ``1/eta`` of those that got there (by running best) go on to the next, ``eta`` times
     further, and so on; the survivors of the last rung train to their end. A trial whose curve
@@ -166,6 +175,8 @@ def successive_halving(curves: Curves, min_steps: int, eta: float, max_rungs: in
     rung = float(min_steps)
     for _ in range(max_rungs):
         steps = int(round(rung))
+        if steps >= max_steps:  # as ASHA's: no rung at the budget's end, where trials finish
+            break
         reached = [t for t in alive if curves.steps[t, curves.last[t]] >= steps]
         if len(reached) <= 1:
             break
