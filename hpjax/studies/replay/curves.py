@@ -56,11 +56,6 @@ class Curves:
         """[N] each trial's best monitored value over its whole curve."""
         return self.running_best[np.arange(self.size), self.last]
 
-    def rank(self, index: int) -> int:
-        """1 + the trials whose dense best is lower than trial ``index``'s (1: the best)."""
-        best = np.where(np.isfinite(self.dense_best), self.dense_best, np.inf)
-        return 1 + int((best < best[index]).sum())
-
 
 @dataclasses.dataclass(frozen=True)
 class DenseStudy:

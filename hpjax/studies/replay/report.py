@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 
 from hpjax.report.figures import new_figure, save_figure
+from hpjax.report.labels import is_finite_number
 from hpjax.results import files
-from hpjax.studies.replay.settings import SCHEDULERS, Setting, describe
+from hpjax.studies.replay.settings import SCHEDULERS
 
 CSV = "replay.csv"
 META = "replay.json"
@@ -16,12 +16,8 @@ PLOT = os.path.join("plots", "replay_pareto.png")
 COLOURS = dict(zip(SCHEDULERS, ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "0.45"), strict=True))
 
 
-def sources(settings: Sequence[Setting]) -> str:
-    return describe(settings)
-
-
 def _finite(*values) -> bool:
-    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+    return all(is_finite_number(v) for v in values)
 
 
 def pareto_front(rows: Sequence[Mapping]) -> list[Mapping]:

@@ -25,7 +25,13 @@ from hpjax.report import study_report
 from hpjax.results import files
 from hpjax.studies.replay import outcomes, report
 from hpjax.studies.replay.curves import DenseStudy, read_dense
-from hpjax.studies.replay.settings import Setting, default_settings, parse_settings, run_setting
+from hpjax.studies.replay.settings import (
+    Setting,
+    default_settings,
+    describe,
+    parse_settings,
+    run_setting,
+)
 
 BASELINE_ORDERS = 20  # random orders random search at a replay's budget is averaged over
 PARALLEL_FROM_EVALUATIONS = 50_000  # evaluations x settings: below, one process is quicker
@@ -170,7 +176,7 @@ def _write(study, settings, rows, runs, seconds, orders, slots) -> dict[str, str
         "seeds": len(study.groups),
         "trials": study.num_trials,
         "monitor": study.monitor,
-        "sources": report.sources(settings),
+        "sources": describe(settings),
     }
     paths = {
         "csv": os.path.join(workdir, report.CSV),
