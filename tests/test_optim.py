@@ -335,6 +335,12 @@ def test_vmapped_trials_equal_each_alone(name):
         ("adam", dict(b1=0.7, b2=0.95, eps=1e-3, nesterov=True)),
         ("adagrad", dict(initial_accumulator_value=1.0, eps=1e-2)),
         ("rmsprop", dict(rms_decay=0.5, eps=1e-2)),
+        # a built-in's optax factory, named by its import path, takes the same fast path
+        ("optax.adam", dict(b1=0.7, eps=1e-3)),
+        ("optax.sgd", dict(momentum=0.6, nesterov=True)),
+        ("optax.sgd", {}),
+        ("optax.adagrad", dict(eps=1e-2)),
+        ("optax.rmsprop", dict(decay=0.5)),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v) or "defaults",
 )
@@ -350,4 +356,34 @@ def test_direction_of_state_is_the_direction_update_returns(name, options):
         updates, state = tx.update(grads, state, params)
         ours = optim.direction_of_state(name, grads, state, **options)
         np.testing.assert_array_equal(ours["w"], updates["w"])
-    assert not np.array_equal(updates["w"], grads["w"]) or name == "sgd"
+    assert not np.array_equal(updates["w"], grads["w"]) or name.endswith("sgd") and not options
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("optax.lion", {}), ("optax.adamw", {}), ("optax.adam", dict(eps_root=1e-8))],
+    ids=str,
+)
+def test_direction_of_state_is_none_for_other_factories(name, options):
+    """A factory that is not a built-in's, or a built-in's with a keyword the built-in does not
+    name, has no direction from its state: the engine keeps what its update returned."""
+    params = {"w": jnp.ones((2, 2))}
+    tx = optim.direction(name, **options)
+    _, state = tx.update(params, tx.init(params), params)
+    assert optim.direction_of_state(name, params, state, **options) is None
+
+
+def test_built_ins_are_their_optax_factories():
+    """One mechanism: a built-in's transformation is its optax factory's, with hpjax's names of
+    the options mapped to the factory's keywords."""
+    assert optim.built_in_factory("adam", b1=0.8) == (
+        "optax.adam",
+        dict(b1=0.8, b2=0.999, eps=1e-8, nesterov=False),
+    )
+    assert optim.built_in_factory("rmsprop", rms_decay=0.5)[1] == dict(decay=0.5, eps=1e-8)
+    assert optim.built_in_factory("sgd", momentum=0.5) == ("optax.sgd", {})
+    params = {"w": jnp.arange(4.0)}
+    for name in optim.OPTIMIZERS:
+        factory, keywords = optim.built_in_factory(name)
+        ours, theirs = optim.direction(name), optim.direction(factory, **keywords)
+        assert jax.tree.structure(ours.init(params)) == jax.tree.structure(theirs.init(params))

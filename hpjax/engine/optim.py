@@ -293,66 +293,99 @@ def check_traceable(name: str, static: dict[str, Any], varying: dict[str, float]
             ) from None
 
 
-def direction(name: str, **options: Any) -> optax.GradientTransformation:
-    """The learning-rate-free part of optimizer ``name``, as an optax transformation.
+# Each built-in optimizer is an optax factory, with hpjax's names of its options (``_options``)
+# mapped to the factory's keywords; the factory's other keywords keep their defaults.
+BUILT_IN_FACTORIES: dict[str, tuple[str, dict[str, str]]] = {
+    "adagrad": (
+        "optax.adagrad",
+        {"initial_accumulator_value": "initial_accumulator_value", "eps": "eps"},
+    ),
+    "adam": ("optax.adam", {"b1": "b1", "b2": "b2", "eps": "eps", "nesterov": "nesterov"}),
+    "momentum": ("optax.sgd", {"momentum": "momentum", "nesterov": "nesterov"}),
+    "rmsprop": ("optax.rmsprop", {"rms_decay": "decay", "eps": "eps"}),
+    "sgd": ("optax.sgd", {}),
+}
 
-    ``sgd``: identity; ``momentum``: ``optax.trace(momentum, nesterov)``; ``adam``:
-    ``scale_by_adam(b1, b2, eps)``; ``adagrad``: ``scale_by_rss(initial_accumulator_value, eps)``;
-    ``rmsprop``: ``scale_by_rms(rms_decay, eps)`` (the options and their defaults:
-    :func:`_options`). Numeric options may be traced; build the transformation inside the
-    per-trial function and call its ``init`` there too.
+
+def built_in_factory(name: str, **options: Any) -> tuple[str, dict[str, Any]]:
+    """The optax factory of the built-in optimizer ``name`` and its keywords from hpjax's
+    ``options`` (defaults filled in by :func:`_options`): ``adam`` is ``optax.adam``,
+    ``momentum`` is ``optax.sgd`` with ``momentum``, and so on."""
+    o = _options(name, **options)
+    factory, keywords = BUILT_IN_FACTORIES[name]
+    return factory, {keyword: o[option] for option, keyword in keywords.items()}
+
+
+def direction(name: str, **options: Any) -> optax.GradientTransformation:
+    """The learning-rate-free part of optimizer ``name``, as an optax transformation: an optax
+    factory's (:func:`factory_direction`), a built-in's through its factory
+    (:func:`built_in_factory`), so there is one mechanism. Numeric options may be traced; build
+    the transformation inside the per-trial function and call its ``init`` there too.
     """
     if is_factory(name):
         return factory_direction(name, **options)
-    o = _options(name, **options)
-    if name == "sgd":
-        return optax.identity()
-    if name == "momentum":
-        return optax.trace(decay=o["momentum"], nesterov=o["nesterov"])
-    if name == "adam":
-        return optax.scale_by_adam(b1=o["b1"], b2=o["b2"], eps=o["eps"], nesterov=o["nesterov"])
-    if name == "adagrad":
-        return optax.scale_by_rss(
-            initial_accumulator_value=o["initial_accumulator_value"], eps=o["eps"]
-        )
-    return optax.scale_by_rms(decay=o["rms_decay"], eps=o["eps"])
+    factory, keywords = built_in_factory(name, **options)
+    return factory_direction(factory, **keywords)
 
 
-def direction_of_state(name: str, grads: Any, new_state: Any, **options: Any) -> Any:
+def _as_built_in(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The built-in whose factory ``name`` with keywords ``options`` is, with hpjax's names of
+    the options; None for any other factory or a keyword the built-in does not name."""
+    if not is_factory(name):
+        return name, options
+    options = {k: v for k, v in options.items() if not (k == "momentum" and v is None)}
+    for built_in, (factory, keywords) in BUILT_IN_FACTORIES.items():
+        if factory != name or ("momentum" in options) != (built_in == "momentum"):
+            continue
+        if not set(options) <= set(keywords.values()):
+            return None
+        hpjax_name = {keyword: option for option, keyword in keywords.items()}
+        return built_in, {hpjax_name[k]: v for k, v in options.items()}
+    return None
+
+
+def direction_of_state(name: str, grads: Any, new_state: Any, **options: Any) -> Any | None:
     """The direction ``direction(name, ...).update(grads, state)`` returns, computed from the
-    state that update returned (``new_state``) and the same ``grads``, with optax's formulas.
+    state that update returned (``new_state``) and the same ``grads``, with optax's formulas:
+    for the built-ins and for their factories given only the keywords a built-in names
+    (``optax.adam`` with ``b1``), else None.
 
     Why: the population engine selects each trial's new optimizer state (frozen trials keep the
     old one) and then steps the parameters from the selected state. The parameter update then
     reads the state just written instead of recomputing it from the old state, which would make
     XLA keep a copy of every moment buffer on each step.
     """
-    o = _options(name, **options)  # Adagrad's and RMSProp's other options are in new_state
+    known = _as_built_in(name, options)
+    if known is None:
+        return None
+    name, options = known
+    o = _options(name, **options)  # Adagrad's and RMSProp's other options are in the state
     momentum, nesterov, b1, b2, eps = (o[k] for k in ("momentum", "nesterov", "b1", "b2", "eps"))
+    state = new_state[0][0]  # chain(factory's chain(its scaling, learning rate), negation)
     if name == "sgd":
         return grads
     if name == "momentum":
         if nesterov:
-            return jax.tree.map(lambda g, t: g + momentum * t, grads, new_state.trace)
-        return new_state.trace
+            return jax.tree.map(lambda g, t: g + momentum * t, grads, state.trace)
+        return state.trace
     if name == "adam":
-        count = new_state.count
+        count = state.count
         if nesterov:
             mu_hat = jax.tree.map(
                 lambda m, g: b1 * m + (1 - b1) * g,
-                optax.tree.bias_correction(new_state.mu, b1, optax.safe_increment(count)),
+                optax.tree.bias_correction(state.mu, b1, optax.safe_increment(count)),
                 optax.tree.bias_correction(grads, b1, count),
             )
         else:
-            mu_hat = optax.tree.bias_correction(new_state.mu, b1, count)
-        nu_hat = optax.tree.bias_correction(new_state.nu, b2, count)
+            mu_hat = optax.tree.bias_correction(state.mu, b1, count)
+        nu_hat = optax.tree.bias_correction(state.nu, b2, count)
         return jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + eps), mu_hat, nu_hat)
     if name == "adagrad":
         scale = jax.tree.map(
-            lambda t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0), new_state.sum_of_squares
+            lambda t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0), state.sum_of_squares
         )
         return optax.tree.mul(scale, grads)
-    return jax.tree.map(lambda n, g: jax.lax.rsqrt(n + eps) * g, new_state.nu, grads)
+    return jax.tree.map(lambda n, g: jax.lax.rsqrt(n + eps) * g, state.nu, grads)
 
 
 def apply_update(

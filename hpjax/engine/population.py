@@ -345,9 +345,9 @@ def micro_step(
     direction = optim.direction(spec.optimizer, **options)
     updates, stepped_state = direction.update(mean_grad, trial.opt_state, params)
     opt_state = _select(accept, stepped_state, trial.opt_state)
-    if not optim.is_factory(spec.optimizer):  # an optax factory's state may hold anything: its
-        # direction stays what its update returned
-        updates = optim.direction_of_state(spec.optimizer, mean_grad, opt_state, **options)
+    from_state = optim.direction_of_state(spec.optimizer, mean_grad, opt_state, **options)
+    if from_state is not None:  # else (any other factory) the direction its update returned
+        updates = from_state
     multipliers = spec.model.lr_multipliers(spec.optimizer)  # static: μP's per-layer rates
     new_params = _select(
         accept, optim.apply_update(params, updates, lr, hparams.weight_decay, multipliers), params
