@@ -1,11 +1,13 @@
 """A loss of your own (issue 35): over a model's outputs as any pytree, the batch's inputs and
-targets, per example or as one value of the batch. Populations of such a task equal each trial
-alone; restore_best scores what summary.csv says; a loss of the wrong shape is one line before
-the workdir is touched."""
+targets, the values its layers sow (nnx.sow), per example or as one value of the batch.
+Populations of such a task equal each trial alone (or a plain flax and optax loop);
+restore_best scores what summary.csv says; a loss of the wrong shape is one line before the
+workdir is touched."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -279,3 +281,117 @@ def test_a_task_of_your_own_with_batch_statistics_and_a_model_grid_equals_each_t
         ).rows[0]
         for key in ("best_val_loss", "test_loss", "test_reconstruction"):
             assert alone[key] == pytest.approx(row[key], rel=1e-5), (row["trial"], key)
+
+
+class Block(nnx.Module):
+    """A layer that sows a penalty on its activations (a load-balancing-like term)."""
+
+    def __init__(self, width: int, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(width, width, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.tanh(self.linear(x))
+        self.sow(nnx.Intermediate, "balance", jnp.mean(jnp.square(h)))
+        return h
+
+
+class Sowing(nnx.Module):
+    """A classifier of two sowing blocks: what it sows never appears in its outputs."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.blocks = nnx.List([Block(16, rngs), Block(16, rngs)])
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def sowing(rngs: nnx.Rngs) -> nnx.Module:
+    return Sowing(rngs)
+
+
+def balanced(outputs, targets, sown):
+    """Cross-entropy plus the sown penalties (one value of the batch each, added to every
+    example's loss)."""
+    return tasks.cross_entropy(outputs, targets) + 0.5 * sum(jax.tree.leaves(sown))
+
+
+BALANCED = hpjax.Task(
+    "balanced",
+    balanced,
+    (("accuracy", tasks.accuracy),),
+    higher_is_better=("accuracy",),
+    classification=True,
+)
+
+
+def _plain_loop(params, x, y, lr, steps, with_penalty=True):
+    """Full-batch Adam on the sowing model written with flax and optax alone: the penalty from
+    nnx.capture."""
+    graphdef, state = nnx.split(Sowing(nnx.Rngs(0)))
+
+    def loss(p):
+        nnx.replace_by_pure_dict(state, p)
+        logits, sown = nnx.capture(nnx.merge(graphdef, state), nnx.Intermediate)(x)
+        penalty = 0.5 * sum(jax.tree.leaves(sown)) if with_penalty else 0.0
+        return jnp.mean(tasks.cross_entropy(logits, y) + penalty)
+
+    adam = optax.adam(lr)
+    opt_state = adam.init(params)
+    for _ in range(steps):
+        updates, opt_state = adam.update(jax.grad(loss)(params), opt_state)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_a_loss_over_what_the_model_sows_trains_as_a_plain_loop(labelled):
+    """Each trial of a population whose loss reads the sown penalties follows flax + optax's
+    own full-batch loop; without the penalty it would not."""
+    num = len(labelled.x_train)
+    spec = population.PopulationSpec(
+        model=from_factory(sowing, "sowing"),
+        optimizer="adam",
+        schedule="constant",
+        microbatch=num,
+        num_train=num,
+        task=BALANCED,
+        accumulates=False,
+    )
+    trials = [{"learning_rate": lr, "seed": 0, "batch_size": num} for lr in (0.01, 0.05)]
+    hparams = trial_hparams(trials)
+    start = population.init_population(spec, hparams)
+    x, y = jnp.asarray(labelled.x_train), jnp.asarray(labelled.y_train)
+    together = population.train_ticks(spec, start, hparams, x, y, jnp.int32(15))
+    start = population.init_population(spec, hparams)
+    for j, trial in enumerate(trials):
+        first = jax.tree.map(lambda a, j=j: a[j], start.trials.params)
+        plain = _plain_loop(first, x, y, trial["learning_rate"], 15)
+        ours = jax.tree.map(lambda a, j=j: a[j], together.trials.params)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), ours, plain
+        )
+    unpenalised = _plain_loop(first, x, y, trials[-1]["learning_rate"], 15, with_penalty=False)
+    gap = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), ours, unpenalised)
+    assert max(jax.tree.leaves(gap)) > 1e-3  # the penalty moved the parameters
+
+
+def test_a_sowing_model_trains_with_the_built_in_task_and_sown_needs_a_sowing_model(
+    labelled, tmp_path
+):
+    """The built-in task ignores what a model sows; a loss that takes sown of a model that sows
+    nothing is one line before the workdir."""
+    result = hpjax.train(
+        sowing, labelled, str(tmp_path / "ok"), num_steps=10, eval_every=5, verbose=False
+    )
+    assert np.isfinite(float(result.best.row["best_val_loss"]))
+    workdir = tmp_path / "w"
+    with pytest.raises(
+        hpjax.ConfigError, match=r"loss\(outputs, targets, sown\) fails .*sowed nothing"
+    ) as error:
+        hpjax.train(
+            with_penalty, labelled, str(workdir), task=BALANCED, num_steps=10, verbose=False
+        )
+    assert "\n" not in str(error.value)
+    assert not workdir.exists()

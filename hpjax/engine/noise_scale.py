@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hpjax.engine import tasks
 from hpjax.engine.jit import jit
 
 Params = Any
@@ -49,7 +50,8 @@ def _sq_norm(tree) -> jax.Array:
 
 
 def _mean_loss(apply: ApplyFn, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+    logits = tasks.model_outputs(apply(params, x))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
 def gradient_sq_norms(

@@ -4,7 +4,9 @@ A :class:`Task` is static (it is part of the compiled program): the engine train
 ``loss(outputs, targets)`` over a batch, and an evaluation reports the mean loss and the mean of
 every metric over a set. The model's outputs may be any pytree (``{"logits": ..., "aux": ...}``:
 a KL term, a load-balancing loss the model returns); a loss or metric with a parameter named
-``inputs`` is also given the batch's inputs (a reconstruction); with ``reduction="mean"`` each
+``inputs`` is also given the batch's inputs (a reconstruction), one named ``sown`` the values
+the model's layers sowed during the call (``nnx.sow``: :class:`hpjax.models.model.SownOutputs`,
+a pure dict like ``{"block": {"balance": (value,)}}``); with ``reduction="mean"`` each
 gives one value of its batch (a scalar) instead of one per example. ``monitor`` names the value
 early stopping watches on the validation set (``"loss"`` or one of the metrics); it must be
 lower-is-better. Built-ins:
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from hpjax.errors import ConfigError
+from hpjax.models.model import SownOutputs
 
 # (outputs, targets [B, ...][, inputs=[B, ...]]) -> one value per example [B], or of the batch []
 PerExample = Callable[..., jax.Array]
@@ -33,17 +36,33 @@ REDUCTIONS = ("per_example", "mean")
 
 
 @functools.lru_cache(maxsize=256)
+def _parameters(fn: Callable) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return ()
+
+
 def takes_inputs(fn: Callable) -> bool:
     """Whether a loss or metric has a parameter named ``inputs`` (the batch's inputs)."""
-    try:
-        return "inputs" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # a builtin without a signature
-        return False
+    return "inputs" in _parameters(fn)
+
+
+def takes_sown(fn: Callable) -> bool:
+    """Whether a loss or metric has a parameter named ``sown`` (what the model sowed)."""
+    return "sown" in _parameters(fn)
 
 
 def signature(fn: Callable) -> str:
-    """How hpjax calls ``fn``, for messages: ``(outputs, targets)`` or with ``inputs``."""
-    return "(outputs, targets, inputs)" if takes_inputs(fn) else "(outputs, targets)"
+    """How hpjax calls ``fn``, for messages: ``(outputs, targets)``, with ``inputs`` and
+    ``sown`` where it takes them."""
+    extra = [name for name, takes in (("inputs", takes_inputs), ("sown", takes_sown)) if takes(fn)]
+    return f"({', '.join(['outputs', 'targets', *extra])})"
+
+
+def model_outputs(outputs: Any) -> Any:
+    """A model's outputs without what its layers sowed beside them."""
+    return outputs.outputs if isinstance(outputs, SownOutputs) else outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +109,17 @@ class Task:
         return (("loss", self.loss), *self.metrics)
 
     def value(self, fn: PerExample, outputs: Any, targets: jax.Array, inputs: Any) -> jax.Array:
-        """``fn`` of a batch, given the inputs where it asks for them."""
-        if takes_inputs(fn):
-            return fn(outputs, targets, inputs=inputs)
-        return fn(outputs, targets)
+        """``fn`` of a batch, given the inputs and the sown values where it asks for them."""
+        keywords = {"inputs": inputs} if takes_inputs(fn) else {}
+        if takes_sown(fn):
+            if not isinstance(outputs, SownOutputs):
+                raise ConfigError(
+                    f"task {self.name!r}: {getattr(fn, '__name__', 'a function')} takes sown, "
+                    "but the model sowed nothing during its call (self.sow(nnx.Intermediate, "
+                    "name, value) in a layer's __call__)"
+                )
+            keywords["sown"] = outputs.sown
+        return fn(model_outputs(outputs), targets, **keywords)
 
     def mean_loss(self, outputs: Any, targets: jax.Array, inputs: Any = None) -> jax.Array:
         """The batch's loss: the mean of its examples' (or the loss itself, ``"mean"``)."""

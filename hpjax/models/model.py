@@ -20,6 +20,12 @@ with
 - ``module(variables) -> nnx.Module``: a ready-to-use module in evaluation mode, e.g. after
   restoring a checkpoint.
 
+Values a layer sows during a call (``self.sow(nnx.Intermediate, "balance", value)``: a KL term,
+a load-balancing loss) are captured (``nnx.capture``), and ``apply`` and ``train_apply`` then
+give :class:`SownOutputs` (the outputs, and the sown values as a pure dict) for a task's loss or
+metric with a parameter named ``sown`` (:mod:`hpjax.engine.tasks`); a call that sows nothing
+gives its outputs as they are.
+
 The graph definition is found once with ``nnx.eval_shape`` (no arrays are allocated), and the
 functions rebuild the module from it inside the traced function, so they work under ``jax.jit``
 and ``jax.vmap``. Variables of a kind that cannot be carried as a trial's state (values sown
@@ -58,6 +64,24 @@ def check_input(x: jax.Array, input_shape: tuple[int, ...], model: str) -> jax.A
             f"{tuple(x.shape)}"
         )
     return jnp.asarray(x, jnp.float32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SownOutputs:
+    """A call's outputs and what its layers sowed (``nnx.Intermediate``), as a pure dict like
+    ``{"block": {"balance": (value,)}}`` (a tuple per name: nnx keeps every value sown)."""
+
+    outputs: Any
+    sown: dict
+
+
+def _called(module: nnx.Module, x: jax.Array) -> Any:
+    """``module(x)``, with the values its layers sowed during the call beside the outputs."""
+    outputs, sown = nnx.capture(module, nnx.Intermediate)(x)
+    if not jax.tree.leaves(sown):
+        return outputs
+    return SownOutputs(outputs, nnx.to_pure_dict(sown))
 
 
 class DropoutRate(nnx.Variable):
@@ -263,8 +287,8 @@ def _pure(make, name, graphdef, abstract_params, param_shapes, num_params, struc
         _check_params(params, param_shapes, name)
         return nnx.merge(graphdef, _filled(abstract_params, params))
 
-    def apply(params: dict, x: jax.Array) -> jax.Array:
-        return module(params)(x)
+    def apply(params: dict, x: jax.Array) -> Any:
+        return _called(module(params), x)
 
     return _model(name, init, apply, module, num_params, structure)
 
@@ -324,14 +348,14 @@ def _stateful(make, name, parts, num_params, structure) -> Model:
         made = merged(variables, jax.random.PRNGKey(0), jnp.zeros((), jnp.float32))
         return nnx.view(made, raise_if_not_found=False, **_EVAL_MODE)
 
-    def apply(variables: dict, x: jax.Array) -> jax.Array:
-        return module(variables)(x)
+    def apply(variables: dict, x: jax.Array) -> Any:
+        return _called(module(variables), x)
 
     def train_apply(variables: dict, x: jax.Array, key: jax.Array, dropout: jax.Array):
         training = nnx.view(
             merged(variables, key, dropout), raise_if_not_found=False, **_TRAIN_MODE
         )
-        outputs = training(x)
+        outputs = _called(training, x)
         state = nnx.state(training, _STATE)
         return outputs, {"params": variables["params"], "state": nnx.to_pure_dict(state)}
 

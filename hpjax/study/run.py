@@ -110,8 +110,9 @@ def check_task_fits(model: Model, task: tasks.Task, dataset: data_lib.Dataset) -
     x = jax.ShapeDtypeStruct((batch, *dataset.input_shape), jnp.float32)
     y = jax.ShapeDtypeStruct((batch, *dataset.y_train.shape[1:]), dataset.y_train.dtype)
     outputs = jax.eval_shape(model.apply, jax.eval_shape(model.init, ABSTRACT_KEY), x)
-    if not isinstance(outputs, jax.ShapeDtypeStruct) and task in tasks.TASKS.values():
-        structure = jax.tree_util.tree_structure(outputs)
+    plain = tasks.model_outputs(outputs)
+    if not isinstance(plain, jax.ShapeDtypeStruct) and task in tasks.TASKS.values():
+        structure = jax.tree_util.tree_structure(plain)
         raise ConfigError(
             f"model {model.name!r} gives its outputs as a pytree ({structure}); the built-in "
             f"task {task.name!r} takes one array: pass task=hpjax.Task(...) whose loss reads them"
