@@ -10,7 +10,8 @@
 - ``config.compilation_cache``: a directory for JAX's persistent compilation cache ("" = off),
   so running a study again with the same shapes (other rates, seeds, a resume) loads its
   programs instead of compiling them. It keeps at most 1 GiB, dropping the least recently
-  used programs.
+  used programs. Its subdirectory ``hpjax-programs`` keeps the engine's programs as traced
+  (:mod:`hpjax.engine.program_cache`), so such a rerun does not trace them either.
 
 ``cpu_devices`` must be set before the first JAX computation; :func:`configure` refuses with a
 one-line error naming the key when it is too late.
@@ -22,12 +23,14 @@ import os
 
 import jax
 
+from hpjax.engine import program_cache
 from hpjax.errors import ConfigError
 from hpjax.study.sections import ProcessSpec
 
 # Programs that compile faster than this are not worth a file read (nor a cache entry).
 MIN_CACHED_COMPILE_S = 0.1
 MAX_CACHE_BYTES = 2**30  # beyond it, JAX evicts the least recently used programs
+PROGRAMS = "hpjax-programs"  # the subdirectory of hpjax.engine.program_cache
 
 
 def usable_cores() -> int:
@@ -61,9 +64,14 @@ def use_compilation_cache(directory: str) -> None:
     JAX decides at a process's first compilation whether it uses the cache: set later, in a
     process that has already compiled something, it has no effect (and does no harm).
     """
-    if not directory or jax.config.jax_compilation_cache_dir:
+    if not directory:
         return
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    # hpjax's traced programs beside JAX's executables (JAX's eviction reads only its own files)
+    program_cache.use_directory(os.path.join(jax.config.jax_compilation_cache_dir, PROGRAMS))
+    if jax.config.jax_compilation_cache_dir != os.path.expanduser(directory):
+        return
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's wins
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_S)
     jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)

@@ -1,5 +1,6 @@
 """A generated differential test of the study space (issue 34): Hypothesis draws a small study
-from what a user combines (model, axes, how trials are named, scheduler, entry point, a kill)
+from what a user combines (model, task, axes, how trials are named, scheduler, entry point, a
+kill)
 and :func:`check_study` holds it to the oracles a user relies on:
 
 - every declared axis value is in ``summary.csv``, crossed as documented (the expected number
@@ -35,6 +36,7 @@ from hpjax import api
 from hpjax.engine import tasks
 from hpjax.errors import ConfigError
 from hpjax.models import TrialDropout
+from hpjax.models.model import SownOutputs
 from hpjax.models.registry import default_model_config
 from hpjax.results import files
 from hpjax.study.run import train_and_evaluate
@@ -87,7 +89,29 @@ def user_dropout(rngs: nnx.Rngs, width: int = 8) -> nnx.Module:
     )
 
 
-FACTORIES = {"user_mlp": user_mlp, "user_batch_norm": user_batch_norm, "user_dropout": user_dropout}
+class Sowing(nnx.Module):
+    """An MLP whose hidden layer sows a penalty on its activations (nnx.sow)."""
+
+    def __init__(self, rngs: nnx.Rngs, width: int = 8):
+        self.hidden = nnx.Linear(NUM_FEATURES, width, rngs=rngs)
+        self.head = nnx.Linear(width, NUM_CLASSES, rngs=rngs)
+
+    def __call__(self, x):
+        h = nnx.relu(self.hidden(x))
+        self.sow(nnx.Intermediate, "penalty", jnp.mean(jnp.square(h)))
+        return self.head(h)
+
+
+def user_sowing(rngs: nnx.Rngs, width: int = 8) -> nnx.Module:
+    return Sowing(rngs, width)
+
+
+FACTORIES = {
+    "user_mlp": user_mlp,
+    "user_batch_norm": user_batch_norm,
+    "user_dropout": user_dropout,
+    "user_sowing": user_sowing,
+}
 BUILT_IN = {
     "mlp": dict(name="mlp", hidden_units=8, num_layers=1),
     "mlp_batch_norm": dict(name="mlp", hidden_units=8, num_layers=1, batch_norm=True),
@@ -99,6 +123,7 @@ GRIDS = {
     "user_mlp": {"width": (4, 8), "activation": ("relu", "tanh")},
     "user_batch_norm": {"width": (4, 8)},
     "user_dropout": {"width": (4, 8)},
+    "user_sowing": {"width": (4, 8)},
     "mlp": {"hidden_units": (4, 8)},
     "mlp_batch_norm": {"hidden_units": (4, 8)},
     "cnn": {"channels": (2, 4)},
@@ -121,6 +146,40 @@ SPACE = {
     "seed": (None, (0, 1)),
     "b1": ((0.8, 0.95, "linear"), (0.8, 0.9)),  # Lion's, a per-trial keyword of the factory
 }
+
+
+def batch_cross_entropy(outputs, targets):
+    return jnp.mean(tasks.cross_entropy(outputs, targets))
+
+
+def batch_accuracy(outputs, targets):
+    return jnp.mean(tasks.accuracy(outputs, targets))
+
+
+def penalised_by_sown(outputs, targets, sown):
+    return tasks.cross_entropy(outputs, targets) + 0.1 * sum(jax.tree.leaves(sown))
+
+
+# The task drawn: the built-in one, a task of your own of one value per batch
+# (reduction="mean"), or (for the sowing model, always) a loss adding what the model sows.
+TASKS = {
+    "classification": tasks.CLASSIFICATION,
+    "batch_mean": hpjax.Task(
+        "batch_mean",
+        batch_cross_entropy,
+        (("accuracy", batch_accuracy),),
+        higher_is_better=("accuracy",),
+        classification=True,
+        reduction="mean",
+    ),
+    "sown": hpjax.Task(
+        "sown",
+        penalised_by_sown,
+        (("accuracy", tasks.accuracy),),
+        higher_is_better=("accuracy",),
+        classification=True,
+    ),
+}
 # The optimizer drawn: the built-in Adam, an optax factory, or both as an optimizer axis.
 OPTIMIZERS = ("adam", "adam", "optax.lion", "axis")
 AXIS = ("adam", "optax.lion")
@@ -142,6 +201,11 @@ def studies(draw) -> dict[str, Any]:
     study: dict[str, Any] = {"model": model, "naming": naming}
     study["schedule"] = draw(st.sampled_from(["constant", "cosine", "linear"]))
     study["patience"] = draw(st.sampled_from([0, 1]))
+    study["task"] = (
+        "sown"
+        if model == "user_sowing"
+        else draw(st.sampled_from(["classification", "classification", "batch_mean"]))
+    )
     optimizer = study["optimizer"] = draw(st.sampled_from(OPTIMIZERS))
     held = set()
     if naming == "space":
@@ -160,6 +224,9 @@ def studies(draw) -> dict[str, Any]:
     lists = {}
     for key, (column, values) in LISTS.items():
         if key == "dropouts" and model != "user_dropout":
+            continue
+        if key == "label_smoothings" and study["task"] != "classification":
+            lists[key] = (0.0,)  # smoothing a loss of your own is refused (tested apart)
             continue
         single = naming == "trials" or column in held
         size = 1 if single else draw(st.integers(1, 2))
@@ -224,8 +291,11 @@ def run(study: dict[str, Any], config: dict[str, Any], workdir: str, hooks=()) -
     parses it."""
     data = tiny_data()
     name = study["model"]
+    task = TASKS[study.get("task", "classification")]
     if name in FACTORIES and not hooks:
-        return list(hpjax.train(FACTORIES[name], data, workdir, verbose=False, **config).rows)
+        return list(
+            hpjax.train(FACTORIES[name], data, workdir, task=task, verbose=False, **config).rows
+        )
     cfg = api.make_config(name, data.name, **config)
     if name in BUILT_IN:
         model = default_model_config(BUILT_IN[name]["name"])
@@ -233,7 +303,7 @@ def run(study: dict[str, Any], config: dict[str, Any], workdir: str, hooks=()) -
         cfg.model = model
     factory = FACTORIES.get(name)
     return train_and_evaluate(
-        cfg, workdir, model=factory, task=tasks.CLASSIFICATION, dataset=data, hooks=list(hooks)
+        cfg, workdir, model=factory, task=task, dataset=data, hooks=list(hooks)
     )
 
 
@@ -349,8 +419,11 @@ def check_restore(study: dict[str, Any], rows: list[dict], workdir: str) -> None
         if row["test_loss"] is None:
             continue
         restored = hpjax.restore_best(workdir, row["trial"], model=factory)
-        logits = restored.module(jnp.asarray(data.x_test, jnp.float32))
-        loss = float(tasks.CLASSIFICATION.mean_loss(logits, jnp.asarray(data.y_test)))
+        x = jnp.asarray(data.x_test, jnp.float32)
+        logits, sown = nnx.capture(restored.module, nnx.Intermediate)(x)
+        outputs = SownOutputs(logits, nnx.to_pure_dict(sown)) if jax.tree.leaves(sown) else logits
+        task = TASKS[study.get("task", "classification")]
+        loss = float(task.mean_loss(outputs, jnp.asarray(data.y_test), x))
         assert loss == pytest.approx(row["test_loss"], rel=1e-5, abs=1e-6), row["trial"]
 
 

@@ -395,3 +395,22 @@ def test_a_sowing_model_trains_with_the_built_in_task_and_sown_needs_a_sowing_mo
         )
     assert "\n" not in str(error.value)
     assert not workdir.exists()
+
+
+def test_label_smoothing_with_a_loss_of_your_own_is_one_line(labelled, tmp_path):
+    """Label smoothing replaces the built-in cross-entropy; with a loss of your own it would
+    train in its place, silently: refused, naming the task."""
+    workdir = tmp_path / "w"
+    with pytest.raises(
+        hpjax.ConfigError, match=r"label_smoothing=0.1 .*task 'penalised' has a loss of its own"
+    ):
+        hpjax.train(
+            with_penalty,
+            labelled,
+            str(workdir),
+            task=PENALISED,
+            label_smoothings=(0.0, 0.1),
+            num_steps=10,
+            verbose=False,
+        )
+    assert not workdir.exists()

@@ -17,26 +17,44 @@ from typing import Any
 
 import jax
 
+from hpjax.engine import program_cache
+
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 class BackendJit:
     """``jax.jit(fun, **kwargs)``, with :data:`CPU_COMPILER_OPTIONS` when JAX's default backend
-    is the CPU (decided at each call, as the backend is only known once JAX has started)."""
+    is the CPU (decided at each call, as the backend is only known once JAX has started), and
+    through :mod:`hpjax.engine.program_cache` where a call can be cached."""
 
     def __init__(self, fun: Callable, **kwargs: Any):
         self.default = jax.jit(fun, **kwargs)
         self.cpu = jax.jit(fun, compiler_options=CPU_COMPILER_OPTIONS, **kwargs)
+        self.fun = fun
+        self.static_argnums = _as_tuple(kwargs.get("static_argnums", ()))
+        self.donate_argnums = _as_tuple(kwargs.get("donate_argnums", ()))
+        self.cacheable = not set(kwargs) - {"static_argnums", "donate_argnums"}
         functools.update_wrapper(self, fun)
 
     def _for_backend(self):
         return self.cpu if jax.default_backend() == "cpu" else self.default
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.cacheable and not kwargs:
+            options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+            cached, result = program_cache.call(
+                self.fun, args, self.static_argnums, self.donate_argnums, options
+            )
+            if cached:
+                return result
         return self._for_backend()(*args, **kwargs)
 
     def lower(self, *args: Any, **kwargs: Any) -> Any:
         return self._for_backend().lower(*args, **kwargs)
+
+
+def _as_tuple(argnums: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
 
 def jit(fun: Callable | None = None, **kwargs: Any) -> Any:

@@ -149,6 +149,9 @@ class Model:
     batch_statistics: bool = False  # carries state besides its parameters (nnx.BatchStat, ...)
     # μP's per-layer rules (an hpjax.models.mup.Parametrization); None: the standard one
     parametrization: Any = None
+    # a built-in model's complete keys and shapes, which decide its programs ("" for a model of
+    # your own): the key of hpjax.engine.program_cache
+    recipe: str = ""
 
     @property
     def stateful(self) -> bool:

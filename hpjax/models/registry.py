@@ -6,6 +6,7 @@ naming the key, raised by :func:`validate_model_config` before anything is built
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -288,13 +289,14 @@ def _built(keys: dict[str, Any], shape: tuple[int, ...], num_classes: int) -> Mo
     if key in _BUILT:
         return _BUILT[key]
     if keys.get("parametrization") == "mup":
-        _BUILT[key] = _mup_model(keys, shape, num_classes)
-        return _BUILT[key]
-    builder, precision = MODELS[keys["name"]], keys.get("precision", "float32")
-    _BUILT[key] = from_factory(
-        lambda rngs: apply_precision(builder(keys, shape, num_classes, rngs), precision),
-        keys["name"],
-    )
+        model = _mup_model(keys, shape, num_classes)
+    else:
+        builder, precision = MODELS[keys["name"]], keys.get("precision", "float32")
+        model = from_factory(
+            lambda rngs: apply_precision(builder(keys, shape, num_classes, rngs), precision),
+            keys["name"],
+        )
+    _BUILT[key] = dataclasses.replace(model, recipe=repr(key))
     return _BUILT[key]
 
 

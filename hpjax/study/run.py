@@ -160,7 +160,8 @@ def _check_augment(dataset: data_lib.Dataset) -> None:
 
 
 def check_regularisation(study: StudySpec, models: dict[tuple, Model], task: tasks.Task) -> None:
-    """Dropout rates need a model with dropout layers, label smoothing a classification task:
+    """Dropout rates need a model with dropout layers, label smoothing the built-in
+    cross-entropy:
     one line naming the key before anything compiles (a rate would otherwise change nothing)."""
     dropout = [t.dropout for t in study.trials if t.dropout]
     if dropout and not all(m.trial_dropout for m in models.values()):
@@ -173,6 +174,11 @@ def check_regularisation(study: StudySpec, models: dict[tuple, Model], task: tas
     if smoothing and not task.classification:
         raise ConfigError(
             f"label_smoothing={smoothing[0]} smooths class labels; task {task.name!r} has none"
+        )
+    if smoothing and task.loss is not tasks.cross_entropy:  # it would train in place of yours
+        raise ConfigError(
+            f"label_smoothing={smoothing[0]} smooths the built-in cross-entropy; task "
+            f"{task.name!r} has a loss of its own: smooth the labels inside it"
         )
 
 

@@ -1,0 +1,260 @@
+"""Traced programs kept on disk, so that a study run again skips tracing as well as compiling.
+
+JAX's persistent compilation cache (:mod:`hpjax.runtime`) keeps compiled executables keyed by
+the lowered program, so a rerun still traces and lowers every program in Python before it can
+look one up. This cache keeps each program of the engine as ``jax.export`` serialises it
+(StableHLO, with the structure of its inputs and outputs), under a key of everything that shapes
+it:
+
+- hpjax's own source (a digest of every ``.py`` file of the package) and the versions of jax,
+  jaxlib, flax and optax;
+- the function and its static arguments, described field by field: a built-in model by its
+  recipe (its complete, validated keys and shapes), a task, an augmentation or any other
+  function by its import path, which must be hpjax's own (its code is in the source digest);
+- the structure, shapes, dtypes and weak types of the other arguments;
+- the backend, the kind of device, the donated arguments and the compiler options.
+
+A program whose static arguments cannot be described so (a model or a loss of your own: hpjax
+cannot fingerprint your code), whose arguments live on several devices, or that ``jax.export``
+cannot serialise is traced as before. A program loaded from the cache is the same StableHLO
+compiled with the same options, so it computes the same bits (``tests/test_program_cache.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jaxlib
+import numpy as np
+import optax
+from jax import export
+
+from hpjax.models.model import Model
+
+MAX_BYTES = 2**29  # beyond it the least recently used programs are dropped
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_state: dict[str, Any] = {"directory": "", "source": ""}
+_programs: dict[str, tuple[Callable, Any]] = {}  # key -> (compiled call, output structure)
+_refused: set[str] = set()  # keys jax.export could not serialise: traced as before
+counts = {"hits": 0, "loads": 0, "exports": 0}  # in this process: memory, disk, traced
+
+
+class Uncacheable(Exception):
+    """A static argument or an input the key cannot describe."""
+
+
+def use_directory(directory: str) -> None:
+    """Keeps programs in ``directory`` ("" = off); programs already in memory stay."""
+    _state["directory"] = os.path.expanduser(directory) if directory else ""
+
+
+def directory() -> str:
+    return _state["directory"]
+
+
+def source_digest() -> str:
+    """A digest of every ``.py`` file of hpjax (paths and contents), once per process."""
+    if not _state["source"]:
+        digest = hashlib.sha256()
+        for root, dirs, names in os.walk(_PACKAGE):
+            dirs.sort()
+            for name in sorted(n for n in names if n.endswith(".py")):
+                path = os.path.join(root, name)
+                digest.update(os.path.relpath(path, _PACKAGE).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+        _state["source"] = digest.hexdigest()
+    return _state["source"]
+
+
+def versions() -> str:
+    """What besides the key's arguments decides a program: the libraries and hpjax's source."""
+    libraries = (jax.__version__, jaxlib.__version__, flax.__version__, optax.__version__)
+    return " ".join((*libraries, source_digest()))
+
+
+def describe(value: Any) -> str:
+    """A stable description of a static argument, or :class:`Uncacheable`."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    if isinstance(value, np.generic):
+        return f"{value.dtype}:{value!r}"
+    if isinstance(value, tuple | list):
+        return "(" + ",".join(describe(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{describe(k)}:{describe(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, Model):
+        if not value.recipe:
+            raise Uncacheable(f"model {value.name!r} is not a built-in")
+        return f"Model({value.recipe})"
+    if isinstance(value, functools.partial):
+        return f"partial({describe(value.func)},{describe(value.args)},{describe(value.keywords)})"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = ",".join(
+            f"{f.name}={describe(getattr(value, f.name))}" for f in dataclasses.fields(value)
+        )
+        return f"{type(value).__module__}.{type(value).__qualname__}({fields})"
+    if callable(value):
+        module, name = getattr(value, "__module__", "") or "", getattr(value, "__qualname__", "")
+        if module.startswith("hpjax.") and "<" not in name:
+            return f"{module}.{name}"
+    raise Uncacheable(f"{type(value).__name__} {value!r}")
+
+
+def _describe_input(leaf: Any) -> str:
+    if isinstance(leaf, jax.core.Tracer):
+        raise Uncacheable("a call inside a traced function (it is inlined there)")
+    if isinstance(leaf, jax.Array):
+        if len(leaf.sharding.device_set) > 1:
+            raise Uncacheable("an input on several devices")
+        return f"{leaf.shape}{leaf.dtype}{'w' if leaf.weak_type else ''}"
+    if isinstance(leaf, np.ndarray | np.generic):
+        return f"{leaf.shape}{leaf.dtype}"
+    raise Uncacheable(f"an input of type {type(leaf).__name__}")
+
+
+def key_of(
+    name: str,
+    static: Sequence[Any],
+    leaves: Sequence[Any],
+    in_tree: Any,
+    donated: Sequence[int],
+    compiler_options: dict[str, Any] | None,
+) -> str:
+    """The cache key of one call (see the module docstring); :class:`Uncacheable` if none."""
+    device = jax.devices()[0]
+    parts = [
+        versions(),
+        name,
+        describe(tuple(static)),
+        str(in_tree),
+        ";".join(_describe_input(leaf) for leaf in leaves),
+        f"{jax.default_backend()}:{device.device_kind}",
+        repr(tuple(donated)),
+        describe(compiler_options or {}),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _as_spec(leaf: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(
+        np.shape(leaf), leaf.dtype, weak_type=bool(getattr(leaf, "weak_type", False))
+    )
+
+
+def _runnable(exported: export.Exported, donated: Sequence[int], options) -> Callable:
+    return jax.jit(exported.call, donate_argnums=tuple(donated), compiler_options=options)
+
+
+def _read(path: str) -> tuple[bytes, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None  # absent, or written by another version: trace it again
+
+
+def _write(path: str, entry: tuple[bytes, Any]) -> None:
+    """Writes atomically (a reader sees the whole entry or none), then evicts."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(handle, "wb") as f:
+        pickle.dump(entry, f)
+    os.replace(temporary, path)
+    _evict(os.path.dirname(os.path.dirname(path)))
+
+
+def _evict(root: str) -> None:
+    """Drops the least recently used programs (by modification time: a load touches its file)
+    while the directory holds more than :data:`MAX_BYTES`."""
+    entries = []
+    for folder in os.scandir(root):
+        if folder.is_dir():
+            entries += [e for e in os.scandir(folder.path) if e.name.endswith(".program")]
+    stats = sorted(((e.stat().st_mtime, e.stat().st_size, e.path) for e in entries), reverse=True)
+    total = 0
+    for _, size, path in stats:
+        total += size
+        if total > MAX_BYTES:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def call(
+    fun: Callable,
+    args: tuple[Any, ...],
+    static_argnums: Sequence[int],
+    donate_argnums: Sequence[int],
+    compiler_options: dict[str, Any] | None,
+) -> tuple[bool, Any]:
+    """``(True, fun(*args))`` through the cache, or ``(False, None)`` when this call cannot be
+    cached (the caller then runs its own ``jax.jit``)."""
+    if not _state["directory"]:
+        return False, None
+    static = [args[i] for i in static_argnums]
+    dynamic = tuple(a for i, a in enumerate(args) if i not in static_argnums)
+    positions = [i for i in range(len(args)) if i not in static_argnums]
+    leaves, in_tree = jax.tree.flatten(dynamic)
+    donated, start = [], 0
+    for position, arg in zip(positions, dynamic, strict=True):
+        count = len(jax.tree.leaves(arg))
+        if position in donate_argnums:
+            donated.extend(range(start, start + count))
+        start += count
+    name = f"{fun.__module__}.{fun.__qualname__}"
+    try:
+        key = key_of(name, static, leaves, in_tree, donated, compiler_options)
+    except Uncacheable:
+        return False, None
+    if key in _refused:
+        return False, None
+    if key in _programs:
+        counts["hits"] += 1
+    else:
+        path = os.path.join(_state["directory"], key[:2], key + ".program")
+        entry = _read(path)
+        if entry is None:
+            entry = _export(fun, args, static_argnums, in_tree, leaves)
+            if entry is None:
+                _refused.add(key)
+                return False, None
+            _write(path, entry)
+            counts["exports"] += 1
+        else:
+            counts["loads"] += 1
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used
+        serialized, out_tree = entry
+        runnable = _runnable(export.deserialize(bytearray(serialized)), donated, compiler_options)
+        _programs[key] = (runnable, out_tree)
+    runnable, out_tree = _programs[key]
+    return True, jax.tree.unflatten(out_tree, runnable(*leaves))
+
+
+def _export(fun, args, static_argnums, in_tree, leaves) -> tuple[bytes, Any] | None:
+    """The program traced once and serialised, with its output structure; None if
+    ``jax.export`` cannot serialise it (a host callback, an effect)."""
+    out_tree: list[Any] = []
+
+    def flat(*flat_leaves):
+        dynamic = iter(jax.tree.unflatten(in_tree, flat_leaves))
+        full = [args[i] if i in static_argnums else next(dynamic) for i in range(len(args))]
+        out_leaves, tree = jax.tree.flatten(fun(*full))
+        out_tree.append(tree)
+        return out_leaves
+
+    try:
+        exported = export.export(jax.jit(flat))(*(_as_spec(leaf) for leaf in leaves))
+        return bytes(exported.serialize()), out_tree[0]
+    except Exception:  # noqa: BLE001 (what jax.export cannot serialise: trace it every run)
+        return None
