@@ -3,6 +3,7 @@ as the one traced by jax.jit; any change of what shapes a program (hpjax's sourc
 version, the model, a static option, a shape) is a miss; a model of your own is not cached."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -118,3 +119,15 @@ def test_a_lambda_in_a_static_argument_is_not_described():
     with pytest.raises(program_cache.Uncacheable):
         program_cache.describe(lambda x: x)
     assert program_cache.describe(np.float32(0.5)) == "float32:np.float32(0.5)"
+
+
+def test_the_least_recently_used_programs_go_first_past_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(program_cache, "_kept_bytes", {})
+    paths = [tmp_path / f"{k:02x}" / f"{k:02x}.program" for k in range(4)]
+    for age, path in enumerate(paths):
+        program_cache._write(str(path), (b"x" * 1000, None))
+        os.utime(path, (1000 + age, 1000 + age))  # the first written is the least recently used
+    monkeypatch.setattr(program_cache, "MAX_BYTES", 3500)
+    program_cache._write(str(tmp_path / "ff" / "ff.program"), (b"x" * 1000, None))
+    assert [p.exists() for p in paths] == [False, False, True, True]
+    assert (tmp_path / "ff" / "ff.program").exists()

@@ -46,6 +46,7 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _state: dict[str, Any] = {"directory": "", "source": ""}
 _programs: dict[str, tuple[Callable, Any]] = {}  # key -> (compiled call, output structure)
 _refused: set[str] = set()  # keys jax.export could not serialise: traced as before
+_kept_bytes: dict[str, int] = {}  # directory -> the bytes it holds, counted at a first write
 counts = {"hits": 0, "loads": 0, "exports": 0}  # in this process: memory, disk, traced
 
 
@@ -171,12 +172,17 @@ def _write(path: str, entry: tuple[bytes, Any]) -> None:
     with os.fdopen(handle, "wb") as f:
         pickle.dump(entry, f)
     os.replace(temporary, path)
-    _evict(os.path.dirname(os.path.dirname(path)))
+    root = os.path.dirname(os.path.dirname(path))
+    if root in _kept_bytes:
+        _kept_bytes[root] += os.path.getsize(path)
+    if root not in _kept_bytes or _kept_bytes[root] > MAX_BYTES:
+        _kept_bytes[root] = _evict(root)
 
 
-def _evict(root: str) -> None:
+def _evict(root: str) -> int:
     """Drops the least recently used programs (by modification time: a load touches its file)
-    while the directory holds more than :data:`MAX_BYTES`."""
+    while the directory holds more than :data:`MAX_BYTES`; returns the bytes it keeps. Run at
+    a process's first write and whenever its writes take the total past the limit."""
     entries = []
     for folder in os.scandir(root):
         if folder.is_dir():
@@ -184,10 +190,12 @@ def _evict(root: str) -> None:
     stats = sorted(((e.stat().st_mtime, e.stat().st_size, e.path) for e in entries), reverse=True)
     total = 0
     for _, size, path in stats:
-        total += size
-        if total > MAX_BYTES:
+        if total + size > MAX_BYTES:
             with contextlib.suppress(OSError):
                 os.remove(path)
+        else:
+            total += size
+    return total
 
 
 def call(
