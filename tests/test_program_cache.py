@@ -115,6 +115,14 @@ def test_a_model_of_your_own_is_traced_as_before(cache):
     assert program_cache.counts["exports"] == 0 and not cache.exists()
 
 
+def test_an_optimizer_factory_of_your_own_is_traced_as_before():
+    spec, _ = _spec()
+    assert "optax.lion" in program_cache.describe(dataclasses.replace(spec, optimizer="optax.lion"))
+    mine = dataclasses.replace(spec, optimizer="tests.test_optim_factories.clipped_adam")
+    with pytest.raises(program_cache.Uncacheable, match="not optax's"):
+        program_cache.describe(mine)
+
+
 def test_a_lambda_in_a_static_argument_is_not_described():
     with pytest.raises(program_cache.Uncacheable):
         program_cache.describe(lambda x: x)

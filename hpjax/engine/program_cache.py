@@ -10,13 +10,14 @@ it:
   jaxlib, flax and optax;
 - the function and its static arguments, described field by field: a built-in model by its
   recipe (its complete, validated keys and shapes), a task, an augmentation or any other
-  function by its import path, which must be hpjax's own (its code is in the source digest);
+  function by its import path, which must be hpjax's own (its code is in the source digest),
+  an optimizer by its name, which must be a built-in or optax's (its version is in the key);
 - the structure, shapes, dtypes and weak types of the other arguments;
 - the backend, the kind of device, the donated arguments and the compiler options.
 
-A program whose static arguments cannot be described so (a model or a loss of your own: hpjax
-cannot fingerprint your code), whose arguments live on several devices, or that ``jax.export``
-cannot serialise is traced as before. A program loaded from the cache is the same StableHLO
+A program whose static arguments cannot be described so (a model, a loss or an optimizer factory
+of your own: hpjax cannot fingerprint your code), whose arguments live on several devices, or
+that ``jax.export`` cannot serialise is traced as before. A program loaded from the cache is the same StableHLO
 compiled with the same options, so it computes the same bits (``tests/test_program_cache.py``).
 """
 
@@ -101,6 +102,9 @@ def describe(value: Any) -> str:
     if isinstance(value, functools.partial):
         return f"partial({describe(value.func)},{describe(value.args)},{describe(value.keywords)})"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        factory = getattr(value, "optimizer", None)  # an import path: its code is not hashed
+        if isinstance(factory, str) and "." in factory and not factory.startswith("optax."):
+            raise Uncacheable(f"optimizer factory {factory!r} is not optax's")
         fields = ",".join(
             f"{f.name}={describe(getattr(value, f.name))}" for f in dataclasses.fields(value)
         )
