@@ -17,8 +17,9 @@ it:
 
 A program whose static arguments cannot be described so (a model, a loss or an optimizer factory
 of your own: hpjax cannot fingerprint your code), whose arguments live on several devices, or
-that ``jax.export`` cannot serialise is traced as before. A program loaded from the cache is the same StableHLO
-compiled with the same options, so it computes the same bits (``tests/test_program_cache.py``).
+that ``jax.export`` cannot serialise is traced as before. A program loaded from the cache is the
+same StableHLO compiled with the same options, so it computes the same bits
+(``tests/test_program_cache.py``).
 """
 
 from __future__ import annotations
