@@ -397,20 +397,60 @@ def test_a_sowing_model_trains_with_the_built_in_task_and_sown_needs_a_sowing_mo
     assert not workdir.exists()
 
 
-def test_label_smoothing_with_a_loss_of_your_own_is_one_line(labelled, tmp_path):
+@pytest.mark.parametrize(
+    "axis",
+    [
+        dict(label_smoothings=(0.0, 0.1)),
+        dict(trials='[{"learning_rate": 0.01, "label_smoothing": 0.0}]'),
+    ],
+    ids=["a list", "an explicit 0"],
+)
+def test_label_smoothing_with_a_loss_of_your_own_is_one_line(axis, labelled, tmp_path):
     """Label smoothing replaces the built-in cross-entropy; with a loss of your own it would
-    train in its place, silently: refused, naming the task."""
+    train in its place, silently (even at 0.0): refused, naming the task."""
     workdir = tmp_path / "w"
     with pytest.raises(
-        hpjax.ConfigError, match=r"label_smoothing=0.1 .*task 'penalised' has a loss of its own"
+        hpjax.ConfigError, match=r"label_smoothing=0.[01] .*task 'penalised' has a loss of its own"
     ):
         hpjax.train(
             with_penalty,
             labelled,
             str(workdir),
             task=PENALISED,
-            label_smoothings=(0.0, 0.1),
             num_steps=10,
             verbose=False,
+            **axis,
         )
     assert not workdir.exists()
+
+
+def test_what_the_model_sows_is_evaluated_over_unpadded_batches(labelled):
+    """A sown penalty of the whole batch: each evaluation batch's value is that of its own
+    examples (the last one short, not padded), weighted by its size."""
+    model = from_factory(sowing, "sowing")
+    spec = population.PopulationSpec(
+        model=model,
+        optimizer="adam",
+        schedule="constant",
+        microbatch=8,
+        num_train=len(labelled.x_train),
+        task=BALANCED,
+        eval_batch_size=7,
+    )
+    params = jax.vmap(model.init)(jax.random.split(jax.random.PRNGKey(0), 2))
+    x, y = jnp.asarray(labelled.x_test), jnp.asarray(labelled.y_test)
+    ours = population.evaluate(spec, params, x, y)
+    for j in range(2):
+        p = jax.tree.map(lambda a, j=j: a[j], params)
+        total = 0.0
+        for start in range(0, len(x), 7):
+            xb, yb = x[start : start + 7], y[start : start + 7]
+            total += float(jnp.sum(balanced_by_hand(model, p, xb, yb)))
+        assert float(ours["loss"][j]) == pytest.approx(total / len(x), rel=1e-5)
+
+
+def balanced_by_hand(model, params, xb, yb):
+    graphdef, state = nnx.split(Sowing(nnx.Rngs(0)))
+    nnx.replace_by_pure_dict(state, params)
+    logits, sown = nnx.capture(nnx.merge(graphdef, state), nnx.Intermediate)(xb)
+    return tasks.cross_entropy(logits, yb) + 0.5 * sum(jax.tree.leaves(sown))

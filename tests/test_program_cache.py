@@ -139,3 +139,40 @@ def test_the_least_recently_used_programs_go_first_past_the_limit(tmp_path, monk
     program_cache._write(str(tmp_path / "ff" / "ff.program"), (b"x" * 1000, None))
     assert [p.exists() for p in paths] == [False, False, True, True]
     assert (tmp_path / "ff" / "ff.program").exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledLoss:
+    """A callable dataclass of your own: its code is not in hpjax's digest."""
+
+    weight: float
+
+    def __call__(self, outputs, targets):
+        return self.weight * outputs
+
+
+def test_your_own_dataclasses_and_bound_methods_are_not_described():
+    with pytest.raises(program_cache.Uncacheable, match="not hpjax's"):
+        program_cache.describe(ScaledLoss(0.5))
+    spec, _ = _spec()
+    with pytest.raises(program_cache.Uncacheable):
+        program_cache.describe(spec.task.with_monitor)
+
+
+def test_a_tracing_flag_changes_the_key():
+    spec, _ = _spec()
+    base = _key(spec)
+    with jax.default_matmul_precision("highest"):
+        assert _key(spec) != base
+
+
+def test_a_damaged_program_file_is_traced_again(cache):
+    spec, data = _spec()
+    first = _train(spec, data)
+    exported = program_cache.counts["exports"]
+    for path in cache.rglob("*.program"):
+        path.write_bytes(b"not a program")
+    program_cache._programs.clear()
+    again = _train(spec, data)
+    assert program_cache.counts["exports"] == 2 * exported
+    _assert_same_bits(first, again)

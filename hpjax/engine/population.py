@@ -277,7 +277,8 @@ def _loss_and_gradient(
 
     def loss_of(outputs: jax.Array) -> jax.Array:
         if spec.label_smoothing:
-            return jnp.mean(tasks.smoothed_cross_entropy(outputs, y, hparams.label_smoothing))
+            logits = tasks.model_outputs(outputs)
+            return jnp.mean(tasks.smoothed_cross_entropy(logits, y, hparams.label_smoothing))
         return spec.task.mean_loss(outputs, y, x)
 
     if not model.stateful:
@@ -511,7 +512,7 @@ def evaluate(
         a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
         return a.reshape((num_batches, batch) + a.shape[1:])
 
-    if spec.task.reduction == "mean":
+    if spec.task.reduction == "mean" or spec.task.sows:  # no padding enters a batch's value
 
         def batch_values(p, xb, yb):
             return spec.task.batch_means(spec.model.apply(p, xb), yb, xb)

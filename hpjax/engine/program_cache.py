@@ -28,9 +28,11 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import inspect
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,8 +59,10 @@ class Uncacheable(Exception):
 
 
 def use_directory(directory: str) -> None:
-    """Keeps programs in ``directory`` ("" = off); programs already in memory stay."""
-    _state["directory"] = os.path.expanduser(directory) if directory else ""
+    """Keeps programs in ``directory`` ("" = off; a URL such as ``gs://`` is off too: only a
+    local directory); programs already in memory stay."""
+    local = directory and "://" not in directory
+    _state["directory"] = os.path.expanduser(directory) if local else ""
 
 
 def directory() -> str:
@@ -95,7 +99,8 @@ def describe(value: Any) -> str:
     if isinstance(value, tuple | list):
         return "(" + ",".join(describe(v) for v in value) + ")"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{describe(k)}:{describe(value[k])}" for k in sorted(value)) + "}"
+        items = sorted((describe(k), describe(v)) for k, v in value.items())
+        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
     if isinstance(value, Model):
         if not value.recipe:
             raise Uncacheable(f"model {value.name!r} is not a built-in")
@@ -103,6 +108,8 @@ def describe(value: Any) -> str:
     if isinstance(value, functools.partial):
         return f"partial({describe(value.func)},{describe(value.args)},{describe(value.keywords)})"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if not type(value).__module__.startswith("hpjax."):  # its code is not in the digest
+            raise Uncacheable(f"{type(value).__qualname__} is not hpjax's")
         factory = getattr(value, "optimizer", None)  # an import path: its code is not hashed
         if isinstance(factory, str) and "." in factory and not factory.startswith("optax."):
             raise Uncacheable(f"optimizer factory {factory!r} is not optax's")
@@ -110,9 +117,9 @@ def describe(value: Any) -> str:
             f"{f.name}={describe(getattr(value, f.name))}" for f in dataclasses.fields(value)
         )
         return f"{type(value).__module__}.{type(value).__qualname__}({fields})"
-    if callable(value):
+    if callable(value) and not inspect.ismethod(value):
         module, name = getattr(value, "__module__", "") or "", getattr(value, "__qualname__", "")
-        if module.startswith("hpjax.") and "<" not in name:
+        if module.startswith("hpjax.") and name and "<" not in name:
             return f"{module}.{name}"
     raise Uncacheable(f"{type(value).__name__} {value!r}")
 
@@ -127,6 +134,17 @@ def _describe_input(leaf: Any) -> str:
     if isinstance(leaf, np.ndarray | np.generic):
         return f"{leaf.shape}{leaf.dtype}"
     raise Uncacheable(f"an input of type {type(leaf).__name__}")
+
+
+# JAX settings that change what a function traces to (jax.jit's own cache keys on them too)
+TRACING_FLAGS = (
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "jax_threefry_partitionable",
+    "jax_default_prng_impl",
+    "jax_numpy_rank_promotion",
+    "jax_numpy_dtype_promotion",
+)
 
 
 def key_of(
@@ -148,6 +166,7 @@ def key_of(
         f"{jax.default_backend()}:{device.device_kind}",
         repr(tuple(donated)),
         describe(compiler_options or {}),
+        ";".join(f"{flag}={getattr(jax.config, flag, None)}" for flag in TRACING_FLAGS),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -162,24 +181,40 @@ def _runnable(exported: export.Exported, donated: Sequence[int], options) -> Cal
     return jax.jit(exported.call, donate_argnums=tuple(donated), compiler_options=options)
 
 
-def _read(path: str) -> tuple[bytes, Any] | None:
+def _load(path: str, donated: Sequence[int], options) -> tuple[Callable, Any] | None:
+    """The runnable program and output structure kept at ``path``; None when it is absent or
+    cannot be read (written by another version, cut short, damaged: then it is removed)."""
+    if not os.path.exists(path):
+        return None
     try:
         with open(path, "rb") as f:
-            return pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-        return None  # absent, or written by another version: trace it again
+            serialized, out_tree = pickle.load(f)
+        return _runnable(export.deserialize(bytearray(serialized)), donated, options), out_tree
+    except Exception:  # noqa: BLE001 (a damaged file fails in many ways: trace it again)
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        return None
 
 
 def _write(path: str, entry: tuple[bytes, Any]) -> None:
-    """Writes atomically (a reader sees the whole entry or none), then evicts."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(handle, "wb") as f:
-        pickle.dump(entry, f)
-    os.replace(temporary, path)
+    """Writes atomically (a reader sees the whole entry or none), then evicts. A directory that
+    cannot be written (read-only, full) only means the program is traced again next time."""
+    temporary = ""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(handle, "wb") as f:
+            pickle.dump(entry, f)
+        os.replace(temporary, path)
+    except (OSError, pickle.PicklingError):
+        with contextlib.suppress(OSError):
+            if temporary:
+                os.remove(temporary)
+        return
     root = os.path.dirname(os.path.dirname(path))
     if root in _kept_bytes:
-        _kept_bytes[root] += os.path.getsize(path)
+        with contextlib.suppress(OSError):  # another process's eviction may have removed it
+            _kept_bytes[root] += os.path.getsize(path)
     if root not in _kept_bytes or _kept_bytes[root] > MAX_BYTES:
         _kept_bytes[root] = _evict(root)
 
@@ -188,11 +223,21 @@ def _evict(root: str) -> int:
     """Drops the least recently used programs (by modification time: a load touches its file)
     while the directory holds more than :data:`MAX_BYTES`; returns the bytes it keeps. Run at
     a process's first write and whenever its writes take the total past the limit."""
-    entries = []
+    stats = []
     for folder in os.scandir(root):
-        if folder.is_dir():
-            entries += [e for e in os.scandir(folder.path) if e.name.endswith(".program")]
-    stats = sorted(((e.stat().st_mtime, e.stat().st_size, e.path) for e in entries), reverse=True)
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder.path):
+            try:
+                stat = entry.stat()
+            except OSError:  # removed by another process meanwhile
+                continue
+            if entry.name.endswith(".program"):
+                stats.append((stat.st_mtime, stat.st_size, entry.path))
+            elif entry.name.endswith(".tmp") and time.time() - stat.st_mtime > 3600:
+                with contextlib.suppress(OSError):  # left by a process that died writing
+                    os.remove(entry.path)
+    stats.sort(reverse=True)
     total = 0
     for _, size, path in stats:
         if total + size > MAX_BYTES:
@@ -235,21 +280,24 @@ def call(
         counts["hits"] += 1
     else:
         path = os.path.join(_state["directory"], key[:2], key + ".program")
-        entry = _read(path)
-        if entry is None:
+        loaded = _load(path, donated, compiler_options)
+        if loaded is None:
             entry = _export(fun, args, static_argnums, in_tree, leaves)
             if entry is None:
                 _refused.add(key)
                 return False, None
             _write(path, entry)
             counts["exports"] += 1
+            serialized, out_tree = entry
+            runnable = _runnable(
+                export.deserialize(bytearray(serialized)), donated, compiler_options
+            )
+            loaded = runnable, out_tree
         else:
             counts["loads"] += 1
             with contextlib.suppress(OSError):
                 os.utime(path)  # recently used
-        serialized, out_tree = entry
-        runnable = _runnable(export.deserialize(bytearray(serialized)), donated, compiler_options)
-        _programs[key] = (runnable, out_tree)
+        _programs[key] = loaded
     runnable, out_tree = _programs[key]
     return True, jax.tree.unflatten(out_tree, runnable(*leaves))
 

@@ -100,6 +100,12 @@ class Task:
             )
 
     @property
+    def sows(self) -> bool:
+        """Whether a function reads what the model sowed (a value of the whole batch, maybe):
+        evaluation then walks unpadded batches, as for ``reduction="mean"``."""
+        return any(takes_sown(fn) for _, fn in self.functions)
+
+    @property
     def metric_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.metrics)
 

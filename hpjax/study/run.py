@@ -92,6 +92,7 @@ def check_model_fits(model: Model, dataset: data_lib.Dataset) -> None:
         wanted, what = (2, dataset.num_classes), f"{dataset.num_classes} classes"
     else:
         wanted, what = (2, *dataset.y_train.shape[1:]), "the regression targets"
+    out = tasks.model_outputs(out)
     if not isinstance(out, jax.ShapeDtypeStruct):  # a pytree of outputs: the task's to check
         return
     if tuple(out.shape) != wanted:
@@ -161,8 +162,8 @@ def _check_augment(dataset: data_lib.Dataset) -> None:
 
 def check_regularisation(study: StudySpec, models: dict[tuple, Model], task: tasks.Task) -> None:
     """Dropout rates need a model with dropout layers, label smoothing the built-in
-    cross-entropy:
-    one line naming the key before anything compiles (a rate would otherwise change nothing)."""
+    cross-entropy: one line naming the key before anything compiles (a rate would otherwise
+    change nothing, or train the cross-entropy in place of a loss of your own)."""
     dropout = [t.dropout for t in study.trials if t.dropout]
     if dropout and not all(m.trial_dropout for m in models.values()):
         raise ConfigError(
@@ -175,9 +176,10 @@ def check_regularisation(study: StudySpec, models: dict[tuple, Model], task: tas
         raise ConfigError(
             f"label_smoothing={smoothing[0]} smooths class labels; task {task.name!r} has none"
         )
-    if smoothing and task.loss is not tasks.cross_entropy:  # it would train in place of yours
+    given = [t.label_smoothing for t in study.trials if t.label_smoothing is not None]
+    if given and task.loss is not tasks.cross_entropy:  # even 0.0: it would train in place of yours
         raise ConfigError(
-            f"label_smoothing={smoothing[0]} smooths the built-in cross-entropy; task "
+            f"label_smoothing={given[0]} smooths the built-in cross-entropy; task "
             f"{task.name!r} has a loss of its own: smooth the labels inside it"
         )
 
