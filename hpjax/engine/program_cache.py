@@ -50,6 +50,7 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _state: dict[str, Any] = {"directory": "", "source": ""}
 _programs: dict[str, tuple[Callable, Any]] = {}  # key -> (compiled call, output structure)
 _refused: set[str] = set()  # keys jax.export could not serialise: traced as before
+_descriptions: dict[tuple, str] = {}  # static arguments -> describe() of them
 _kept_bytes: dict[str, int] = {}  # directory -> the bytes it holds, counted at a first write
 counts = {"hits": 0, "loads": 0, "exports": 0}  # in this process: memory, disk, traced
 
@@ -124,6 +125,14 @@ def describe(value: Any) -> str:
     raise Uncacheable(f"{type(value).__name__} {value!r}")
 
 
+def _described(static: tuple[Any, ...]) -> str:
+    """:func:`describe` of a call's static arguments, once per distinct tuple of them (they are
+    hashable, as ``jax.jit`` needs them to be): a study calls each program many times."""
+    if static not in _descriptions:
+        _descriptions[static] = describe(static)
+    return _descriptions[static]
+
+
 def _describe_input(leaf: Any) -> str:
     if isinstance(leaf, jax.core.Tracer):
         raise Uncacheable("a call inside a traced function (it is inlined there)")
@@ -160,7 +169,7 @@ def key_of(
     parts = [
         versions(),
         name,
-        describe(tuple(static)),
+        _described(tuple(static)),
         str(in_tree),
         ";".join(_describe_input(leaf) for leaf in leaves),
         f"{jax.default_backend()}:{device.device_kind}",
@@ -282,17 +291,14 @@ def call(
         path = os.path.join(_state["directory"], key[:2], key + ".program")
         loaded = _load(path, donated, compiler_options)
         if loaded is None:
-            entry = _export(fun, args, static_argnums, in_tree, leaves)
-            if entry is None:
+            traced = _export(fun, args, static_argnums, in_tree, leaves)
+            if traced is None:
                 _refused.add(key)
                 return False, None
-            _write(path, entry)
+            exported, serialized, out_tree = traced
+            _write(path, (serialized, out_tree))
             counts["exports"] += 1
-            serialized, out_tree = entry
-            runnable = _runnable(
-                export.deserialize(bytearray(serialized)), donated, compiler_options
-            )
-            loaded = runnable, out_tree
+            loaded = _runnable(exported, donated, compiler_options), out_tree
         else:
             counts["loads"] += 1
             with contextlib.suppress(OSError):
@@ -302,9 +308,9 @@ def call(
     return True, jax.tree.unflatten(out_tree, runnable(*leaves))
 
 
-def _export(fun, args, static_argnums, in_tree, leaves) -> tuple[bytes, Any] | None:
-    """The program traced once and serialised, with its output structure; None if
-    ``jax.export`` cannot serialise it (a host callback, an effect)."""
+def _export(fun, args, static_argnums, in_tree, leaves) -> tuple[Any, bytes, Any] | None:
+    """The program traced once: exported, serialised, and its output structure; None if
+    ``jax.export`` cannot export or serialise it (a host callback, an effect)."""
     out_tree: list[Any] = []
 
     def flat(*flat_leaves):
@@ -316,6 +322,6 @@ def _export(fun, args, static_argnums, in_tree, leaves) -> tuple[bytes, Any] | N
 
     try:
         exported = export.export(jax.jit(flat))(*(_as_spec(leaf) for leaf in leaves))
-        return bytes(exported.serialize()), out_tree[0]
+        return exported, bytes(exported.serialize()), out_tree[0]
     except Exception:  # noqa: BLE001 (what jax.export cannot serialise: trace it every run)
         return None
