@@ -90,14 +90,16 @@ def user_dropout(rngs: nnx.Rngs, width: int = 8) -> nnx.Module:
 
 
 class Sowing(nnx.Module):
-    """An MLP whose hidden layer sows a penalty on its activations (nnx.sow)."""
+    """An MLP with batch statistics whose hidden layer sows a penalty on its activations
+    (nnx.sow): sown values crossed with a stateful model's training mode."""
 
     def __init__(self, rngs: nnx.Rngs, width: int = 8):
         self.hidden = nnx.Linear(NUM_FEATURES, width, rngs=rngs)
+        self.norm = nnx.BatchNorm(width, rngs=rngs)
         self.head = nnx.Linear(width, NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x):
-        h = nnx.relu(self.hidden(x))
+        h = nnx.relu(self.norm(self.hidden(x)))
         self.sow(nnx.Intermediate, "penalty", jnp.mean(jnp.square(h)))
         return self.head(h)
 
